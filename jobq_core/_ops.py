@@ -1,0 +1,219 @@
+"""The operations behind both twins, written once.
+
+Each operation is a generator: it yields `Stmt`s and is sent each statement's rows back. The
+sync `JobQueue` and the async `AsyncJobQueue` only differ in how they drive it (see
+`queue._run_sync` and `queue._run_async`), so their behaviour cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+from uuid import UUID
+
+from .errors import InvalidInputError, JobStateError, LeaseLostError, NotFoundError
+from .models import (
+    EnqueueParams,
+    Job,
+    NewJob,
+    clean_reason,
+    dump_json,
+    new_job_params,
+    validate_id,
+    validate_lease_ms,
+    validate_limit,
+    validate_types,
+    validate_when,
+)
+from .sql import Statements
+
+T = TypeVar("T")
+Rows = list[tuple[Any, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Stmt:
+    query: bytes
+    params: Mapping[str, Any] | None = None
+
+
+Op = Generator[Stmt, Rows, T]
+
+#: How many times an enqueue retries when the job holding its idempotency key vanishes
+#: between the conflicting insert and the lookup (it completed in that instant).
+_KEY_RACE_RETRIES = 10
+#: Rows per statement when clearing, so no statement holds many row locks for long.
+CLEAR_BATCH = 5000
+
+
+def job_from_row(row: Sequence[Any]) -> Job:
+    return Job(*row)
+
+
+def _target(job: Job | int) -> tuple[int, UUID | None]:
+    """A `Job` is fenced by its lease token; a bare id is an unfenced operator action."""
+    if isinstance(job, Job):
+        return job.id, job.lease_token
+    return validate_id(job), None
+
+
+def enqueue(st: Statements, item: NewJob) -> Op[int]:
+    ids = yield from enqueue_many(st, [item], single=True)
+    return ids[0]
+
+
+def _params(p: EnqueueParams) -> dict[str, Any]:
+    return {
+        "type": p.type, "payload": p.payload, "priority": p.priority, "run_at": p.run_at,
+        "delay": p.delay, "request_id": p.request_id, "idempotency_key": p.idempotency_key,
+    }
+
+
+def enqueue_many(
+    st: Statements, items: Sequence[NewJob | Mapping[str, Any]], *, single: bool = False
+) -> Op[list[int]]:
+    # Validate everything first: one bad item enqueues nothing.
+    params = [new_job_params(item) for item in items]
+    result: list[int | None] = [None] * len(params)
+    todo = list(range(len(params)))
+    for _ in range(_KEY_RACE_RETRIES):
+        if single:
+            rows = yield Stmt(st.enqueue, _params(params[0]))
+            got = [rows[0][0] if rows else None]
+        else:
+            batch = [params[i] for i in todo]
+            rows = yield Stmt(st.enqueue_many, {
+                "jobs_name": st.names.regclass(),
+                "types": [p.type for p in batch],
+                "payloads": [p.payload for p in batch],
+                "priorities": [p.priority for p in batch],
+                "run_ats": [p.run_at for p in batch],
+                "delays": [p.delay for p in batch],
+                "request_ids": [p.request_id for p in batch],
+                "keys": [p.idempotency_key for p in batch],
+            })
+            got = [row[1] for row in rows]
+        for i, job_id in zip(todo, got, strict=True):
+            result[i] = job_id
+        todo = [i for i in todo if result[i] is None]
+        if not todo:
+            return [r for r in result if r is not None]
+        # A key that conflicted with a job committed after this statement's snapshot: look the
+        # holder up with a fresh snapshot. If it is gone already, insert again.
+        keys = sorted({k for i in todo if (k := params[i].idempotency_key) is not None})
+        found: dict[str, int] = dict((yield Stmt(st.lookup_keys, {"keys": keys})))
+        for i in todo:
+            key = params[i].idempotency_key
+            result[i] = found.get(key) if key is not None else None
+        todo = [i for i in todo if result[i] is None]
+        if not todo:
+            return [r for r in result if r is not None]
+    raise RuntimeError("idempotency key kept vanishing; giving up")  # pragma: no cover
+
+
+def claim_many(
+    st: Statements, limit: int, types: object, lease_ms: object, worker: str
+) -> Op[list[Job]]:
+    checked_types = validate_types(types)
+    params = {
+        "limit": validate_limit(limit),
+        "lease_ms": validate_lease_ms(lease_ms),
+        "worker": worker,
+        "types": checked_types,
+    }
+    query = st.claim_any if checked_types is None else st.claim_typed
+    rows = yield Stmt(query, params)
+    return [job_from_row(r) for r in rows]
+
+
+def _diagnose(st: Statements, job_id: int, fenced: bool, action: str) -> Op[Exception]:
+    """Why a fenced or unfenced statement matched no row. Runs only on that cold path."""
+    rows = yield Stmt(st.job_state, {"id": job_id})
+    if fenced:
+        what = "it is gone" if not rows else f"it is now {rows[0][0]} under another lease"
+        return LeaseLostError(f"cannot {action} job {job_id}: the lease was lost ({what})")
+    if not rows:
+        return NotFoundError(f"no live job with id {job_id}")
+    return JobStateError(f"cannot {action} job {job_id}: it is {rows[0][0]}")
+
+
+def complete(st: Statements, job: Job | int, result: Any = None) -> Op[None]:
+    job_id, token = _target(job)
+    payload = dump_json(result, "result")
+    rows = yield Stmt(st.complete, {"id": job_id, "token": token, "result": payload})
+    if not rows:
+        raise (yield from _diagnose(st, job_id, token is not None, "complete"))
+
+
+def complete_many(
+    st: Statements, jobs: Sequence[Job], results: Sequence[Any] | None = None
+) -> Op[list[int]]:
+    if results is not None and len(results) != len(jobs):
+        raise InvalidInputError("results must have one entry per job")
+    if not all(isinstance(j, Job) and j.lease_token is not None for j in jobs):
+        raise InvalidInputError("complete_many takes claimed Job objects")
+    dumped = [dump_json(r, "result") for r in (results or [None] * len(jobs))]
+    if not jobs:
+        return []
+    rows = yield Stmt(st.complete_many, {
+        "ids": [j.id for j in jobs],
+        "tokens": [j.lease_token for j in jobs],
+        "results": dumped,
+    })
+    return [r[0] for r in rows]
+
+
+def fail(
+    st: Statements,
+    job: Job | int,
+    reason: object,
+    retry: bool,
+    run_at: datetime | timedelta | None,
+) -> Op[None]:
+    job_id, token = _target(job)
+    when, delay = validate_when(run_at)
+    if (when or delay) and not retry:
+        raise InvalidInputError("run_at only applies with retry=True")
+    rows = yield Stmt(st.fail, {
+        "id": job_id, "token": token, "retry": bool(retry), "reason": clean_reason(reason),
+        "run_at": when, "delay": delay,
+    })
+    if not rows:
+        raise (yield from _diagnose(st, job_id, token is not None, "fail"))
+
+
+def extend(st: Statements, job: Job | int, lease_ms: object) -> Op[datetime]:
+    job_id, token = _target(job)
+    ms = validate_lease_ms(lease_ms)
+    rows = yield Stmt(st.extend, {"id": job_id, "token": token, "lease_ms": ms})
+    if rows:
+        until: datetime = rows[0][0]
+        return until
+    error = yield from _diagnose(st, job_id, token is not None, "extend")
+    if isinstance(error, JobStateError) or (token is None and not isinstance(error, NotFoundError)):
+        error = JobStateError(f"cannot extend job {job_id}: it is not claimed")
+    raise error
+
+
+def pending(st: Statements, types: object) -> Op[int]:
+    checked = validate_types(types)
+    query = st.pending_any if checked is None else st.pending_typed
+    rows = yield Stmt(query, {"types": checked})
+    count: int = rows[0][0]
+    return count
+
+
+def clear(st: Statements, older_than: timedelta) -> Op[int]:
+    if not isinstance(older_than, timedelta) or older_than <= timedelta(0):
+        raise InvalidInputError("older_than must be a positive duration")
+    cutoff = (yield Stmt(st.cutoff, {"older_than": older_than}))[0][0]
+    removed = 0
+    for query in (st.clear_failed_batch, st.clear_events_batch):
+        while True:
+            count: int = (yield Stmt(query, {"cutoff": cutoff, "batch": CLEAR_BATCH}))[0][0]
+            removed += count
+            if count < CLEAR_BATCH:
+                break
+    return removed

@@ -1,0 +1,198 @@
+"""The values jobq hands out and takes in, and the validation at the edge."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from .errors import InvalidInputError
+
+#: The priority range: it is stored as SMALLINT.
+PRIORITY_MIN, PRIORITY_MAX = -32768, 32767
+#: The longest lease a claim or extend may ask for: a week.
+LEASE_MS_MAX = 7 * 24 * 3600 * 1000
+_TYPE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/\-]{0,127}")
+_TEXT_MAX = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job as a claimer sees it. `lease_token` fences complete, fail and extend."""
+
+    id: int
+    type: str
+    payload: Any
+    priority: int
+    run_at: datetime
+    attempts: int
+    request_id: str | None
+    idempotency_key: str | None
+    lease_token: UUID | None
+    lease_until: datetime | None
+    claimed_by: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """One item for `enqueue_many`; the fields mirror `enqueue`'s arguments."""
+
+    type: str
+    payload: Any = None
+    run_at: datetime | timedelta | None = None
+    priority: int = 0
+    idempotency_key: str | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueParams:
+    """A validated `NewJob`, ready to be bound to a statement."""
+
+    type: str
+    payload: str | None
+    run_at: datetime | None
+    delay: timedelta | None
+    priority: int
+    idempotency_key: str | None
+    request_id: str | None
+
+
+def validate_type(value: object, what: str = "job type") -> str:
+    if not isinstance(value, str) or not _TYPE_RE.fullmatch(value):
+        raise InvalidInputError(
+            f"invalid {what} {value!r}: use 1-128 characters of letters, digits and _ . : / -, "
+            "not starting with punctuation"
+        )
+    return value
+
+
+def validate_types(types: object) -> list[str] | None:
+    if types is None:
+        return None
+    if isinstance(types, str):
+        return [validate_type(types)]
+    if not isinstance(types, list | tuple | set | frozenset):
+        raise InvalidInputError(f"types must be a list of job types, got {type(types).__name__}")
+    checked = sorted({validate_type(t) for t in types})
+    if not checked:
+        raise InvalidInputError("types must not be empty; pass None to claim any type")
+    return checked
+
+
+def optional_text(value: object, what: str) -> str | None:
+    """Request ids and idempotency keys: any text without NUL, at most 1024 characters.
+
+    An empty string means "none", as upstream does for request ids.
+    """
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{what} must be a string, got {type(value).__name__}")
+    if "\x00" in value:
+        raise InvalidInputError(f"{what} must not contain a NUL character")
+    if len(value) > _TEXT_MAX:
+        raise InvalidInputError(f"{what} is {len(value)} characters long; at most {_TEXT_MAX}")
+    return value
+
+
+def _contains_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_contains_nul(v) for v in value)
+    return False
+
+
+def dump_json(value: Any, what: str = "payload") -> str | None:
+    """Serialise to JSON text that Postgres' jsonb accepts, or raise `InvalidInputError`."""
+    if value is None:
+        return None
+    try:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{what} is not JSON-serialisable: {exc}") from None
+    # jsonb cannot store U+0000; json.dumps writes it as the escape \u0000.
+    if "\\u0000" in text and _contains_nul(value):
+        raise InvalidInputError(f"{what} contains a NUL character (\\u0000), which jsonb rejects")
+    return text
+
+
+def validate_priority(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(f"priority must be an integer, got {value!r}")
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise InvalidInputError(
+            f"priority {value} is out of range {PRIORITY_MIN}..{PRIORITY_MAX}"
+        )
+    return value
+
+
+def validate_when(value: object, what: str = "run_at") -> tuple[datetime | None, timedelta | None]:
+    """A point in time (timezone-aware) or a delay from the database's now()."""
+    if value is None:
+        return None, None
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise InvalidInputError(f"{what} must be timezone-aware, got naive {value.isoformat()}")
+        return value, None
+    if isinstance(value, timedelta):
+        return None, value
+    raise InvalidInputError(f"{what} must be a datetime or a timedelta, got {type(value).__name__}")
+
+
+def validate_lease_ms(value: object, what: str = "lease_ms") -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInputError(f"{what} must be a number of milliseconds, got {value!r}")
+    if math.isnan(value) or not value > 0:
+        raise InvalidInputError(f"{what} must be positive, got {value!r}")
+    if value > LEASE_MS_MAX:
+        raise InvalidInputError(f"{what} {value!r} exceeds the maximum of {LEASE_MS_MAX} (7 days)")
+    return max(1, round(value))
+
+
+def validate_limit(value: object, what: str = "limit", maximum: int = 10_000) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise InvalidInputError(f"{what} must be an integer from 1 to {maximum}, got {value!r}")
+    return value
+
+
+def validate_id(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**63:
+        raise InvalidInputError(f"job id must be a positive integer, got {value!r}")
+    return value
+
+
+def clean_reason(value: object) -> str:
+    """A failure reason is stored as given, except NUL, which text columns refuse."""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"reason must be a string, got {type(value).__name__}")
+    return value.replace("\x00", "\\x00")
+
+
+def new_job_params(job: NewJob | Mapping[str, Any]) -> EnqueueParams:
+    if isinstance(job, Mapping):
+        try:
+            job = NewJob(**job)
+        except TypeError as exc:
+            raise InvalidInputError(f"invalid job item: {exc}") from None
+    if not isinstance(job, NewJob):
+        raise InvalidInputError(f"expected a NewJob or a mapping, got {type(job).__name__}")
+    run_at, delay = validate_when(job.run_at)
+    return EnqueueParams(
+        type=validate_type(job.type),
+        payload=dump_json(job.payload),
+        run_at=run_at,
+        delay=delay,
+        priority=validate_priority(job.priority),
+        idempotency_key=optional_text(job.idempotency_key, "idempotency_key"),
+        request_id=optional_text(job.request_id, "request_id"),
+    )

@@ -1,0 +1,454 @@
+"""The job queue: `JobQueue` and its async twin `AsyncJobQueue`.
+
+Both drive the same operations (`jobq_core._ops`) with the same SQL (`jobq_core.sql`); only the
+I/O differs. Complete, fail and extend are fenced by the lease token in the `Job` a claim
+returned: once a lease is lost, its holder gets `LeaseLostError` and the row is untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+
+from . import _ops, schema
+from ._ops import Op
+from .durations import parse_duration
+from .errors import DatabaseUnavailableError
+from .models import Job, NewJob, validate_lease_ms
+from .sql import Names, Statements
+
+T = TypeVar("T")
+
+APPLICATION_NAME = "jobq"
+#: Seconds to wait for a connection before `DatabaseUnavailableError`.
+CONNECT_TIMEOUT = 10.0
+
+SyncTarget = str | psycopg.Connection[Any] | ConnectionPool
+AsyncTarget = str | psycopg.AsyncConnection[Any] | AsyncConnectionPool
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _unavailable(exc: BaseException) -> DatabaseUnavailableError:
+    # psycopg's messages carry the host and port but never the password.
+    detail = str(exc).strip() or type(exc).__name__
+    return DatabaseUnavailableError(f"database unavailable: {detail}")
+
+
+def _is_connection_failure(exc: BaseException, conn: Any) -> bool:
+    return isinstance(exc, psycopg.OperationalError) and (
+        conn is None or conn.broken or conn.closed
+    )
+
+
+def _pool_kwargs() -> dict[str, Any]:
+    return {"autocommit": True, "application_name": APPLICATION_NAME,
+            "connect_timeout": int(CONNECT_TIMEOUT)}
+
+
+class _QueueCore:
+    """What both twins share: names, statements, defaults and the operations they build."""
+
+    def __init__(self, table: str, default_lease_ms: int) -> None:
+        self.names = Names.parse(table)
+        self.statements = Statements(self.names)
+        self.default_lease_ms = validate_lease_ms(default_lease_ms, "default_lease_ms")
+        self._ready = False
+
+    @property
+    def table(self) -> str:
+        return self.names.display
+
+    def _claim_op(
+        self, limit: int, types: object, lease_ms: int | None, worker: str | None
+    ) -> Op[list[Job]]:
+        return _ops.claim_many(
+            self.statements, limit, types,
+            self.default_lease_ms if lease_ms is None else lease_ms,
+            worker or default_worker_name(),
+        )
+
+    def _enqueue_op(
+        self, type: str, *, payload: Any, run_at: datetime | timedelta | None, priority: int,
+        idempotency_key: str | None, request_id: str | None,
+    ) -> Op[int]:
+        item = NewJob(type, payload, run_at, priority, idempotency_key, request_id)
+        return _ops.enqueue(self.statements, item)
+
+    def _clear_op(self, older_than: timedelta | str) -> Op[int]:
+        return _ops.clear(self.statements, parse_duration(older_than))
+
+
+def _run_sync(conn: psycopg.Connection[Any], op: Op[T]) -> T:
+    try:
+        stmt = next(op)
+        while True:
+            cur = conn.execute(stmt.query, stmt.params)
+            stmt = op.send(cur.fetchall() if cur.description else [])
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+
+
+async def _run_async(conn: psycopg.AsyncConnection[Any], op: Op[T]) -> T:
+    try:
+        stmt = next(op)
+        while True:
+            cur = await conn.execute(stmt.query, stmt.params)
+            stmt = op.send(await cur.fetchall() if cur.description else [])
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+
+
+class JobQueue(_QueueCore):
+    """A Postgres-backed job queue (sync). Thread-safe when built on a DSN or a pool.
+
+    `target` is a DSN (the queue then owns a small pool), a `ConnectionPool`, or a
+    `Connection` (used under a lock; when it is not in autocommit mode each call runs in its own
+    transaction, or savepoint if the caller has one open).
+    """
+
+    def __init__(
+        self, target: SyncTarget, *, table: str = "svti_jobs", default_lease_ms: int = 30_000,
+        max_connections: int = 10,
+    ) -> None:
+        super().__init__(table, default_lease_ms)
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._pool: ConnectionPool | None = None
+        self._owns_pool = False
+        if isinstance(target, str):
+            self._pool = ConnectionPool(
+                target, min_size=1, max_size=max_connections, kwargs=_pool_kwargs(),
+                open=False, timeout=CONNECT_TIMEOUT, name=f"jobq:{self.names.display}",
+            )
+            self._owns_pool = True
+        elif isinstance(target, ConnectionPool):
+            self._pool = target
+        elif isinstance(target, psycopg.Connection):
+            self._conn = target
+        else:
+            raise TypeError("target must be a DSN, a psycopg Connection or a ConnectionPool")
+        self._pool_opened = False
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection for one operation; connection failures become
+        `DatabaseUnavailableError`."""
+        conn = None
+        try:
+            if self._conn is not None:
+                with self._lock:
+                    conn = self._conn
+                    yield conn
+                return
+            assert self._pool is not None
+            if self._owns_pool and not self._pool_opened:
+                with self._lock:
+                    if not self._pool_opened:
+                        self._pool.open(wait=False)
+                        self._pool_opened = True
+            with self._pool.connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise _unavailable(exc) from exc
+        except psycopg.OperationalError as exc:
+            if _is_connection_failure(exc, conn):
+                if self._pool is not None:
+                    # After a restart every idle connection is dead: replace them all now,
+                    # so that an outage fails one call, not one per pooled connection.
+                    self._pool.check()
+                raise _unavailable(exc) from exc
+            raise
+
+    def _execute(self, conn: psycopg.Connection[Any], op: Op[T]) -> T:
+        if conn.autocommit:
+            return _run_sync(conn, op)
+        with conn.transaction():
+            return _run_sync(conn, op)
+
+    def _run(self, op: Op[T], conn: psycopg.Connection[Any] | None = None) -> T:
+        if not self._ready:
+            self.migrate()
+        if conn is not None:  # the caller's connection and transaction: they commit
+            return _run_sync(conn, op)
+        with self.connection() as own:
+            return self._execute(own, op)
+
+    def migrate(self) -> list[bytes]:
+        """Create or migrate the tables now (first use does this by itself)."""
+        with self.connection() as conn, conn.transaction():
+            applied = _run_sync(conn, schema.ensure(self.statements))
+        self._ready = True
+        return applied
+
+    def close(self) -> None:
+        if self._owns_pool and self._pool is not None and self._pool_opened:
+            self._pool.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- the API ----------------------------------------------------------------------------
+
+    def enqueue(
+        self, type: str, payload: Any = None, *, run_at: datetime | timedelta | None = None,
+        priority: int = 0, idempotency_key: str | None = None, request_id: str | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> int:
+        """Add a job; returns its id. A key already held by a live job returns that job's id.
+
+        `run_at` is a timezone-aware datetime or a delay. Pass `conn` to enqueue inside your own
+        transaction, atomically with your writes.
+        """
+        op = self._enqueue_op(
+            type, payload=payload, run_at=run_at, priority=priority,
+            idempotency_key=idempotency_key, request_id=request_id,
+        )
+        return self._run(op, conn)
+
+    def enqueue_many(
+        self, jobs: Sequence[NewJob | Mapping[str, Any]], *,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> list[int]:
+        """Add many jobs in one statement; ids come back in input order. One bad item
+        enqueues nothing."""
+        return self._run(_ops.enqueue_many(self.statements, list(jobs)), conn)
+
+    def claim(
+        self, *, types: Sequence[str] | None = None, lease_ms: int | None = None,
+        worker: str | None = None,
+    ) -> Job | None:
+        """Claim the next job (highest priority, then earliest run_at, then id), or None."""
+        jobs = self._run(self._claim_op(1, types, lease_ms, worker))
+        return jobs[0] if jobs else None
+
+    def claim_many(
+        self, limit: int, *, types: Sequence[str] | None = None, lease_ms: int | None = None,
+        worker: str | None = None,
+    ) -> list[Job]:
+        return self._run(self._claim_op(limit, types, lease_ms, worker))
+
+    def complete(self, job: Job | int, *, result: Any = None) -> None:
+        """Finish a job: it leaves the queue and a `completed` event (with `result`) is kept.
+
+        A bare id is an unfenced operator action; a `Job` is fenced by its lease.
+        """
+        self._run(_ops.complete(self.statements, job, result))
+
+    def complete_many(self, jobs: Sequence[Job], results: Sequence[Any] | None = None) -> list[int]:
+        """Complete many claimed jobs in one statement; returns the ids whose lease held."""
+        return self._run(_ops.complete_many(self.statements, list(jobs), results))
+
+    def fail(
+        self, job: Job | int, *, reason: str, retry: bool = False,
+        run_at: datetime | timedelta | None = None,
+    ) -> None:
+        """Record a failure. With `retry` the job is pending again at `run_at` (default now);
+        without, it is `failed` and stays for inspection and `jobq retry`."""
+        self._run(_ops.fail(self.statements, job, reason, retry, run_at))
+
+    def extend(self, job: Job | int, ms: int) -> datetime:
+        """Make the lease last at least `ms` from now; returns the new deadline."""
+        return self._run(_ops.extend(self.statements, job, ms))
+
+    def pending(self, *, types: Sequence[str] | None = None) -> int:
+        """Claimable jobs now: ready ones plus claimed ones whose lease expired."""
+        return self._run(_ops.pending(self.statements, types))
+
+    def clear(self, *, older_than: timedelta | str) -> int:
+        """Delete failed jobs and history older than `older_than` ("7d", "12h", a timedelta),
+        in batches. Pending and claimed jobs are never touched. Returns rows deleted."""
+        return self._run(self._clear_op(older_than))
+
+
+class AsyncJobQueue(_QueueCore):
+    """The asyncio twin of `JobQueue`: same methods, same SQL, same behaviour."""
+
+    def __init__(
+        self, target: AsyncTarget, *, table: str = "svti_jobs", default_lease_ms: int = 30_000,
+        max_connections: int = 10,
+    ) -> None:
+        super().__init__(table, default_lease_ms)
+        self._lock = asyncio.Lock()
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._pool: AsyncConnectionPool | None = None
+        self._owns_pool = False
+        if isinstance(target, str):
+            self._pool = AsyncConnectionPool(
+                target, min_size=1, max_size=max_connections, kwargs=_pool_kwargs(),
+                open=False, timeout=CONNECT_TIMEOUT, name=f"jobq:{self.names.display}",
+            )
+            self._owns_pool = True
+        elif isinstance(target, AsyncConnectionPool):
+            self._pool = target
+        elif isinstance(target, psycopg.AsyncConnection):
+            self._conn = target
+        else:
+            raise TypeError(
+                "target must be a DSN, a psycopg AsyncConnection or an AsyncConnectionPool"
+            )
+        self._pool_opened = False
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        conn = None
+        try:
+            if self._conn is not None:
+                async with self._lock:
+                    conn = self._conn
+                    yield conn
+                return
+            assert self._pool is not None
+            if self._owns_pool and not self._pool_opened:
+                async with self._lock:
+                    if not self._pool_opened:
+                        await self._pool.open(wait=False)
+                        self._pool_opened = True
+            async with self._pool.connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise _unavailable(exc) from exc
+        except psycopg.OperationalError as exc:
+            if _is_connection_failure(exc, conn):
+                if self._pool is not None:
+                    await self._pool.check()
+                raise _unavailable(exc) from exc
+            raise
+
+    async def _execute(self, conn: psycopg.AsyncConnection[Any], op: Op[T]) -> T:
+        if conn.autocommit:
+            return await _run_async(conn, op)
+        async with conn.transaction():
+            return await _run_async(conn, op)
+
+    async def _run(self, op: Op[T], conn: psycopg.AsyncConnection[Any] | None = None) -> T:
+        if not self._ready:
+            await self.migrate()
+        if conn is not None:
+            return await _run_async(conn, op)
+        async with self.connection() as own:
+            return await self._execute(own, op)
+
+    async def migrate(self) -> list[bytes]:
+        async with self.connection() as conn, conn.transaction():
+            applied = await _run_async(conn, schema.ensure(self.statements))
+        self._ready = True
+        return applied
+
+    async def close(self) -> None:
+        if self._owns_pool and self._pool is not None and self._pool_opened:
+            await self._pool.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def enqueue(
+        self, type: str, payload: Any = None, *, run_at: datetime | timedelta | None = None,
+        priority: int = 0, idempotency_key: str | None = None, request_id: str | None = None,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> int:
+        op = self._enqueue_op(
+            type, payload=payload, run_at=run_at, priority=priority,
+            idempotency_key=idempotency_key, request_id=request_id,
+        )
+        return await self._run(op, conn)
+
+    async def enqueue_many(
+        self, jobs: Sequence[NewJob | Mapping[str, Any]], *,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> list[int]:
+        return await self._run(_ops.enqueue_many(self.statements, list(jobs)), conn)
+
+    async def claim(
+        self, *, types: Sequence[str] | None = None, lease_ms: int | None = None,
+        worker: str | None = None,
+    ) -> Job | None:
+        jobs = await self._run(self._claim_op(1, types, lease_ms, worker))
+        return jobs[0] if jobs else None
+
+    async def claim_many(
+        self, limit: int, *, types: Sequence[str] | None = None, lease_ms: int | None = None,
+        worker: str | None = None,
+    ) -> list[Job]:
+        return await self._run(self._claim_op(limit, types, lease_ms, worker))
+
+    async def complete(self, job: Job | int, *, result: Any = None) -> None:
+        await self._run(_ops.complete(self.statements, job, result))
+
+    async def complete_many(
+        self, jobs: Sequence[Job], results: Sequence[Any] | None = None
+    ) -> list[int]:
+        return await self._run(_ops.complete_many(self.statements, list(jobs), results))
+
+    async def fail(
+        self, job: Job | int, *, reason: str, retry: bool = False,
+        run_at: datetime | timedelta | None = None,
+    ) -> None:
+        await self._run(_ops.fail(self.statements, job, reason, retry, run_at))
+
+    async def extend(self, job: Job | int, ms: int) -> datetime:
+        return await self._run(_ops.extend(self.statements, job, ms))
+
+    async def pending(self, *, types: Sequence[str] | None = None) -> int:
+        return await self._run(_ops.pending(self.statements, types))
+
+    async def clear(self, *, older_than: timedelta | str) -> int:
+        return await self._run(self._clear_op(older_than))
+
+
+def create_job_queue(
+    target: SyncTarget, *, table: str = "svti_jobs", default_lease_ms: int = 30_000,
+    max_connections: int = 10,
+) -> JobQueue:
+    """Build a `JobQueue` and create or migrate its tables now, so errors surface early."""
+    queue = JobQueue(
+        target, table=table, default_lease_ms=default_lease_ms, max_connections=max_connections
+    )
+    try:
+        queue.migrate()
+    except BaseException:
+        queue.close()
+        raise
+    return queue
+
+
+async def create_async_job_queue(
+    target: AsyncTarget, *, table: str = "svti_jobs", default_lease_ms: int = 30_000,
+    max_connections: int = 10,
+) -> AsyncJobQueue:
+    """The async twin of `create_job_queue`."""
+    queue = AsyncJobQueue(
+        target, table=table, default_lease_ms=default_lease_ms, max_connections=max_connections
+    )
+    try:
+        await queue.migrate()
+    except BaseException:
+        await queue.close()
+        raise
+    return queue

@@ -1,0 +1,540 @@
+"""Every SQL statement jobq runs, by name.
+
+Identifiers are composed with `psycopg.sql` from a validated `Names`; values are always bound
+parameters. `Statements` renders each statement once per queue, so the hot path reuses the same
+bytes and psycopg's automatic prepared statements apply.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+
+from psycopg import sql
+
+from .errors import InvalidInputError
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
+
+#: The columns of a `Job`, in `models.Job` field order.
+JOB_COLUMNS = (
+    "id, type, payload, priority, run_at, attempts, request_id, idempotency_key, "
+    "lease_token, lease_until, claimed_by, created_at"
+)
+STATES = ("pending", "claimed", "failed")
+EVENTS = (
+    "enqueued", "claimed", "completed", "failed", "retried", "extended", "recovered", "deleted",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """The validated names of one queue's database objects, all derived from its table name."""
+
+    schema: str | None
+    table: str
+
+    @classmethod
+    def parse(cls, name: object) -> Names:
+        """Accept ``table`` or ``schema.table``; each part a plain identifier of 40 characters
+        at most, not ``pg_*`` nor ``information_schema``. Checked before any SQL runs."""
+        if not isinstance(name, str):
+            raise InvalidInputError(f"table name must be a string, got {type(name).__name__}")
+        parts = name.split(".")
+        if len(parts) > 2 or not all(_IDENT.fullmatch(p) for p in parts):
+            raise InvalidInputError(
+                f"invalid table name {name!r}: use [schema.]table, each part letters, digits "
+                "and underscores, starting with a letter or underscore, at most 40 characters"
+            )
+        for part in parts:
+            low = part.lower()
+            if low.startswith("pg_") or low == "information_schema":
+                raise InvalidInputError(f"invalid table name {name!r}: {part!r} is reserved")
+        return cls(parts[0], parts[1]) if len(parts) == 2 else cls(None, parts[0])
+
+    def ident(self, suffix: str = "") -> sql.Identifier:
+        """A schema-qualified identifier for the table or one of its companions."""
+        name = self.table + suffix
+        return sql.Identifier(self.schema, name) if self.schema else sql.Identifier(name)
+
+    def local(self, suffix: str) -> sql.Identifier:
+        """An unqualified name, for indexes, constraints and triggers."""
+        return sql.Identifier(self.table + suffix)
+
+    def regclass(self, suffix: str = "") -> str:
+        """The quoted name as text, for ``to_regclass`` and ``pg_get_serial_sequence``."""
+        return self.ident(suffix).as_string(None)
+
+    @property
+    def display(self) -> str:
+        return f"{self.schema}.{self.table}" if self.schema else self.table
+
+    @property
+    def channel(self) -> str:
+        """The LISTEN/NOTIFY channel, namespaced so that two queues never collide."""
+        return f"jobq_{self.schema}_{self.table}" if self.schema else f"jobq_{self.table}"
+
+    @property
+    def lock_key(self) -> str:
+        return f"jobq:{self.display}"
+
+    def fmt(self, template: str, **extra: sql.Composable) -> sql.Composed:
+        """Fill {jobs}, {events}, {migrations}, {channel} and index names into a template."""
+        return sql.SQL(template).format(
+            **extra,
+            jobs=self.ident(),
+            events=self.ident("_events"),
+            migrations=self.ident("_migrations"),
+            notify_fn=self.ident("_notify"),
+            channel=sql.Literal(self.channel),
+            states=sql.SQL(", ").join(sql.Literal(s) for s in STATES),
+            events_list=sql.SQL(", ").join(sql.Literal(e) for e in EVENTS),
+            **{name: self.local(suffix) for name, suffix in _LOCAL_NAMES.items()},
+        )
+
+
+_LOCAL_NAMES = {
+    "state_check": "_state_check",
+    "ready_idx": "_ready_idx",
+    "ready_type_idx": "_ready_type_idx",
+    "lease_idx": "_lease_idx",
+    "failed_idx": "_failed_idx",
+    "idempotency_idx": "_idempotency_idx",
+    "ev_job_idx": "_events_job_idx",
+    "ev_request_idx": "_events_request_idx",
+    "ev_at_idx": "_events_at_idx",
+    "ev_idempotency_idx": "_events_idempotency_idx",
+    "notify_trigger": "_notify_insert",
+}
+
+# --- schema ------------------------------------------------------------------------------
+
+SCHEMA_STATE = """
+SELECT to_regclass(%(jobs)s) IS NOT NULL,
+       to_regclass(%(migrations)s) IS NOT NULL,
+       (SELECT array_agg(attname::text) FROM pg_attribute
+         WHERE attrelid = to_regclass(%(jobs)s) AND attnum > 0 AND NOT attisdropped)
+"""
+
+SCHEMA_VERSION = "SELECT coalesce(max(version), 0) FROM {migrations}"
+
+ADVISORY_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 0))"
+
+CREATE_MIGRATIONS = """
+CREATE TABLE IF NOT EXISTS {migrations} (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+
+RECORD_MIGRATION = (
+    "INSERT INTO {migrations} (version, name) VALUES (%(version)s, %(name)s) "
+    "ON CONFLICT (version) DO NOTHING"
+)
+
+CREATE_JOBS = """
+CREATE TABLE {jobs} (
+    id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    type text NOT NULL,
+    payload jsonb,
+    state text NOT NULL DEFAULT 'pending' CONSTRAINT {state_check} CHECK (state IN ({states})),
+    priority smallint NOT NULL DEFAULT 0,
+    run_at timestamptz NOT NULL DEFAULT now(),
+    attempts integer NOT NULL DEFAULT 0,
+    request_id text,
+    idempotency_key text,
+    lease_token uuid,
+    lease_until timestamptz,
+    claimed_by text,
+    claimed_at timestamptz,
+    last_error text,
+    failed_at timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now()
+) WITH (fillfactor = 80)"""
+
+# The upstream JavaScript layout (svti_jobs_id, queue, claimed_at, claimed_until, ...) is
+# renamed and widened in place, so that no row is copied or lost.
+LEGACY_UPGRADE = (
+    "ALTER TABLE {jobs} RENAME COLUMN {legacy_id} TO id",
+    "ALTER TABLE {jobs} RENAME COLUMN queue TO type",
+    "ALTER TABLE {jobs} RENAME COLUMN claimed_until TO lease_until",
+    """ALTER TABLE {jobs}
+        ADD COLUMN IF NOT EXISTS request_id text,
+        ADD COLUMN state text NOT NULL DEFAULT 'pending',
+        ADD COLUMN priority smallint NOT NULL DEFAULT 0,
+        ADD COLUMN run_at timestamptz,
+        ADD COLUMN idempotency_key text,
+        ADD COLUMN lease_token uuid,
+        ADD COLUMN claimed_by text,
+        ADD COLUMN last_error text,
+        ADD COLUMN failed_at timestamptz""",
+    """UPDATE {jobs} SET
+        created_at = coalesce(created_at, now()),
+        run_at = coalesce(created_at, now()),
+        state = CASE WHEN claimed_at IS NULL THEN 'pending' ELSE 'claimed' END,
+        lease_token = CASE WHEN claimed_at IS NULL THEN NULL ELSE gen_random_uuid() END,
+        lease_until = CASE WHEN claimed_at IS NULL THEN NULL ELSE coalesce(lease_until, now()) END,
+        claimed_by = CASE WHEN claimed_at IS NULL THEN NULL ELSE 'legacy' END""",
+    """ALTER TABLE {jobs}
+        ALTER COLUMN created_at SET NOT NULL,
+        ALTER COLUMN created_at SET DEFAULT now(),
+        ALTER COLUMN run_at SET NOT NULL,
+        ALTER COLUMN run_at SET DEFAULT now(),
+        ADD CONSTRAINT {state_check} CHECK (state IN ({states})),
+        SET (fillfactor = 80)""",
+    "DROP INDEX IF EXISTS {legacy_pending_idx_q}",
+    "DROP INDEX IF EXISTS {legacy_visibility_idx_q}",
+)
+
+CREATE_COMMON = (
+    # The claim order, exactly: priority first, then run_at, then id.
+    "CREATE INDEX {ready_idx} ON {jobs} (priority DESC, run_at, id) WHERE state = 'pending'",
+    "CREATE INDEX {ready_type_idx} ON {jobs} (type, priority DESC, run_at, id) "
+    "WHERE state = 'pending'",
+    "CREATE INDEX {lease_idx} ON {jobs} (lease_until) WHERE state = 'claimed'",
+    "CREATE INDEX {failed_idx} ON {jobs} (failed_at, id) WHERE state = 'failed'",
+    "CREATE UNIQUE INDEX {idempotency_idx} ON {jobs} (idempotency_key) "
+    "WHERE idempotency_key IS NOT NULL",
+    """CREATE TABLE {events} (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        occurred_at timestamptz NOT NULL DEFAULT now(),
+        job_id bigint NOT NULL,
+        type text NOT NULL,
+        event text NOT NULL CHECK (event IN ({events_list})),
+        request_id text,
+        attempt integer NOT NULL DEFAULT 0,
+        worker text,
+        reason text,
+        result jsonb,
+        idempotency_key text
+    )""",
+    "CREATE INDEX {ev_job_idx} ON {events} (job_id, id)",
+    "CREATE INDEX {ev_request_idx} ON {events} (request_id, id) WHERE request_id IS NOT NULL",
+    # History is append-only, so a BRIN index serves age-based deletes at almost no write cost.
+    "CREATE INDEX {ev_at_idx} ON {events} USING brin (occurred_at)",
+    "CREATE INDEX {ev_idempotency_idx} ON {events} (idempotency_key, id) "
+    "WHERE event = 'completed' AND idempotency_key IS NOT NULL",
+    # One NOTIFY per INSERT statement, however many rows it adds.
+    """CREATE OR REPLACE FUNCTION {notify_fn}() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify(TG_ARGV[0], '');
+        RETURN NULL;
+    END
+    $$""",
+    "CREATE TRIGGER {notify_trigger} AFTER INSERT ON {jobs} "
+    "FOR EACH STATEMENT EXECUTE FUNCTION {notify_fn}({channel})",
+)
+
+# --- the queue ---------------------------------------------------------------------------
+
+ENQUEUE = """
+WITH ins AS (
+    INSERT INTO {jobs} (type, payload, priority, run_at, request_id, idempotency_key)
+    VALUES (%(type)s, %(payload)s::jsonb, %(priority)s,
+            coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval, now()),
+            %(request_id)s, %(idempotency_key)s)
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id, type, request_id, idempotency_key
+), ev AS (
+    INSERT INTO {events} (job_id, type, event, request_id, idempotency_key)
+    SELECT id, type, 'enqueued', request_id, idempotency_key FROM ins
+)
+SELECT id FROM ins"""
+
+# Ids are drawn in input order, so the result maps back to the caller's list; an item whose
+# key repeats an earlier item of the same batch gets that item's id.
+ENQUEUE_MANY = """
+WITH input AS (
+    SELECT nextval((SELECT pg_get_serial_sequence(%(jobs_name)s, 'id'))::regclass) AS id, i.*
+    FROM unnest(%(types)s::text[], %(payloads)s::jsonb[], %(priorities)s::smallint[],
+                %(run_ats)s::timestamptz[], %(delays)s::interval[], %(request_ids)s::text[],
+                %(keys)s::text[])
+         WITH ORDINALITY AS i(type, payload, priority, run_at, delay, request_id,
+                              idempotency_key, ord)
+), ins AS (
+    INSERT INTO {jobs} (id, type, payload, priority, run_at, request_id, idempotency_key)
+    SELECT id, type, payload, priority, coalesce(run_at, now() + delay, now()), request_id,
+           idempotency_key
+    FROM input ORDER BY ord
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id, type, request_id, idempotency_key
+), ev AS (
+    INSERT INTO {events} (job_id, type, event, request_id, idempotency_key)
+    SELECT id, type, 'enqueued', request_id, idempotency_key FROM ins
+)
+SELECT input.ord, coalesce(ins.id, dup.id)
+FROM input
+LEFT JOIN ins ON ins.id = input.id
+LEFT JOIN ins AS dup ON ins.id IS NULL AND dup.idempotency_key = input.idempotency_key
+ORDER BY input.ord"""
+
+LOOKUP_KEYS = (
+    "SELECT idempotency_key, id FROM {jobs} WHERE idempotency_key = ANY(%(keys)s::text[])"
+)
+
+# A claim takes expired leases first (their jobs were due earlier), then ready jobs in claim
+# order. A reclaimed job gets a new token, so its old holder can no longer ack it.
+_CLAIM = """
+WITH expired AS (
+    SELECT id FROM {jobs}
+    WHERE state = 'claimed' AND lease_until < now() __TYPE_FILTER__
+    ORDER BY lease_until LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), ready AS (
+    __READY__
+), picked AS (
+    (SELECT id, true AS recovered FROM expired)
+    UNION ALL
+    (SELECT id, false FROM ready)
+    LIMIT %(limit)s
+), upd AS (
+    UPDATE {jobs} AS j SET
+        state = 'claimed',
+        attempts = j.attempts + 1,
+        lease_token = gen_random_uuid(),
+        lease_until = now() + %(lease_ms)s * interval '1 millisecond',
+        claimed_by = %(worker)s,
+        claimed_at = now()
+    FROM picked WHERE j.id = picked.id
+    RETURNING j.*, picked.recovered
+), ev AS (
+    INSERT INTO {events} (job_id, type, event, request_id, attempt, worker)
+    SELECT id, type, CASE WHEN recovered THEN 'recovered' ELSE 'claimed' END,
+           request_id, attempts, claimed_by
+    FROM upd
+)
+SELECT __COLUMNS__ FROM upd ORDER BY priority DESC, run_at, id"""
+
+_READY_ANY = """SELECT id FROM {jobs}
+    WHERE state = 'pending' AND run_at <= now()
+    ORDER BY priority DESC, run_at, id LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED"""
+
+# One index seek per type, so a claimer for a rare type never scans a backlog of others.
+_READY_TYPED = """SELECT r.id FROM unnest(%(types)s::text[]) AS t(name)
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at FROM {jobs}
+        WHERE state = 'pending' AND type = t.name AND run_at <= now()
+        ORDER BY priority DESC, run_at, id LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS r
+    ORDER BY r.priority DESC, r.run_at, r.id LIMIT %(limit)s"""
+
+CLAIM_ANY = (
+    _CLAIM.replace("__TYPE_FILTER__", "").replace("__READY__", _READY_ANY)
+    .replace("__COLUMNS__", JOB_COLUMNS)
+)
+CLAIM_TYPED = (
+    _CLAIM.replace("__TYPE_FILTER__", "AND type = ANY(%(types)s::text[])")
+    .replace("__READY__", _READY_TYPED).replace("__COLUMNS__", JOB_COLUMNS)
+)
+
+# A fenced call passes its lease token; an operator's bare id passes NULL and may act on any
+# job that is not dead.
+_FENCE = """(lease_token = %(token)s::uuid
+        OR (%(token)s::uuid IS NULL AND state <> 'failed'))"""
+
+COMPLETE = """
+WITH del AS (
+    DELETE FROM {jobs} WHERE id = %(id)s AND __FENCE__
+    RETURNING id, type, request_id, attempts, claimed_by, idempotency_key
+), ev AS (
+    INSERT INTO {events} (job_id, type, event, request_id, attempt, worker, result,
+                            idempotency_key)
+    SELECT id, type, 'completed', request_id, attempts, claimed_by, %(result)s::jsonb,
+           idempotency_key
+    FROM del
+)
+SELECT id FROM del""".replace("__FENCE__", _FENCE)
+
+COMPLETE_MANY = """
+WITH acks AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(results)s::jsonb[])
+        AS a(id, token, result)
+), del AS (
+    DELETE FROM {jobs} AS j USING acks
+    WHERE j.id = acks.id AND j.lease_token = acks.token
+    RETURNING j.id, j.type, j.request_id, j.attempts, j.claimed_by, j.idempotency_key,
+              acks.result
+), ev AS (
+    INSERT INTO {events} (job_id, type, event, request_id, attempt, worker, result,
+                          idempotency_key)
+    SELECT id, type, 'completed', request_id, attempts, claimed_by, result, idempotency_key
+    FROM del
+)
+SELECT id FROM del"""
+
+# retry: back to pending at run_at (now by default); otherwise dead, kept for inspection.
+FAIL = """
+WITH upd AS (
+    UPDATE {jobs} SET
+        state = CASE WHEN %(retry)s THEN 'pending' ELSE 'failed' END,
+        run_at = CASE WHEN %(retry)s
+                      THEN coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval, now())
+                      ELSE run_at END,
+        failed_at = CASE WHEN %(retry)s THEN NULL ELSE now() END,
+        last_error = %(reason)s,
+        lease_token = NULL,
+        lease_until = NULL
+    WHERE id = %(id)s AND __FENCE__
+    RETURNING id, type, state, run_at, request_id, attempts, claimed_by
+), ev AS (
+    INSERT INTO {events} (job_id, type, event, request_id, attempt, worker, reason)
+    SELECT id, type, CASE WHEN state = 'pending' THEN 'retried' ELSE 'failed' END,
+           request_id, attempts, claimed_by, %(reason)s
+    FROM upd
+)
+SELECT id, CASE WHEN state = 'pending' AND run_at <= now()
+                THEN pg_notify({channel}, '')::text END
+FROM upd""".replace("__FENCE__", _FENCE)
+
+# The lease ends at least `lease_ms` from now; an extend never shortens a lease.
+EXTEND = """
+WITH upd AS (
+    UPDATE {jobs} SET
+        lease_until = greatest(lease_until, now() + %(lease_ms)s * interval '1 millisecond')
+    WHERE id = %(id)s AND state = 'claimed'
+      AND (lease_token = %(token)s::uuid OR %(token)s::uuid IS NULL)
+    RETURNING id, type, request_id, attempts, claimed_by, lease_until
+), ev AS (
+    INSERT INTO {events} (job_id, type, event, request_id, attempt, worker, reason)
+    SELECT id, type, 'extended', request_id, attempts, claimed_by,
+           'lease until ' || lease_until::text
+    FROM upd
+)
+SELECT lease_until FROM upd"""
+
+JOB_STATE = "SELECT state, lease_token FROM {jobs} WHERE id = %(id)s"
+
+PENDING = """
+SELECT (SELECT count(*) FROM {jobs}
+         WHERE state = 'pending' AND run_at <= now() __TYPE_FILTER__)
+     + (SELECT count(*) FROM {jobs}
+         WHERE state = 'claimed' AND lease_until < now() __TYPE_FILTER__)"""
+PENDING_ANY = PENDING.replace("__TYPE_FILTER__", "")
+PENDING_TYPED = PENDING.replace("__TYPE_FILTER__", "AND type = ANY(%(types)s::text[])")
+
+CUTOFF = "SELECT now() - %(older_than)s::interval"
+
+# Dead jobs are removed in batches; each removal is itself recorded as history.
+CLEAR_FAILED_BATCH = """
+WITH del AS (
+    DELETE FROM {jobs} WHERE id = ANY(ARRAY(
+        SELECT id FROM {jobs} WHERE state = 'failed' AND failed_at < %(cutoff)s
+        ORDER BY failed_at, id LIMIT %(batch)s FOR UPDATE SKIP LOCKED))
+      AND state = 'failed'
+    RETURNING id, type, request_id, attempts
+), ev AS (
+    INSERT INTO {events} (job_id, type, event, request_id, attempt, reason)
+    SELECT id, type, 'deleted', request_id, attempts, 'cleared' FROM del
+)
+SELECT count(*) FROM del"""
+
+CLEAR_EVENTS_BATCH = """
+WITH del AS (
+    DELETE FROM {events} WHERE id = ANY(ARRAY(
+        SELECT id FROM {events} WHERE occurred_at < %(cutoff)s LIMIT %(batch)s))
+    RETURNING 1
+)
+SELECT count(*) FROM del"""
+
+
+@dataclass(frozen=True)
+class Statements:
+    """The statements of one queue, rendered once to bytes."""
+
+    names: Names
+
+    def _render(self, template: str, **extra: sql.Composable) -> bytes:
+        return self.names.fmt(template, **extra).as_bytes(None)
+
+    @cached_property
+    def schema_version(self) -> bytes:
+        return self._render(SCHEMA_VERSION)
+
+    @cached_property
+    def create_migrations(self) -> bytes:
+        return self._render(CREATE_MIGRATIONS)
+
+    @cached_property
+    def record_migration(self) -> bytes:
+        return self._render(RECORD_MIGRATION)
+
+    def migration_1(self, legacy_id: str | None) -> list[bytes]:
+        """The first layout: created fresh, or upgraded from the upstream layout in place."""
+        if legacy_id is None:
+            first = [self._render(CREATE_JOBS)]
+        else:
+            extra = {
+                "legacy_id": sql.Identifier(legacy_id),
+                "legacy_pending_idx_q": _sibling(self.names, "idx_", "_queue_pending"),
+                "legacy_visibility_idx_q": _sibling(self.names, "idx_", "_visibility"),
+            }
+            first = [self._render(s, **extra) for s in LEGACY_UPGRADE]
+        return first + [self._render(s) for s in CREATE_COMMON]
+
+    @cached_property
+    def enqueue(self) -> bytes:
+        return self._render(ENQUEUE)
+
+    @cached_property
+    def enqueue_many(self) -> bytes:
+        return self._render(ENQUEUE_MANY)
+
+    @cached_property
+    def lookup_keys(self) -> bytes:
+        return self._render(LOOKUP_KEYS)
+
+    @cached_property
+    def claim_any(self) -> bytes:
+        return self._render(CLAIM_ANY)
+
+    @cached_property
+    def claim_typed(self) -> bytes:
+        return self._render(CLAIM_TYPED)
+
+    @cached_property
+    def complete(self) -> bytes:
+        return self._render(COMPLETE)
+
+    @cached_property
+    def complete_many(self) -> bytes:
+        return self._render(COMPLETE_MANY)
+
+    @cached_property
+    def fail(self) -> bytes:
+        return self._render(FAIL)
+
+    @cached_property
+    def extend(self) -> bytes:
+        return self._render(EXTEND)
+
+    @cached_property
+    def job_state(self) -> bytes:
+        return self._render(JOB_STATE)
+
+    @cached_property
+    def pending_any(self) -> bytes:
+        return self._render(PENDING_ANY)
+
+    @cached_property
+    def pending_typed(self) -> bytes:
+        return self._render(PENDING_TYPED)
+
+    @cached_property
+    def cutoff(self) -> bytes:
+        return self._render(CUTOFF)
+
+    @cached_property
+    def clear_failed_batch(self) -> bytes:
+        return self._render(CLEAR_FAILED_BATCH)
+
+    @cached_property
+    def clear_events_batch(self) -> bytes:
+        return self._render(CLEAR_EVENTS_BATCH)
+
+
+def _sibling(names: Names, prefix: str, suffix: str) -> sql.Identifier:
+    name = prefix + names.table + suffix
+    return sql.Identifier(names.schema, name) if names.schema else sql.Identifier(name)

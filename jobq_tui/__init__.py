@@ -1,0 +1,1 @@
+"""jobq's operator tools: the `jobq` CLI and the `jobq-tui` console."""

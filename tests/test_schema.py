@@ -1,0 +1,167 @@
+"""Creation on first use, forward migration (including upstream's layout) and name safety."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from typing import Any
+
+import psycopg
+import pytest
+
+from jobq_core import InvalidInputError, JobQueue, SchemaError, create_job_queue, schema
+from jobq_core.sql import Names
+
+
+def test_first_use_creates_the_tables(empty_dsn: str) -> None:
+    with JobQueue(empty_dsn) as queue:  # construction does no I/O
+        with psycopg.connect(empty_dsn) as conn:
+            assert conn.execute("SELECT to_regclass('svti_jobs')").fetchone()[0] is None
+        queue.enqueue("t")
+    with psycopg.connect(empty_dsn) as conn:
+        versions = conn.execute("SELECT version FROM svti_jobs_migrations").fetchall()
+        assert versions == [(schema.LATEST_VERSION,)]
+        assert conn.execute("SELECT count(*) FROM svti_jobs").fetchone()[0] == 1
+
+
+def test_migration_is_idempotent(empty_dsn: str) -> None:
+    with create_job_queue(empty_dsn) as queue:
+        assert queue.migrate() == []
+    with create_job_queue(empty_dsn) as queue:
+        assert queue.migrate() == []
+
+
+def _first_use(dsn: str, table: str, barrier: Any, out: Any) -> None:
+    barrier.wait()
+    try:
+        with create_job_queue(dsn, table=table) as queue:
+            queue.enqueue("t")
+        out.put("ok")
+    except Exception as exc:  # reported to the parent
+        out.put(repr(exc))
+
+
+def test_racing_first_use_migrations_all_succeed(empty_dsn: str) -> None:
+    ctx = mp.get_context("spawn")
+    n = 6
+    barrier, out = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_first_use, args=(empty_dsn, "raced", barrier, out))
+             for _ in range(n)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert results == ["ok"] * n
+    with psycopg.connect(empty_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM raced").fetchone()[0] == n
+        assert conn.execute("SELECT count(*) FROM raced_migrations").fetchone()[0] == 1
+
+
+LEGACY_DDL = """
+CREATE TABLE svti_jobs (
+    svti_jobs_id BIGSERIAL PRIMARY KEY,
+    queue TEXT NOT NULL,
+    payload JSONB,
+    request_id TEXT,
+    claimed_at TIMESTAMPTZ,
+    claimed_until TIMESTAMPTZ,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at TIMESTAMPTZ DEFAULT now()
+);
+CREATE INDEX idx_svti_jobs_queue_pending ON svti_jobs (queue, svti_jobs_id)
+    WHERE claimed_at IS NULL;
+CREATE INDEX idx_svti_jobs_visibility ON svti_jobs (claimed_until)
+    WHERE claimed_at IS NOT NULL;
+INSERT INTO svti_jobs (queue, payload, request_id, created_at) VALUES
+    ('email', '{"to": "a@example.com"}', 'req-a', now() - interval '2 minutes'),
+    ('email', NULL, NULL, NULL),
+    ('sms', '"hi"', 'req-c', now() - interval '1 minute');
+INSERT INTO svti_jobs (queue, payload, claimed_at, claimed_until, attempts)
+    VALUES ('email', '{"held": true}', now() - interval '1 minute', now() - interval '1 second', 1),
+           ('email', '{"live": true}', now(), now() + interval '1 hour', 2);
+"""
+
+
+def test_upstream_layout_is_migrated_forward_without_losing_rows(empty_dsn: str) -> None:
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute(LEGACY_DDL)
+    with create_job_queue(empty_dsn) as queue, psycopg.connect(empty_dsn) as conn:
+        rows = conn.execute(
+            "SELECT id, type, payload, request_id, state, attempts, lease_token IS NOT NULL "
+            "FROM svti_jobs ORDER BY id").fetchall()
+        assert rows == [
+            (1, "email", {"to": "a@example.com"}, "req-a", "pending", 0, False),
+            (2, "email", None, None, "pending", 0, False),
+            (3, "sms", "hi", "req-c", "pending", 0, False),
+            (4, "email", {"held": True}, None, "claimed", 1, True),
+            (5, "email", {"live": True}, None, "claimed", 2, True),
+        ]
+        assert queue.pending() == 4  # three ready, one expired lease
+        # The expired legacy claim comes back first; the live one stays held.
+        claimed = [queue.claim(types=["email"]) for _ in range(4)]
+        assert [j.id if j else None for j in claimed] == [4, 1, 2, None]
+        assert claimed[0].attempts == 2
+        assert queue.enqueue("email") == 6  # the old sequence carries on
+        indexes = {r[0] for r in conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'svti_jobs'")}
+        assert "idx_svti_jobs_queue_pending" not in indexes
+        assert "svti_jobs_ready_idx" in indexes
+
+
+def test_a_foreign_table_is_refused(empty_dsn: str) -> None:
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE svti_jobs (id int, name text)")
+    with pytest.raises(SchemaError, match="not created by jobq"):
+        create_job_queue(empty_dsn)
+
+
+def test_a_newer_schema_is_refused(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO svti_jobs_migrations (version, name) VALUES (999, 'future')")
+    with pytest.raises(SchemaError, match="newer"):
+        create_job_queue(dsn)
+
+
+def test_printed_ddl_can_be_applied_by_hand(empty_dsn: str) -> None:
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute(schema.ddl("manual").encode())
+    with create_job_queue(empty_dsn, table="manual") as queue:
+        assert queue.migrate() == []
+        queue.enqueue("t")
+        queue.complete(queue.claim())
+
+
+def test_ddl_cli_prints_the_tables(capsys: pytest.CaptureFixture[str]) -> None:
+    schema.main(["myapp.jobs"])
+    out = capsys.readouterr().out
+    assert 'CREATE TABLE "myapp"."jobs" (' in out and '"myapp"."jobs_events"' in out
+
+
+def test_schema_qualified_and_custom_tables_are_independent(empty_dsn: str) -> None:
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA app")
+    with create_job_queue(empty_dsn, table="app.jobs") as a, \
+            create_job_queue(empty_dsn, table="other_jobs") as b:
+        a.enqueue("t", "in app")
+        b.enqueue("t", "in other")
+        assert a.claim().payload == "in app"
+        assert b.claim().payload == "in other"
+        assert a.claim() is None
+
+
+@pytest.mark.parametrize("name", [
+    "svti_jobs; DROP TABLE x", 'a"b', "pg_jobs", "PG_catalog.jobs", "information_schema.x",
+    "", "a.b.c", "1jobs", "x" * 41, "jobs--", "sch.", 42, None,
+])
+def test_unsafe_table_names_are_rejected_before_any_sql(name: Any) -> None:
+    # An unreachable DSN proves no connection was attempted.
+    with pytest.raises(InvalidInputError):
+        JobQueue("postgresql://nobody@127.0.0.1:1/none", table=name)
+    with pytest.raises(InvalidInputError):
+        Names.parse(name)
+
+
+def test_default_lease_is_validated() -> None:
+    for bad in (0, -5, float("nan"), "30s", True):
+        with pytest.raises(InvalidInputError):
+            JobQueue("postgresql://nobody@127.0.0.1:1/none", default_lease_ms=bad)
