@@ -19,6 +19,8 @@ PRIORITY_MIN, PRIORITY_MAX = -32768, 32767
 LEASE_MS_MAX = 7 * 24 * 3600 * 1000
 _TYPE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/\-]{0,127}")
 _TEXT_MAX = 1024
+# One encoder for every payload: json.dumps with options would build a new one per call.
+_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +119,7 @@ def dump_json(value: Any, what: str = "payload") -> str | None:
     if value is None:
         return None
     try:
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        text = _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"{what} is not JSON-serialisable: {exc}") from None
     # jsonb cannot store U+0000; json.dumps writes it as the escape \u0000.

@@ -196,8 +196,10 @@ CREATE_COMMON = (
     "CREATE INDEX {failed_idx} ON {jobs} (failed_at, id) WHERE state = 'failed'",
     "CREATE UNIQUE INDEX {idempotency_idx} ON {jobs} (idempotency_key) "
     "WHERE idempotency_key IS NOT NULL",
+    # No primary-key index: history is read by job, by request id or by age, never by its own
+    # id alone, and one btree fewer makes every transition cheaper.
     """CREATE TABLE {events} (
-        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id bigint GENERATED ALWAYS AS IDENTITY,
         occurred_at timestamptz NOT NULL DEFAULT now(),
         job_id bigint NOT NULL,
         type text NOT NULL,
@@ -269,12 +271,22 @@ LEFT JOIN ins ON ins.id = input.id
 LEFT JOIN ins AS dup ON ins.id IS NULL AND dup.idempotency_key = input.idempotency_key
 ORDER BY input.ord"""
 
+# The COPY path for batches without idempotency keys: ids and the transaction's now() first,
+# then both tables by COPY. now() is the same in all three, as in a single statement.
+RESERVE_IDS = """
+WITH s AS (SELECT pg_get_serial_sequence(%(jobs_name)s, 'id')::regclass AS seq)
+SELECT now(), ARRAY(SELECT nextval(s.seq) FROM s, generate_series(1, %(n)s))"""
+COPY_JOBS = "COPY {jobs} (id, type, payload, priority, run_at, request_id) FROM STDIN"
+COPY_ENQUEUED = "COPY {events} (job_id, type, event, request_id) FROM STDIN"
+
 LOOKUP_KEYS = (
     "SELECT idempotency_key, id FROM {jobs} WHERE idempotency_key = ANY(%(keys)s::text[])"
 )
 
 # A claim takes expired leases first (their jobs were due earlier), then ready jobs in claim
-# order. A reclaimed job gets a new token, so its old holder can no longer ack it.
+# order. A reclaimed job gets a new token, so its old holder can no longer ack it. The shape
+# (candidate arrays, then UPDATE ... WHERE id = ANY) keeps the generic plan cheap: jobq's own
+# connections run with plan_cache_mode=force_generic_plan, so the claim is never re-planned.
 _CLAIM = """
 WITH expired AS (
     SELECT id FROM {jobs}
@@ -283,24 +295,20 @@ WITH expired AS (
     FOR UPDATE SKIP LOCKED
 ), ready AS (
     __READY__
-), picked AS (
-    (SELECT id, true AS recovered FROM expired)
-    UNION ALL
-    (SELECT id, false FROM ready)
-    LIMIT %(limit)s
 ), upd AS (
-    UPDATE {jobs} AS j SET
+    UPDATE {jobs} SET
         state = 'claimed',
-        attempts = j.attempts + 1,
+        attempts = attempts + 1,
         lease_token = gen_random_uuid(),
         lease_until = now() + %(lease_ms)s * interval '1 millisecond',
         claimed_by = %(worker)s,
         claimed_at = now()
-    FROM picked WHERE j.id = picked.id
-    RETURNING j.*, picked.recovered
+    WHERE id = ANY((ARRAY(SELECT id FROM expired) || ARRAY(SELECT id FROM ready))[1:%(limit)s])
+    RETURNING *
 ), ev AS (
     INSERT INTO {events} (job_id, type, event, request_id, attempt, worker)
-    SELECT id, type, CASE WHEN recovered THEN 'recovered' ELSE 'claimed' END,
+    SELECT id, type,
+           CASE WHEN id IN (SELECT id FROM expired) THEN 'recovered' ELSE 'claimed' END,
            request_id, attempts, claimed_by
     FROM upd
 )
@@ -481,6 +489,18 @@ class Statements:
     @cached_property
     def enqueue_many(self) -> bytes:
         return self._render(ENQUEUE_MANY)
+
+    @cached_property
+    def reserve_ids(self) -> bytes:
+        return self._render(RESERVE_IDS)
+
+    @cached_property
+    def copy_jobs(self) -> bytes:
+        return self._render(COPY_JOBS)
+
+    @cached_property
+    def copy_enqueued(self) -> bytes:
+        return self._render(COPY_ENQUEUED)
 
     @cached_property
     def lookup_keys(self) -> bytes:
