@@ -6,23 +6,19 @@ claim (UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED)) followed by a 
 no history, no idempotency index and no lease token; jobq does all three in the same number of
 round trips.
 
-    python benchmarks/bench_queue.py [--dsn DSN] [--ops 3000]
+    python -m benchmarks.bench_queue [--dsn DSN] [--ops 3000] [--embedded]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-from typing import Any
 
 import psycopg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fresh_database, rate, server_dsn, server_facts  # noqa: E402
-
-from jobq_core import JobQueue, NewJob  # noqa: E402
+from benchmarks._common import fresh_database, rate, server_dsn, server_facts
+from jobq_core import JobQueue, NewJob
 
 RAW_DDL = """
 CREATE TABLE raw_jobs (

@@ -13,7 +13,13 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
-from .errors import InvalidInputError, JobStateError, LeaseLostError, NotFoundError
+from .errors import (
+    InvalidInputError,
+    JobFailedError,
+    JobStateError,
+    LeaseLostError,
+    NotFoundError,
+)
 from .models import (
     EnqueueParams,
     Job,
@@ -218,6 +224,66 @@ def extend(st: Statements, job: Job | int, lease_ms: object) -> Op[datetime]:
     if isinstance(error, JobStateError) or (token is None and not isinstance(error, NotFoundError)):
         error = JobStateError(f"cannot extend job {job_id}: it is not claimed")
     raise error
+
+
+def heartbeat(st: Statements, jobs: Sequence[Job], lease_ms: Sequence[int]) -> Op[set[int]]:
+    """Extend every held lease in one statement; returns the ids whose lease still holds."""
+    if not jobs:
+        return set()
+    rows = yield Stmt(st.heartbeat, {
+        "ids": [j.id for j in jobs], "tokens": [j.lease_token for j in jobs],
+        "ms": [validate_lease_ms(ms) for ms in lease_ms],
+    })
+    return {r[0] for r in rows}
+
+
+def release(st: Statements, jobs: Sequence[Job], reason: str) -> Op[list[int]]:
+    """Hand claimed jobs back to pending at no attempt cost (graceful shutdown)."""
+    if not jobs:
+        return []
+    rows = yield Stmt(st.release, {
+        "ids": [j.id for j in jobs], "tokens": [j.lease_token for j in jobs],
+        "reason": clean_reason(reason),
+    })
+    return [r[0] for r in rows]
+
+
+def claim_job(st: Statements, job_id: int, lease_ms: object, worker: str) -> Op[Job | None]:
+    rows = yield Stmt(st.claim_job, {
+        "id": validate_id(job_id), "lease_ms": validate_lease_ms(lease_ms), "worker": worker,
+    })
+    return job_from_row(rows[0]) if rows else None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Where a job stands: `state` is pending, claimed, failed or completed."""
+
+    state: str
+    result: Any = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("failed", "completed")
+
+
+def outcome(st: Statements, job_id: int, arm: bool = False) -> Op[Outcome]:
+    """Read a job's outcome; with `arm`, its completion will NOTIFY the done channel."""
+    job_id = validate_id(job_id)
+    for _ in range(2):  # a job finishing mid-statement is visible to the next snapshot
+        rows = yield Stmt(st.outcome, {"id": job_id, "arm": arm})
+        if rows:
+            state, result, error = rows[0]
+            return Outcome(state, result, error)
+    raise NotFoundError(f"no job with id {job_id}, live or in history")
+
+
+def finished_result(job_id: int, done: Outcome) -> Any:
+    """The result of a completed job, or `JobFailedError` for a failed one."""
+    if done.state == "failed":
+        raise JobFailedError(job_id, done.error)
+    return done.result
 
 
 def pending(st: Statements, types: object) -> Op[int]:

@@ -36,3 +36,20 @@ class DatabaseUnavailableError(JobqError):
     When a connection breaks mid-statement the outcome is unknown; a claimed job that was
     never acknowledged comes back when its lease expires.
     """
+
+
+class JobFailedError(JobqError):
+    """The job ended `failed`; `reason` holds its last error (and traceback, from the runner)."""
+
+    def __init__(self, job_id: int, reason: str | None) -> None:
+        super().__init__(f"job {job_id} failed: {reason or 'no reason recorded'}")
+        self.job_id = job_id
+        self.reason = reason
+
+
+class WaitTimeoutError(JobqError, TimeoutError):
+    """`wait` gave up before the job finished; the job itself is unaffected."""
+
+
+class UnknownTaskError(JobqError, LookupError):
+    """No handler is registered for that task type in this runner."""

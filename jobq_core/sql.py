@@ -24,7 +24,8 @@ JOB_COLUMNS = (
 )
 STATES = ("pending", "claimed", "failed")
 EVENTS = (
-    "enqueued", "claimed", "completed", "failed", "retried", "extended", "recovered", "deleted",
+    "enqueued", "claimed", "completed", "failed", "retried", "extended", "recovered", "released",
+    "deleted",
 )
 
 
@@ -76,6 +77,11 @@ class Names:
         return f"jobq_{self.schema}_{self.table}" if self.schema else f"jobq_{self.table}"
 
     @property
+    def done_channel(self) -> str:
+        """Where completions and final failures of waited-on jobs are announced (payload: id)."""
+        return self.channel + "_done"
+
+    @property
     def lock_key(self) -> str:
         return f"jobq:{self.display}"
 
@@ -88,6 +94,7 @@ class Names:
             migrations=self.ident("_migrations"),
             notify_fn=self.ident("_notify"),
             channel=sql.Literal(self.channel),
+            done_channel=sql.Literal(self.done_channel),
             states=sql.SQL(", ").join(sql.Literal(s) for s in STATES),
             events_list=sql.SQL(", ").join(sql.Literal(e) for e in EVENTS),
             **{name: self.local(suffix) for name, suffix in _LOCAL_NAMES.items()},
@@ -150,6 +157,7 @@ CREATE TABLE {jobs} (
     claimed_at timestamptz,
     last_error text,
     failed_at timestamptz,
+    has_waiters boolean NOT NULL DEFAULT false,
     created_at timestamptz NOT NULL DEFAULT now()
 ) WITH (fillfactor = 80)"""
 
@@ -168,7 +176,8 @@ LEGACY_UPGRADE = (
         ADD COLUMN lease_token uuid,
         ADD COLUMN claimed_by text,
         ADD COLUMN last_error text,
-        ADD COLUMN failed_at timestamptz""",
+        ADD COLUMN failed_at timestamptz,
+        ADD COLUMN has_waiters boolean NOT NULL DEFAULT false""",
     """UPDATE {jobs} SET
         created_at = coalesce(created_at, now()),
         run_at = coalesce(created_at, now()),
@@ -230,19 +239,25 @@ CREATE_COMMON = (
 
 # --- the queue ---------------------------------------------------------------------------
 
+# A key also finds a job that completed within the history's retention: no second run.
 ENQUEUE = """
-WITH ins AS (
+WITH done AS (
+    SELECT job_id FROM {events}
+    WHERE event = 'completed' AND idempotency_key = %(idempotency_key)s
+    ORDER BY id DESC LIMIT 1
+), ins AS (
     INSERT INTO {jobs} (type, payload, priority, run_at, request_id, idempotency_key)
-    VALUES (%(type)s, %(payload)s::jsonb, %(priority)s,
-            coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval, now()),
-            %(request_id)s, %(idempotency_key)s)
+    SELECT %(type)s, %(payload)s::jsonb, %(priority)s,
+           coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval, now()),
+           %(request_id)s, %(idempotency_key)s
+    WHERE NOT EXISTS (SELECT 1 FROM done)
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, type, request_id, idempotency_key
 ), ev AS (
     INSERT INTO {events} (job_id, type, event, request_id, idempotency_key)
     SELECT id, type, 'enqueued', request_id, idempotency_key FROM ins
 )
-SELECT id FROM ins"""
+SELECT id FROM ins UNION ALL SELECT job_id FROM done"""
 
 # Ids are drawn in input order, so the result maps back to the caller's list; an item whose
 # key repeats an earlier item of the same batch gets that item's id.
@@ -254,21 +269,28 @@ WITH input AS (
                 %(keys)s::text[])
          WITH ORDINALITY AS i(type, payload, priority, run_at, delay, request_id,
                               idempotency_key, ord)
+), done AS (
+    SELECT DISTINCT ON (idempotency_key) idempotency_key, job_id FROM {events}
+    WHERE event = 'completed' AND idempotency_key = ANY(%(keys)s::text[])
+    ORDER BY idempotency_key, id DESC
 ), ins AS (
     INSERT INTO {jobs} (id, type, payload, priority, run_at, request_id, idempotency_key)
     SELECT id, type, payload, priority, coalesce(run_at, now() + delay, now()), request_id,
            idempotency_key
-    FROM input ORDER BY ord
+    FROM input
+    WHERE NOT EXISTS (SELECT 1 FROM done WHERE done.idempotency_key = input.idempotency_key)
+    ORDER BY ord
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, type, request_id, idempotency_key
 ), ev AS (
     INSERT INTO {events} (job_id, type, event, request_id, idempotency_key)
     SELECT id, type, 'enqueued', request_id, idempotency_key FROM ins
 )
-SELECT input.ord, coalesce(ins.id, dup.id)
+SELECT input.ord, coalesce(ins.id, dup.id, done.job_id)
 FROM input
 LEFT JOIN ins ON ins.id = input.id
 LEFT JOIN ins AS dup ON ins.id IS NULL AND dup.idempotency_key = input.idempotency_key
+LEFT JOIN done ON done.idempotency_key = input.idempotency_key
 ORDER BY input.ord"""
 
 # The COPY path for batches without idempotency keys: ids and the transaction's now() first,
@@ -279,9 +301,11 @@ SELECT now(), ARRAY(SELECT nextval(s.seq) FROM s, generate_series(1, %(n)s))"""
 COPY_JOBS = "COPY {jobs} (id, type, payload, priority, run_at, request_id) FROM STDIN"
 COPY_ENQUEUED = "COPY {events} (job_id, type, event, request_id) FROM STDIN"
 
-LOOKUP_KEYS = (
-    "SELECT idempotency_key, id FROM {jobs} WHERE idempotency_key = ANY(%(keys)s::text[])"
-)
+LOOKUP_KEYS = """
+SELECT idempotency_key, id FROM {jobs} WHERE idempotency_key = ANY(%(keys)s::text[])
+UNION ALL
+SELECT DISTINCT ON (idempotency_key) idempotency_key, job_id FROM {events}
+WHERE event = 'completed' AND idempotency_key = ANY(%(keys)s::text[])"""
 
 # A claim takes expired leases first (their jobs were due earlier), then ready jobs in claim
 # order. A reclaimed job gets a new token, so its old holder can no longer ack it. The shape
@@ -346,7 +370,7 @@ _FENCE = """(lease_token = %(token)s::uuid
 COMPLETE = """
 WITH del AS (
     DELETE FROM {jobs} WHERE id = %(id)s AND __FENCE__
-    RETURNING id, type, request_id, attempts, claimed_by, idempotency_key
+    RETURNING id, type, request_id, attempts, claimed_by, idempotency_key, has_waiters
 ), ev AS (
     INSERT INTO {events} (job_id, type, event, request_id, attempt, worker, result,
                             idempotency_key)
@@ -354,7 +378,8 @@ WITH del AS (
            idempotency_key
     FROM del
 )
-SELECT id FROM del""".replace("__FENCE__", _FENCE)
+SELECT id, CASE WHEN has_waiters THEN pg_notify({done_channel}, id::text)::text END
+FROM del""".replace("__FENCE__", _FENCE)
 
 COMPLETE_MANY = """
 WITH acks AS (
@@ -364,14 +389,15 @@ WITH acks AS (
     DELETE FROM {jobs} AS j USING acks
     WHERE j.id = acks.id AND j.lease_token = acks.token
     RETURNING j.id, j.type, j.request_id, j.attempts, j.claimed_by, j.idempotency_key,
-              acks.result
+              j.has_waiters, acks.result
 ), ev AS (
     INSERT INTO {events} (job_id, type, event, request_id, attempt, worker, result,
                           idempotency_key)
     SELECT id, type, 'completed', request_id, attempts, claimed_by, result, idempotency_key
     FROM del
 )
-SELECT id FROM del"""
+SELECT id, CASE WHEN has_waiters THEN pg_notify({done_channel}, id::text)::text END
+FROM del"""
 
 # retry: back to pending at run_at (now by default); otherwise dead, kept for inspection.
 FAIL = """
@@ -386,15 +412,17 @@ WITH upd AS (
         lease_token = NULL,
         lease_until = NULL
     WHERE id = %(id)s AND __FENCE__
-    RETURNING id, type, state, run_at, request_id, attempts, claimed_by
+    RETURNING id, type, state, run_at, request_id, attempts, claimed_by, has_waiters
 ), ev AS (
     INSERT INTO {events} (job_id, type, event, request_id, attempt, worker, reason)
     SELECT id, type, CASE WHEN state = 'pending' THEN 'retried' ELSE 'failed' END,
            request_id, attempts, claimed_by, %(reason)s
     FROM upd
 )
-SELECT id, CASE WHEN state = 'pending' AND run_at <= now()
-                THEN pg_notify({channel}, '')::text END
+SELECT id,
+       CASE WHEN state = 'pending' AND run_at <= now() THEN pg_notify({channel}, '')::text END,
+       CASE WHEN state = 'failed' AND has_waiters
+            THEN pg_notify({done_channel}, id::text)::text END
 FROM upd""".replace("__FENCE__", _FENCE)
 
 # The lease ends at least `lease_ms` from now; an extend never shortens a lease.
@@ -414,6 +442,71 @@ WITH upd AS (
 SELECT lease_until FROM upd"""
 
 JOB_STATE = "SELECT state, lease_token FROM {jobs} WHERE id = %(id)s"
+
+# A runner's heartbeat: one statement for every lease it holds. It never shortens a lease
+# (ctx.extend may have lengthened one) and, not being a transition, writes no history.
+HEARTBEAT = """
+UPDATE {jobs} AS j
+SET lease_until = greatest(j.lease_until, now() + h.ms * interval '1 millisecond')
+FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(ms)s::integer[]) AS h(id, token, ms)
+WHERE j.id = h.id AND j.lease_token = h.token
+RETURNING j.id"""
+
+# Shutdown hands unfinished jobs back: pending again, in their old place, at no attempt cost.
+RELEASE = """
+WITH upd AS (
+    UPDATE {jobs} AS j SET
+        state = 'pending',
+        attempts = greatest(j.attempts - 1, 0),
+        lease_token = NULL,
+        lease_until = NULL
+    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS r(id, token)
+    WHERE j.id = r.id AND j.lease_token = r.token
+    RETURNING j.id, j.type, j.request_id, j.attempts, j.claimed_by
+), ev AS (
+    INSERT INTO {events} (job_id, type, event, request_id, attempt, worker, reason)
+    SELECT id, type, 'released', request_id, attempts, claimed_by, %(reason)s FROM upd
+)
+SELECT id, pg_notify({channel}, '')::text FROM upd"""
+
+# Claim one given job, if it is due or its lease expired (inline runs).
+CLAIM_JOB = """
+WITH cur AS (
+    SELECT id, state FROM {jobs}
+    WHERE id = %(id)s AND ((state = 'pending' AND run_at <= now())
+                           OR (state = 'claimed' AND lease_until < now()))
+    FOR UPDATE SKIP LOCKED
+), upd AS (
+    UPDATE {jobs} AS j SET
+        state = 'claimed',
+        attempts = j.attempts + 1,
+        lease_token = gen_random_uuid(),
+        lease_until = now() + %(lease_ms)s * interval '1 millisecond',
+        claimed_by = %(worker)s,
+        claimed_at = now()
+    FROM cur WHERE j.id = cur.id
+    RETURNING j.*, cur.state = 'claimed' AS recovered
+), ev AS (
+    INSERT INTO {events} (job_id, type, event, request_id, attempt, worker)
+    SELECT id, type, CASE WHEN recovered THEN 'recovered' ELSE 'claimed' END,
+           request_id, attempts, claimed_by
+    FROM upd
+)
+SELECT __COLUMNS__ FROM upd""".replace("__COLUMNS__", JOB_COLUMNS)
+
+# Where a job stands: live (state), failed (reason) or completed (result). With arm, a live
+# job is marked so that its completion or final failure sends a NOTIFY to waiters.
+OUTCOME = """
+WITH live AS (
+    UPDATE {jobs} SET has_waiters = has_waiters OR %(arm)s
+    WHERE id = %(id)s
+    RETURNING state, last_error
+)
+SELECT state, NULL::jsonb, last_error FROM live
+UNION ALL
+(SELECT 'completed', result, NULL FROM {events}
+ WHERE job_id = %(id)s AND event = 'completed' AND NOT EXISTS (SELECT 1 FROM live)
+ ORDER BY id DESC LIMIT 1)"""
 
 PENDING = """
 SELECT (SELECT count(*) FROM {jobs}
@@ -529,6 +622,22 @@ class Statements:
     @cached_property
     def extend(self) -> bytes:
         return self._render(EXTEND)
+
+    @cached_property
+    def heartbeat(self) -> bytes:
+        return self._render(HEARTBEAT)
+
+    @cached_property
+    def release(self) -> bytes:
+        return self._render(RELEASE)
+
+    @cached_property
+    def claim_job(self) -> bytes:
+        return self._render(CLAIM_JOB)
+
+    @cached_property
+    def outcome(self) -> bytes:
+        return self._render(OUTCOME)
 
     @cached_property
     def job_state(self) -> bytes:

@@ -242,7 +242,7 @@ def test_clear_rejects_bad_durations(q: Any) -> None:
             q.clear(older_than=bad)
 
 
-def test_idempotency_key_returns_the_live_job(q: Any, db: psycopg.Connection[Any]) -> None:
+def test_idempotency_key_returns_the_live_or_completed_job(q: Any, db: psycopg.Connection[Any]) -> None:
     first = q.enqueue("t", {"v": 1}, idempotency_key="order-7")
     assert q.enqueue("t", {"v": 2}, idempotency_key="order-7") == first
     assert q.enqueue_many([NewJob("t", idempotency_key="order-7")]) == [first]
@@ -250,8 +250,16 @@ def test_idempotency_key_returns_the_live_job(q: Any, db: psycopg.Connection[Any
     job = q.claim()
     assert job.idempotency_key == "order-7" and job.payload == {"v": 1}
     assert q.enqueue("t", idempotency_key="order-7") == first  # claimed is still live
-    q.complete(job)
-    assert q.enqueue("t", idempotency_key="order-7") != first  # a finished job frees its key
+    q.complete(job, result={"shipped": 1})
+    # Completed: the key still finds it (history keeps it), and nothing runs twice.
+    assert q.enqueue("t", idempotency_key="order-7") == first
+    assert q.enqueue_many([NewJob("t", idempotency_key="order-7"), NewJob("t")])[0] == first
+    assert q.pending() == 1  # only the key-less one
+    assert q.outcome(first).result == {"shipped": 1}
+    # Once the history is cleared, the key is free again.
+    db.execute("UPDATE svti_jobs_events SET occurred_at = now() - interval '2 days'")
+    q.clear(older_than="1d")
+    assert q.enqueue("t", idempotency_key="order-7") != first
 
 
 def test_enqueue_many_returns_ids_in_input_order(q: Any, db: psycopg.Connection[Any]) -> None:
