@@ -242,7 +242,9 @@ def test_clear_rejects_bad_durations(q: Any) -> None:
             q.clear(older_than=bad)
 
 
-def test_idempotency_key_returns_the_live_or_completed_job(q: Any, db: psycopg.Connection[Any]) -> None:
+def test_idempotency_key_returns_the_live_or_completed_job(
+    q: Any, db: psycopg.Connection[Any]
+) -> None:
     first = q.enqueue("t", {"v": 1}, idempotency_key="order-7")
     assert q.enqueue("t", {"v": 2}, idempotency_key="order-7") == first
     assert q.enqueue_many([NewJob("t", idempotency_key="order-7")]) == [first]
