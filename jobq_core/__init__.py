@@ -7,29 +7,41 @@ from .durations import format_duration, parse_duration
 from .errors import (
     DatabaseUnavailableError,
     InvalidInputError,
+    JobFailedError,
     JobqError,
     JobStateError,
     LeaseLostError,
     NotFoundError,
     SchemaError,
+    UnknownTaskError,
+    WaitTimeoutError,
 )
 from .models import Job, NewJob
 from .queue import AsyncJobQueue, JobQueue, create_async_job_queue, create_job_queue
+from .runner import Context, RunnerEvent, TaskRunner, create_task_runner, exponential_backoff
 
 __all__ = [
     "AsyncJobQueue",
+    "Context",
     "DatabaseUnavailableError",
     "InvalidInputError",
     "Job",
+    "JobFailedError",
     "JobQueue",
     "JobStateError",
     "JobqError",
     "LeaseLostError",
     "NewJob",
     "NotFoundError",
+    "RunnerEvent",
     "SchemaError",
+    "TaskRunner",
+    "UnknownTaskError",
+    "WaitTimeoutError",
     "create_async_job_queue",
     "create_job_queue",
+    "create_task_runner",
+    "exponential_backoff",
     "format_duration",
     "parse_duration",
 ]

@@ -1,0 +1,189 @@
+"""Running handlers in worker processes.
+
+`concurrent.futures.ProcessPoolExecutor` breaks for good when one child dies. Here each worker
+process is long-lived and serves one job at a time over a pipe; a child that dies (``os._exit``,
+a segfault, ``kill -9``) or is killed on timeout fails only its own attempt, and a fresh
+process takes its place on the next job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing as mp
+import pickle
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .errors import JobqError
+from .models import Job
+
+_POLL = 0.02
+
+
+class ProcessCrashedError(JobqError):
+    """The worker process running the handler died; only this attempt fails."""
+
+
+class HandlerError(Exception):
+    """A handler's exception from a child process that could not be sent back as itself."""
+
+
+class AttemptCancelledError(Exception):
+    """The attempt was abandoned: its lease was lost, or the runner is shutting down."""
+
+
+@dataclass(frozen=True)
+class ChildSettings:
+    """What a child needs to give handlers a working `ctx.enqueue`."""
+
+    conninfo: str | None
+    table: str
+
+
+class ProcessContext:
+    """`ctx` inside a worker process: the job, its attempt and request id, a logger bound to
+    them, `cancelled`, and `enqueue` (new jobs inherit the request id)."""
+
+    def __init__(self, job: Job, cancelled: Any, settings: ChildSettings) -> None:
+        self.job = job
+        self.attempt = job.attempts
+        self.request_id = job.request_id
+        self.cancelled = cancelled
+        self.logger = bound_logger(job)
+        self._settings = settings
+
+    def enqueue(self, type: str, payload: Any = None, **options: Any) -> int:
+        from .queue import JobQueue  # imported here: the child only needs it when asked
+
+        if self._settings.conninfo is None:
+            raise JobqError("ctx.enqueue in a process needs a queue built from a DSN or pool")
+        options.setdefault("request_id", self.request_id)
+        with JobQueue(self._settings.conninfo, table=self._settings.table,
+                      max_connections=1) as queue:
+            return queue.enqueue(type, payload, **options)
+
+    def extend(self, ms: int) -> None:
+        raise JobqError("process handlers cannot extend: the runner keeps their lease alive")
+
+
+def bound_logger(job: Job) -> logging.LoggerAdapter[logging.Logger]:
+    """A logger whose records carry the job id, attempt and request id."""
+    extra = {"job_id": job.id, "attempt": job.attempts, "request_id": job.request_id}
+
+    class _Adapter(logging.LoggerAdapter[logging.Logger]):
+        def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+            kwargs.setdefault("extra", {}).update(extra)
+            return f"[job {job.id} req {job.request_id}] {msg}", kwargs
+
+    return _Adapter(logging.getLogger(f"jobq.task.{job.type}"), extra)
+
+
+def _child_main(conn: Connection, cancelled: Any, settings: ChildSettings) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides about shutdown
+    while True:
+        try:
+            fn, payload, job = conn.recv()
+        except (EOFError, OSError):
+            return
+        ctx = ProcessContext(job, cancelled, settings)
+        try:
+            conn.send(("ok", fn(payload, ctx)))
+        except BaseException as exc:
+            text = "".join(traceback.format_exception(exc))
+            try:
+                blob: bytes | None = pickle.dumps(exc)
+            except Exception:
+                blob = None
+            conn.send(("error", blob, f"{type(exc).__name__}: {exc}", text))
+
+
+class _Worker:
+    def __init__(self, context: Any, settings: ChildSettings) -> None:
+        self.cancelled = context.Event()
+        self.conn, child = context.Pipe()
+        self.proc = context.Process(target=_child_main, args=(child, self.cancelled, settings),
+                                    daemon=True, name="jobq-process-worker")
+        self.proc.start()
+        child.close()
+
+    def call(self, fn: Callable[..., Any], payload: Any, job: Job, timeout: float | None,
+             abandon: threading.Event) -> Any:
+        """Run one job; blocks (call it in a thread). Raises on crash, timeout or abandon."""
+        self.cancelled.clear()
+        self.conn.send((fn, payload, job))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.conn.poll(_POLL):
+            if not self.proc.is_alive():
+                raise ProcessCrashedError(
+                    f"worker process {self.proc.pid} died (exit code {self.proc.exitcode})")
+            if deadline is not None and time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"timed out after {timeout}s; worker process killed")
+            if abandon.is_set():
+                self.cancelled.set()
+                self.kill()
+                raise AttemptCancelledError("abandoned; worker process killed")
+        try:
+            message = self.conn.recv()
+        except (EOFError, OSError):
+            raise ProcessCrashedError(f"worker process {self.proc.pid} died mid-reply") from None
+        if message[0] == "ok":
+            return message[1]
+        _, blob, summary, text = message
+        exc: BaseException = HandlerError(f"{summary}\n{text}")
+        if blob is not None:
+            with contextlib.suppress(Exception):
+                exc = pickle.loads(blob)  # our own child process sent it
+        exc.__notes__ = [f"in worker process:\n{text}"]
+        raise exc
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(5)
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self.proc.is_alive())
+
+
+class ProcessPool:
+    """Up to `size` long-lived worker processes (spawned on demand, replaced when they die)."""
+
+    def __init__(self, size: int, settings: ChildSettings) -> None:
+        self.size = size
+        self._settings = settings
+        self._context = mp.get_context("spawn")
+        self._idle: list[_Worker] = []
+        self._busy: set[_Worker] = set()
+        self._slots: asyncio.Semaphore | None = None
+
+    async def run(self, fn: Callable[..., Any], payload: Any, job: Job, timeout: float | None,
+                  abandon: threading.Event) -> Any:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.size)
+        async with self._slots:
+            worker = self._idle.pop() if self._idle else None
+            if worker is None or not worker.healthy:
+                worker = await asyncio.to_thread(_Worker, self._context, self._settings)
+            self._busy.add(worker)
+            try:
+                return await asyncio.to_thread(worker.call, fn, payload, job, timeout, abandon)
+            finally:
+                self._busy.discard(worker)
+                if worker.healthy:
+                    self._idle.append(worker)
+
+    def close(self) -> None:
+        for worker in [*self._idle, *self._busy]:
+            worker.kill()
+        self._idle.clear()
+        self._busy.clear()

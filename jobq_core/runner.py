@@ -1,0 +1,713 @@
+"""The task runner: handlers, retries, executors, leases kept alive and graceful shutdown.
+
+asyncio inside. It claims only the types it has handlers for, never more than its free slots,
+wakes on NOTIFY (polling as a fallback, or only polling with ``notify=False`` for PgBouncer in
+transaction mode), keeps every held lease alive with one heartbeat statement, acks completions
+in batches, and persists retries with a capped, jittered exponential backoff.
+
+    runner = create_task_runner(queue, concurrency=8)
+
+    @runner.task("send-email", max_attempts=5, timeout=30)
+    def send_email(payload, ctx):
+        ctx.logger.info("sending to %s", payload["to"])
+
+    runner.serve_forever()   # until SIGTERM or SIGINT
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import random
+import signal
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+
+from .errors import (
+    DatabaseUnavailableError,
+    InvalidInputError,
+    JobqError,
+    LeaseLostError,
+    UnknownTaskError,
+    WaitTimeoutError,
+)
+from .executors import (
+    AttemptCancelledError,
+    ChildSettings,
+    ProcessCrashedError,
+    ProcessPool,
+    bound_logger,
+)
+from .models import Job, dump_json, validate_lease_ms, validate_type
+from .queue import APPLICATION_NAME, AsyncJobQueue, JobQueue, default_worker_name
+
+log = logging.getLogger("jobq.runner")
+
+Executor = Literal["thread", "process", "async"]
+Backoff = Callable[[int], float]
+RetryOn = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+
+
+def exponential_backoff(base: float = 1.0, cap: float = 300.0) -> Backoff:
+    """Seconds before retry number `attempt`: base * 2^(attempt-1), capped, with equal jitter
+    (between half and all of it), so a burst of failures does not retry in lockstep."""
+
+    def backoff(attempt: int) -> float:
+        delay: float = min(cap, base * 2.0 ** max(attempt - 1, 0))
+        return delay / 2 + random.uniform(0, delay / 2)
+
+    return backoff
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    fn: Callable[..., Any]
+    max_attempts: int
+    backoff: Backoff
+    timeout: float | None
+    executor: Executor
+    retry_on: RetryOn | None
+    lease_ms: int | None
+
+    def retryable(self, exc: BaseException) -> bool:
+        if self.retry_on is None or isinstance(exc, TimeoutError | ProcessCrashedError):
+            return True
+        if isinstance(self.retry_on, tuple):
+            return isinstance(exc, self.retry_on)
+        return bool(self.retry_on(exc))
+
+
+@dataclass(frozen=True)
+class RunnerEvent:
+    """What `on_event` callbacks receive, once per transition this runner makes.
+
+    `kind` is one of claimed, completed, retried, failed, lease_lost, released, timed_out."""
+
+    kind: str
+    job: Job
+    attempt: int
+    duration: float | None = None
+    error: str | None = None
+    result: Any = None
+
+
+class Context:
+    """`ctx`, the second argument of every handler (thread and async executors)."""
+
+    def __init__(self, runner: TaskRunner, job: Job, cancelled: threading.Event) -> None:
+        self.job = job
+        self.attempt = job.attempts
+        self.request_id = job.request_id
+        #: Set when the lease is lost, on timeout and on shutdown: stop, your result will be
+        #: discarded.
+        self.cancelled = cancelled
+        self.logger = bound_logger(job)
+        self._runner = runner
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+
+    def _blocking(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run `coro` on the runner's loop from a handler thread and wait for it."""
+        if threading.get_ident() == self._loop_thread:
+            coro.close()
+            raise JobqError("in an async handler use `await ctx.aenqueue()` / `ctx.aextend()`")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def aextend(self, ms: int) -> None:
+        """Make this job's lease last at least `ms` from now."""
+        await self._runner._queue_call("extend", self.job, ms)
+
+    def extend(self, ms: int) -> None:
+        self._blocking(self.aextend(ms))
+
+    async def aenqueue(self, type: str, payload: Any = None, **options: Any) -> int:
+        """Enqueue a follow-up job; it inherits this job's request id unless given another."""
+        options.setdefault("request_id", self.request_id)
+        job_id: int = await self._runner._queue_call("enqueue", type, payload, **options)
+        return job_id
+
+    def enqueue(self, type: str, payload: Any = None, **options: Any) -> int:
+        job_id: int = self._blocking(self.aenqueue(type, payload, **options))
+        return job_id
+
+
+@dataclass
+class _Attempt:
+    job: Job
+    task: Task
+    lease_ms: int
+    deadline: float
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: str | None = None
+    handler: asyncio.Task[Any] | None = None
+
+    def cancel(self, reason: str) -> None:
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+        self.cancelled.set()
+        if self.handler is not None and self.task.executor == "async":
+            self.handler.cancel()
+
+
+class _Outcome:
+    COMPLETED, RETRIED, FAILED, DISCARDED = "completed", "retried", "failed", "discarded"
+
+
+class TaskRunner:
+    """Runs registered handlers for jobs of a `JobQueue` or an `AsyncJobQueue`."""
+
+    def __init__(
+        self,
+        queue: JobQueue | AsyncJobQueue,
+        *,
+        concurrency: int = 10,
+        poll_interval: float = 1.0,
+        notify: bool = True,
+        lease_ms: int | None = None,
+        heartbeat_interval: float | None = None,
+        shutdown_timeout: float = 30.0,
+        worker_name: str | None = None,
+        process_workers: int | None = None,
+        on_event: Callable[[RunnerEvent], None] | None = None,
+    ) -> None:
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise InvalidInputError(f"concurrency must be a positive integer, got {concurrency!r}")
+        if poll_interval <= 0 or shutdown_timeout < 0:
+            raise InvalidInputError("poll_interval must be positive, shutdown_timeout >= 0")
+        self.queue = queue
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.notify = notify
+        self.lease_ms = validate_lease_ms(lease_ms or queue.default_lease_ms)
+        self.heartbeat_interval = heartbeat_interval or self.lease_ms / 3000
+        self.shutdown_timeout = shutdown_timeout
+        self.worker_name = worker_name or default_worker_name()
+        self.process_workers = process_workers or concurrency
+        self.counters: Counter[str] = Counter()
+        self._listeners: list[Callable[[RunnerEvent], None]] = [on_event] if on_event else []
+        self._tasks: dict[str, Task] = {}
+        self._running: dict[int, _Attempt] = {}
+        self._stuck_threads = 0
+        self._threads: ThreadPoolExecutor | None = None
+        self._processes: ProcessPool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._hard_stop: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+        self._acks: asyncio.Queue[tuple[Job, Any, asyncio.Future[bool]]] | None = None
+
+    # -- registration -----------------------------------------------------------------------
+
+    def task(
+        self,
+        name: str,
+        *,
+        max_attempts: int = 5,
+        backoff: Backoff | None = None,
+        timeout: float | None = None,
+        executor: Executor | None = None,
+        retry_on: RetryOn | None = None,
+        lease_ms: int | None = None,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register the decorated `fn(payload, ctx)` for jobs of type `name`.
+
+        `executor` defaults to "async" for ``async def`` and "thread" otherwise; "process"
+        runs it in a worker process (it must then be importable by name). `retry_on` limits
+        retries to some exceptions (a tuple of types or a predicate); timeouts and crashed
+        processes are always retried until `max_attempts`.
+        """
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.register(name, fn, max_attempts=max_attempts, backoff=backoff,
+                          timeout=timeout, executor=executor, retry_on=retry_on,
+                          lease_ms=lease_ms)
+            return fn
+
+        return register
+
+    def register(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *,
+        max_attempts: int = 5,
+        backoff: Backoff | None = None,
+        timeout: float | None = None,
+        executor: Executor | None = None,
+        retry_on: RetryOn | None = None,
+        lease_ms: int | None = None,
+    ) -> None:
+        validate_type(name, "task name")
+        if name in self._tasks:
+            raise InvalidInputError(f"task {name!r} is already registered")
+        if not isinstance(max_attempts, int) or max_attempts < 1:
+            raise InvalidInputError(f"max_attempts must be >= 1, got {max_attempts!r}")
+        if timeout is not None and not timeout > 0:
+            raise InvalidInputError(f"timeout must be positive, got {timeout!r}")
+        is_async = inspect.iscoroutinefunction(fn)
+        chosen = executor or ("async" if is_async else "thread")
+        if chosen not in ("thread", "process", "async") or (chosen == "async") != is_async:
+            raise InvalidInputError(
+                f"executor {chosen!r} does not fit {'an async' if is_async else 'a sync'} handler")
+        self._tasks[name] = Task(
+            name, fn, max_attempts, backoff or exponential_backoff(), timeout, chosen,
+            retry_on, validate_lease_ms(lease_ms) if lease_ms is not None else None,
+        )
+
+    @property
+    def task_types(self) -> list[str]:
+        return sorted(self._tasks)
+
+    def on_event(self, callback: Callable[[RunnerEvent], None]) -> None:
+        self._listeners.append(callback)
+
+    # -- queue access: either twin ------------------------------------------------------------
+
+    async def _queue_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        fn = getattr(self.queue, method)
+        if isinstance(self.queue, AsyncJobQueue):
+            return await fn(*args, **kwargs)
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    # -- serving ----------------------------------------------------------------------------
+
+    def serve_forever(self, *, until_idle: bool = False) -> None:
+        """Serve until SIGTERM/SIGINT (graceful; a second signal stops at once)."""
+        asyncio.run(self.serve(until_idle=until_idle, handle_signals=True))
+
+    def request_stop(self, *, immediately: bool = False) -> None:
+        """Stop claiming and shut down gracefully; safe from any thread or a signal handler.
+        A second request (or `immediately`) hands unfinished jobs back at once."""
+        loop, stop, hard = self._loop, self._stop, self._hard_stop
+        if loop is None or stop is None or hard is None:
+            return
+
+        def trip() -> None:
+            if stop.is_set() or immediately:
+                hard.set()
+            stop.set()
+
+        if loop.is_closed():
+            return
+        try:
+            running_loop = asyncio.get_running_loop()
+        except RuntimeError:
+            running_loop = None
+        if running_loop is loop:
+            trip()
+        else:
+            loop.call_soon_threadsafe(trip)
+
+    async def serve(self, *, until_idle: bool = False, handle_signals: bool = False) -> None:
+        """Claim and run jobs until stopped (or, with `until_idle`, until none is claimable)."""
+        if not self._tasks:
+            raise InvalidInputError("register at least one task before serving")
+        self._start_loop_state()
+        assert self._stop is not None and self._wake is not None and self._hard_stop is not None
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+        background = [asyncio.create_task(self._heartbeats(), name="jobq-heartbeat"),
+                      asyncio.create_task(self._acker(), name="jobq-acker")]
+        if self.notify and self.queue.conninfo is not None:
+            background.append(asyncio.create_task(self._listen(), name="jobq-listener"))
+        attempts: set[asyncio.Task[Any]] = set()
+        slot_freed = asyncio.Event()
+        failures = 0
+        try:
+            while not self._stop.is_set():
+                free = self.concurrency - len(self._running) - self._stuck_threads
+                if free <= 0:
+                    await self._wait_for(slot_freed, self.poll_interval)
+                    slot_freed.clear()
+                    continue
+                self._wake.clear()
+                try:
+                    jobs = await self._queue_call(
+                        "claim_many", free, types=self.task_types, lease_ms=self.lease_ms,
+                        worker=self.worker_name)
+                    failures = 0
+                except DatabaseUnavailableError as exc:
+                    failures += 1
+                    self.counters["db_errors"] += 1
+                    log.warning("claim failed (%s); retrying", exc)
+                    await self._wait_for(self._stop, min(30.0, 0.2 * 2 ** failures))
+                    continue
+                for job in jobs:
+                    attempt = asyncio.create_task(self._attempt(job))
+                    attempts.add(attempt)
+                    attempt.add_done_callback(attempts.discard)
+                    attempt.add_done_callback(lambda _: slot_freed.set())
+                    if until_idle:  # the last attempt ending is when "idle" can be noticed
+                        attempt.add_done_callback(lambda _, wake=self._wake: wake.set())
+                if len(jobs) == free:
+                    continue  # there may be more: claim again as soon as a slot frees
+                if until_idle and not jobs and not self._running:
+                    break
+                await self._wait_for(self._wake, self.poll_interval)
+        finally:
+            await self._shutdown(attempts)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            self._close_executors()
+
+    def _start_loop_state(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._hard_stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._acks = asyncio.Queue()
+
+    @staticmethod
+    async def _wait_for(event: asyncio.Event, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    async def _shutdown(self, attempts: set[asyncio.Task[Any]]) -> None:
+        """Let running jobs finish within the deadline, then hand the rest back at no attempt
+        cost; their late results are refused by the lease fence."""
+        assert self._hard_stop is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.shutdown_timeout
+        hard = asyncio.create_task(self._hard_stop.wait())
+        waiting = set(attempts)
+        while waiting and not self._hard_stop.is_set() and loop.time() < deadline:
+            _, waiting = await asyncio.wait(waiting | {hard}, timeout=deadline - loop.time(),
+                                            return_when=asyncio.FIRST_COMPLETED)
+            waiting.discard(hard)
+        hard.cancel()
+        unfinished = list(self._running.values())
+        for attempt in unfinished:
+            attempt.cancel("shutdown")
+        if unfinished:
+            try:
+                released = await self._queue_call(
+                    "release", [a.job for a in unfinished], reason="handed back at shutdown")
+            except JobqError as exc:
+                log.error("could not hand back %d jobs (their leases will expire): %s",
+                          len(unfinished), exc)
+                released = []
+            for attempt in unfinished:
+                if attempt.job.id in released:
+                    self._emit("released", attempt.job)
+        for task in attempts:
+            task.cancel()
+        await asyncio.gather(*attempts, return_exceptions=True)
+
+    def _close_executors(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads = None
+        if self._processes is not None:
+            self._processes.close()
+            self._processes = None
+
+    # -- the background loops ---------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """LISTEN for new work; reconnects with backoff. Each wakeup triggers a claim."""
+        assert self.queue.conninfo is not None and self._wake is not None
+        channel = sql.SQL("LISTEN {}").format(sql.Identifier(self.queue.names.channel))
+        delay = 0.2
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self.queue.conninfo, autocommit=True,
+                    application_name=f"{APPLICATION_NAME}-listener")
+                async with conn:
+                    await conn.execute(channel)
+                    delay = 0.2
+                    self._wake.set()  # catch up on anything enqueued while not listening
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except (psycopg.Error, OSError) as exc:
+                log.warning("listener lost its connection (%s); polling meanwhile", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _heartbeats(self) -> None:
+        """One statement per beat extends every held lease. A lease that did not hold, or
+        whose local deadline passed while the database was unreachable, cancels its attempt:
+        another worker may own the job by then."""
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            held = list(self._running.values())
+            if not held:
+                continue
+            started = time.monotonic()
+            try:
+                kept = await self._queue_call(
+                    "heartbeat", [a.job for a in held], [a.lease_ms for a in held])
+            except JobqError as exc:
+                log.warning("heartbeat failed: %s", exc)
+                kept = None
+            for attempt in held:
+                if kept is not None and attempt.job.id in kept:
+                    attempt.deadline = started + attempt.lease_ms / 1000
+                elif attempt.cancel_reason is not None:
+                    continue
+                elif kept is not None:
+                    self._lose(attempt, "lease lost (reclaimed or removed)")
+                elif time.monotonic() > attempt.deadline:
+                    self._lose(attempt, "lease expired while the database was unreachable")
+
+    def _lose(self, attempt: _Attempt, reason: str) -> None:
+        attempt.cancel(reason)
+        self.counters["lease_lost"] += 1
+        self._emit("lease_lost", attempt.job, error=reason)
+
+    async def _acker(self) -> None:
+        """Completions are acked in batches: whatever has finished by the time the previous
+        batch is written goes in the next one statement."""
+        assert self._acks is not None
+        while True:
+            batch = [await self._acks.get()]
+            while not self._acks.empty() and len(batch) < 1000:
+                batch.append(self._acks.get_nowait())
+            try:
+                kept = set(await self._queue_call(
+                    "complete_many", [j for j, _, _ in batch], [r for _, r, _ in batch]))
+            except BaseException as exc:
+                for _, _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc if isinstance(exc, Exception) else
+                                           JobqError("acker stopped"))
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for job, _, done in batch:
+                if not done.done():
+                    done.set_result(job.id in kept)
+
+    # -- one attempt ------------------------------------------------------------------------
+
+    async def _attempt(self, job: Job, *, batch_ack: bool = True) -> tuple[str, Any]:
+        """Run one claimed job to its next state; returns (outcome, result or exception)."""
+        task = self._tasks[job.type]
+        lease_ms = task.lease_ms or self.lease_ms
+        attempt = _Attempt(job, task, lease_ms, time.monotonic() + self.lease_ms / 1000)
+        self._running[job.id] = attempt
+        self.counters["claimed"] += 1
+        self._emit("claimed", job)
+        started = time.monotonic()
+        try:
+            if job.attempts > task.max_attempts:
+                # Earlier attempts crashed their worker or lost their lease without failing:
+                # recovery counts too, so a job that kills its worker ends failed.
+                reason = (f"gave up after {job.attempts - 1} attempts (max_attempts "
+                          f"{task.max_attempts}); earlier attempts never reported back")
+                return await self._fail(attempt, reason, retry=False, started=started)
+            if task.lease_ms and task.lease_ms != self.lease_ms:
+                await self._queue_call("heartbeat", [job], [task.lease_ms])
+            try:
+                result = await self._execute(attempt)
+                dump_json(result, "result")  # not JSON: fail the attempt, never the ack
+            except AttemptCancelledError:
+                return self._discard(attempt, started)
+            except asyncio.CancelledError:
+                if attempt.cancel_reason is None:
+                    raise
+                return self._discard(attempt, started)
+            except BaseException as exc:
+                if not isinstance(exc, Exception):
+                    raise
+                if attempt.cancel_reason is not None:
+                    return self._discard(attempt, started)
+                return await self._fail(attempt, _describe(exc), exc=exc,
+                                        retry=task.retryable(exc), started=started)
+            if attempt.cancel_reason is not None:
+                return self._discard(attempt, started)
+            held = await self._ack(job, result, batch_ack)
+            if not held:
+                return self._discard(attempt, started, "lease lost before the ack")
+            self.counters["completed"] += 1
+            self._emit("completed", job, duration=time.monotonic() - started, result=result)
+            return _Outcome.COMPLETED, result
+        finally:
+            self._running.pop(job.id, None)
+
+    async def _ack(self, job: Job, result: Any, batch: bool) -> bool:
+        if batch and self._acks is not None:
+            done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            await self._acks.put((job, result, done))
+            return await done
+        try:
+            await self._queue_call("complete", job, result=result)
+        except LeaseLostError:
+            return False
+        return True
+
+    def _discard(self, attempt: _Attempt, started: float,
+                 reason: str | None = None) -> tuple[str, Any]:
+        why = reason or attempt.cancel_reason or "cancelled"
+        self.counters["discarded"] += 1
+        log.info("job %s: result discarded (%s)", attempt.job.id, why)
+        if reason is not None:
+            self._emit("lease_lost", attempt.job, error=why, duration=time.monotonic() - started)
+        return _Outcome.DISCARDED, None
+
+    async def _fail(self, attempt: _Attempt, reason: str, *, retry: bool, started: float,
+                    exc: BaseException | None = None) -> tuple[str, Any]:
+        job, task = attempt.job, attempt.task
+        retry = retry and job.attempts < task.max_attempts
+        delay = task.backoff(job.attempts) if retry else 0.0
+        try:
+            await self._queue_call("fail", job, reason=reason, retry=retry,
+                                   run_at=timedelta(seconds=delay) if retry else None)
+        except LeaseLostError:
+            return self._discard(attempt, started, "lease lost before the failure was recorded")
+        duration = time.monotonic() - started
+        if isinstance(exc, TimeoutError):
+            self.counters["timed_out"] += 1
+            self._emit("timed_out", job, duration=duration, error=reason)
+        if retry:
+            self.counters["retried"] += 1
+            self._emit("retried", job, duration=duration, error=reason)
+            if self._loop is not None and self._wake is not None:
+                self._loop.call_later(delay, self._wake.set)  # pick our own retry up on time
+            return _Outcome.RETRIED, exc
+        self.counters["failed"] += 1
+        self._emit("failed", job, duration=duration, error=reason)
+        return _Outcome.FAILED, exc
+
+    async def _execute(self, attempt: _Attempt) -> Any:
+        task, job = attempt.task, attempt.job
+        if task.executor == "process":
+            if self._processes is None:
+                self._processes = ProcessPool(
+                    self.process_workers, ChildSettings(self.queue.conninfo, self.queue.table))
+            return await self._processes.run(task.fn, job.payload, job, task.timeout,
+                                             attempt.cancelled)
+        ctx = Context(self, job, attempt.cancelled)
+        if task.executor == "async":
+            attempt.handler = asyncio.ensure_future(task.fn(job.payload, ctx))
+            try:
+                return await asyncio.wait_for(attempt.handler, task.timeout)
+            except TimeoutError:
+                attempt.cancelled.set()
+                raise TimeoutError(f"timed out after {task.timeout}s") from None
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="jobq-task")
+        future = asyncio.get_running_loop().run_in_executor(
+            self._threads, task.fn, job.payload, ctx)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), task.timeout)
+        except TimeoutError:
+            # Threads cannot be killed: the handler sees ctx.cancelled and its result, if it
+            # ever returns, is dropped. The attempt fails now so that the job can move on, and
+            # the thread keeps its slot until it really ends.
+            attempt.cancelled.set()
+            self._stuck_threads += 1
+            future.add_done_callback(self._thread_ended)
+            raise TimeoutError(f"timed out after {task.timeout}s") from None
+
+    def _thread_ended(self, _: object) -> None:
+        self._stuck_threads -= 1
+
+    def _emit(self, kind: str, job: Job, **details: Any) -> None:
+        if not self._listeners:
+            return
+        event = RunnerEvent(kind, job, job.attempts, **details)
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("on_event callback failed for %s", kind)
+
+    # -- inline execution ------------------------------------------------------------------
+
+    async def arun(
+        self, type: str, payload: Any = None, *, idempotency_key: str | None = None,
+        request_id: str | None = None, timeout: float | None = None,
+    ) -> Any:
+        """Enqueue and execute here, returning the handler's result.
+
+        With an idempotency key, a job that already completed returns its stored result
+        without running, and one that runs elsewhere is waited for. A final failure here
+        raises the handler's own exception; one that happened elsewhere, `JobFailedError`.
+        """
+        if type not in self._tasks:
+            raise UnknownTaskError(f"no handler registered for {type!r}")
+        own_loop = self._loop is None or self._loop is not asyncio.get_running_loop()
+        if own_loop:
+            self._start_loop_state()
+        heartbeat = asyncio.create_task(self._heartbeats()) if own_loop else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            job_id: int = await self._queue_call(
+                "enqueue", type, payload, idempotency_key=idempotency_key, request_id=request_id)
+            while True:
+                done = await self._queue_call("outcome", job_id)
+                if done.finished:
+                    return _finished(job_id, done)
+                job = await self._queue_call("claim_job", job_id, lease_ms=self.lease_ms,
+                                             worker=self.worker_name)
+                if job is not None:
+                    outcome, value = await self._attempt(job, batch_ack=False)
+                    if outcome == _Outcome.COMPLETED:
+                        return value
+                    if outcome == _Outcome.FAILED and isinstance(value, BaseException):
+                        raise value
+                    continue
+                wait = 1.0 if deadline is None else deadline - time.monotonic()
+                if wait <= 0:
+                    raise WaitTimeoutError(f"job {job_id} did not finish in time")
+                with contextlib.suppress(WaitTimeoutError):
+                    return await self._queue_call("wait", job_id, timeout=min(wait, 1.0))
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
+                await asyncio.gather(heartbeat, return_exceptions=True)
+                self._close_executors()
+                self._loop = None
+
+    def run(self, type: str, payload: Any = None, **options: Any) -> Any:
+        """The sync form of `arun`, for code without an event loop."""
+        return asyncio.run(self.arun(type, payload, **options))
+
+
+def _finished(job_id: int, done: Any) -> Any:
+    from ._ops import finished_result
+
+    return finished_result(job_id, done)
+
+
+def _describe(exc: BaseException) -> str:
+    """The stored error: the exception line, then its traceback (and a child's, if any)."""
+    text = "".join(traceback.format_exception(exc))
+    return f"{type(exc).__name__}: {exc}\n\n{text}".rstrip()
+
+
+def create_task_runner(
+    queue: JobQueue | AsyncJobQueue, *, concurrency: int = 10, **options: Any
+) -> TaskRunner:
+    """A `TaskRunner` over a sync or an async queue; see `TaskRunner` for the options."""
+    return TaskRunner(queue, concurrency=concurrency, **options)
+
+
+__all__: Sequence[str] = [
+    "Context",
+    "RunnerEvent",
+    "Task",
+    "TaskRunner",
+    "create_task_runner",
+    "exponential_backoff",
+]
