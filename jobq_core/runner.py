@@ -353,7 +353,7 @@ class TaskRunner:
                     attempt.add_done_callback(attempts.discard)
                     attempt.add_done_callback(lambda _: slot_freed.set())
                     if until_idle:  # the last attempt ending is when "idle" can be noticed
-                        attempt.add_done_callback(lambda _, wake=self._wake: wake.set())
+                        attempt.add_done_callback(self._wake_up)
                 if len(jobs) == free:
                     continue  # there may be more: claim again as soon as a slot frees
                 if until_idle and not jobs and not self._running:
@@ -368,6 +368,10 @@ class TaskRunner:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
             self._close_executors()
+
+    def _wake_up(self, _: object = None) -> None:
+        if self._wake is not None:
+            self._wake.set()
 
     def _start_loop_state(self) -> None:
         self._loop = asyncio.get_running_loop()
