@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import multiprocessing as mp
 import pickle
+import queue
 import signal
 import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -26,6 +29,44 @@ from .errors import JobqError
 from .models import Job
 
 _POLL = 0.02
+
+
+class DaemonThreadPool(Executor):
+    """Handler threads that never hold up process exit.
+
+    `ThreadPoolExecutor` joins its threads when the interpreter exits, so one handler that
+    ignores ``ctx.cancelled`` would keep a stopped worker alive. Abandoned handlers here are
+    left to die with the process, as a second SIGTERM promises."""
+
+    def __init__(self, size: int, name: str = "jobq-task") -> None:
+        self._work: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
+                                      | None] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._serve, name=f"{name}-{n}", daemon=True)
+                         for n in range(size)]
+        for thread in self._threads:
+            thread.start()
+
+    def _serve(self) -> None:
+        while (item := self._work.get()) is not None:
+            future, fn, args = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._work.put((future, functools.partial(fn, **kwargs) if kwargs else fn, args))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        for _ in self._threads:
+            self._work.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
 
 
 class ProcessCrashedError(JobqError):
@@ -122,8 +163,7 @@ class _Worker:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.conn.poll(_POLL):
             if not self.proc.is_alive():
-                raise ProcessCrashedError(
-                    f"worker process {self.proc.pid} died (exit code {self.proc.exitcode})")
+                raise self._crashed()
             if deadline is not None and time.monotonic() > deadline:
                 self.kill()
                 raise TimeoutError(f"timed out after {timeout}s; worker process killed")
@@ -133,8 +173,8 @@ class _Worker:
                 raise AttemptCancelledError("abandoned; worker process killed")
         try:
             message = self.conn.recv()
-        except (EOFError, OSError):
-            raise ProcessCrashedError(f"worker process {self.proc.pid} died mid-reply") from None
+        except (EOFError, OSError):  # the pipe closes when the child dies
+            raise self._crashed() from None
         if message[0] == "ok":
             return message[1]
         _, blob, summary, text = message
@@ -144,6 +184,11 @@ class _Worker:
                 exc = pickle.loads(blob)  # our own child process sent it
         exc.__notes__ = [f"in worker process:\n{text}"]
         raise exc
+
+    def _crashed(self) -> ProcessCrashedError:
+        self.proc.join(5)
+        return ProcessCrashedError(
+            f"worker process {self.proc.pid} died (exit code {self.proc.exitcode})")
 
     def kill(self) -> None:
         if self.proc.is_alive():

@@ -27,7 +27,6 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
@@ -46,6 +45,7 @@ from .errors import (
 from .executors import (
     AttemptCancelledError,
     ChildSettings,
+    DaemonThreadPool,
     ProcessCrashedError,
     ProcessPool,
     bound_logger,
@@ -54,6 +54,9 @@ from .models import Job, dump_json, validate_lease_ms, validate_type
 from .queue import APPLICATION_NAME, AsyncJobQueue, JobQueue, default_worker_name
 
 log = logging.getLogger("jobq.runner")
+
+#: `serve(until_idle=True)` keeps going while one of its own retries is due this soon (s).
+IDLE_GRACE = 1.0
 
 Executor = Literal["thread", "process", "async"]
 Backoff = Callable[[int], float]
@@ -201,7 +204,10 @@ class TaskRunner:
         self._tasks: dict[str, Task] = {}
         self._running: dict[int, _Attempt] = {}
         self._stuck_threads = 0
-        self._threads: ThreadPoolExecutor | None = None
+        self._retries_due: list[float] = []
+        self._waiting_for_slot = False
+        self._until_idle = False
+        self._threads: DaemonThreadPool | None = None
         self._processes: ProcessPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -299,6 +305,7 @@ class TaskRunner:
             if stop.is_set() or immediately:
                 hard.set()
             stop.set()
+            self._wake_up()
 
         if loop.is_closed():
             return
@@ -312,10 +319,12 @@ class TaskRunner:
             loop.call_soon_threadsafe(trip)
 
     async def serve(self, *, until_idle: bool = False, handle_signals: bool = False) -> None:
-        """Claim and run jobs until stopped (or, with `until_idle`, until none is claimable)."""
+        """Claim and run jobs until stopped; with `until_idle`, until nothing is claimable and
+        no retry this runner scheduled is due within `IDLE_GRACE` seconds."""
         if not self._tasks:
             raise InvalidInputError("register at least one task before serving")
         self._start_loop_state()
+        self._until_idle = until_idle
         assert self._stop is not None and self._wake is not None and self._hard_stop is not None
         loop = asyncio.get_running_loop()
         if handle_signals:
@@ -326,16 +335,15 @@ class TaskRunner:
         if self.notify and self.queue.conninfo is not None:
             background.append(asyncio.create_task(self._listen(), name="jobq-listener"))
         attempts: set[asyncio.Task[Any]] = set()
-        slot_freed = asyncio.Event()
         failures = 0
         try:
             while not self._stop.is_set():
                 free = self.concurrency - len(self._running) - self._stuck_threads
-                if free <= 0:
-                    await self._wait_for(slot_freed, self.poll_interval)
-                    slot_freed.clear()
-                    continue
                 self._wake.clear()
+                self._waiting_for_slot = free <= 0
+                if self._waiting_for_slot:
+                    await self._wait_for(self._wake, self.poll_interval)
+                    continue
                 try:
                     jobs = await self._queue_call(
                         "claim_many", free, types=self.task_types, lease_ms=self.lease_ms,
@@ -348,15 +356,14 @@ class TaskRunner:
                     await self._wait_for(self._stop, min(30.0, 0.2 * 2 ** failures))
                     continue
                 for job in jobs:
-                    attempt = asyncio.create_task(self._attempt(job))
+                    # Registered before the task starts, so the next claim sees the slot taken.
+                    attempt = asyncio.create_task(self._attempt(self._begin(job)))
                     attempts.add(attempt)
                     attempt.add_done_callback(attempts.discard)
-                    attempt.add_done_callback(lambda _: slot_freed.set())
-                    if until_idle:  # the last attempt ending is when "idle" can be noticed
-                        attempt.add_done_callback(self._wake_up)
+                    attempt.add_done_callback(self._slot_freed)
                 if len(jobs) == free:
                     continue  # there may be more: claim again as soon as a slot frees
-                if until_idle and not jobs and not self._running:
+                if until_idle and not jobs and not self._running and not self._retry_due_soon():
                     break
                 await self._wait_for(self._wake, self.poll_interval)
         finally:
@@ -368,6 +375,18 @@ class TaskRunner:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
             self._close_executors()
+
+    def _slot_freed(self, _: object) -> None:
+        # Wake the claim loop only if it is waiting for a slot (or for the idle check): a
+        # free slot alone is no reason to query when the last claim came back short.
+        if self._waiting_for_slot or self._until_idle:
+            self._wake_up()
+
+    def _retry_due_soon(self) -> bool:
+        """Whether a retry this runner scheduled comes due within `IDLE_GRACE` seconds."""
+        now = time.monotonic()
+        self._retries_due = [t for t in self._retries_due if t > now - IDLE_GRACE]
+        return any(t < now + IDLE_GRACE for t in self._retries_due)
 
     def _wake_up(self, _: object = None) -> None:
         if self._wake is not None:
@@ -418,7 +437,7 @@ class TaskRunner:
 
     def _close_executors(self) -> None:
         if self._threads is not None:
-            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads.shutdown(wait=False)
             self._threads = None
         if self._processes is not None:
             self._processes.close()
@@ -503,12 +522,17 @@ class TaskRunner:
 
     # -- one attempt ------------------------------------------------------------------------
 
-    async def _attempt(self, job: Job, *, batch_ack: bool = True) -> tuple[str, Any]:
-        """Run one claimed job to its next state; returns (outcome, result or exception)."""
+    def _begin(self, job: Job) -> _Attempt:
+        """Take a slot for a claimed job."""
         task = self._tasks[job.type]
-        lease_ms = task.lease_ms or self.lease_ms
-        attempt = _Attempt(job, task, lease_ms, time.monotonic() + self.lease_ms / 1000)
+        attempt = _Attempt(job, task, task.lease_ms or self.lease_ms,
+                           time.monotonic() + self.lease_ms / 1000)
         self._running[job.id] = attempt
+        return attempt
+
+    async def _attempt(self, attempt: _Attempt, *, batch_ack: bool = True) -> tuple[str, Any]:
+        """Run one claimed job to its next state; returns (outcome, result or exception)."""
+        job, task = attempt.job, attempt.task
         self.counters["claimed"] += 1
         self._emit("claimed", job)
         started = time.monotonic()
@@ -585,8 +609,9 @@ class TaskRunner:
         if retry:
             self.counters["retried"] += 1
             self._emit("retried", job, duration=duration, error=reason)
-            if self._loop is not None and self._wake is not None:
-                self._loop.call_later(delay, self._wake.set)  # pick our own retry up on time
+            self._retries_due.append(time.monotonic() + delay)
+            if self._loop is not None:
+                self._loop.call_later(delay, self._wake_up)  # pick our own retry up on time
             return _Outcome.RETRIED, exc
         self.counters["failed"] += 1
         self._emit("failed", job, duration=duration, error=reason)
@@ -609,7 +634,7 @@ class TaskRunner:
                 attempt.cancelled.set()
                 raise TimeoutError(f"timed out after {task.timeout}s") from None
         if self._threads is None:
-            self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="jobq-task")
+            self._threads = DaemonThreadPool(self.concurrency)
         future = asyncio.get_running_loop().run_in_executor(
             self._threads, task.fn, job.payload, ctx)
         try:
@@ -665,7 +690,7 @@ class TaskRunner:
                 job = await self._queue_call("claim_job", job_id, lease_ms=self.lease_ms,
                                              worker=self.worker_name)
                 if job is not None:
-                    outcome, value = await self._attempt(job, batch_ack=False)
+                    outcome, value = await self._attempt(self._begin(job), batch_ack=False)
                     if outcome == _Outcome.COMPLETED:
                         return value
                     if outcome == _Outcome.FAILED and isinstance(value, BaseException):
