@@ -1,0 +1,85 @@
+"""`jobq worker module:runner` through the installed entry point, as an operator runs it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from jobq_core import JobQueue, NewJob
+
+JOBQ = shutil.which("jobq", path=os.path.dirname(sys.executable)) or "jobq"
+
+TASKS = textwrap.dedent('''
+    import os, time
+    from jobq_core import JobQueue, create_task_runner
+
+    runner = create_task_runner(JobQueue(os.environ["APP_DSN"]), shutdown_timeout=0.5)
+
+    @runner.task("work")
+    def work(payload, ctx):
+        if payload.get("sleep"):
+            time.sleep(payload["sleep"])
+        return {"done": payload["n"], "request_id": ctx.request_id}
+''')
+
+
+def _start(tmp_path: Path, dsn: str, *args: str) -> subprocess.Popen[str]:
+    (tmp_path / "myapp_tasks.py").write_text(TASKS)
+    env = {**os.environ, "APP_DSN": dsn, "PYTHONPATH": str(tmp_path)}
+    return subprocess.Popen([JOBQ, "worker", "myapp_tasks:runner", *args], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_worker_serves_then_stops_on_sigterm(
+    tmp_path: Path, dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    queue = JobQueue(dsn)
+    ids = queue.enqueue_many([NewJob("work", {"n": i}, request_id="req-cli") for i in range(20)])
+    proc = _start(tmp_path, dsn, "--concurrency", "3")
+    try:
+        assert [queue.wait(i, timeout=30)["done"] for i in ids] == list(range(20))
+        slow = queue.enqueue("work", {"n": 99, "sleep": 30})
+        deadline = time.monotonic() + 10
+        while db.execute("SELECT count(*) FROM svti_jobs WHERE state = 'claimed'"
+                         ).fetchone()[0] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "serving work with concurrency 3" in stderr
+    # The slow job was handed back, not lost and not charged an attempt.
+    assert db.execute("SELECT state, attempts FROM svti_jobs WHERE id = %s",
+                      (slow,)).fetchone() == ("pending", 0)
+
+
+def test_worker_rejects_a_bad_target(tmp_path: Path, dsn: str) -> None:
+    for target, message in [("nosuchmodule:runner", "cannot import"),
+                            ("myapp_tasks:nothing", "no attribute"),
+                            ("myapp_tasks:os", "is not a TaskRunner"),
+                            ("no-colon", "expected module:attribute")]:
+        (tmp_path / "myapp_tasks.py").write_text(TASKS)
+        result = subprocess.run(
+            [JOBQ, "worker", target], cwd=tmp_path, capture_output=True, text=True, timeout=30,
+            env={**os.environ, "APP_DSN": dsn, "PYTHONPATH": str(tmp_path)}, check=False)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0]
+
+
+def test_version() -> None:
+    result = subprocess.run([JOBQ, "version"], capture_output=True, text=True, check=True)
+    import jobq_core
+
+    assert result.stdout.strip() == jobq_core.__version__
