@@ -45,3 +45,17 @@ def rate(count: int, fn: Callable[[], None], repeats: int = 3,
         fn()
         rates.append(count / (time.perf_counter() - start))
     return statistics.median(rates)
+
+
+def as_url(dsn: str) -> str:
+    """A postgresql:// URL for drivers that take no key=value conninfo (asyncpg)."""
+    from urllib.parse import quote
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    parts = conninfo_to_dict(dsn)
+    auth = quote(str(parts.get("user", "")))
+    if parts.get("password"):
+        auth += ":" + quote(str(parts["password"]))
+    host = parts.get("host", "localhost")
+    return f"postgresql://{auth}@{host}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"

@@ -93,7 +93,8 @@ def enqueue_many(
     todo = list(range(len(params)))
     for _ in range(_KEY_RACE_RETRIES):
         if single:
-            rows = yield Stmt(st.enqueue, _params(params[0]))
+            query = st.enqueue if params[0].idempotency_key else st.enqueue_plain
+            rows = yield Stmt(query, _params(params[0]))
             got = [rows[0][0] if rows else None]
         else:
             batch = [params[i] for i in todo]

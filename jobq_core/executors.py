@@ -115,16 +115,20 @@ class ProcessContext:
         raise JobqError("process handlers cannot extend: the runner keeps their lease alive")
 
 
-def bound_logger(job: Job) -> logging.LoggerAdapter[logging.Logger]:
+class JobLogger(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes messages with the job id and request id and puts job_id, attempt and
+    request_id on every record, for formatters and structured handlers."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        kwargs.setdefault("extra", {}).update(extra)
+        return f"[job {extra.get('job_id')} req {extra.get('request_id')}] {msg}", kwargs
+
+
+def bound_logger(job: Job) -> JobLogger:
     """A logger whose records carry the job id, attempt and request id."""
-    extra = {"job_id": job.id, "attempt": job.attempts, "request_id": job.request_id}
-
-    class _Adapter(logging.LoggerAdapter[logging.Logger]):
-        def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-            kwargs.setdefault("extra", {}).update(extra)
-            return f"[job {job.id} req {job.request_id}] {msg}", kwargs
-
-    return _Adapter(logging.getLogger(f"jobq.task.{job.type}"), extra)
+    return JobLogger(logging.getLogger(f"jobq.task.{job.type}"),
+                     {"job_id": job.id, "attempt": job.attempts, "request_id": job.request_id})
 
 
 def _child_main(conn: Connection, cancelled: Any, settings: ChildSettings) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import random
@@ -27,7 +28,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -110,17 +111,25 @@ class RunnerEvent:
 class Context:
     """`ctx`, the second argument of every handler (thread and async executors)."""
 
-    def __init__(self, runner: TaskRunner, job: Job, cancelled: threading.Event) -> None:
-        self.job = job
-        self.attempt = job.attempts
-        self.request_id = job.request_id
-        #: Set when the lease is lost, on timeout and on shutdown: stop, your result will be
-        #: discarded.
-        self.cancelled = cancelled
-        self.logger = bound_logger(job)
+    def __init__(self, runner: TaskRunner, attempt: _Attempt) -> None:
+        self.job = attempt.job
+        self.attempt = attempt.job.attempts
+        self.request_id = attempt.job.request_id
+        self._state = attempt
         self._runner = runner
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set when the lease is lost, on timeout and on shutdown: stop, the result will be
+        discarded."""
+        return self._state.cancelled
+
+    @functools.cached_property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger bound to this job's id, attempt and request id."""
+        return bound_logger(self.job)
 
     def _blocking(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run `coro` on the runner's loop from a handler thread and wait for it."""
@@ -153,14 +162,24 @@ class _Attempt:
     task: Task
     lease_ms: int
     deadline: float
-    cancelled: threading.Event = field(default_factory=threading.Event)
     cancel_reason: str | None = None
     handler: asyncio.Task[Any] | None = None
+    _cancelled: threading.Event | None = None
+
+    @property
+    def cancelled(self) -> threading.Event:
+        # Made on first use: most handlers never look, and an Event per job is measurable.
+        if self._cancelled is None:
+            self._cancelled = threading.Event()
+            if self.cancel_reason is not None:
+                self._cancelled.set()
+        return self._cancelled
 
     def cancel(self, reason: str) -> None:
         if self.cancel_reason is None:
             self.cancel_reason = reason
-        self.cancelled.set()
+        if self._cancelled is not None:
+            self._cancelled.set()
         if self.handler is not None and self.task.executor == "async":
             self.handler.cancel()
 
@@ -625,14 +644,19 @@ class TaskRunner:
                     self.process_workers, ChildSettings(self.queue.conninfo, self.queue.table))
             return await self._processes.run(task.fn, job.payload, job, task.timeout,
                                              attempt.cancelled)
-        ctx = Context(self, job, attempt.cancelled)
+        ctx = Context(self, attempt)
         if task.executor == "async":
-            attempt.handler = asyncio.ensure_future(task.fn(job.payload, ctx))
+            # The handler runs in this attempt's own task (no task per job); a lost lease
+            # cancels that task while, and only while, the handler runs.
+            attempt.handler = asyncio.current_task()
             try:
-                return await asyncio.wait_for(attempt.handler, task.timeout)
+                async with asyncio.timeout(task.timeout):
+                    return await task.fn(job.payload, ctx)
             except TimeoutError:
-                attempt.cancelled.set()
+                attempt.cancelled.set()  # not cancel(): a timeout fails the attempt
                 raise TimeoutError(f"timed out after {task.timeout}s") from None
+            finally:
+                attempt.handler = None
         if self._threads is None:
             self._threads = DaemonThreadPool(self.concurrency)
         future = asyncio.get_running_loop().run_in_executor(

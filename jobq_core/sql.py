@@ -239,6 +239,20 @@ CREATE_COMMON = (
 
 # --- the queue ---------------------------------------------------------------------------
 
+# Without a key: nothing can conflict, so the plain insert.
+ENQUEUE_PLAIN = """
+WITH ins AS (
+    INSERT INTO {jobs} (type, payload, priority, run_at, request_id)
+    VALUES (%(type)s, %(payload)s::jsonb, %(priority)s,
+            coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval, now()),
+            %(request_id)s)
+    RETURNING id, type, request_id
+), ev AS (
+    INSERT INTO {events} (job_id, type, event, request_id)
+    SELECT id, type, 'enqueued', request_id FROM ins
+)
+SELECT id FROM ins"""
+
 # A key also finds a job that completed within the history's retention: no second run.
 ENQUEUE = """
 WITH done AS (
@@ -307,6 +321,12 @@ UNION ALL
 SELECT DISTINCT ON (idempotency_key) idempotency_key, job_id FROM {events}
 WHERE event = 'completed' AND idempotency_key = ANY(%(keys)s::text[])"""
 
+# Claims, heartbeats and hand-backs are soft state and commit asynchronously (no wait for the
+# WAL flush): if a crash loses one, the job is simply back as it was, its old holder's ack
+# fails the lease fence, and the job runs again; nothing is lost or completed twice. The
+# setting is local to the statement's own transaction.
+_ASYNC_COMMIT = "(SELECT set_config('synchronous_commit', 'off', true)) AS async_commit"
+
 # A claim takes expired leases first (their jobs were due earlier), then ready jobs in claim
 # order. A reclaimed job gets a new token, so its old holder can no longer ack it. The shape
 # (candidate arrays, then UPDATE ... WHERE id = ANY) keeps the generic plan cheap: jobq's own
@@ -336,7 +356,7 @@ WITH expired AS (
            request_id, attempts, claimed_by
     FROM upd
 )
-SELECT __COLUMNS__ FROM upd ORDER BY priority DESC, run_at, id"""
+SELECT __COLUMNS__ FROM upd, __ASYNC_COMMIT__ ORDER BY priority DESC, run_at, id"""
 
 _READY_ANY = """SELECT id FROM {jobs}
     WHERE state = 'pending' AND run_at <= now()
@@ -355,11 +375,12 @@ _READY_TYPED = """SELECT r.id FROM unnest(%(types)s::text[]) AS t(name)
 
 CLAIM_ANY = (
     _CLAIM.replace("__TYPE_FILTER__", "").replace("__READY__", _READY_ANY)
-    .replace("__COLUMNS__", JOB_COLUMNS)
+    .replace("__COLUMNS__", JOB_COLUMNS).replace("__ASYNC_COMMIT__", _ASYNC_COMMIT)
 )
 CLAIM_TYPED = (
     _CLAIM.replace("__TYPE_FILTER__", "AND type = ANY(%(types)s::text[])")
     .replace("__READY__", _READY_TYPED).replace("__COLUMNS__", JOB_COLUMNS)
+    .replace("__ASYNC_COMMIT__", _ASYNC_COMMIT)
 )
 
 # A fenced call passes its lease token; an operator's bare id passes NULL and may act on any
@@ -446,11 +467,14 @@ JOB_STATE = "SELECT state, lease_token FROM {jobs} WHERE id = %(id)s"
 # A runner's heartbeat: one statement for every lease it holds. It never shortens a lease
 # (ctx.extend may have lengthened one) and, not being a transition, writes no history.
 HEARTBEAT = """
-UPDATE {jobs} AS j
-SET lease_until = greatest(j.lease_until, now() + h.ms * interval '1 millisecond')
-FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(ms)s::integer[]) AS h(id, token, ms)
-WHERE j.id = h.id AND j.lease_token = h.token
-RETURNING j.id"""
+WITH upd AS (
+    UPDATE {jobs} AS j
+    SET lease_until = greatest(j.lease_until, now() + h.ms * interval '1 millisecond')
+    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(ms)s::integer[]) AS h(id, token, ms)
+    WHERE j.id = h.id AND j.lease_token = h.token
+    RETURNING j.id
+)
+SELECT id FROM upd, __ASYNC_COMMIT__""".replace("__ASYNC_COMMIT__", _ASYNC_COMMIT)
 
 # Shutdown hands unfinished jobs back: pending again, in their old place, at no attempt cost.
 RELEASE = """
@@ -467,7 +491,8 @@ WITH upd AS (
     INSERT INTO {events} (job_id, type, event, request_id, attempt, worker, reason)
     SELECT id, type, 'released', request_id, attempts, claimed_by, %(reason)s FROM upd
 )
-SELECT id, pg_notify({channel}, '')::text FROM upd"""
+SELECT id, pg_notify({channel}, '')::text FROM upd, __ASYNC_COMMIT__""".replace(
+    "__ASYNC_COMMIT__", _ASYNC_COMMIT)
 
 # Claim one given job, if it is due or its lease expired (inline runs).
 CLAIM_JOB = """
@@ -492,7 +517,8 @@ WITH cur AS (
            request_id, attempts, claimed_by
     FROM upd
 )
-SELECT __COLUMNS__ FROM upd""".replace("__COLUMNS__", JOB_COLUMNS)
+SELECT __COLUMNS__ FROM upd, __ASYNC_COMMIT__""".replace("__COLUMNS__", JOB_COLUMNS).replace(
+    "__ASYNC_COMMIT__", _ASYNC_COMMIT)
 
 # Where a job stands: live (state), failed (reason) or completed (result). With arm, a live
 # job is marked so that its completion or final failure sends a NOTIFY to waiters.
@@ -578,6 +604,10 @@ class Statements:
     @cached_property
     def enqueue(self) -> bytes:
         return self._render(ENQUEUE)
+
+    @cached_property
+    def enqueue_plain(self) -> bytes:
+        return self._render(ENQUEUE_PLAIN)
 
     @cached_property
     def enqueue_many(self) -> bytes:

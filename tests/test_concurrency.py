@@ -289,3 +289,40 @@ def test_stale_holder_loses_to_the_reclaimer_even_when_racing(
                 t.join()
             assert sorted(outcomes) == ["fresh", "lost"]
     assert set(_completed_counts(db).values()) == {1}
+
+
+def test_a_server_crash_right_after_claims_loses_no_job() -> None:
+    """Claims commit asynchronously. A crash may lose an unflushed claim; the job must then
+    be pending again and its stale holder's ack refused. Either way: nothing is lost and
+    nothing is completed twice. A durable server (not the suite's fast one) so that enqueues
+    and completions really are flushed."""
+    with EmbeddedPostgres() as server:
+        queue = create_job_queue(server.dsn, max_connections=2)
+        ids = queue.enqueue_many([NewJob("t", i) for i in range(50)])
+        held = queue.claim_many(50, lease_ms=60_000)
+        assert len(held) == 50
+        server.kill()  # SIGKILL the postmaster: no shutdown, no flush
+        server.start()
+        acked, lost = 0, 0
+        deadline = time.monotonic() + 10
+        while True:  # the pool reconnects after the crash
+            try:
+                queue.pending()
+                break
+            except DatabaseUnavailableError:
+                assert time.monotonic() < deadline, "no reconnect after the crash"
+                time.sleep(0.1)
+        for job in held:
+            try:
+                queue.complete(job)
+                acked += 1
+            except LeaseLostError:
+                lost += 1  # the claim did not survive: the job is pending again
+        assert acked + lost == 50
+        while jobs := queue.claim_many(25):
+            assert len(queue.complete_many(jobs)) == len(jobs)
+        with psycopg.connect(server.dsn) as db:
+            counts = _completed_counts(db)
+            assert db.execute("SELECT count(*) FROM svti_jobs").fetchone()[0] == 0
+        queue.close()
+    assert sorted(counts) == sorted(ids) and set(counts.values()) == {1}
