@@ -31,3 +31,28 @@ def test_quick_start_runs(dsn: str, db: psycopg.Connection[Any]) -> None:
     assert "sending alice@example.com for request req-8f2c" in result.stdout
     assert db.execute("SELECT event FROM svti_jobs_events ORDER BY id").fetchall() == [
         ("enqueued",), ("claimed",), ("completed",)]
+
+
+def test_runner_example_runs(tmp_path: Path, dsn: str, monkeypatch: Any) -> None:
+    """The README's task-runner example, imported as a module (process handlers must be
+    importable), serving one job of each kind."""
+    import importlib
+
+    code = next(b for b in _blocks("python") if "create_task_runner" in b)
+    (tmp_path / "readme_tasks.py").write_text(code)
+    monkeypatch.setenv("JOBQ_DSN", dsn)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("readme_tasks")
+    queue, runner = module.queue, module.runner
+    resize = queue.enqueue("resize-image", {"path": "/tmp/cat.png"}, request_id="req-readme")
+    crunch = queue.enqueue("crunch", {"n": 1000})
+    fetch = queue.enqueue("fetch")
+    runner.register("notify-user", lambda payload, ctx: ctx.request_id)
+    runner.serve_forever(until_idle=True)
+    assert queue.wait(resize, timeout=10) == {"ok": True}
+    assert queue.wait(crunch, timeout=10) == sum(range(1000))
+    assert queue.wait(fetch, timeout=10) == {"status": 200}
+    with psycopg.connect(dsn) as db:
+        assert db.execute("SELECT result FROM svti_jobs_events WHERE type = 'notify-user' "
+                          "AND event = 'completed'").fetchone() == ("req-readme",)
+    queue.close()
