@@ -86,6 +86,11 @@ class _QueueCore:
     def table(self) -> str:
         return self.names.display
 
+    def _pool_args(self, max_connections: int, pgbouncer: bool) -> dict[str, Any]:
+        """The arguments of the pool a queue builds for itself from a DSN."""
+        return {"min_size": 1, "max_size": max_connections, "kwargs": _pool_kwargs(pgbouncer),
+                "open": False, "timeout": CONNECT_TIMEOUT, "name": f"jobq:{self.names.display}"}
+
     def _claim_op(
         self, limit: int, types: object, lease_ms: int | None, worker: str | None
     ) -> Op[list[Job]]:
@@ -201,10 +206,7 @@ class JobQueue(_QueueCore):
         self._pool: ConnectionPool | None = None
         self._owns_pool = False
         if isinstance(target, str):
-            self._pool = ConnectionPool(
-                target, min_size=1, max_size=max_connections, kwargs=_pool_kwargs(pgbouncer),
-                open=False, timeout=CONNECT_TIMEOUT, name=f"jobq:{self.names.display}",
-            )
+            self._pool = ConnectionPool(target, **self._pool_args(max_connections, pgbouncer))
             self._owns_pool = True
         elif isinstance(target, ConnectionPool):
             self._pool = target
@@ -415,10 +417,7 @@ class AsyncJobQueue(_QueueCore):
         self._pool: AsyncConnectionPool | None = None
         self._owns_pool = False
         if isinstance(target, str):
-            self._pool = AsyncConnectionPool(
-                target, min_size=1, max_size=max_connections, kwargs=_pool_kwargs(pgbouncer),
-                open=False, timeout=CONNECT_TIMEOUT, name=f"jobq:{self.names.display}",
-            )
+            self._pool = AsyncConnectionPool(target, **self._pool_args(max_connections, pgbouncer))
             self._owns_pool = True
         elif isinstance(target, AsyncConnectionPool):
             self._pool = target

@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 import psycopg
 from psycopg import sql
@@ -73,6 +73,17 @@ def exponential_backoff(base: float = 1.0, cap: float = 300.0) -> Backoff:
         return delay / 2 + random.uniform(0, delay / 2)
 
     return backoff
+
+
+class TaskOptions(TypedDict, total=False):
+    """How a task is run; see `TaskRunner.register`."""
+
+    max_attempts: int
+    backoff: Backoff | None
+    timeout: float | None
+    executor: Executor | None
+    retry_on: RetryOn | None
+    lease_ms: int | None
 
 
 @dataclass(frozen=True)
@@ -237,59 +248,46 @@ class TaskRunner:
     # -- registration -----------------------------------------------------------------------
 
     def task(
-        self,
-        name: str,
-        *,
-        max_attempts: int = 5,
-        backoff: Backoff | None = None,
-        timeout: float | None = None,
-        executor: Executor | None = None,
-        retry_on: RetryOn | None = None,
-        lease_ms: int | None = None,
+        self, name: str, **options: Unpack[TaskOptions]
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Register the decorated `fn(payload, ctx)` for jobs of type `name`.
+        """Register the decorated `fn(payload, ctx)` for jobs of type `name`; the options are
+        those of `register`."""
 
-        `executor` defaults to "async" for ``async def`` and "thread" otherwise; "process"
-        runs it in a worker process (it must then be importable by name). `retry_on` limits
-        retries to some exceptions (a tuple of types or a predicate); timeouts and crashed
-        processes are always retried until `max_attempts`.
-        """
-
-        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self.register(name, fn, max_attempts=max_attempts, backoff=backoff,
-                          timeout=timeout, executor=executor, retry_on=retry_on,
-                          lease_ms=lease_ms)
+        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.register(name, fn, **options)
             return fn
 
-        return register
+        return decorate
 
-    def register(
-        self,
-        name: str,
-        fn: Callable[..., Any],
-        *,
-        max_attempts: int = 5,
-        backoff: Backoff | None = None,
-        timeout: float | None = None,
-        executor: Executor | None = None,
-        retry_on: RetryOn | None = None,
-        lease_ms: int | None = None,
-    ) -> None:
+    def register(self, name: str, fn: Callable[..., Any], **options: Unpack[TaskOptions]) -> None:
+        """Register `fn(payload, ctx)` for jobs of type `name`.
+
+        Options: `max_attempts` (default 5, counting the first), `backoff` (seconds before retry
+        n, default `exponential_backoff()`), `timeout` (seconds per attempt), `executor`
+        ("async" for ``async def``, "thread" otherwise by default; "process" runs it in a
+        worker process, so it must be importable by name), `retry_on` (a tuple of exception
+        types or a predicate; timeouts and crashed processes always retry until
+        `max_attempts`), and `lease_ms` (this task's lease, if not the runner's).
+        """
         validate_type(name, "task name")
         if name in self._tasks:
             raise InvalidInputError(f"task {name!r} is already registered")
+        max_attempts = options.get("max_attempts", 5)
+        timeout = options.get("timeout")
+        lease_ms = options.get("lease_ms")
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise InvalidInputError(f"max_attempts must be >= 1, got {max_attempts!r}")
         if timeout is not None and not timeout > 0:
             raise InvalidInputError(f"timeout must be positive, got {timeout!r}")
         is_async = inspect.iscoroutinefunction(fn)
-        chosen = executor or ("async" if is_async else "thread")
+        chosen = options.get("executor") or ("async" if is_async else "thread")
         if chosen not in ("thread", "process", "async") or (chosen == "async") != is_async:
             raise InvalidInputError(
                 f"executor {chosen!r} does not fit {'an async' if is_async else 'a sync'} handler")
         self._tasks[name] = Task(
-            name, fn, max_attempts, backoff or exponential_backoff(), timeout, chosen,
-            retry_on, validate_lease_ms(lease_ms) if lease_ms is not None else None,
+            name, fn, max_attempts, options.get("backoff") or exponential_backoff(), timeout,
+            chosen, options.get("retry_on"),
+            validate_lease_ms(lease_ms) if lease_ms is not None else None,
         )
 
     @property

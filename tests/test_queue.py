@@ -334,3 +334,23 @@ def test_lease_ms_timing_is_honoured(q: Any) -> None:
     assert q.claim() is None
     time.sleep(0.3)
     assert q.claim() is not None
+
+
+def test_pgbouncer_mode_prepares_nothing(dsn: str) -> None:
+    """PgBouncer in transaction mode cannot keep server-side prepared statements: with
+    pgbouncer=True the queue's connections never create one (the default mode does)."""
+    from jobq_core import JobQueue
+
+    def prepared_after_use(**options: Any) -> int:
+        with JobQueue(dsn, max_connections=1, **options) as queue:
+            for _ in range(10):  # psycopg prepares after 5 uses by default
+                queue.enqueue("t")
+                queue.complete(queue.claim())
+            with queue.connection() as conn:
+                count: int = conn.execute(
+                    "SELECT count(*) FROM pg_prepared_statements").fetchone()[0]
+                plan_mode = conn.execute("SHOW plan_cache_mode").fetchone()[0]
+        return count if plan_mode == ("auto" if options else "force_generic_plan") else -1
+
+    assert prepared_after_use(pgbouncer=True) == 0
+    assert prepared_after_use() > 0
