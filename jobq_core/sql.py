@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 from psycopg import sql
 
@@ -112,6 +113,7 @@ _LOCAL_NAMES = {
     "ev_request_idx": "_events_request_idx",
     "ev_at_idx": "_events_at_idx",
     "ev_idempotency_idx": "_events_idempotency_idx",
+    "ev_completed_idx": "_events_completed_idx",
     "notify_trigger": "_notify_insert",
 }
 
@@ -201,7 +203,7 @@ CREATE_COMMON = (
     "CREATE INDEX {ready_idx} ON {jobs} (priority DESC, run_at, id) WHERE state = 'pending'",
     "CREATE INDEX {ready_type_idx} ON {jobs} (type, priority DESC, run_at, id) "
     "WHERE state = 'pending'",
-    "CREATE INDEX {lease_idx} ON {jobs} (lease_until) WHERE state = 'claimed'",
+    "CREATE INDEX {lease_idx} ON {jobs} (lease_until, id) WHERE state = 'claimed'",
     "CREATE INDEX {failed_idx} ON {jobs} (failed_at, id) WHERE state = 'failed'",
     "CREATE UNIQUE INDEX {idempotency_idx} ON {jobs} (idempotency_key) "
     "WHERE idempotency_key IS NOT NULL",
@@ -226,6 +228,8 @@ CREATE_COMMON = (
     "CREATE INDEX {ev_at_idx} ON {events} USING brin (occurred_at)",
     "CREATE INDEX {ev_idempotency_idx} ON {events} (idempotency_key, id) "
     "WHERE event = 'completed' AND idempotency_key IS NOT NULL",
+    # The completed tab pages through history newest first; one entry per finished job.
+    "CREATE INDEX {ev_completed_idx} ON {events} (id) WHERE event = 'completed'",
     # One NOTIFY per INSERT statement, however many rows it adds.
     """CREATE OR REPLACE FUNCTION {notify_fn}() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
@@ -567,6 +571,140 @@ WITH del AS (
 SELECT count(*) FROM del"""
 
 
+# --- operations (jobq_core.admin) ---------------------------------------------------------
+
+ADMIN_COLUMNS = (
+    "id, type, state, payload, priority, run_at, attempts, request_id, idempotency_key, "
+    "lease_until, claimed_by, claimed_at, last_error, failed_at, created_at"
+)
+EVENT_COLUMNS = (
+    "id, occurred_at, job_id, type, event, request_id, attempt, worker, reason, result"
+)
+
+SHOW_JOB = "SELECT __COLUMNS__ FROM {jobs} WHERE id = %(id)s".replace(
+    "__COLUMNS__", ADMIN_COLUMNS)
+JOB_EVENTS = "SELECT __COLUMNS__ FROM {events} WHERE job_id = %(id)s ORDER BY id".replace(
+    "__COLUMNS__", EVENT_COLUMNS)
+TRACE = """SELECT __COLUMNS__ FROM {events}
+WHERE request_id = %(request_id)s AND id > %(after)s ORDER BY id LIMIT %(limit)s""".replace(
+    "__COLUMNS__", EVENT_COLUMNS)
+
+# Repairs by id, each in one statement with its history row. A preview runs the same
+# eligibility test without changing anything.
+RETRY = """
+WITH upd AS (
+    UPDATE {jobs} SET state = 'pending', run_at = coalesce(%(run_at)s::timestamptz, now()),
+        failed_at = NULL, lease_token = NULL, lease_until = NULL
+    WHERE id = ANY(%(ids)s::bigint[]) AND state = 'failed'
+    RETURNING id, type, request_id, attempts, run_at
+), ev AS (
+    INSERT INTO {events} (job_id, type, event, request_id, attempt, reason)
+    SELECT id, type, 'retried', request_id, attempts, %(reason)s FROM upd
+)
+SELECT id, CASE WHEN run_at <= now() THEN pg_notify({channel}, '')::text END FROM upd"""
+
+EXTEND_BY = """
+WITH upd AS (
+    UPDATE {jobs}
+    SET lease_until = greatest(lease_until, now()) + %(by)s::interval
+    WHERE id = ANY(%(ids)s::bigint[]) AND state = 'claimed'
+    RETURNING id, type, request_id, attempts, claimed_by, lease_until
+), ev AS (
+    INSERT INTO {events} (job_id, type, event, request_id, attempt, worker, reason)
+    SELECT id, type, 'extended', request_id, attempts, claimed_by,
+           %(reason)s || ': lease until ' || lease_until::text
+    FROM upd
+)
+SELECT id FROM upd"""
+
+DELETE = """
+WITH del AS (
+    DELETE FROM {jobs}
+    WHERE id = ANY(%(ids)s::bigint[]) AND (state <> 'claimed' OR %(force)s)
+    RETURNING id, type, request_id, attempts, state
+), ev AS (
+    INSERT INTO {events} (job_id, type, event, request_id, attempt, reason)
+    SELECT id, type, 'deleted', request_id, attempts, %(reason)s || ' (was ' || state || ')'
+    FROM del
+)
+SELECT id FROM del"""
+
+STATES_OF = "SELECT id, state FROM {jobs} WHERE id = ANY(%(ids)s::bigint[])"
+
+# Each state is listed in the order of the index that serves it, so the first page costs the
+# same however large the backlog: failed by failure time, claimed by lease expiry, history
+# and everything else newest first. The keyset cursor is that order's last key.
+_LIST_ORDER = {
+    "failed": ("failed_at DESC, id DESC", "(failed_at, id) < (%(c_at)s, %(c_id)s)"),
+    "claimed": ("lease_until, id", "(lease_until, id) > (%(c_at)s, %(c_id)s)"),
+    "expired": ("lease_until, id", "(lease_until, id) > (%(c_at)s, %(c_id)s)"),
+}
+_LIST_STATE = {
+    "pending": "state = 'pending'",
+    "ready": "state = 'pending' AND run_at <= now()",
+    "scheduled": "state = 'pending' AND run_at > now()",
+    "claimed": "state = 'claimed'",
+    "expired": "state = 'claimed' AND lease_until < now()",
+    "failed": "state = 'failed'",
+}
+_ATTEMPTS_OPS = {"=": "=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+
+
+def list_jobs(names: Names, where: dict[str, Any], state: str | None,
+              cursor: tuple[Any, int] | None, limit: int) -> tuple[bytes, dict[str, Any]]:
+    """The statement for one page of `admin.list_jobs`.
+
+    `where` holds the filter's values: type, request_id, error (substring), age (op, interval)
+    and attempts (op, n). Only constant fragments and bound parameters go into the text."""
+    history = state == "completed"
+    params: dict[str, Any] = {"limit": limit}
+    conds: list[str] = ["event = 'completed'"] if history else []
+    if state and not history:
+        conds.append(_LIST_STATE[state])
+    if "type" in where:
+        conds.append("type = %(type)s")
+        params["type"] = where["type"]
+    if "request_id" in where:
+        conds.append("request_id = %(request_id)s")
+        params["request_id"] = where["request_id"]
+    if "error" in where:
+        column = "reason" if history else "last_error"
+        conds.append(column + " ILIKE %(error)s ESCAPE '\\'")
+        params["error"] = "%" + re.sub(r"([\\%_])", r"\\\1", where["error"]) + "%"
+    if "age" in where:
+        op, age = where["age"]
+        column = "occurred_at" if history else "created_at"
+        conds.append(column + (" < " if op == ">" else " > ") + "now() - %(age)s::interval")
+        params["age"] = age
+    if "attempts" in where:
+        op, count = where["attempts"]
+        column = "attempt" if history else "attempts"
+        conds.append(f"{column} {_ATTEMPTS_OPS[op]} %(attempts)s")
+        params["attempts"] = count
+    order, after = _LIST_ORDER.get(state or "", ("id DESC", "id < %(c_id)s"))
+    if history:
+        order, after = "id DESC", "id < %(c_id)s"
+    if cursor is not None:
+        conds.append(after)
+        params["c_at"], params["c_id"] = cursor
+    query = sql.SQL("SELECT {columns} FROM {source} WHERE {conds} ORDER BY {order} "
+                    "LIMIT %(limit)s").format(
+        columns=sql.SQL(_HISTORY_AS_JOBS if history else ADMIN_COLUMNS + ", id, NULL::jsonb"),
+        source=names.ident("_events") if history else names.ident(),
+        conds=sql.SQL(" AND ").join(sql.SQL(c) for c in conds or ["true"]),
+        order=sql.SQL(order),
+    )
+    return query.as_bytes(None), params
+
+
+# A completed job, from its history row, in the shape of a listed job (no payload is kept).
+_HISTORY_AS_JOBS = (
+    "job_id, type, 'completed', NULL::jsonb, NULL::smallint, NULL::timestamptz, attempt, "
+    "request_id, idempotency_key, NULL::timestamptz, worker, NULL::timestamptz, NULL, "
+    "NULL::timestamptz, occurred_at, id, result"
+)
+
+
 @dataclass(frozen=True)
 class Statements:
     """The statements of one queue, rendered once to bytes."""
@@ -668,6 +806,34 @@ class Statements:
     @cached_property
     def outcome(self) -> bytes:
         return self._render(OUTCOME)
+
+    @cached_property
+    def show_job(self) -> bytes:
+        return self._render(SHOW_JOB)
+
+    @cached_property
+    def job_events(self) -> bytes:
+        return self._render(JOB_EVENTS)
+
+    @cached_property
+    def trace(self) -> bytes:
+        return self._render(TRACE)
+
+    @cached_property
+    def retry(self) -> bytes:
+        return self._render(RETRY)
+
+    @cached_property
+    def extend_by(self) -> bytes:
+        return self._render(EXTEND_BY)
+
+    @cached_property
+    def delete(self) -> bytes:
+        return self._render(DELETE)
+
+    @cached_property
+    def states_of(self) -> bytes:
+        return self._render(STATES_OF)
 
     @cached_property
     def job_state(self) -> bytes:
