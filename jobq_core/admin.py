@@ -7,10 +7,15 @@ that are not eligible with the reason, without changing anything. `Admin` is syn
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+
+import psycopg
+from psycopg import sql as psql
 
 from . import sql
 from ._ops import Op, Stmt
@@ -25,6 +30,8 @@ from .sql import Statements
 REPAIR_BATCH = 500
 #: How many ids a preview shows.
 SAMPLE = 10
+#: Seconds between checks when following a trace.
+FOLLOW_POLL = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +110,45 @@ class RepairResult:
 Progress = Callable[[int, int], None]
 _ROW_FIELDS = [name for name in JobRow.__dataclass_fields__ if name != "result"]
 
+@dataclass(frozen=True, slots=True)
+class Count:
+    """A count that is exact up to `COUNT_CAP`; above it, the planner's estimate."""
+
+    value: int
+    exact: bool
+
+    def __str__(self) -> str:
+        return str(self.value) if self.exact else f"~{self.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class TypeStats:
+    type: str
+    ready: Count
+    scheduled: Count
+    claimed: Count
+    #: Claimed jobs whose lease runs out within 60 s.
+    expiring: Count
+    #: Claimed jobs whose lease has run out (the next claim takes them back).
+    expired: Count
+    failed: Count
+    oldest_ready_age: timedelta | None
+    #: Per minute over the last hour, oldest first (60 values).
+    completed_per_min: list[int]
+    failed_per_min: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    check: str
+    status: str  # ok, warn or error
+    detail: str
+    fix: str | None = None
+
+
+#: Counts above this come from the planner, so a refresh costs the same for any backlog.
+COUNT_CAP = 10_000
+
 # -- the operations ------------------------------------------------------------------------
 
 _NEEDS = {"retry": ("failed",), "extend": ("claimed",), "delete": ("pending", "failed"),
@@ -170,6 +216,111 @@ def trace(st: Statements, request_id: str, after: int = 0, limit: int = 1000) ->
     rows = yield Stmt(st.trace, {"request_id": request_id, "after": after,
                                  "limit": validate_limit(limit, maximum=10_000)})
     return [Event(*r) for r in rows]
+
+
+def fold_rates(st: Statements) -> Op[int]:
+    """Fold finished minutes of history into the rates table (one folder at a time; a
+    read-only session skips this and shows what was folded before)."""
+    if (yield Stmt(sql.READ_ONLY.encode()))[0][0]:
+        return 0
+    if not (yield Stmt(sql.FOLD_LOCK.encode(), {"key": st.names.lock_key}))[0][0]:
+        return 0
+    folded: int = (yield Stmt(st.fold_rates))[0][0]
+    return folded
+
+
+def _estimate(st: Statements, kind: str, job_type: str) -> Op[int]:
+    plan = (yield Stmt(st.estimate(kind), {"type": job_type}))[0][0]
+    return int(plan[0]["Plan"]["Plan Rows"])
+
+
+def stats(st: Statements) -> Op[list[TypeStats]]:
+    """Per type: ready, scheduled, claimed, expiring, expired, failed, oldest ready age and
+    completed/failed per minute over the last hour. Cost grows with the number of types, not
+    with the backlog or the history. Runs in one transaction (the caller's)."""
+    yield from fold_rates(st)
+    types = [r[0] for r in (yield Stmt(st.stats_types))]
+    result = []
+    for job_type in types:
+        row = (yield Stmt(st.stats_type, {"type": job_type, "cap": COUNT_CAP}))[0]
+        counts = []
+        for kind, value in zip(("ready", "scheduled", "claimed", None, None, "failed"),
+                               row[:6], strict=True):
+            if value < COUNT_CAP or kind is None:
+                counts.append(Count(value, value < COUNT_CAP))
+            else:
+                estimate = yield from _estimate(st, kind, job_type)
+                counts.append(Count(max(estimate, COUNT_CAP), False))
+        ready, scheduled, claimed, expiring, expired, failed = counts
+        result.append(TypeStats(job_type, ready, scheduled, claimed, expiring, expired, failed,
+                                row[6], list(row[7] or []), list(row[8] or [])))
+    return result
+
+
+def doctor(st: Statements) -> Op[list[Finding]]:
+    """Health checks of the queue's tables and of what affects them, each with its fix."""
+    from .schema import LATEST_VERSION, current_version
+
+    names = {"jobs": st.names.regclass(), "events": st.names.regclass("_events"),
+             "rates": st.names.regclass("_rates")}
+    findings: list[Finding] = []
+    version = yield from current_version(st)
+    findings.append(Finding(
+        "schema version", "ok" if version == LATEST_VERSION else "warn",
+        f"at version {version}, this jobq knows {LATEST_VERSION}",
+        None if version == LATEST_VERSION else "jobq migrate (or any queue's first use)"))
+    for name, total, heap, live, dead, vacuumed, analyzed in (
+            yield Stmt(sql.DOCTOR_TABLES.encode(), names)):
+        ratio = dead / max(live + dead, 1)
+        status = "warn" if dead > 10_000 and ratio > 0.2 else "ok"
+        findings.append(Finding(
+            f"table {name}", status,
+            f"{_size(total)} with indexes ({_size(heap)} heap); {live} live, {dead} dead rows "
+            f"({ratio:.0%}); last vacuum {vacuumed or 'never'}, last analyze {analyzed or 'never'}",
+            f"VACUUM (ANALYZE) {name}; and for a queue table: ALTER TABLE {name} SET "
+            "(autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_cost_delay = 0)"
+            if status == "warn" else None))
+    for index, size, valid in (yield Stmt(sql.DOCTOR_INDEXES.encode(), names)):
+        findings.append(Finding(
+            f"index {index}", "ok" if valid else "error",
+            f"{_size(size)}" + ("" if valid else "; INVALID (a failed concurrent build)"),
+            None if valid else f"REINDEX INDEX CONCURRENTLY {index}"))
+    holder = yield Stmt(sql.DOCTOR_XMIN.encode())
+    if holder:
+        pid, app, state, seconds, age, query = holder[0]
+        bad = (seconds or 0) > 300
+        findings.append(Finding(
+            "xmin horizon", "warn" if bad else "ok",
+            f"oldest snapshot: pid {pid} ({app or 'no application_name'}, {state}), "
+            f"transaction open {int(seconds or 0)} s, xmin age {age}: {query!r}",
+            f"end that transaction, or SELECT pg_terminate_backend({pid}); until then vacuum "
+            "cannot remove the queue's dead rows" if bad else None))
+    else:
+        findings.append(Finding("xmin horizon", "ok", "no open snapshot holds it back"))
+    expired = (yield Stmt(st.render(sql.DOCTOR_EXPIRED)))[0][0]
+    findings.append(Finding(
+        "expired leases", "warn" if expired else "ok",
+        f"{expired}{'+' if expired >= 10_000 else ''} claimed jobs whose lease ran out",
+        "the next claim takes them back; if none comes, no worker serves their types: start "
+        "one (jobq worker module:runner)" if expired else None))
+    return findings
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TB"
+
+
+def migrate(st: Statements, dry_run: bool) -> Op[list[str]]:
+    """The SQL that migration runs (or, with `dry_run`, would run); [] when up to date."""
+    from .schema import migrate as run_migrations
+
+    plan = yield from run_migrations(st, dry_run=dry_run)
+    return [statement.decode().strip() for statement in plan]
 
 
 def _ids(ids: Sequence[int]) -> list[int]:
@@ -287,6 +438,16 @@ class Admin:
     def clear(self, older_than: timedelta | str) -> int:
         return self.queue.clear(older_than=older_than)
 
+    def stats(self) -> list[TypeStats]:
+        return self.queue._run(stats(self._st), atomic=True)
+
+    def doctor(self) -> list[Finding]:
+        return self.queue._run(doctor(self._st))
+
+    def migrate(self, *, dry_run: bool = True) -> list[str]:
+        """The migration SQL; applied unless `dry_run`."""
+        return self.queue._run(migrate(self._st, dry_run), atomic=True)
+
 
 class AsyncAdmin:
     """The asyncio twin of `Admin`."""
@@ -331,6 +492,51 @@ class AsyncAdmin:
     async def clear(self, older_than: timedelta | str) -> int:
         return await self.queue.clear(older_than=older_than)
 
+    async def stats(self) -> list[TypeStats]:
+        return await self.queue._run(stats(self._st), atomic=True)
 
-__all__ = ["Admin", "AsyncAdmin", "Event", "JobDetail", "JobRow", "Page", "Preview",
-           "RepairResult"]
+    async def doctor(self) -> list[Finding]:
+        return await self.queue._run(doctor(self._st))
+
+    async def migrate(self, *, dry_run: bool = True) -> list[str]:
+        return await self.queue._run(migrate(self._st, dry_run), atomic=True)
+
+    async def follow(self, request_id: str, *, after: int = 0,
+                     poll: float = FOLLOW_POLL) -> AsyncIterator[Event]:
+        """Every event under `request_id` as it happens (after event id `after`), forever.
+
+        Woken by the queue's NOTIFY channels (new and retried work, completions of waited-on
+        jobs); every other transition is picked up by polling every `poll` seconds, which
+        costs one index probe on the request id."""
+        wake = asyncio.Event()
+        listener = asyncio.create_task(self._listen(wake)) if self.queue.conninfo else None
+        try:
+            while True:
+                batch = await self.trace(request_id, after=after)
+                for event in batch:
+                    after = event.id
+                    yield event
+                if len(batch) == 1000:
+                    continue
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), poll)
+        finally:
+            if listener is not None:
+                listener.cancel()
+                await asyncio.gather(listener, return_exceptions=True)
+
+    async def _listen(self, wake: asyncio.Event) -> None:
+        assert self.queue.conninfo is not None
+        names = self.queue.names
+        conn = await psycopg.AsyncConnection.connect(
+            self.queue.conninfo, autocommit=True, application_name="jobq-follow")
+        async with conn:
+            for channel in (names.channel, names.done_channel):
+                await conn.execute(psql.SQL("LISTEN {}").format(psql.Identifier(channel)))
+            async for _ in conn.notifies():
+                wake.set()
+
+
+__all__ = ["Admin", "AsyncAdmin", "Count", "Event", "Finding", "JobDetail", "JobRow", "Page",
+           "Preview", "RepairResult", "TypeStats"]

@@ -21,6 +21,8 @@ from .sql import ADVISORY_LOCK, SCHEMA_STATE, Names, Statements
 MIGRATIONS: list[tuple[int, str, Callable[[Statements, str | None], list[bytes]]]] = [
     (1, "initial layout: jobs, history, claim indexes, notify trigger",
      lambda st, legacy: st.migration_1(legacy)),
+    (2, "per-minute rates for the dashboard; index of types with failed jobs",
+     lambda st, legacy: st.migration_2()),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 
@@ -98,7 +100,7 @@ def migrate(st: Statements, *, dry_run: bool = False) -> Op[list[bytes]]:
 def ddl(table: str = "svti_jobs") -> str:
     """The full DDL of a fresh install, for people who run migrations themselves."""
     st = Statements(Names.parse(table))
-    parts = [st.create_migrations, *st.migration_1(None)]
+    parts = [st.create_migrations, *st.migration_1(None), *st.migration_2()]
     parts += [
         st.names.fmt(
             "INSERT INTO {migrations} (version, name) VALUES ({v}, {name})",

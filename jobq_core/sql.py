@@ -93,6 +93,7 @@ class Names:
             jobs=self.ident(),
             events=self.ident("_events"),
             migrations=self.ident("_migrations"),
+            rates=self.ident("_rates"),
             notify_fn=self.ident("_notify"),
             channel=sql.Literal(self.channel),
             done_channel=sql.Literal(self.done_channel),
@@ -103,6 +104,7 @@ class Names:
 
 
 _LOCAL_NAMES = {
+    "failed_type_idx": "_failed_type_idx",
     "state_check": "_state_check",
     "ready_idx": "_ready_idx",
     "ready_type_idx": "_ready_type_idx",
@@ -239,6 +241,19 @@ CREATE_COMMON = (
     $$""",
     "CREATE TRIGGER {notify_trigger} AFTER INSERT ON {jobs} "
     "FOR EACH STATEMENT EXECUTE FUNCTION {notify_fn}({channel})",
+)
+
+# Version 2: per-minute completion counts, folded from history one finished minute at a
+# time (the dashboard never aggregates history), and an index to find types with failed jobs.
+CREATE_V2 = (
+    """CREATE TABLE {rates} (
+        minute timestamptz NOT NULL,
+        type text NOT NULL,
+        completed integer NOT NULL DEFAULT 0,
+        failed integer NOT NULL DEFAULT 0,
+        PRIMARY KEY (minute, type)
+    )""",
+    "CREATE INDEX {failed_type_idx} ON {jobs} (type) WHERE state = 'failed'",
 )
 
 # --- the queue ---------------------------------------------------------------------------
@@ -631,6 +646,136 @@ SELECT id FROM del"""
 
 STATES_OF = "SELECT id, state FROM {jobs} WHERE id = ANY(%(ids)s::bigint[])"
 
+# Every type with live jobs, by loose index scans: the cost grows with the number of types,
+# not of jobs. Claimed jobs are few (bounded by the workers' slots), so they are read as is.
+STATS_TYPES = """
+WITH RECURSIVE pending_types AS (
+    (SELECT type FROM {jobs} WHERE state = 'pending' ORDER BY type LIMIT 1)
+    UNION ALL
+    SELECT (SELECT type FROM {jobs} WHERE state = 'pending' AND type > p.type
+            ORDER BY type LIMIT 1)
+    FROM pending_types p WHERE p.type IS NOT NULL
+), failed_types AS (
+    (SELECT type FROM {jobs} WHERE state = 'failed' ORDER BY type LIMIT 1)
+    UNION ALL
+    SELECT (SELECT type FROM {jobs} WHERE state = 'failed' AND type > f.type
+            ORDER BY type LIMIT 1)
+    FROM failed_types f WHERE f.type IS NOT NULL
+)
+SELECT type FROM pending_types WHERE type IS NOT NULL
+UNION SELECT type FROM failed_types WHERE type IS NOT NULL
+UNION SELECT DISTINCT type FROM {jobs} WHERE state = 'claimed'
+UNION SELECT DISTINCT type FROM {rates}
+      WHERE type <> '' AND minute >= date_trunc('minute', now()) - interval '1 hour'
+ORDER BY 1"""
+
+# One type's figures. Counts stop at %(cap)s so that a huge backlog costs no more than a
+# small one; beyond it the caller shows the planner's estimate, marked as such.
+STATS_TYPE = """
+SELECT
+  (SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'pending' AND type = %(type)s
+      AND run_at <= now() LIMIT %(cap)s) s),
+  (SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'pending' AND type = %(type)s
+      AND run_at > now() LIMIT %(cap)s) s),
+  (SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'claimed' AND type = %(type)s
+      LIMIT %(cap)s) s),
+  (SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'claimed' AND type = %(type)s
+      AND lease_until < now() + interval '60 seconds' AND lease_until >= now() LIMIT %(cap)s) s),
+  (SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'claimed' AND type = %(type)s
+      AND lease_until < now() LIMIT %(cap)s) s),
+  (SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'failed' AND type = %(type)s
+      LIMIT %(cap)s) s),
+  -- the oldest due job: the first of each priority's run_at order (few priorities)
+  (WITH RECURSIVE prio AS (
+      (SELECT priority FROM {jobs} WHERE state = 'pending' AND type = %(type)s
+       ORDER BY priority DESC LIMIT 1)
+      UNION ALL
+      SELECT (SELECT priority FROM {jobs} WHERE state = 'pending' AND type = %(type)s
+              AND priority < prio.priority ORDER BY priority DESC LIMIT 1)
+      FROM prio WHERE prio.priority IS NOT NULL)
+   SELECT now() - min((SELECT run_at FROM {jobs} WHERE state = 'pending' AND type = %(type)s
+                       AND priority = prio.priority ORDER BY run_at LIMIT 1))
+   FROM prio WHERE prio.priority IS NOT NULL),
+  (SELECT array_agg(coalesce(r.completed, 0) ORDER BY m)
+     FROM generate_series(date_trunc('minute', now()) - interval '60 minutes',
+                          date_trunc('minute', now()) - interval '1 minute',
+                          interval '1 minute') AS m
+     LEFT JOIN {rates} r ON r.minute = m AND r.type = %(type)s),
+  (SELECT array_agg(coalesce(r.failed, 0) ORDER BY m)
+     FROM generate_series(date_trunc('minute', now()) - interval '60 minutes',
+                          date_trunc('minute', now()) - interval '1 minute',
+                          interval '1 minute') AS m
+     LEFT JOIN {rates} r ON r.minute = m AND r.type = %(type)s)"""
+
+ESTIMATE = "EXPLAIN (FORMAT JSON) SELECT 1 FROM {jobs} WHERE __CONDITION__ AND type = %(type)s"
+ESTIMATE_CONDITIONS = {
+    "ready": "state = 'pending' AND run_at <= now()",
+    "scheduled": "state = 'pending' AND run_at > now()",
+    "claimed": "state = 'claimed'",
+    "failed": "state = 'failed'",
+}
+
+# Fold finished minutes of history into the rates table, at most one hour back and never
+# the last 10 seconds' minute (its events may not all be committed). Idempotent: a minute is
+# folded once, recorded in the table itself by a row with type ''.
+FOLD_RATES = """
+WITH todo AS (
+    SELECT m FROM generate_series(date_trunc('minute', now()) - interval '60 minutes',
+                                  date_trunc('minute', now() - interval '70 seconds'),
+                                  interval '1 minute') AS m
+    WHERE NOT EXISTS (SELECT 1 FROM {rates} WHERE minute = m AND type = '')
+), counted AS (
+    SELECT date_trunc('minute', e.occurred_at) AS minute, e.type,
+           count(*) FILTER (WHERE e.event = 'completed') AS completed,
+           count(*) FILTER (WHERE e.event = 'failed') AS failed
+    FROM {events} e
+    WHERE e.occurred_at >= (SELECT min(m) FROM todo)
+      AND e.occurred_at < (SELECT max(m) FROM todo) + interval '1 minute'
+      AND e.event IN ('completed', 'failed')
+      AND date_trunc('minute', e.occurred_at) IN (SELECT m FROM todo)
+    GROUP BY 1, 2
+), ins AS (
+    INSERT INTO {rates} (minute, type, completed, failed)
+    SELECT minute, type, completed, failed FROM counted
+    UNION ALL SELECT m, '', 0, 0 FROM todo
+    ON CONFLICT (minute, type) DO NOTHING
+    RETURNING 1
+), trim AS (
+    DELETE FROM {rates} WHERE minute < date_trunc('minute', now()) - interval '2 hours'
+)
+SELECT count(*) FROM ins"""
+
+FOLD_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended(%(key)s, 1))"
+
+READ_ONLY = "SELECT current_setting('transaction_read_only') = 'on'"
+
+# doctor: sizes, bloat and vacuum of the queue's tables, what holds back the xmin horizon,
+# invalid indexes. Read from the catalogs and statistics views only.
+DOCTOR_TABLES = """
+SELECT c.relname, pg_total_relation_size(c.oid), pg_relation_size(c.oid),
+       coalesce(s.n_live_tup, 0), coalesce(s.n_dead_tup, 0),
+       greatest(s.last_autovacuum, s.last_vacuum), greatest(s.last_autoanalyze, s.last_analyze)
+FROM pg_class c LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid
+WHERE c.oid = ANY(ARRAY[to_regclass(%(jobs)s), to_regclass(%(events)s), to_regclass(%(rates)s)])
+ORDER BY c.relname"""
+
+DOCTOR_INDEXES = """
+SELECT i.indexrelid::regclass::text, pg_relation_size(i.indexrelid), i.indisvalid
+FROM pg_index i
+WHERE i.indrelid = ANY(ARRAY[to_regclass(%(jobs)s), to_regclass(%(events)s)])
+ORDER BY 1"""
+
+DOCTOR_XMIN = """
+SELECT pid, coalesce(application_name, ''), state, extract(epoch FROM now() - xact_start),
+       age(backend_xmin), left(query, 200)
+FROM pg_stat_activity
+WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()
+ORDER BY age(backend_xmin) DESC NULLS LAST LIMIT 1"""
+
+DOCTOR_EXPIRED = """
+SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'claimed' AND lease_until < now()
+                      LIMIT 10000) s"""
+
 # Each state is listed in the order of the index that serves it, so the first page costs the
 # same however large the backlog: failed by failure time, claimed by lease expiry, history
 # and everything else newest first. The keyset cursor is that order's last key.
@@ -806,6 +951,29 @@ class Statements:
     @cached_property
     def outcome(self) -> bytes:
         return self._render(OUTCOME)
+
+    def migration_2(self) -> list[bytes]:
+        return [self._render(s) for s in CREATE_V2]
+
+    @cached_property
+    def stats_types(self) -> bytes:
+        return self._render(STATS_TYPES)
+
+    @cached_property
+    def stats_type(self) -> bytes:
+        return self._render(STATS_TYPE)
+
+    def render(self, template: str) -> bytes:
+        """A statement of this queue that is not a named property (cold paths)."""
+        return self._render(template)
+
+    def estimate(self, kind: str) -> bytes:
+        """EXPLAIN of one count, for the planner's row estimate beyond the counting cap."""
+        return self._render(ESTIMATE.replace("__CONDITION__", ESTIMATE_CONDITIONS[kind]))
+
+    @cached_property
+    def fold_rates(self) -> bytes:
+        return self._render(FOLD_RATES)
 
     @cached_property
     def show_job(self) -> bytes:

@@ -182,3 +182,107 @@ def test_async_twin(dsn: str) -> None:
             assert (await admin.show(job_id)).state == "pending"
 
     asyncio.run(scenario())
+
+
+def test_stats_per_type(setup: Any, db: psycopg.Connection[Any]) -> None:
+    queue, admin = setup
+    queue.enqueue_many([NewJob("email")] * 5 + [NewJob("sms", run_at=timedelta(hours=1))]
+                       + [NewJob("push")])
+    held = queue.claim(types=["email"], lease_ms=30_000)
+    expired = queue.claim(types=["email"], lease_ms=60_000)
+    queue.fail(queue.claim(types=["push"]), reason="x")
+    queue.complete(queue.claim(types=["email"]))
+    queue.fail(queue.claim(types=["email"]), reason="y")
+    backdate(db, expired.id, lease_until="5 seconds")  # last: a claim would take it back
+    # history from two minutes ago, so that the fold (finished minutes only) counts it
+    db.execute("UPDATE svti_jobs_events SET occurred_at = now() - interval '2 minutes' "
+               "WHERE event IN ('completed', 'failed')")
+    backdate(db, queue.enqueue("email"), run_at="90 seconds")
+    stats = {s.type: s for s in admin.stats()}
+    assert sorted(stats) == ["email", "push", "sms"]
+    email = stats["email"]
+    assert (email.ready.value, email.claimed.value, email.expiring.value, email.expired.value,
+            email.failed.value) == (2, 2, 1, 1, 1)
+    assert email.ready.exact and str(email.ready) == "2"
+    assert 85 < email.oldest_ready_age.total_seconds() < 120
+    assert stats["sms"].scheduled.value == 1 and stats["sms"].ready.value == 0
+    assert stats["push"].failed.value == 1 and stats["push"].oldest_ready_age is None
+    assert len(email.completed_per_min) == 60 and sum(email.completed_per_min) == 1
+    assert sum(email.failed_per_min) == 1 and sum(stats["push"].failed_per_min) == 1
+    assert held.id != expired.id
+    admin.stats()  # folding again changes nothing
+    assert sum(admin.stats()[0].completed_per_min) == 1
+
+
+def test_stats_beyond_the_cap_are_estimates(
+    setup: Any, db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobq_core import admin as admin_module
+
+    queue, admin = setup
+    monkeypatch.setattr(admin_module, "COUNT_CAP", 50)
+    queue.enqueue_many([NewJob("bulk")] * 400)
+    db.execute("ANALYZE svti_jobs")
+    (bulk,) = admin.stats()
+    assert not bulk.ready.exact and str(bulk.ready).startswith("~")
+    assert 200 <= bulk.ready.value <= 800  # the planner's estimate, near the truth
+
+
+def test_stats_work_read_only(dsn: str, setup: Any) -> None:
+    queue, _ = setup
+    queue.enqueue("t")
+    with psycopg.connect(dsn, autocommit=True,
+                         options="-c default_transaction_read_only=on") as conn, \
+            JobQueue(conn) as ro_queue:
+        (only,) = Admin(ro_queue).stats()
+    assert only.ready.value == 1
+
+
+def test_doctor_reports_with_fixes(setup: Any, db: psycopg.Connection[Any]) -> None:
+    queue, admin = setup
+    queue.enqueue("t")
+    job = queue.claim()
+    backdate(db, job.id, lease_until="1 minute")
+    with psycopg.connect(db.info.dsn) as holder:  # an open snapshot holding back xmin
+        holder.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        holder.execute("SELECT count(*) FROM svti_jobs").fetchone()
+        findings = {f.check: f for f in admin.doctor()}
+        holder.rollback()
+    assert findings["schema version"].status == "ok"
+    assert findings["expired leases"].status == "warn"
+    assert "jobq worker" in (findings["expired leases"].fix or "")
+    assert "table svti_jobs" in findings and "table svti_jobs_events" in findings
+    assert any(name.startswith("index ") for name in findings)
+    assert "pid" in findings["xmin horizon"].detail
+
+
+def test_migrate_dry_run_shows_sql_and_changes_nothing(empty_dsn: str) -> None:
+    with JobQueue(empty_dsn) as queue:
+        admin = Admin(queue)
+        queue._ready = True  # as if first use had happened: do not migrate implicitly
+        plan = admin.migrate(dry_run=True)
+        assert any('CREATE TABLE "svti_jobs"' in s for s in plan)
+        with psycopg.connect(empty_dsn) as conn:
+            assert conn.execute("SELECT to_regclass('svti_jobs')").fetchone()[0] is None
+        assert admin.migrate(dry_run=False) == plan
+        assert admin.migrate(dry_run=True) == []
+
+
+async def test_follow_yields_new_events_as_they_happen(dsn: str) -> None:
+    async with AsyncJobQueue(dsn) as queue:
+        admin = AsyncAdmin(queue)
+        await queue.enqueue("a", request_id="live")
+        seen: list[str] = []
+
+        async def consume() -> None:
+            async for event in admin.follow("live"):
+                seen.append(event.event)
+                if len(seen) == 3:
+                    return
+
+        follower = asyncio.create_task(consume())
+        await asyncio.sleep(0.3)
+        job = await queue.claim()
+        await queue.complete(job)
+        await asyncio.wait_for(follower, 5)
+    assert seen == ["enqueued", "claimed", "completed"]

@@ -18,8 +18,8 @@ def test_first_use_creates_the_tables(empty_dsn: str) -> None:
             assert conn.execute("SELECT to_regclass('svti_jobs')").fetchone()[0] is None
         queue.enqueue("t")
     with psycopg.connect(empty_dsn) as conn:
-        versions = conn.execute("SELECT version FROM svti_jobs_migrations").fetchall()
-        assert versions == [(schema.LATEST_VERSION,)]
+        versions = conn.execute("SELECT version FROM svti_jobs_migrations ORDER BY 1").fetchall()
+        assert versions == [(v,) for v in range(1, schema.LATEST_VERSION + 1)]
         assert conn.execute("SELECT count(*) FROM svti_jobs").fetchone()[0] == 1
 
 
@@ -54,7 +54,8 @@ def test_racing_first_use_migrations_all_succeed(empty_dsn: str) -> None:
     assert results == ["ok"] * n
     with psycopg.connect(empty_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM raced").fetchone()[0] == n
-        assert conn.execute("SELECT count(*) FROM raced_migrations").fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM raced_migrations").fetchone()[0] == (
+            schema.LATEST_VERSION)  # each version applied once
 
 
 LEGACY_DDL = """
@@ -106,6 +107,19 @@ def test_upstream_layout_is_migrated_forward_without_losing_rows(empty_dsn: str)
             "SELECT indexname FROM pg_indexes WHERE tablename = 'svti_jobs'")}
         assert "idx_svti_jobs_queue_pending" not in indexes
         assert "svti_jobs_ready_idx" in indexes
+
+
+def test_version_1_is_migrated_forward_keeping_its_rows(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE svti_jobs_rates")
+        conn.execute("DROP INDEX svti_jobs_failed_type_idx")
+        conn.execute("DELETE FROM svti_jobs_migrations WHERE version > 1")
+        conn.execute("INSERT INTO svti_jobs (type, payload) VALUES ('old', '{\"kept\": true}')")
+    with create_job_queue(dsn) as queue:
+        assert queue.claim().payload == {"kept": True}
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT max(version) FROM svti_jobs_migrations").fetchone() == (2,)
+        assert conn.execute("SELECT to_regclass('svti_jobs_rates') IS NOT NULL").fetchone()[0]
 
 
 def test_a_foreign_table_is_refused(empty_dsn: str) -> None:
