@@ -7,7 +7,7 @@ sync `JobQueue` and the async `AsyncJobQueue` only differ in how they drive it (
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -295,15 +295,29 @@ def pending(st: Statements, types: object) -> Op[int]:
     return count
 
 
-def clear(st: Statements, older_than: timedelta) -> Op[int]:
+def clear(st: Statements, older_than: timedelta,
+          progress: Callable[[int], None] | None = None) -> Op[int]:
+    """Batch by batch, each its own transaction: no lock is held between batches, so claims
+    go on while a large history is cleared. `progress` gets the running total."""
     if not isinstance(older_than, timedelta) or older_than <= timedelta(0):
         raise InvalidInputError("older_than must be a positive duration")
     cutoff = (yield Stmt(st.cutoff, {"older_than": older_than}))[0][0]
     removed = 0
-    for query in (st.clear_failed_batch, st.clear_events_batch):
-        while True:
-            count: int = (yield Stmt(query, {"cutoff": cutoff, "batch": CLEAR_BATCH}))[0][0]
-            removed += count
-            if count < CLEAR_BATCH:
-                break
-    return removed
+    while True:
+        count: int = (yield Stmt(st.clear_failed_batch,
+                                 {"cutoff": cutoff, "batch": CLEAR_BATCH}))[0][0]
+        removed += count
+        if progress is not None and count:
+            progress(removed)
+        if count < CLEAR_BATCH:
+            break
+    after = "(0,0)"
+    while True:
+        count, last = (yield Stmt(st.clear_events_batch,
+                                  {"cutoff": cutoff, "batch": CLEAR_BATCH, "after": after}))[0]
+        removed += count
+        if progress is not None and count:
+            progress(removed)
+        if count < CLEAR_BATCH:
+            return removed
+        after = last

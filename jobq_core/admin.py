@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql as psql
 
-from . import sql
+from . import _ops, sql
 from ._ops import Op, Stmt
 from .durations import parse_duration
 from .errors import InvalidInputError, NotFoundError
@@ -97,6 +97,18 @@ class Preview:
     eligible: int
     sample_ids: list[int]
     ineligible: list[tuple[int, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class ClearPreview:
+    cutoff: datetime
+    failed_jobs: int
+    sample_ids: list[int]
+    history_rows: int
+
+    @property
+    def total(self) -> int:
+        return self.failed_jobs + self.history_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +335,12 @@ def migrate(st: Statements, dry_run: bool) -> Op[list[str]]:
     return [statement.decode().strip() for statement in plan]
 
 
+def preview_clear(st: Statements, older_than: timedelta) -> Op[ClearPreview]:
+    cutoff, failed, sample, history = (
+        yield Stmt(st.clear_preview, {"older_than": older_than}))[0]
+    return ClearPreview(cutoff, failed, list(sample or []), history)
+
+
 def _ids(ids: Sequence[int]) -> list[int]:
     checked = sorted({validate_id(i) for i in ids})
     if not checked:
@@ -435,8 +453,13 @@ class Admin:
         return self.queue._run(repair(self._st, action, ids, reason="deleted by operator",
                                       progress=progress))
 
-    def clear(self, older_than: timedelta | str) -> int:
-        return self.queue.clear(older_than=older_than)
+    def preview_clear(self, older_than: timedelta | str) -> ClearPreview:
+        return self.queue._run(preview_clear(self._st, parse_duration(older_than)))
+
+    def clear(self, older_than: timedelta | str,
+              progress: Callable[[int], None] | None = None) -> int:
+        """Failed jobs and history older than the cutoff, in batches; see `JobQueue.clear`."""
+        return self.queue._run(_ops.clear(self._st, parse_duration(older_than), progress))
 
     def stats(self) -> list[TypeStats]:
         return self.queue._run(stats(self._st), atomic=True)
@@ -489,8 +512,13 @@ class AsyncAdmin:
         return await self.queue._run(repair(self._st, action, ids,
                                             reason="deleted by operator", progress=progress))
 
-    async def clear(self, older_than: timedelta | str) -> int:
-        return await self.queue.clear(older_than=older_than)
+    async def preview_clear(self, older_than: timedelta | str) -> ClearPreview:
+        return await self.queue._run(preview_clear(self._st, parse_duration(older_than)))
+
+    async def clear(self, older_than: timedelta | str,
+                    progress: Callable[[int], None] | None = None) -> int:
+        return await self.queue._run(
+            _ops.clear(self._st, parse_duration(older_than), progress))
 
     async def stats(self) -> list[TypeStats]:
         return await self.queue._run(stats(self._st), atomic=True)
@@ -538,5 +566,5 @@ class AsyncAdmin:
                 wake.set()
 
 
-__all__ = ["Admin", "AsyncAdmin", "Count", "Event", "Finding", "JobDetail", "JobRow", "Page",
-           "Preview", "RepairResult", "TypeStats"]
+__all__ = ["Admin", "AsyncAdmin", "ClearPreview", "Count", "Event", "Finding", "JobDetail",
+           "JobRow", "Page", "Preview", "RepairResult", "TypeStats"]

@@ -563,6 +563,16 @@ PENDING_TYPED = PENDING.replace("__TYPE_FILTER__", "AND type = ANY(%(types)s::te
 
 CUTOFF = "SELECT now() - %(older_than)s::interval"
 
+# What clear would remove. Counting history older than the cutoff costs what deleting it
+# would (a BRIN range scan), never more.
+CLEAR_PREVIEW = """
+SELECT now() - %(older_than)s::interval,
+  (SELECT count(*) FROM {jobs} WHERE state = 'failed'
+      AND failed_at < now() - %(older_than)s::interval),
+  (SELECT array_agg(id) FROM (SELECT id FROM {jobs} WHERE state = 'failed'
+      AND failed_at < now() - %(older_than)s::interval ORDER BY failed_at LIMIT 10) s),
+  (SELECT count(*) FROM {events} WHERE occurred_at < now() - %(older_than)s::interval)"""
+
 # Dead jobs are removed in batches; each removal is itself recorded as history.
 CLEAR_FAILED_BATCH = """
 WITH del AS (
@@ -577,13 +587,18 @@ WITH del AS (
 )
 SELECT count(*) FROM del"""
 
+# History is walked once in physical order (a TID range scan from the last batch's end),
+# deleting by ctid: no index is needed and no batch rescans the dead rows of earlier ones.
 CLEAR_EVENTS_BATCH = """
-WITH del AS (
-    DELETE FROM {events} WHERE id = ANY(ARRAY(
-        SELECT id FROM {events} WHERE occurred_at < %(cutoff)s LIMIT %(batch)s))
-    RETURNING 1
+WITH batch AS (
+    SELECT ctid FROM {events}
+    WHERE ctid > %(after)s::tid AND occurred_at < %(cutoff)s
+    ORDER BY ctid LIMIT %(batch)s
+), del AS (
+    DELETE FROM {events} WHERE ctid = ANY(ARRAY(SELECT ctid FROM batch))
+    RETURNING ctid
 )
-SELECT count(*) FROM del"""
+SELECT count(*), max(ctid)::text FROM del"""
 
 
 # --- operations (jobq_core.admin) ---------------------------------------------------------
@@ -1018,6 +1033,10 @@ class Statements:
     @cached_property
     def cutoff(self) -> bytes:
         return self._render(CUTOFF)
+
+    @cached_property
+    def clear_preview(self) -> bytes:
+        return self._render(CLEAR_PREVIEW)
 
     @cached_property
     def clear_failed_batch(self) -> bytes:

@@ -1,49 +1,88 @@
 """`jobq`: the command line for scripts and operators.
 
+Every command is one `jobq_core.admin` (or queue) call, the same one the TUI makes. Data goes
+to stdout (tables for people, one JSON document with ``--json``), messages to stderr.
+Mutating commands take ``--dry-run`` and ask for confirmation with the row count unless
+``--yes``; without a terminal to ask on, they refuse rather than hang.
+
 Exit codes: 0 success, 1 failure, 2 usage or bad input, 3 not found, 4 lease lost or conflict,
-5 database unreachable, 130 interrupted. Errors are one line on stderr; data goes to stdout.
+5 database unreachable, 130 interrupted. Errors are one line on stderr.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
+from datetime import datetime, timedelta
 from typing import Annotated, Any, NoReturn
+from uuid import UUID
 
+import psycopg
 import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 import jobq_core
 from jobq_core import (
+    AsyncJobQueue,
     DatabaseUnavailableError,
     InvalidInputError,
     JobqError,
+    JobQueue,
     JobStateError,
     LeaseLostError,
     NotFoundError,
     TaskRunner,
+    parse_duration,
 )
+from jobq_core.admin import Admin, AsyncAdmin, JobRow, Preview
+from jobq_core.durations import ACCEPTED
+from jobq_core.sql import Names
+
+from .safe import redact, visible
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_UNREACHABLE = 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
-
 EXIT_CODES_HELP = (
     "Exit codes: 0 success, 1 failure, 2 usage or bad input, 3 not found, "
     "4 lease lost or conflict, 5 database unreachable, 130 interrupted."
 )
+CONNECTION_HELP = (
+    "Connection: --dsn, else JOBQ_DSN, else DATABASE_URL, else libpq's PG* variables. "
+    "Table: --table, else JOBQ_TABLE, else svti_jobs."
+)
 
 app = typer.Typer(
     name="jobq",
-    help=f"Operate a jobq queue on Postgres. {EXIT_CODES_HELP}",
+    help=f"Operate a jobq queue on Postgres. {CONNECTION_HELP} {EXIT_CODES_HELP}",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
+out = Console(highlight=False, soft_wrap=False)
+err = Console(stderr=True, highlight=False)
+
+Dsn = Annotated[str | None, typer.Option("--dsn", help="libpq connection string or URL")]
+TableName = Annotated[str, typer.Option("--table", envvar="JOBQ_TABLE", help="queue table")]
+AsJson = Annotated[bool, typer.Option("--json", help="one JSON document on stdout")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="show what would change, change nothing")]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")]
 
 
-def fail(message: str, code: int) -> NoReturn:
+# -- plumbing ---------------------------------------------------------------------------------
+
+def fail(message: str, code: int, dsn: str | None = None) -> NoReturn:
     """One line on stderr, then exit with `code`."""
-    typer.echo(f"jobq: {message}".replace("\n", " "), err=True)
+    line = redact(visible(" ".join(message.split())), dsn)
+    typer.echo(f"jobq: {line}", err=True)
     raise typer.Exit(code)
 
 
@@ -58,6 +97,448 @@ def exit_code_for(exc: BaseException) -> int:
         return EXIT_UNREACHABLE
     return EXIT_FAILURE
 
+
+def resolve_dsn(dsn: str | None) -> str:
+    """--dsn, else JOBQ_DSN, else DATABASE_URL, else "" (libpq's PG* variables apply)."""
+    return dsn or os.environ.get("JOBQ_DSN") or os.environ.get("DATABASE_URL") or ""
+
+
+@contextmanager
+def connected(dsn: str | None, table: str) -> Iterator[Admin]:
+    """An `Admin` on one dedicated connection; every failure becomes one line and a code."""
+    conninfo = resolve_dsn(dsn)
+    try:
+        Names.parse(table)  # a bad table name is refused before connecting
+        try:
+            conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=5,
+                                   application_name="jobq-cli")
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailableError(f"database unavailable: {exc}") from None
+        except psycopg.ProgrammingError as exc:
+            raise InvalidInputError(f"invalid connection string: {exc}") from None
+        with conn, JobQueue(conn, table=table) as queue:
+            yield Admin(queue)
+    except JobqError as exc:
+        fail(str(exc), exit_code_for(exc), conninfo)
+    except psycopg.OperationalError as exc:
+        fail(f"database unavailable: {exc}", EXIT_UNREACHABLE, conninfo)
+    except psycopg.Error as exc:
+        fail(f"database error: {exc}", EXIT_FAILURE, conninfo)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, UUID):
+        return str(value)
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in asdict(value).items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(_plain(value), ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def cell(value: Any, limit: int = 60) -> Text:
+    """A table cell: untrusted text shown literally (no markup, no escapes)."""
+    if value is None:
+        return Text("-", style="dim")
+    if isinstance(value, datetime):
+        return Text(value.strftime("%Y-%m-%d %H:%M:%S"))
+    if isinstance(value, timedelta):
+        return Text(jobq_core.format_duration(value) or "0s")
+    if not isinstance(value, str):
+        value = json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else value
+    first_line = str(value).split("\n", 1)[0]
+    return Text(visible(first_line, limit))
+
+
+def stdin_is_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
+def confirm(what: str, count: int, yes: bool) -> None:
+    if yes or count == 0:
+        return
+    if not stdin_is_terminal():
+        fail(f"refusing to {what} {count} rows without --yes: no terminal to confirm on",
+             EXIT_USAGE)
+    if not typer.confirm(f"{what} {count} rows?", default=False, err=True):
+        fail("aborted", EXIT_FAILURE)
+
+
+def show_preview(preview: Preview) -> None:
+    err.print(Text(f"{preview.action}: {preview.eligible} eligible"
+                   + (f", e.g. {', '.join(map(str, preview.sample_ids))}"
+                      if preview.sample_ids else "")))
+    for job_id, reason in preview.ineligible[:20]:
+        err.print(Text(f"  not {job_id}: {reason}"))
+    if len(preview.ineligible) > 20:
+        err.print(Text(f"  … and {len(preview.ineligible) - 20} more not eligible"))
+
+
+def parse_when(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInputError(
+            f"invalid time {text!r}: use ISO 8601 with a zone, e.g. 2026-12-01T09:00:00+00:00"
+        ) from None
+    if value.tzinfo is None:
+        raise InvalidInputError(f"time {text!r} has no time zone; add +00:00 or Z")
+    return value
+
+
+def progress_line(done: int, total: int | None = None) -> None:
+    err.print(Text(f"  {done}" + (f"/{total}" if total else "") + " done"))
+
+
+def job_rows_table(rows: list[JobRow]) -> Table:
+    table = Table(show_edge=False, header_style="bold")
+    for name in ("ID", "TYPE", "STATE", "ATT", "WHEN", "REQUEST", "ERROR / RESULT"):
+        table.add_column(name, overflow="fold" if name == "ERROR / RESULT" else "ellipsis")
+    for row in rows:
+        when = row.lease_until if row.state == "claimed" else row.failed_at or row.run_at
+        detail = row.last_error if row.state != "completed" else row.result
+        table.add_row(Text(str(row.id)), cell(row.type, 40), cell(row.state),
+                      Text(str(row.attempts)), cell(when or row.created_at),
+                      cell(row.request_id, 24), cell(detail, 80))
+    return table
+
+
+def _ids_or_filter(ids: list[int] | None, filter_text: str | None, admin: Admin,
+                   default_filter: str = "") -> list[int]:
+    if ids and filter_text:
+        raise InvalidInputError("give job ids or a filter, not both")
+    if ids:
+        return ids
+    if filter_text is None and not default_filter:
+        raise InvalidInputError("give job ids or a filter")
+    return admin.select(" ".join(filter(None, [default_filter, filter_text or ""])))
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+@app.command()
+def status(dsn: Dsn = None, table: TableName = "svti_jobs", as_json: AsJson = False) -> None:
+    """Per job type: ready, scheduled, claimed, expiring, expired, failed, oldest ready age,
+    and completed/failed in the last minute (~ marks an estimate)."""
+    with connected(dsn, table) as admin:
+        stats = admin.stats()
+    if as_json:
+        emit_json(stats)
+        return
+    grid = Table(show_edge=False, header_style="bold")
+    for name in ("TYPE", "READY", "SCHEDULED", "CLAIMED", "EXPIRING", "EXPIRED", "FAILED",
+                 "OLDEST READY", "DONE/MIN", "FAILED/MIN"):
+        grid.add_column(name, justify="left" if name == "TYPE" else "right")
+    for s in stats:
+        grid.add_row(cell(s.type, 40), *(Text(str(c)) for c in (
+            s.ready, s.scheduled, s.claimed, s.expiring, s.expired, s.failed)),
+            cell(s.oldest_ready_age), Text(str(s.completed_per_min[-1] if s.completed_per_min
+                                               else 0)),
+            Text(str(s.failed_per_min[-1] if s.failed_per_min else 0)))
+    out.print(grid if stats else Text("no jobs"))
+
+
+@app.command("list")
+def list_cmd(
+    filter_words: Annotated[list[str] | None, typer.Argument(
+        metavar="[FILTER]...", help="e.g. state:failed type:send-email req:abc error:Timeout "
+        "age:>1h attempts:>=3")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    after: Annotated[str | None, typer.Option(help="the cursor a previous page printed")] = None,
+    dsn: Dsn = None, table: TableName = "svti_jobs", as_json: AsJson = False,
+) -> None:
+    """Jobs matching a filter, one page at a time (keyset: no limit on how far you page)."""
+    with connected(dsn, table) as admin:
+        page = admin.list_jobs(" ".join(filter_words or []), after=after, limit=limit)
+    if as_json:
+        emit_json({"rows": page.rows, "next_cursor": page.next_cursor})
+        return
+    out.print(job_rows_table(page.rows) if page.rows else Text("no jobs match"))
+    if page.next_cursor:
+        err.print(Text(f"more: --after {page.next_cursor}"))
+
+
+@app.command()
+def show(job_id: Annotated[int, typer.Argument(help="job id")], dsn: Dsn = None,
+         table: TableName = "svti_jobs", as_json: AsJson = False) -> None:
+    """A job (live or finished) and its full history."""
+    with connected(dsn, table) as admin:
+        detail = admin.show(job_id)
+    if as_json:
+        emit_json({"job": detail.job, "state": detail.state, "events": detail.events})
+        return
+    if detail.job is not None:
+        job = detail.job
+        for label, value in (("id", job.id), ("type", job.type), ("state", job.state),
+                             ("attempts", job.attempts), ("priority", job.priority),
+                             ("run at", job.run_at), ("request id", job.request_id),
+                             ("idempotency key", job.idempotency_key),
+                             ("lease until", job.lease_until), ("claimed by", job.claimed_by),
+                             ("created", job.created_at)):
+            out.print(Text(f"{label:>16}: ") + cell(value, 200))
+        out.print(Text("         payload:"))
+        out.print(Text(visible(json.dumps(job.payload, indent=2, ensure_ascii=False))))
+        if job.last_error:
+            out.print(Text("      last error:"))
+            out.print(Text(visible(job.last_error).replace("\\n", "\n")))
+    else:
+        out.print(Text(f"job {job_id}: {detail.state} (no longer in the queue)"))
+    out.print(_events_table(detail.events))
+
+
+def _events_table(events: list[Any]) -> Table:
+    grid = Table(show_edge=False, header_style="bold")
+    for name in ("AT", "JOB", "EVENT", "ATT", "WORKER", "REQUEST", "REASON / RESULT"):
+        grid.add_column(name)
+    for e in events:
+        grid.add_row(cell(e.occurred_at), Text(str(e.job_id)), cell(e.event),
+                     Text(str(e.attempt)), cell(e.worker, 30), cell(e.request_id, 24),
+                     cell(e.reason if e.reason is not None else e.result, 80))
+    return grid
+
+
+@app.command()
+def trace(
+    request_id: Annotated[str, typer.Argument(help="the request id to follow")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new events")]
+    = False,
+    dsn: Dsn = None, table: TableName = "svti_jobs", as_json: AsJson = False,
+) -> None:
+    """Everything that happened under one request id, in time order (JSON lines with
+    --follow --json)."""
+    if follow:
+        _follow(request_id, dsn, table, as_json)
+        return
+    with connected(dsn, table) as admin:
+        events = admin.trace(request_id, limit=10_000)
+    if as_json:
+        emit_json(events)
+        return
+    out.print(_events_table(events) if events else Text("no events for that request id"))
+
+
+def _follow(request_id: str, dsn: str | None, table: str, as_json: bool) -> None:
+    conninfo = resolve_dsn(dsn)
+
+    async def run() -> None:
+        async with AsyncJobQueue(conninfo, table=table, max_connections=1) as queue:
+            async for event in AsyncAdmin(queue).follow(request_id):
+                if as_json:
+                    emit_json(event)
+                else:
+                    out.print(Text("  ").join([
+                        cell(event.occurred_at), Text(f"job {event.job_id}"),
+                        cell(event.event), cell(event.reason or event.result, 100)]))
+
+    try:
+        Names.parse(table)
+        asyncio.run(run())
+    except JobqError as exc:
+        fail(str(exc), exit_code_for(exc), conninfo)
+    except psycopg.Error as exc:
+        fail(f"database unavailable: {exc}", EXIT_UNREACHABLE, conninfo)
+
+
+@app.command()
+def doctor(dsn: Dsn = None, table: TableName = "svti_jobs", as_json: AsJson = False) -> None:
+    """Health of the queue's tables, each finding with its fix. Exits 1 if any is an error."""
+    with connected(dsn, table) as admin:
+        findings = admin.doctor()
+    if as_json:
+        emit_json(findings)
+    else:
+        for f in findings:
+            mark = {"ok": "ok  ", "warn": "WARN", "error": "ERR "}[f.status]
+            out.print(Text(f"{mark} {f.check}: ") + Text(visible(f.detail)))
+            if f.fix:
+                out.print(Text(f"     fix: {f.fix}"))
+    if any(f.status == "error" for f in findings):
+        raise typer.Exit(EXIT_FAILURE)
+
+
+# -- changing ---------------------------------------------------------------------------------
+
+@app.command()
+def enqueue(
+    job_type: Annotated[str, typer.Argument(metavar="TYPE")],
+    payload: Annotated[str | None, typer.Option(
+        "--payload", "-p", help="JSON, @file to read it from, or - for stdin")] = None,
+    run_at: Annotated[str | None, typer.Option(help="ISO 8601 time with a zone")] = None,
+    delay: Annotated[str | None, typer.Option(help="e.g. 30s, 5m, 1h")] = None,
+    priority: int = 0,
+    idempotency_key: str | None = None,
+    request_id: str | None = None,
+    dsn: Dsn = None, table: TableName = "svti_jobs", as_json: AsJson = False,
+) -> None:
+    """Add a job; prints its id (an existing one for a known idempotency key)."""
+    with connected(dsn, table) as admin:
+        if run_at and delay:
+            raise InvalidInputError("give --run-at or --delay, not both")
+        value = _read_payload(payload)
+        when: datetime | timedelta | None = parse_when(run_at)
+        if delay:
+            when = parse_duration(delay)
+        job_id = admin.queue.enqueue(job_type, value, run_at=when, priority=priority,
+                                     idempotency_key=idempotency_key, request_id=request_id)
+    if as_json:
+        emit_json({"id": job_id})
+    else:
+        out.print(str(job_id))
+
+
+def _read_payload(text: str | None) -> Any:
+    if text is None:
+        return None
+    if text == "-":
+        text = sys.stdin.read()
+    elif text.startswith("@"):
+        try:
+            with open(text[1:], encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise InvalidInputError(f"cannot read payload file: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"payload is not valid JSON: {exc.msg} at line {exc.lineno} "
+                                f"column {exc.colno}") from None
+
+
+@app.command()
+def retry(
+    ids: Annotated[list[int] | None, typer.Argument(metavar="[ID]...")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="every failed job (and --filter)")]
+    = False,
+    filter_text: Annotated[str | None, typer.Option("--filter", help="narrow --failed")] = None,
+    at: Annotated[str | None, typer.Option("--at", help="ISO time; default now")] = None,
+    dsn: Dsn = None, table: TableName = "svti_jobs", dry_run: DryRun = False, yes: Yes = False,
+    as_json: AsJson = False,
+) -> None:
+    """Put failed jobs back in the queue: by id, or --failed [--filter …]."""
+    with connected(dsn, table) as admin:
+        if not ids and not failed:
+            raise InvalidInputError("give job ids, or --failed to retry every failed job")
+        chosen = _ids_or_filter(ids, filter_text, admin, "state:failed" if failed else "")
+        when = parse_when(at)
+        _repair(admin, "retry", chosen, dry_run, yes, as_json,
+                lambda: admin.retry(chosen, run_at=when, progress=progress_line))
+
+
+@app.command()
+def extend(
+    ids: Annotated[list[int], typer.Argument(metavar="ID...")],
+    by: Annotated[str, typer.Option("--by", help=f"how much longer: {ACCEPTED}")],
+    dsn: Dsn = None, table: TableName = "svti_jobs", dry_run: DryRun = False, yes: Yes = False,
+    as_json: AsJson = False,
+) -> None:
+    """Lengthen claimed jobs' leases."""
+    with connected(dsn, table) as admin:
+        amount = parse_duration(by)
+        _repair(admin, "extend", ids, dry_run, yes, as_json,
+                lambda: admin.extend(ids, amount, progress=progress_line))
+
+
+@app.command()
+def delete(
+    ids: Annotated[list[int] | None, typer.Argument(metavar="[ID]...")] = None,
+    filter_text: Annotated[str | None, typer.Option("--filter", help="jobs to delete")] = None,
+    force: Annotated[bool, typer.Option(help="also delete claimed jobs")] = False,
+    dsn: Dsn = None, table: TableName = "svti_jobs", dry_run: DryRun = False, yes: Yes = False,
+    as_json: AsJson = False,
+) -> None:
+    """Delete pending or failed jobs (claimed ones only with --force)."""
+    with connected(dsn, table) as admin:
+        chosen = _ids_or_filter(ids, filter_text, admin)
+        action = "delete-force" if force else "delete"
+        _repair(admin, action, chosen, dry_run, yes, as_json,
+                lambda: admin.delete(chosen, force=force, progress=progress_line))
+
+
+def _repair(admin: Admin, action: str, ids: list[int], dry_run: bool, yes: bool,
+            as_json: bool, apply: Any) -> None:
+    if not ids:
+        raise NotFoundError("no job matches")
+    preview = admin.preview(action, ids)
+    if dry_run:
+        if as_json:
+            emit_json({"dry_run": True, "preview": preview})
+        else:
+            show_preview(preview)
+        return
+    if not as_json:
+        show_preview(preview)
+    if preview.eligible == 0:
+        raise JobStateError(f"no job is eligible to {action}")
+    confirm(action.replace("-force", " (forced)"), preview.eligible, yes)
+    result = apply()
+    if as_json:
+        emit_json({"dry_run": False, "result": result})
+    else:
+        out.print(Text(f"{action}: {result.changed} changed"
+                       + (f", {len(result.skipped)} skipped" if result.skipped else "")))
+
+
+@app.command()
+def clear(
+    older_than: Annotated[str, typer.Option("--older-than", help=f"age cutoff: {ACCEPTED}")],
+    dsn: Dsn = None, table: TableName = "svti_jobs", dry_run: DryRun = False, yes: Yes = False,
+    as_json: AsJson = False,
+) -> None:
+    """Delete failed jobs and history older than the cutoff, in small batches (no lock is
+    held between them, so workers keep claiming). Pending and claimed jobs are never touched."""
+    with connected(dsn, table) as admin:
+        age = parse_duration(older_than)
+        preview = admin.preview_clear(age)
+        if dry_run:
+            if as_json:
+                emit_json({"dry_run": True, "preview": preview})
+            else:
+                err.print(Text(f"clear before {preview.cutoff:%Y-%m-%d %H:%M:%S}: "
+                               f"{preview.failed_jobs} failed jobs, {preview.history_rows} "
+                               "history rows"))
+            return
+        confirm("clear", preview.total, yes)
+        removed = admin.clear(age, progress=None if as_json else progress_line)
+    if as_json:
+        emit_json({"dry_run": False, "removed": removed})
+    else:
+        out.print(Text(f"clear: {removed} rows removed"))
+
+
+@app.command()
+def migrate(
+    dry_run: DryRun = False, yes: Yes = False, dsn: Dsn = None,
+    table: TableName = "svti_jobs", as_json: AsJson = False,
+) -> None:
+    """Create or migrate the queue's tables; --dry-run prints the SQL it would run."""
+    with connected(dsn, table) as admin:
+        admin.queue._ready = True  # do not migrate implicitly before showing the plan
+        plan = admin.migrate(dry_run=True)
+        if not dry_run and plan:
+            confirm("apply migration statements to", len(plan), yes)
+            plan = admin.migrate(dry_run=False)
+    if as_json:
+        emit_json({"dry_run": dry_run, "statements": plan})
+    elif plan:
+        out.print(Text(";\n\n".join(plan) + ";"))
+    else:
+        err.print(Text("up to date"))
+
+
+# -- running ----------------------------------------------------------------------------------
 
 def load_runner(target: str) -> TaskRunner:
     """`module:attribute`, where the attribute is a TaskRunner or a function returning one."""
@@ -99,8 +580,6 @@ def worker(
         runner.serve_forever()
     except JobqError as exc:
         fail(str(exc), exit_code_for(exc))
-    except KeyboardInterrupt:
-        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 @app.command()
@@ -110,4 +589,8 @@ def version() -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("jobq: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)

@@ -1,0 +1,292 @@
+"""`jobq` commands against real Postgres: in-process (CliRunner) and through the installed
+entry point, as cron jobs and CI scripts run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from jobq_core import JobQueue, NewJob
+from jobq_tui.cli import app
+
+JOBQ = shutil.which("jobq", path=os.path.dirname(sys.executable)) or "jobq"
+
+
+@pytest.fixture
+def cli(dsn: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("JOBQ_DSN", dsn)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | None = None) -> Any:
+        return runner.invoke(app, list(args), input=input)
+
+    return invoke
+
+
+def as_json(result: Any) -> Any:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_enqueue_in_every_form(cli: Any, tmp_path: Any, db: psycopg.Connection[Any]) -> None:
+    first = as_json(cli("enqueue", "send-email", "-p", '{"to": "a@b.c"}', "--priority", "3",
+                        "--request-id", "req-1", "--idempotency-key", "k1", "--json"))["id"]
+    again = as_json(cli("enqueue", "send-email", "--idempotency-key", "k1", "--json"))["id"]
+    assert again == first
+    file = tmp_path / "payload.json"
+    file.write_text('{"from": "file"}')
+    from_file = as_json(cli("enqueue", "t", "-p", f"@{file}", "--delay", "1h", "--json"))["id"]
+    from_stdin = as_json(cli("enqueue", "t", "-p", "-", "--json", input='{"from": "stdin"}'))
+    at = as_json(cli("enqueue", "t", "--run-at", "2030-01-01T00:00:00+00:00", "--json"))["id"]
+    rows = dict(db.execute("SELECT id, payload FROM svti_jobs").fetchall())
+    assert rows[first] == {"to": "a@b.c"} and rows[from_file] == {"from": "file"}
+    assert rows[from_stdin["id"]] == {"from": "stdin"} and at in rows
+    plain = cli("enqueue", "t")
+    assert plain.exit_code == 0 and plain.stdout.strip().isdigit()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["enqueue", "t", "-p", "{bad"], "payload is not valid JSON"),
+    (["enqueue", "t", "-p", "@/nonexistent/file.json"], "cannot read payload file"),
+    (["enqueue", "", ], "invalid job type"),
+    (["enqueue", "t", "--delay", "7x"], "invalid duration"),
+    (["enqueue", "t", "--run-at", "tomorrow"], "invalid time"),
+    (["enqueue", "t", "--run-at", "2030-01-01T00:00:00"], "no time zone"),
+    (["enqueue", "t", "--delay", "1h", "--run-at", "2030-01-01T00:00:00Z"], "not both"),
+    (["clear", "--older-than", "7x"], "accepted" if False else "invalid duration"),
+    (["extend", "1", "--by", "soon"], "invalid duration"),
+    (["list", "state:sleeping"], "unknown state"),
+    (["list", "--table", "jobs; DROP TABLE x"], "invalid table name"),
+    (["list", "--after", "not-a-cursor"], "invalid cursor"),
+    (["retry"], "give job ids, or --failed"),
+])
+def test_bad_input_exits_2_with_one_line(cli: Any, args: list[str], message: str) -> None:
+    result = cli(*args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("jobq: ")
+
+
+def test_unknown_ids_exit_3(cli: Any) -> None:
+    for args in (["show", "424242"], ["retry", "--failed", "--yes"]):
+        result = cli(*args)
+        assert result.exit_code == 3, result.output
+
+
+def test_list_show_trace_status_and_json(cli: Any, dsn: str) -> None:
+    queue = JobQueue(dsn)
+    ids = queue.enqueue_many([NewJob("email", {"n": i}, request_id="r-1") for i in range(5)])
+    queue.fail(queue.claim(), reason="SMTP timeout")
+    queue.complete(queue.claim(), result={"sent": True})
+    page = as_json(cli("list", "type:email", "--limit", "2", "--json"))
+    assert len(page["rows"]) == 2 and page["next_cursor"]
+    rest = as_json(cli("list", "type:email", "--after", page["next_cursor"], "--json"))
+    assert len(page["rows"]) + len(rest["rows"]) == 4
+    failed = as_json(cli("list", "state:failed", "error:timeout", "--json"))["rows"]
+    assert [r["last_error"] for r in failed] == ["SMTP timeout"]
+    done = as_json(cli("list", "state:completed", "--json"))["rows"]
+    assert done[0]["result"] == {"sent": True}
+    detail = as_json(cli("show", str(ids[0]), "--json"))
+    assert detail["state"] == "failed" and [e["event"] for e in detail["events"]] == [
+        "enqueued", "claimed", "failed"]
+    assert len(as_json(cli("trace", "r-1", "--json"))) == 5 + 2 + 2
+    stats = as_json(cli("status", "--json"))
+    assert stats[0]["type"] == "email" and stats[0]["ready"] == {"value": 3, "exact": True}
+    human = cli("list", "type:email")
+    assert human.exit_code == 0 and "SMTP timeout" in human.stdout
+    assert cli("show", str(ids[0])).exit_code == 0
+    assert "enqueued" in cli("trace", "r-1").stdout
+    assert "email" in cli("status").stdout
+    findings = as_json(cli("doctor", "--json"))
+    assert {f["check"] for f in findings} >= {"schema version", "expired leases"}
+
+
+def test_retry_confirmation_dry_run_and_yes(cli: Any, dsn: str,
+                                            db: psycopg.Connection[Any]) -> None:
+    queue = JobQueue(dsn)
+    queue.enqueue_many([NewJob("a")] * 3)
+    for job in queue.claim_many(3):
+        queue.fail(job, reason="x")
+    preview = as_json(cli("retry", "--failed", "--dry-run", "--json"))
+    assert preview["dry_run"] and preview["preview"]["eligible"] == 3
+    assert db.execute("SELECT count(*) FROM svti_jobs WHERE state = 'failed'").fetchone() == (3,)
+    # No terminal and no --yes: refuse rather than hang, and change nothing.
+    refused = cli("retry", "--failed")
+    assert refused.exit_code == 2 and "without --yes" in refused.stderr
+    assert db.execute("SELECT count(*) FROM svti_jobs WHERE state = 'failed'").fetchone() == (3,)
+    done = as_json(cli("retry", "--failed", "--filter", "type:a", "--yes", "--json"))
+    assert done["result"]["changed"] == 3
+    assert db.execute("SELECT count(*) FROM svti_jobs WHERE state = 'pending'").fetchone() == (3,)
+    conflict = cli("retry", "1", "2", "3", "--yes")  # pending now: nothing eligible
+    assert conflict.exit_code in (3, 4)
+
+
+def test_confirmation_prompt_on_a_terminal(dsn: str, db: psycopg.Connection[Any],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a terminal, the prompt shows the row count and the default is No."""
+    queue = JobQueue(dsn)
+    job_id = queue.enqueue("a")
+    queue.fail(queue.claim(), reason="x")
+    monkeypatch.setenv("JOBQ_DSN", dsn)
+    monkeypatch.setattr("jobq_tui.cli.stdin_is_terminal", lambda: True)
+    runner = CliRunner()
+    no = runner.invoke(app, ["retry", str(job_id)], input="\n")
+    assert no.exit_code == 1 and "retry 1 rows?" in no.output
+    assert db.execute("SELECT state FROM svti_jobs").fetchone() == ("failed",)
+    yes = runner.invoke(app, ["retry", str(job_id)], input="y\n")
+    assert yes.exit_code == 0, yes.output
+    assert db.execute("SELECT state FROM svti_jobs").fetchone() == ("pending",)
+
+
+def test_extend_delete_and_clear(cli: Any, dsn: str, db: psycopg.Connection[Any]) -> None:
+    queue = JobQueue(dsn)
+    queue.enqueue_many([NewJob("a")] * 3)
+    held = queue.claim(lease_ms=1000)
+    as_json(cli("extend", str(held.id), "--by", "10m", "--yes", "--json"))
+    lease = db.execute("SELECT extract(epoch FROM lease_until - now()) FROM svti_jobs "
+                       "WHERE id = %s", (held.id,)).fetchone()[0]
+    assert 590 < lease < 610
+    not_claimed = cli("extend", str(held.id + 1), "--by", "5m", "--yes")
+    assert not_claimed.exit_code == 4
+    refused = cli("delete", str(held.id), "--yes")
+    assert refused.exit_code == 4  # claimed: only with --force
+    assert as_json(cli("delete", str(held.id), "--force", "--yes", "--json"))["result"][
+        "changed"] == 1
+    assert as_json(cli("delete", "--filter", "state:pending", "--yes", "--json"))["result"][
+        "changed"] == 2
+    queue.enqueue("b")
+    queue.fail(queue.claim(), reason="old")
+    db.execute("UPDATE svti_jobs SET failed_at = now() - interval '8 days'")
+    db.execute("UPDATE svti_jobs_events SET occurred_at = now() - interval '8 days'")
+    preview = as_json(cli("clear", "--older-than", "7d", "--dry-run", "--json"))["preview"]
+    assert preview["failed_jobs"] == 1 and preview["history_rows"] > 5
+    removed = as_json(cli("clear", "--older-than", "7d", "--yes", "--json"))["removed"]
+    assert removed == preview["failed_jobs"] + preview["history_rows"]
+    assert db.execute("SELECT count(*) FROM svti_jobs").fetchone() == (0,)
+
+
+def test_migrate_dry_run_prints_sql(cli: Any, empty_dsn: str,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOBQ_DSN", empty_dsn)
+    plan = as_json(cli("migrate", "--dry-run", "--json"))
+    assert plan["dry_run"] and any('CREATE TABLE "svti_jobs"' in s for s in plan["statements"])
+    with psycopg.connect(empty_dsn) as conn:
+        assert conn.execute("SELECT to_regclass('svti_jobs')").fetchone() == (None,)
+    applied = as_json(cli("migrate", "--yes", "--json"))
+    assert applied["statements"] == plan["statements"]
+    assert as_json(cli("migrate", "--dry-run", "--json"))["statements"] == []
+
+
+def test_untrusted_text_is_printed_literally(
+    cli: Any, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # no wrapping, so whole cells can be checked
+    queue = JobQueue(dsn)
+    hostile = "[bold red]boom[/] \x1b[2J\x1b[31mred\x07"
+    job_id = queue.enqueue("t", {"text": hostile}, request_id="[link=x]req[/link]")
+    queue.fail(queue.claim(), reason=hostile)
+    for args in (["list"], ["show", str(job_id)], ["trace", "[link=x]req[/link]"]):
+        result = cli(*args)
+        assert result.exit_code == 0, result.output
+        assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    shown = cli("list").stdout
+    assert "[bold red]boom[/]" in shown and "\\x1b[2J" in shown
+
+
+def test_entry_point_exit_codes_and_no_password(dsn: str, db: psycopg.Connection[Any]) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("JOBQ_DSN", "DATABASE_URL")}
+
+    def run(*args: str, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([JOBQ, *args], capture_output=True, text=True, timeout=60,
+                              env={**env, **(extra or {})}, check=False)
+
+    ok = run("enqueue", "t", "--json", extra={"JOBQ_DSN": dsn})
+    assert ok.returncode == 0 and json.loads(ok.stdout)["id"] > 0
+    via_database_url = run("list", "--json", extra={"DATABASE_URL": dsn})
+    assert len(json.loads(via_database_url.stdout)["rows"]) == 1
+    secret = "pa55-w0rd-sekrit"
+    for bad_dsn in (f"postgresql://alice:{secret}@127.0.0.1:1/db",
+                    f"host=127.0.0.1 port=1 user=alice password={secret} dbname=db",
+                    f"postgresql://alice:{secret}@127.0.0.1:1/db?sslmode=bogus"):
+        result = run("status", "--dsn", bad_dsn)
+        assert result.returncode in (2, 5), result.stderr
+        assert secret not in result.stderr + result.stdout
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert run("status", "--dsn", f"postgresql://alice:{secret}@127.0.0.1:1/db").returncode == 5
+    help_text = " ".join(run("--help").stdout.split())
+    assert "5 database unreachable" in help_text and "130 interrupted" in help_text
+    assert run("list", "--json", extra={"JOBQ_DSN": dsn, "NO_COLOR": "1"}).returncode == 0
+
+
+def test_trace_follow_prints_json_lines(dsn: str) -> None:
+    queue = JobQueue(dsn)
+    queue.enqueue("t", request_id="follow-me")
+    proc = subprocess.Popen([JOBQ, "trace", "follow-me", "--follow", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "JOBQ_DSN": dsn})
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())
+        queue.complete(queue.claim())
+        second = json.loads(proc.stdout.readline())
+        third = json.loads(proc.stdout.readline())
+        assert [first["event"], second["event"], third["event"]] == [
+            "enqueued", "claimed", "completed"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_clear_million_history_rows_while_a_worker_keeps_claiming(
+    dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    """`jobq clear` over 1,000,000 old history rows, with a worker claiming throughout: the
+    clear takes no lock that stops claims (each batch is its own short transaction)."""
+    import threading
+    import time
+
+    db.execute("""INSERT INTO svti_jobs_events (occurred_at, job_id, type, event)
+                  SELECT now() - interval '30 days', g, 'old', 'completed'
+                  FROM generate_series(1, 1000000) g""")
+    queue = JobQueue(dsn)
+    gaps: list[float] = []
+    stop = threading.Event()
+
+    def worker() -> None:
+        last = time.monotonic()
+        while not stop.is_set():
+            queue.enqueue("live")
+            job = queue.claim(types=["live"])
+            assert job is not None
+            queue.complete(job)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    result = subprocess.run([JOBQ, "clear", "--older-than", "7d", "--yes", "--json"],
+                            capture_output=True, text=True, timeout=600, check=False,
+                            env={**os.environ, "JOBQ_DSN": dsn})
+    took = time.monotonic() - started
+    stop.set()
+    thread.join(30)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["removed"] == 1_000_000
+    during = [g for g in gaps]
+    assert len(during) > 100  # the worker kept claiming and completing all along
+    assert max(during) < 2.0, f"a claim waited {max(during):.2f}s during a {took:.1f}s clear"
+    assert db.execute("SELECT count(*) FROM svti_jobs_events WHERE type = 'old'").fetchone() == (
+        0,)
+
