@@ -826,6 +826,12 @@ def list_jobs(names: Names, where: dict[str, Any], state: str | None,
         params["type"] = where["type"]
     if "request_id" in where:
         conds.append("request_id = %(request_id)s")
+        if not history:
+            # Found through the history's request-id index, so the hot table needs no index
+            # of its own (every claim would write to it). A live job is found as long as its
+            # `enqueued` event is kept, i.e. unless it is older than a `clear` cutoff.
+            conds.append("id IN (SELECT job_id FROM {events} "
+                         "WHERE request_id = %(request_id)s)")
         params["request_id"] = where["request_id"]
     if "error" in where:
         column = "reason" if history else "last_error"
@@ -851,7 +857,7 @@ def list_jobs(names: Names, where: dict[str, Any], state: str | None,
                     "LIMIT %(limit)s").format(
         columns=sql.SQL(_HISTORY_AS_JOBS if history else ADMIN_COLUMNS + ", id, NULL::jsonb"),
         source=names.ident("_events") if history else names.ident(),
-        conds=sql.SQL(" AND ").join(sql.SQL(c) for c in conds or ["true"]),
+        conds=sql.SQL(" AND ").join(names.fmt(c) for c in conds or ["true"]),
         order=sql.SQL(order),
     )
     return query.as_bytes(None), params

@@ -346,6 +346,8 @@ def _follow(request_id: str, dsn: str | None, table: str, as_json: bool) -> None
     try:
         Names.parse(table)
         asyncio.run(run())
+    except KeyboardInterrupt:
+        fail("interrupted", EXIT_INTERRUPTED)
     except JobqError as exc:
         fail(str(exc), exit_code_for(exc), conninfo)
     except psycopg.Error as exc:

@@ -290,3 +290,56 @@ def test_clear_million_history_rows_while_a_worker_keeps_claiming(
     assert db.execute("SELECT count(*) FROM svti_jobs_events WHERE type = 'old'").fetchone() == (
         0,)
 
+
+
+def _entry(*args: str, dsn: str, **popen: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([JOBQ, *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "JOBQ_DSN": dsn}, check=False, **popen)
+
+
+def test_every_command_through_the_entry_point(dsn: str, db: psycopg.Connection[Any]) -> None:
+    """The installed `jobq`, each command with --json, as a script would run it."""
+
+    def ok(*args: str) -> Any:
+        result = _entry(*args, "--json", dsn=dsn)
+        assert result.returncode == 0, (args, result.stderr)
+        return json.loads(result.stdout)
+
+    first = ok("enqueue", "email", "-p", '{"n": 1}', "--request-id", "req-e2e")["id"]
+    second = ok("enqueue", "email", "--request-id", "req-e2e")["id"]
+    queue = JobQueue(dsn)
+    queue.fail(queue.claim(), reason="boom")
+    held = queue.claim(lease_ms=5000)
+    assert ok("status")[0]["type"] == "email"
+    assert {r["id"] for r in ok("list")["rows"]} == {first, second}
+    assert ok("show", str(first))["state"] == "failed"
+    assert len(ok("trace", "req-e2e")) == 5
+    assert ok("retry", str(first), "--yes")["result"]["changed"] == 1
+    assert ok("extend", str(held.id), "--by", "1m", "--yes")["result"]["changed"] == 1
+    assert ok("delete", str(first), "--yes")["result"]["changed"] == 1
+    assert ok("clear", "--older-than", "1d", "--yes")["removed"] == 0
+    assert {f["check"] for f in ok("doctor")} >= {"schema version"}
+    assert ok("migrate", "--dry-run")["statements"] == []
+    version = _entry("version", dsn=dsn)
+    assert version.returncode == 0 and version.stdout.strip()
+
+
+def test_interrupt_exits_130(dsn: str) -> None:
+    import signal
+    import time
+
+    proc = subprocess.Popen([JOBQ, "trace", "nothing-here", "--follow"], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "JOBQ_DSN": dsn})
+    time.sleep(1.5)  # following, waiting for events
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "jobq: interrupted"
+
+
+def test_shell_completion(dsn: str) -> None:
+    result = subprocess.run([JOBQ], capture_output=True, text=True, timeout=30, check=False,
+                            env={**os.environ, "_JOBQ_COMPLETE": "complete_bash",
+                                 "COMP_WORDS": "jobq re", "COMP_CWORD": "1"})
+    assert result.returncode == 0 and result.stdout.split() == ["retry"]
