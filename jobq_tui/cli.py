@@ -441,16 +441,20 @@ def retry(
 
 @app.command()
 def extend(
-    ids: Annotated[list[int], typer.Argument(metavar="ID...")],
-    by: Annotated[str, typer.Option("--by", help=f"how much longer: {ACCEPTED}")],
+    ids: Annotated[list[int] | None, typer.Argument(metavar="[ID]...")] = None,
+    by: Annotated[str, typer.Option("--by", help=f"how much longer: {ACCEPTED}")] = "5m",
+    filter_text: Annotated[str | None, typer.Option(
+        "--filter", help="claimed jobs to extend, e.g. type:report")] = None,
     dsn: Dsn = None, table: TableName = "svti_jobs", dry_run: DryRun = False, yes: Yes = False,
     as_json: AsJson = False,
 ) -> None:
-    """Lengthen claimed jobs' leases."""
+    """Lengthen claimed jobs' leases (default by 5m): by id, or --filter."""
     with connected(dsn, table) as admin:
         amount = parse_duration(by)
-        _repair(admin, "extend", ids, dry_run, yes, as_json,
-                lambda: admin.extend(ids, amount, progress=progress_line))
+        chosen = _ids_or_filter(ids, filter_text, admin,
+                                "state:claimed" if filter_text is not None else "")
+        _repair(admin, "extend", chosen, dry_run, yes, as_json,
+                lambda: admin.extend(chosen, amount, progress=progress_line))
 
 
 @app.command()

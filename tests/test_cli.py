@@ -157,6 +157,8 @@ def test_extend_delete_and_clear(cli: Any, dsn: str, db: psycopg.Connection[Any]
     assert 590 < lease < 610
     not_claimed = cli("extend", str(held.id + 1), "--by", "5m", "--yes")
     assert not_claimed.exit_code == 4
+    by_filter = as_json(cli("extend", "--filter", "type:a", "--by", "1h", "--yes", "--json"))
+    assert by_filter["result"]["changed"] == 1  # only the claimed one is selected
     refused = cli("delete", str(held.id), "--yes")
     assert refused.exit_code == 4  # claimed: only with --force
     assert as_json(cli("delete", str(held.id), "--force", "--yes", "--json"))["result"][
