@@ -43,15 +43,9 @@ class JobFilter:
 
     def describe(self) -> str:
         """The filter in its text form, round-trippable through `parse_filter`."""
-        parts = []
-        if self.state:
-            parts.append(f"state:{self.state}")
-        if self.type:
-            parts.append(f"type:{self.type}")
-        if self.request_id:
-            parts.append(f"req:{self.request_id}")
-        if self.error:
-            parts.append(f"error:{self.error}")
+        parts = [f"{key}:{value}" for key, value in (
+            ("state", self.state), ("type", self.type), ("req", self.request_id),
+            ("error", self.error)) if value]
         if self.age:
             parts.append(f"age:{self.age[0]}{int(self.age[1].total_seconds())}s")
         if self.attempts:
