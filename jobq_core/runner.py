@@ -243,7 +243,7 @@ class TaskRunner:
         self._stop: asyncio.Event | None = None
         self._hard_stop: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
-        self._acks: asyncio.Queue[tuple[Job, Any, asyncio.Future[bool]]] | None = None
+        self._acks: asyncio.Queue[tuple[_Attempt, Any, float]] | None = None
 
     # -- registration -----------------------------------------------------------------------
 
@@ -434,6 +434,9 @@ class TaskRunner:
                                             return_when=asyncio.FIRST_COMPLETED)
             waiting.discard(hard)
         hard.cancel()
+        if self._acks is not None:  # finished jobs are acked, never handed back
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._acks.join(), max(deadline - loop.time(), 5.0))
         unfinished = list(self._running.values())
         for attempt in unfinished:
             attempt.cancel("shutdown")
@@ -516,7 +519,8 @@ class TaskRunner:
 
     async def _acker(self) -> None:
         """Completions are acked in batches: whatever has finished by the time the previous
-        batch is written goes in the next one statement."""
+        batch is written goes in the next statement. The acker, not the attempt, then frees
+        the slot: a job holds its slot (and its lease) until its completion is committed."""
         assert self._acks is not None
         while True:
             batch = [await self._acks.get()]
@@ -524,18 +528,23 @@ class TaskRunner:
                 batch.append(self._acks.get_nowait())
             try:
                 kept = set(await self._queue_call(
-                    "complete_many", [j for j, _, _ in batch], [r for _, r, _ in batch]))
-            except BaseException as exc:
-                for _, _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc if isinstance(exc, Exception) else
-                                           JobqError("acker stopped"))
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for job, _, done in batch:
-                if not done.done():
-                    done.set_result(job.id in kept)
+                    "complete_many", [a.job for a, _, _ in batch], [r for _, r, _ in batch]))
+            except JobqError as exc:
+                # The handlers did finish, but nothing was recorded: their leases will run
+                # out and the jobs run again (at least once, never lost).
+                log.warning("could not ack %d completed jobs: %s", len(batch), exc)
+                self.counters["ack_failed"] += len(batch)
+                kept = set()
+            for attempt, result, started in batch:
+                self._running.pop(attempt.job.id, None)
+                if attempt.job.id in kept:
+                    self.counters["completed"] += 1
+                    self._emit("completed", attempt.job, duration=time.monotonic() - started,
+                               result=result)
+                else:
+                    self._discard(attempt, started, "lease lost before the ack")
+                self._acks.task_done()
+            self._slot_freed(None)
 
     # -- one attempt ------------------------------------------------------------------------
 
@@ -550,6 +559,7 @@ class TaskRunner:
     async def _attempt(self, attempt: _Attempt, *, batch_ack: bool = True) -> tuple[str, Any]:
         """Run one claimed job to its next state; returns (outcome, result or exception)."""
         job, task = attempt.job, attempt.task
+        handed_over = False
         self.counters["claimed"] += 1
         self._emit("claimed", job)
         started = time.monotonic()
@@ -580,25 +590,20 @@ class TaskRunner:
                                         retry=task.retryable(exc), started=started)
             if attempt.cancel_reason is not None:
                 return self._discard(attempt, started)
-            held = await self._ack(job, result, batch_ack)
-            if not held:
+            if batch_ack and self._acks is not None:
+                self._acks.put_nowait((attempt, result, started))
+                handed_over = True  # the acker completes it and frees the slot
+                return _Outcome.COMPLETED, result
+            try:
+                await self._queue_call("complete", job, result=result)
+            except LeaseLostError:
                 return self._discard(attempt, started, "lease lost before the ack")
             self.counters["completed"] += 1
             self._emit("completed", job, duration=time.monotonic() - started, result=result)
             return _Outcome.COMPLETED, result
         finally:
-            self._running.pop(job.id, None)
-
-    async def _ack(self, job: Job, result: Any, batch: bool) -> bool:
-        if batch and self._acks is not None:
-            done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            await self._acks.put((job, result, done))
-            return await done
-        try:
-            await self._queue_call("complete", job, result=result)
-        except LeaseLostError:
-            return False
-        return True
+            if not handed_over:
+                self._running.pop(job.id, None)
 
     def _discard(self, attempt: _Attempt, started: float,
                  reason: str | None = None) -> tuple[str, Any]:
