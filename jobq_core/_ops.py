@@ -16,6 +16,7 @@ from uuid import UUID
 from .errors import (
     InvalidInputError,
     JobFailedError,
+    JobqError,
     JobStateError,
     LeaseLostError,
     NotFoundError,
@@ -124,7 +125,8 @@ def enqueue_many(
         todo = [i for i in todo if result[i] is None]
         if not todo:
             return [r for r in result if r is not None]
-    raise RuntimeError("idempotency key kept vanishing; giving up")  # pragma: no cover
+    raise JobqError(  # pragma: no cover - needs ten completions racing one enqueue
+        "an idempotency key's job kept finishing while being looked up; try again")
 
 
 def _copy_many(st: Statements, params: list[EnqueueParams]) -> Op[list[int]]:

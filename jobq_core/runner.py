@@ -35,6 +35,7 @@ from typing import Any, Literal, TypedDict, Unpack
 import psycopg
 from psycopg import sql
 
+from ._ops import finished_result
 from .errors import (
     DatabaseUnavailableError,
     InvalidInputError,
@@ -713,7 +714,7 @@ class TaskRunner:
             while True:
                 done = await self._queue_call("outcome", job_id)
                 if done.finished:
-                    return _finished(job_id, done)
+                    return finished_result(job_id, done)
                 job = await self._queue_call("claim_job", job_id, lease_ms=self.lease_ms,
                                              worker=self.worker_name)
                 if job is not None:
@@ -738,12 +739,6 @@ class TaskRunner:
     def run(self, type: str, payload: Any = None, **options: Any) -> Any:
         """The sync form of `arun`, for code without an event loop."""
         return asyncio.run(self.arun(type, payload, **options))
-
-
-def _finished(job_id: int, done: Any) -> Any:
-    from ._ops import finished_result
-
-    return finished_result(job_id, done)
 
 
 def _describe(exc: BaseException) -> str:

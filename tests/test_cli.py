@@ -62,7 +62,7 @@ def test_enqueue_in_every_form(cli: Any, tmp_path: Any, db: psycopg.Connection[A
     (["enqueue", "t", "--run-at", "tomorrow"], "invalid time"),
     (["enqueue", "t", "--run-at", "2030-01-01T00:00:00"], "no time zone"),
     (["enqueue", "t", "--delay", "1h", "--run-at", "2030-01-01T00:00:00Z"], "not both"),
-    (["clear", "--older-than", "7x"], "accepted" if False else "invalid duration"),
+    (["clear", "--older-than", "7x"], "invalid duration"),
     (["extend", "1", "--by", "soon"], "invalid duration"),
     (["list", "state:sleeping"], "unknown state"),
     (["list", "--table", "jobs; DROP TABLE x"], "invalid table name"),
