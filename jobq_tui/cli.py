@@ -16,6 +16,7 @@ import importlib
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
@@ -586,6 +587,50 @@ def worker(
         runner.serve_forever()
     except JobqError as exc:
         fail(str(exc), exit_code_for(exc))
+
+
+@app.command()
+def demo(
+    dsn: Annotated[str | None, typer.Option(
+        "--dsn", help="use this database; by default a private embedded Postgres")] = None,
+    seconds: Annotated[float | None, typer.Option(
+        min=0.1, help="stop after this long (default: until Ctrl-C)")] = None,
+    rate: Annotated[float, typer.Option(min=0.1, help="bursts of jobs per second")] = 4.0,
+) -> None:
+    """A live queue to look at: producers and a task runner with fast, slow, flaky, poison
+    and scheduled jobs under request ids. Prints the status every two seconds."""
+    from jobq_core.embedded import EmbeddedPostgres
+
+    from .demo import Demo
+
+    server = None
+    try:
+        conninfo = dsn or os.environ.get("JOBQ_DSN") or ""
+        if not conninfo:
+            err.print(Text("starting a private Postgres for the demo…"))
+            server = EmbeddedPostgres()
+            conninfo = server.start()
+        err.print(Text(f"demo database: {redact(conninfo)}  (try: jobq status --dsn "
+                       f"'{redact(conninfo)}')"))
+        running = Demo(conninfo, rate=rate)
+        running.start()
+        try:
+            admin = Admin(running.queue)
+            started = time.monotonic()
+            while seconds is None or time.monotonic() - started < seconds:
+                time.sleep(min(2.0, seconds or 2.0))
+                line = "  ".join(f"{s.type}: {s.ready} ready, {s.claimed} claimed, "
+                                 f"{s.failed} failed" for s in admin.stats())
+                out.print(Text(visible(line) or "no jobs yet"))
+        finally:
+            running.stop()
+    except KeyboardInterrupt:
+        fail("interrupted", EXIT_INTERRUPTED)
+    except JobqError as exc:
+        fail(str(exc), exit_code_for(exc))
+    finally:
+        if server is not None:
+            server.cleanup()
 
 
 @app.command()
