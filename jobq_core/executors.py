@@ -23,10 +23,13 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import JobqError
 from .models import Job
+
+if TYPE_CHECKING:
+    from .queue import JobQueue
 
 _POLL = 0.02
 
@@ -102,14 +105,10 @@ class ProcessContext:
         self._settings = settings
 
     def enqueue(self, type: str, payload: Any = None, **options: Any) -> int:
-        from .queue import JobQueue  # imported here: the child only needs it when asked
-
         if self._settings.conninfo is None:
             raise JobqError("ctx.enqueue in a process needs a queue built from a DSN or pool")
         options.setdefault("request_id", self.request_id)
-        with JobQueue(self._settings.conninfo, table=self._settings.table,
-                      max_connections=1) as queue:
-            return queue.enqueue(type, payload, **options)
+        return _child_queue(self._settings).enqueue(type, payload, **options)
 
     def extend(self, ms: int) -> None:
         raise JobqError("process handlers cannot extend: the runner keeps their lease alive")
@@ -123,6 +122,15 @@ class JobLogger(logging.LoggerAdapter[logging.Logger]):
         extra = self.extra or {}
         kwargs.setdefault("extra", {}).update(extra)
         return f"[job {extra.get('job_id')} req {extra.get('request_id')}] {msg}", kwargs
+
+
+@functools.cache
+def _child_queue(settings: ChildSettings) -> JobQueue:
+    """One queue per worker process, kept for its lifetime (it dies with the process)."""
+    from .queue import JobQueue  # imported here: a child only needs it when asked
+
+    assert settings.conninfo is not None
+    return JobQueue(settings.conninfo, table=settings.table, max_connections=1)
 
 
 def bound_logger(job: Job) -> JobLogger:

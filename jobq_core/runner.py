@@ -552,6 +552,8 @@ class TaskRunner:
     def _begin(self, job: Job) -> _Attempt:
         """Take a slot for a claimed job."""
         task = self._tasks[job.type]
+        # A task's own lease applies from the first heartbeat, which comes well before the
+        # claim's lease (a third of it) runs out: no extra round trip per job.
         attempt = _Attempt(job, task, task.lease_ms or self.lease_ms,
                            time.monotonic() + self.lease_ms / 1000)
         self._running[job.id] = attempt
@@ -571,8 +573,6 @@ class TaskRunner:
                 reason = (f"gave up after {job.attempts - 1} attempts (max_attempts "
                           f"{task.max_attempts}); earlier attempts never reported back")
                 return await self._fail(attempt, reason, retry=False, started=started)
-            if task.lease_ms and task.lease_ms != self.lease_ms:
-                await self._queue_call("heartbeat", [job], [task.lease_ms])
             try:
                 result = await self._execute(attempt)
                 dump_json(result, "result")  # not JSON: fail the attempt, never the ack
@@ -715,8 +715,9 @@ class TaskRunner:
                 done = await self._queue_call("outcome", job_id)
                 if done.finished:
                     return finished_result(job_id, done)
-                job = await self._queue_call("claim_job", job_id, lease_ms=self.lease_ms,
-                                             worker=self.worker_name)
+                job = await self._queue_call(
+                    "claim_job", job_id, lease_ms=self._tasks[type].lease_ms or self.lease_ms,
+                    worker=self.worker_name)
                 if job is not None:
                     outcome, value = await self._attempt(self._begin(job), batch_ack=False)
                     if outcome == _Outcome.COMPLETED:

@@ -760,9 +760,10 @@ WITH todo AS (
 )
 SELECT count(*) FROM ins"""
 
-FOLD_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended(%(key)s, 1))"
-
-READ_ONLY = "SELECT current_setting('transaction_read_only') = 'on'"
+# Whether this call folds: not in a read-only session, and only one folder at a time.
+MAY_FOLD = """
+SELECT CASE WHEN current_setting('transaction_read_only') = 'on' THEN false
+            ELSE pg_try_advisory_xact_lock(hashtextextended(%(key)s, 1)) END"""
 
 # doctor: sizes, bloat and vacuum of the queue's tables, what holds back the xmin horizon,
 # invalid indexes. Read from the catalogs and statistics views only.
