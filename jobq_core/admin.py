@@ -467,7 +467,7 @@ class Admin:
 
     def migrate(self, *, dry_run: bool = True) -> list[str]:
         """The migration SQL; applied unless `dry_run`."""
-        return self.queue._run(migrate(self._st, dry_run), atomic=True)
+        return self.queue._run(migrate(self._st, dry_run), atomic=True, schema_op=True)
 
 
 class AsyncAdmin:
@@ -525,7 +525,7 @@ class AsyncAdmin:
         return await self.queue._run(doctor(self._st))
 
     async def migrate(self, *, dry_run: bool = True) -> list[str]:
-        return await self.queue._run(migrate(self._st, dry_run), atomic=True)
+        return await self.queue._run(migrate(self._st, dry_run), atomic=True, schema_op=True)
 
     async def follow(self, request_id: str, *, after: int = 0,
                      poll: float = FOLLOW_POLL) -> AsyncIterator[Event]:

@@ -249,11 +249,14 @@ class JobQueue(_QueueCore):
             raise
 
     def _run(
-        self, op: Op[T], conn: psycopg.Connection[Any] | None = None, *, atomic: bool = False
+        self, op: Op[T], conn: psycopg.Connection[Any] | None = None, *, atomic: bool = False,
+        schema_op: bool = False,
     ) -> T:
         """Run `op`. Single-statement ops run in autocommit; `atomic` ones (several
-        statements) and any op on a connection outside autocommit run in a transaction."""
-        if not self._ready:
+        statements) and any op on a connection outside autocommit run in a transaction.
+        The first op migrates the tables, unless it is itself about the schema (`schema_op`:
+        a dry run must show the plan, not apply it)."""
+        if not self._ready and not schema_op:
             self.migrate()
         if conn is not None:  # the caller's connection and transaction: they commit
             return _run_sync(conn, op)
@@ -457,9 +460,9 @@ class AsyncJobQueue(_QueueCore):
 
     async def _run(
         self, op: Op[T], conn: psycopg.AsyncConnection[Any] | None = None, *,
-        atomic: bool = False,
+        atomic: bool = False, schema_op: bool = False,
     ) -> T:
-        if not self._ready:
+        if not self._ready and not schema_op:
             await self.migrate()
         if conn is not None:
             return await _run_async(conn, op)

@@ -532,7 +532,6 @@ def migrate(
 ) -> None:
     """Create or migrate the queue's tables; --dry-run prints the SQL it would run."""
     with connected(dsn, table) as admin:
-        admin.queue._ready = True  # do not migrate implicitly before showing the plan
         plan = admin.migrate(dry_run=True)
         if not dry_run and plan:
             confirm("apply migration statements to", len(plan), yes)

@@ -259,7 +259,6 @@ def test_doctor_reports_with_fixes(setup: Any, db: psycopg.Connection[Any]) -> N
 def test_migrate_dry_run_shows_sql_and_changes_nothing(empty_dsn: str) -> None:
     with JobQueue(empty_dsn) as queue:
         admin = Admin(queue)
-        queue._ready = True  # as if first use had happened: do not migrate implicitly
         plan = admin.migrate(dry_run=True)
         assert any('CREATE TABLE "svti_jobs"' in s for s in plan)
         with psycopg.connect(empty_dsn) as conn:
