@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from datetime import datetime, timedelta
@@ -43,7 +43,7 @@ from jobq_core import (
     TaskRunner,
     parse_duration,
 )
-from jobq_core.admin import Admin, AsyncAdmin, JobRow, Preview
+from jobq_core.admin import Admin, AsyncAdmin, JobRow, Preview, RepairResult
 from jobq_core.durations import ACCEPTED
 from jobq_core.sql import Names
 
@@ -475,7 +475,7 @@ def delete(
 
 
 def _repair(admin: Admin, action: str, ids: list[int], dry_run: bool, yes: bool,
-            as_json: bool, apply: Any) -> None:
+            as_json: bool, apply: Callable[[], RepairResult]) -> None:
     if not ids:
         raise NotFoundError("no job matches")
     preview = admin.preview(action, ids)
