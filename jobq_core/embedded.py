@@ -179,7 +179,11 @@ class EmbeddedPostgres:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> Self:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.cleanup()  # a failed start leaves no folder behind
+            raise
         return self
 
     def __exit__(

@@ -47,3 +47,15 @@ def test_async_queue_recovers_after_a_restart(embedded_server: EmbeddedPostgres)
             await queue.close()
 
     asyncio.run(scenario())
+
+
+def test_a_failed_start_leaves_nothing_behind(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from jobq_core import JobqError
+
+    server = EmbeddedPostgres(binaries=Path("/nonexistent/bin"))
+    root = server.root
+    with pytest.raises((JobqError, OSError)), server:
+        pass
+    assert not root.exists()
