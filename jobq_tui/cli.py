@@ -593,43 +593,41 @@ def demo(
     dsn: Annotated[str | None, typer.Option(
         "--dsn", help="use this database; by default a private embedded Postgres")] = None,
     seconds: Annotated[float | None, typer.Option(
-        min=0.1, help="stop after this long (default: until Ctrl-C)")] = None,
+        min=0.1, help="headless: stop after this long (default: until Ctrl-C)")] = None,
     rate: Annotated[float, typer.Option(min=0.1, help="bursts of jobs per second")] = 4.0,
+    headless: Annotated[bool, typer.Option(
+        "--headless", help="print the status every two seconds instead of opening the "
+        "console (the default without a terminal)")] = False,
+    read_only: Annotated[bool, typer.Option("--read-only", help="open the console read-only")
+                         ] = False,
 ) -> None:
     """A live queue to look at: producers and a task runner with fast, slow, flaky, poison
-    and scheduled jobs under request ids. Prints the status every two seconds."""
-    from jobq_core.embedded import EmbeddedPostgres
+    and scheduled jobs under request ids, with the jobq-tui console on top."""
+    from .demo import running_demo
 
-    from .demo import Demo
-
-    server = None
+    interactive = not headless and seconds is None and sys.stdout.isatty() and \
+        stdin_is_terminal()
     try:
-        conninfo = dsn or os.environ.get("JOBQ_DSN") or ""
-        if not conninfo:
-            err.print(Text("starting a private Postgres for the demo…"))
-            server = EmbeddedPostgres()
-            conninfo = server.start()
-        err.print(Text(f"demo database: {redact(conninfo)}  (try: jobq status --dsn "
-                       f"'{redact(conninfo)}')"))
-        running = Demo(conninfo, rate=rate)
-        running.start()
-        try:
-            admin = Admin(running.queue)
-            started = time.monotonic()
-            while seconds is None or time.monotonic() - started < seconds:
-                time.sleep(min(2.0, seconds or 2.0))
-                line = "  ".join(f"{s.type}: {s.ready} ready, {s.claimed} claimed, "
-                                 f"{s.failed} failed" for s in admin.stats())
-                out.print(Text(visible(line) or "no jobs yet"))
-        finally:
-            running.stop()
+        with running_demo(dsn or os.environ.get("JOBQ_DSN"), rate=rate,
+                          notice=lambda m: err.print(Text(m))) as conninfo:
+            if interactive:
+                from .app import JobqApp
+
+                JobqApp(conninfo, read_only=read_only, interval=1.0).run()
+                return
+            err.print(Text(f"demo database: {redact(conninfo)}  (try: jobq-tui --dsn "
+                           f"'{redact(conninfo)}')"))
+            with connected(conninfo, "svti_jobs") as admin:
+                started = time.monotonic()
+                while seconds is None or time.monotonic() - started < seconds:
+                    time.sleep(min(2.0, seconds or 2.0))
+                    line = "  ".join(f"{s.type}: {s.ready} ready, {s.claimed} claimed, "
+                                     f"{s.failed} failed" for s in admin.stats())
+                    out.print(Text(visible(line) or "no jobs yet"))
     except KeyboardInterrupt:
         fail("interrupted", EXIT_INTERRUPTED)
     except JobqError as exc:
         fail(str(exc), exit_code_for(exc))
-    finally:
-        if server is not None:
-            server.cleanup()
 
 
 @app.command()

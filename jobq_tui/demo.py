@@ -13,11 +13,13 @@ everything that happened under it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import random
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from jobq_core import JobQueue, NewJob, TaskRunner, create_task_runner
@@ -112,3 +114,28 @@ class Demo:
         for thread in self._threads:
             thread.join(15)
         self.queue.close()
+
+
+@contextlib.contextmanager
+def running_demo(dsn: str | None, *, rate: float = 4.0,
+                 notice: Callable[[str], None] = print) -> Iterator[str]:
+    """The demo workload on `dsn`, or on a private embedded Postgres when `dsn` is empty;
+    yields the connection string, and stops the workload and the server afterwards."""
+    from jobq_core.embedded import EmbeddedPostgres
+
+    server = None
+    try:
+        conninfo = dsn or ""
+        if not conninfo:
+            notice("starting a private Postgres for the demo…")
+            server = EmbeddedPostgres()
+            conninfo = server.start()
+        running = Demo(conninfo, rate=rate)
+        running.start()
+        try:
+            yield conninfo
+        finally:
+            running.stop()
+    finally:
+        if server is not None:
+            server.cleanup()

@@ -46,7 +46,7 @@ def test_demo_produces_every_kind_of_job(dsn: str, db: psycopg.Connection[Any]) 
 def test_jobq_demo_runs_on_its_own_embedded_postgres() -> None:
     env = {k: v for k, v in os.environ.items()
            if k not in ("JOBQ_DSN", "DATABASE_URL", "JOBQ_TEST_DSN")}
-    result = subprocess.run([JOBQ, "demo", "--seconds", "4", "--rate", "10"], env=env,
+    result = subprocess.run([JOBQ, "demo", "--headless", "--seconds", "4", "--rate", "10"], env=env,
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert "starting a private Postgres" in result.stderr

@@ -1,0 +1,382 @@
+"""`jobq-tui`: the live operations console.
+
+One poll loop refreshes whichever screen is on top, and only after the previous refresh has
+finished, so a slow query can never pile up. All database work goes through
+`jobq_core.admin.AsyncAdmin`, the same calls the `jobq` command line makes; the console
+holds no SQL of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar
+
+import psycopg
+import typer
+from textual import work
+from textual.app import App, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+
+from jobq_core import DatabaseUnavailableError, JobqError, parse_duration
+from jobq_core.filters import parse_filter
+
+from .connection import ConsoleDB
+from .operator import Operator
+from .safe import redact, visible
+from .screens.base import MUTATING, READ_ONLY_REASON, LiveScreen
+from .screens.detail import DetailScreen
+from .screens.dialogs import HelpScreen, PromptScreen
+from .screens.jobs import JobsScreen
+from .screens.overview import OverviewScreen
+from .screens.trace import TraceScreen
+from .widgets.status import Banner, Crumbs, Freshness, StatusBar
+
+#: Refresh intervals that `+` and `-` step through, in seconds.
+INTERVALS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+#: The longest wait between reconnection attempts, in seconds.
+MAX_BACKOFF = 30.0
+COMMANDS_HELP = ("commands: trace <request-id> · job <id> · jobs [filter] · failed · "
+                 "overview · clear <age> · refresh <seconds> · quit")
+
+
+class JobqApp(App[None]):
+    """The console. `clock` and `perf` can be fixed for reproducible snapshots."""
+
+    CSS_PATH = "jobq.tcss"
+    TITLE = "jobq"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("question_mark", "help", "Help"),
+        Binding("colon", "command_line", "Command"),
+        Binding("space", "toggle_pause", "Pause"),
+        Binding("plus", "faster", "Faster", show=False),
+        Binding("minus", "slower", "Slower", show=False),
+        Binding("r", "refresh_now", "Refresh", show=False),
+        Binding("escape", "back", "Back", show=False),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(self, dsn: str | None = None, *, table: str = "svti_jobs",
+                 read_only: bool = False, interval: float = 2.0,
+                 clock: Callable[[], datetime] | None = None,
+                 perf: Callable[[], float] | None = None, label: str | None = None,
+                 start: Callable[[JobqApp], Screen[Any]] | None = None) -> None:
+        super().__init__()
+        self.db = ConsoleDB(dsn, table, read_only=read_only)
+        self.admin = self.db.admin
+        self.read_only = read_only
+        self.interval = interval
+        self.paused = False
+        self.operator = Operator(self)
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._perf = perf or time.perf_counter
+        self._start = start
+        self._wake = asyncio.Event()
+        self._refreshed_at: float | None = None
+        self._query_ms: float | None = None
+        self._down: str | None = None
+        self._last_error: str | None = None
+        self.refreshes = 0
+        self.target = visible(label or self.db.describe()) + f" · {table}"
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        return self._clock()
+
+    async def on_mount(self) -> None:
+        if self.read_only:
+            self.sub_title = "read-only"
+        await self.db.open()
+        await self.push_screen(OverviewScreen())
+        if self._start is not None:
+            await self.push_screen(self._start(self))
+        self.set_interval(1.0, self._tick)
+        self._poll()
+
+    async def on_unmount(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.db.close()
+
+    # -- the poll loop ----------------------------------------------------------------------
+
+    def poke(self) -> None:
+        """Refresh now (after an action, a new screen or filter), without a second loop."""
+        self._wake.set()
+
+    @work(exclusive=True, group="poll")
+    async def _poll(self) -> None:
+        backoff = 1.0
+        while True:
+            self._wake.clear()
+            screen = self.screen
+            wait = self.interval
+            if isinstance(screen, LiveScreen) and not self.paused:
+                started = self._perf()
+                try:
+                    data = await screen.fetch(self.admin)
+                except (DatabaseUnavailableError, psycopg.OperationalError) as exc:
+                    self._set_down(f"⚠ database unavailable: {exc} · retrying in "
+                                   f"{backoff:g}s")
+                    wait, backoff = backoff, min(backoff * 2, MAX_BACKOFF)
+                except (JobqError, psycopg.Error) as exc:
+                    self._report(str(exc))
+                except Exception as exc:  # the console keeps running whatever happens
+                    self._report(f"internal error: {type(exc).__name__}: {exc}")
+                else:
+                    self._query_ms = (self._perf() - started) * 1000
+                    self._refreshed_at = self._perf()
+                    self._last_error = None
+                    backoff = 1.0
+                    self._set_down(None)
+                    self.refreshes += 1
+                    if screen.is_attached:
+                        screen.show(data)
+                self._tick()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    def _set_down(self, message: str | None) -> None:
+        self._down = None if message is None else redact(" ".join(message.split()),
+                                                         self.db.conninfo)
+        for banner in self.screen.query(Banner):
+            banner.show(self._down)
+
+    def _report(self, message: str) -> None:
+        """A failed refresh shows once, not at every poll."""
+        message = redact(message, self.db.conninfo)
+        if message != self._last_error:
+            self._last_error = message
+            self.notify(visible(message), title="refresh failed", severity="error",
+                        markup=False)
+
+    def _tick(self) -> None:
+        screen = self.screen
+        if not isinstance(screen, LiveScreen):
+            return
+        age = None if self._refreshed_at is None else self._perf() - self._refreshed_at
+        info = Freshness(age, self._query_ms, self.interval, self.paused, self.read_only,
+                         self.target)
+        for bar in screen.query(StatusBar):
+            bar.show(info)
+        for banner in screen.query(Banner):
+            banner.show(self._down)
+        for crumbs in screen.query(Crumbs):
+            crumbs.show([s.crumb for s in self.screen_stack if isinstance(s, LiveScreen)])
+        screen.tick()
+
+    # -- app-wide actions -------------------------------------------------------------------
+
+    def action_toggle_pause(self) -> None:
+        self.paused = not self.paused
+        self.notify("refresh paused" if self.paused else "refresh resumed", timeout=2)
+        self.poke()
+
+    def action_faster(self) -> None:
+        self.set_refresh_interval(max([i for i in INTERVALS if i < self.interval],
+                                      default=INTERVALS[0]))
+
+    def action_slower(self) -> None:
+        self.set_refresh_interval(min([i for i in INTERVALS if i > self.interval],
+                                      default=INTERVALS[-1]))
+
+    def set_refresh_interval(self, seconds: float) -> None:
+        self.interval = seconds
+        self.notify(f"refresh every {seconds:g}s", timeout=2)
+        self.poke()
+
+    def action_refresh_now(self) -> None:
+        self.poke()
+
+    async def action_back(self) -> None:
+        if len(self.screen_stack) > 2:  # the overview stays
+            self.pop_screen()
+            self.poke()
+
+    def unmark(self, ids: Iterable[int]) -> None:
+        """Forget marks on jobs an action has dealt with."""
+        done = set(ids)
+        for screen in self.screen_stack:
+            if isinstance(screen, JobsScreen):
+                screen.unmark(done)
+
+    def open(self, screen: LiveScreen) -> None:
+        self.push_screen(screen)
+        self.poke()
+
+    def action_help(self) -> None:
+        screen = self.screen
+        rows: list[tuple[str, str, str]] = []
+        seen: set[str] = set()
+        for active in screen.active_bindings.values():
+            binding = active.binding
+            if not binding.description or binding.action in seen:
+                continue
+            seen.add(binding.action)
+            state = "" if active.enabled else (
+                "disabled: read-only" if binding.action in MUTATING else "disabled")
+            rows.append((binding.key_display or self.get_key_display(binding), binding.description,
+                         state))
+        notes = ["ctrl+p: command palette (every screen and action) · " + COMMANDS_HELP]
+        if self.read_only:
+            notes.append(READ_ONLY_REASON)
+        title = getattr(screen, "crumb", "") or "jobq"
+        self.push_screen(HelpScreen(f"Keys: {visible(title, 40)}", rows, notes))
+
+    @work(group="prompt")
+    async def action_command_line(self) -> None:
+        line = await self.push_screen_wait(PromptScreen(
+            ":", placeholder="trace <request-id>", hint=COMMANDS_HELP,
+            validate=self.check_command))
+        if line:
+            self.run_command(line)
+
+    def check_command(self, line: str) -> None:
+        """Raises `JobqError` with the reason if `line` is not a command."""
+        word, _, rest = line.strip().partition(" ")
+        rest = rest.strip()
+        match word.lower():
+            case "trace" | "t" if rest:
+                return
+            case "job" | "show" if rest.isdigit():
+                return
+            case "jobs" | "list":
+                parse_filter(rest)
+            case "failed" | "overview" | "o" | "quit" | "q" | "help":
+                return
+            case "clear" if rest:
+                parse_duration(rest)
+            case "refresh" if rest:
+                parse_duration(rest if rest[-1:].isalpha() else f"{rest}s")
+            case _:
+                from jobq_core import InvalidInputError
+
+                raise InvalidInputError(f"unknown command {line!r}; {COMMANDS_HELP}")
+
+    def run_command(self, line: str) -> None:
+        word, _, rest = line.strip().partition(" ")
+        rest = rest.strip()
+        match word.lower():
+            case "trace" | "t":
+                self.open(TraceScreen(rest))
+            case "job" | "show":
+                self.open(DetailScreen(int(rest)))
+            case "jobs" | "list":
+                self.open(JobsScreen(parse_filter(rest)))
+            case "failed":
+                self.open(JobsScreen(parse_filter("state:failed")))
+            case "overview" | "o":
+                while len(self.screen_stack) > 2:
+                    self.pop_screen()
+                self.poke()
+            case "clear":
+                self.operator.start_clear(rest)
+            case "refresh":
+                seconds = parse_duration(rest if rest[-1:].isalpha() else f"{rest}s")
+                self.set_refresh_interval(seconds.total_seconds())
+            case "help":
+                self.action_help()
+            case "quit" | "q":
+                self.exit()
+
+    # -- the command palette ----------------------------------------------------------------
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Overview", "Per-type counts, lease expiries and rates",
+                            lambda: self.run_command("overview"))
+        for state in ("pending", "claimed", "failed", "completed"):
+            yield SystemCommand(f"Jobs: {state}", f"List {state} jobs",
+                                lambda s=state: self.open(JobsScreen(parse_filter(f"state:{s}"))))
+        yield SystemCommand("Trace a request id…", "Every event under one request id, live",
+                            lambda: self.prompt_then("trace"))
+        yield SystemCommand("Show a job…", "A job's payload, lease and timeline",
+                            lambda: self.prompt_then("job"))
+        yield SystemCommand("Command line (:)", COMMANDS_HELP, self.action_command_line)
+        disabled = f" — disabled: {READ_ONLY_REASON}" if self.read_only else ""
+        yield SystemCommand("Clear old rows…",
+                            "Delete failed jobs and history older than an age" + disabled,
+                            lambda: self.prompt_then("clear"))
+        if isinstance(screen, JobsScreen | DetailScreen):
+            for action, title in screen.ACTION_TITLES.items():
+                yield SystemCommand(title, (disabled or "On the selected jobs").lstrip(" —"),
+                                    lambda a=action: self.run_screen_action(a))
+        yield SystemCommand("Pause or resume refresh", "space",
+                            self.action_toggle_pause)
+        yield SystemCommand("Refresh faster", "+", self.action_faster)
+        yield SystemCommand("Refresh slower", "-", self.action_slower)
+        yield SystemCommand("Help: keys of this screen", "?", self.action_help)
+
+    def run_screen_action(self, action: str) -> None:
+        if action in MUTATING and self.read_only:
+            self.notify(READ_ONLY_REASON, title="disabled", severity="warning", markup=False)
+            return
+        self.call_later(self.screen.run_action, action)
+
+    @work(group="prompt")
+    async def prompt_then(self, command: str) -> None:
+        if command == "clear" and self.read_only:
+            self.notify(READ_ONLY_REASON, title="disabled", severity="warning", markup=False)
+            return
+        titles = {"trace": "Trace which request id?", "job": "Show which job id?",
+                  "clear": "Clear failed jobs and history older than (e.g. 7d)?"}
+        value = await self.push_screen_wait(PromptScreen(
+            titles[command], validate=lambda v: self.check_command(f"{command} {v}")))
+        if value:
+            self.run_command(f"{command} {value}")
+
+
+
+# -- the `jobq-tui` command -------------------------------------------------------------------
+
+cli = typer.Typer(name="jobq-tui", add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None)
+
+
+@cli.command(help="The live operations console for a jobq queue. Connection: --dsn, else "
+             "JOBQ_DSN, else DATABASE_URL, else libpq's PG* variables. Exit codes: 0 quit, "
+             "2 bad input, 130 interrupted.")
+def console(
+    dsn: Annotated[str | None, typer.Option("--dsn", help="libpq connection string or URL")
+                   ] = None,
+    table: Annotated[str, typer.Option("--table", envvar="JOBQ_TABLE", help="queue table")
+                     ] = "svti_jobs",
+    read_only: Annotated[bool, typer.Option(
+        "--read-only", help="a read-only database session: every action is disabled")] = False,
+    refresh: Annotated[float, typer.Option(
+        "--refresh", min=0.5, max=60, help="seconds between refreshes (+ and - change it)")
+                       ] = 2.0,
+    label: Annotated[str | None, typer.Option(
+        "--label", help="what the status bar calls this database, e.g. PROD")] = None,
+    trace: Annotated[str | None, typer.Option(
+        "--trace", help="open the trace tail of this request id")] = None,
+    demo: Annotated[bool, typer.Option(
+        "--demo", help="run the demo workload (on an embedded Postgres unless --dsn)")] = False,
+) -> None:
+    start = (lambda app: TraceScreen(trace)) if trace else None
+    try:
+        if demo:
+            from .demo import running_demo
+
+            with running_demo(dsn, notice=lambda m: print(m, file=sys.stderr)) as conninfo:
+                JobqApp(conninfo, table=table, read_only=read_only, interval=refresh,
+                        label=label, start=start).run()
+            return
+        JobqApp(dsn, table=table, read_only=read_only, interval=refresh, label=label,
+                start=start).run()
+    except JobqError as exc:
+        print(f"jobq-tui: {visible(redact(str(exc), dsn))}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
+def main() -> None:
+    try:
+        cli()
+    except KeyboardInterrupt:
+        print("jobq-tui: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,221 @@
+"""What the console's actions do: the same `AsyncAdmin` calls as `jobq retry`, `extend`,
+`delete` and `clear`, with a preview and a confirmation sized to the risk.
+
+- one retry or extend runs at once, with a toast;
+- a bulk retry or extend shows the preview and asks y/N with the count;
+- delete and clear show the preview and make you type the count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from rich.text import Text
+
+from jobq_core import DatabaseUnavailableError, JobqError, parse_duration
+from jobq_core.admin import SAMPLE, ClearPreview, Preview, RepairResult
+from jobq_core.durations import ACCEPTED, format_duration
+from jobq_core.filters import JobFilter
+
+from .format import clock
+from .safe import redact, visible
+from .screens.base import READ_ONLY_REASON
+from .screens.dialogs import ConfirmScreen, PromptScreen, TypeToConfirmScreen
+
+if TYPE_CHECKING:
+    from .app import JobqApp
+
+#: What `e` adds to a lease.
+DEFAULT_EXTEND = "5m"
+_VERBS = {"retry": "re-enqueued", "extend": "extended", "delete": "deleted"}
+
+
+def preview_text(preview: Preview, noun: str) -> Text:
+    """The count, sample ids and the ineligible rows with their reasons."""
+    text = Text()
+    text.append(f"{preview.eligible} {noun}{'s' if preview.eligible != 1 else ''} will change.\n",
+                style="bold")
+    if preview.sample_ids:
+        more = " …" if preview.eligible > len(preview.sample_ids) else ""
+        text.append("ids: " + ", ".join(map(str, preview.sample_ids)) + more + "\n")
+    if preview.ineligible:
+        text.append(f"{len(preview.ineligible)} not eligible, left alone:\n", style="yellow")
+        for job_id, reason in preview.ineligible[:SAMPLE]:
+            text.append(f"  {job_id}: {visible(reason, 60)}\n")
+        if len(preview.ineligible) > SAMPLE:
+            text.append(f"  … and {len(preview.ineligible) - SAMPLE} more\n")
+    return text
+
+
+class Operator:
+    """Runs the console's actions as workers, so the UI never waits on the database."""
+
+    def __init__(self, app: JobqApp) -> None:
+        self.app = app
+
+    @property
+    def admin(self) -> Any:
+        return self.app.admin
+
+    def _start(self, flow: Callable[[], Awaitable[None]]) -> None:
+        if self.app.read_only:
+            self.app.notify(READ_ONLY_REASON, title="disabled", severity="warning",
+                            markup=False)
+            return
+        self.app.run_worker(self._guarded(flow), group="action")
+
+    async def _guarded(self, flow: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await flow()
+        except psycopg.errors.ReadOnlySqlTransaction:
+            self._error("the database refused the write: this session is read-only")
+        except (DatabaseUnavailableError, psycopg.OperationalError) as exc:
+            self._error(f"database unavailable, nothing was changed: {exc}")
+        except (JobqError, psycopg.Error) as exc:
+            self._error(str(exc))
+        finally:
+            self.app.poke()
+
+    def _error(self, message: str) -> None:
+        self.app.notify(visible(redact(message, self.app.db.conninfo)), title="action failed",
+                        severity="error", markup=False, timeout=8)
+
+    def _done(self, result: RepairResult, what: str, ids: Sequence[int]) -> None:
+        verb = _VERBS[result.action.removesuffix("-force")]
+        message = f"{result.changed} {what}{'s' if result.changed != 1 else ''} {verb}"
+        if result.skipped:
+            message += f"; {len(result.skipped)} skipped (their state moved on)"
+        self.app.notify(message, title=result.action, markup=False,
+                        severity="information" if result.changed else "warning")
+        self.app.unmark(ids)
+
+    # -- retry ------------------------------------------------------------------------------
+
+    def start_retry(self, ids: Sequence[int]) -> None:
+        self._start(lambda: self._retry(list(ids)))
+
+    def start_retry_matching(self, flt: JobFilter) -> None:
+        async def flow() -> None:
+            ids = await self.admin.select(replace(flt, state="failed"))
+            if not ids:
+                self.app.notify("no failed jobs match " + (visible(flt.describe()) or "—"),
+                                severity="warning", markup=False)
+                return
+            await self._retry(ids, bulk=True, matching=flt)
+        self._start(flow)
+
+    async def _retry(self, ids: list[int], *, bulk: bool = False,
+                     matching: JobFilter | None = None) -> None:
+        if len(ids) == 1 and not bulk:
+            result = await self.admin.retry(ids)
+            if result.changed:
+                self.app.notify(f"job {ids[0]} re-enqueued", title="retry", markup=False)
+            else:
+                await self._explain("retry", ids)
+            return
+        preview = await self.admin.preview("retry", ids)
+        if not await self._confirm_bulk("retry", preview, "failed job", "Retry", matching):
+            return
+        self._done(await self.admin.retry(ids), "job", ids)
+
+    # -- extend -----------------------------------------------------------------------------
+
+    def start_extend(self, ids: Sequence[int], by: str = DEFAULT_EXTEND) -> None:
+        self._start(lambda: self._extend(list(ids), by))
+
+    def start_extend_by(self, ids: Sequence[int]) -> None:
+        async def flow() -> None:
+            by = await self.app.push_screen_wait(PromptScreen(
+                f"Extend {len(ids)} lease{'s' if len(ids) != 1 else ''} by how long?",
+                value=DEFAULT_EXTEND, validate=parse_duration, hint=ACCEPTED))
+            if by:
+                await self._extend(list(ids), by)
+        self._start(flow)
+
+    async def _extend(self, ids: list[int], by: str) -> None:
+        amount = format_duration(parse_duration(by))
+        if len(ids) == 1:
+            result = await self.admin.extend(ids, by)
+            if result.changed:
+                self.app.notify(f"lease of job {ids[0]} extended by {amount}", title="extend",
+                                markup=False)
+            else:
+                await self._explain("extend", ids)
+            return
+        preview = await self.admin.preview("extend", ids)
+        if not await self._confirm_bulk("extend", preview, "lease", f"Extend by {amount}"):
+            return
+        self._done(await self.admin.extend(ids, by), "lease", ids)
+
+    # -- delete and clear -------------------------------------------------------------------
+
+    def start_delete(self, ids: Sequence[int]) -> None:
+        async def flow() -> None:
+            preview = await self.admin.preview("delete", list(ids))
+            if preview.eligible == 0:
+                await self._explain("delete", list(ids))
+                return
+            body = preview_text(preview, "job")
+            body.append("Deleted jobs are gone for good: their payloads cannot be recovered.",
+                        style="bold red")
+            ok = await self.app.push_screen_wait(TypeToConfirmScreen(
+                f"Delete {preview.eligible} job{'s' if preview.eligible != 1 else ''}?", body,
+                str(preview.eligible), "Delete"))
+            if ok:
+                self._done(await self.admin.delete(list(ids)), "job", ids)
+        self._start(flow)
+
+    def start_clear(self, older_than: str | None = None) -> None:
+        async def flow() -> None:
+            age = older_than or await self.app.push_screen_wait(PromptScreen(
+                "Clear failed jobs and history older than?", value="7d",
+                validate=parse_duration, hint=ACCEPTED))
+            if not age:
+                return
+            preview: ClearPreview = await self.admin.preview_clear(age)
+            if preview.total == 0:
+                self.app.notify(f"nothing is older than {visible(age)}", markup=False)
+                return
+            body = Text()
+            body.append(f"{preview.failed_jobs} failed jobs and {preview.history_rows} history "
+                        f"rows finished before {clock(preview.cutoff)}.\n", style="bold")
+            if preview.sample_ids:
+                body.append("failed ids: " + ", ".join(map(str, preview.sample_ids)) + "\n")
+            body.append("Pending and claimed jobs are never cleared. ", style="dim")
+            body.append("This cannot be undone.", style="bold red")
+            ok = await self.app.push_screen_wait(TypeToConfirmScreen(
+                f"Clear {preview.total} rows older than {visible(age)}?", body,
+                str(preview.total), "Clear"))
+            if ok:
+                removed = await self.admin.clear(age)
+                self.app.notify(f"cleared {removed} rows older than {visible(age)}",
+                                title="clear", markup=False)
+        self._start(flow)
+
+    # -- shared -----------------------------------------------------------------------------
+
+    async def _confirm_bulk(self, action: str, preview: Preview, noun: str, label: str,
+                            matching: JobFilter | None = None) -> bool:
+        if preview.eligible == 0:
+            await self._explain(action, [i for i, _ in preview.ineligible], preview)
+            return False
+        body = preview_text(preview, noun)
+        if matching is not None:
+            body.append("matching: " + (visible(matching.describe()) or "all failed jobs"),
+                        style="dim")
+        plural = "s" if preview.eligible != 1 else ""
+        answer: bool = await self.app.push_screen_wait(ConfirmScreen(
+            f"{label} {preview.eligible} {noun}{plural}?", body, label))
+        return answer
+
+    async def _explain(self, action: str, ids: list[int], preview: Preview | None = None
+                       ) -> None:
+        """Why nothing changed: the preview's reason for each id."""
+        preview = preview or await self.admin.preview(action, ids)
+        reasons = "; ".join(f"job {i}: {r}" for i, r in preview.ineligible[:3]) or \
+            "nothing was eligible"
+        self.app.notify(visible(f"{action}: {reasons}"), title="nothing changed",
+                        severity="warning", markup=False)

@@ -1,0 +1,60 @@
+"""What every console screen shares: the app's single poll loop refreshes it, and mutating
+actions are disabled, with the reason, on a read-only session."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+from textual import events
+from textual.screen import Screen
+
+from jobq_core.admin import AsyncAdmin
+
+from ..widgets.status import StatusBar
+
+if TYPE_CHECKING:
+    from ..app import JobqApp
+
+#: Actions that change the database; a read-only console shows them disabled.
+MUTATING = frozenset({"retry", "retry_all", "extend", "extend_by", "delete", "clear"})
+READ_ONLY_REASON = "read-only session (--read-only): the database refuses writes"
+
+
+class LiveScreen(Screen[None]):
+    """A screen the app's poll loop refreshes: `fetch` reads (in the loop's worker, never on
+    the UI's own path), `show` renders the result."""
+
+    #: What the breadcrumb calls this screen.
+    crumb = ""
+
+    @property
+    def jobq(self) -> JobqApp:
+        return cast("JobqApp", self.app)
+
+    async def fetch(self, admin: AsyncAdmin) -> Any:
+        return None
+
+    def show(self, data: Any) -> None:
+        """Render what `fetch` returned."""
+
+    def tick(self) -> None:
+        """Called every second, for countdowns that move between refreshes."""
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in MUTATING and self.jobq.read_only:
+            return None  # shown, dimmed, in the footer and in help
+        return True
+
+    def on_key(self, event: events.Key) -> None:
+        """A key of a disabled action says why, instead of doing nothing."""
+        if not self.jobq.read_only:
+            return
+        for binding in self._bindings.key_to_bindings.get(event.key, ()):
+            if binding.action in MUTATING:
+                self.notify(f"{binding.description}: {READ_ONLY_REASON}",
+                            title="disabled", severity="warning", markup=False)
+                event.stop()
+                return
+
+    def status(self) -> StatusBar:
+        return self.query_one(StatusBar)

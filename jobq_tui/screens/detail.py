@@ -1,0 +1,171 @@
+"""One job: its state, lease holder and live countdown, payload, result and timeline."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.widgets import Footer, Static
+
+from jobq_core import NotFoundError
+from jobq_core.admin import AsyncAdmin, JobDetail
+
+from ..format import clock, first_line, lease_left, literal, multiline, pretty_json, relative
+from ..widgets.status import Banner, Crumbs, StatusBar
+from .base import LiveScreen
+
+
+class DetailScreen(LiveScreen):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("t", "trace", "Trace request"),
+        Binding("R", "retry", "Retry"),
+        Binding("e", "extend", "Extend +5m"),
+        Binding("E", "extend_by", "Extend by…", show=False),
+        Binding("D", "delete", "Delete…"),
+        Binding("escape", "app.back", "Back"),
+    ]
+    ACTION_TITLES: ClassVar[dict[str, str]] = {
+        "retry": "Retry this job", "extend": "Extend this job's lease by 5m",
+                     "extend_by": "Extend this job's lease by…", "delete": "Delete this job…"}
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.crumb = f"job {job_id}"
+        self.detail: JobDetail | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Crumbs(id="crumbs")
+        yield Banner(id="banner")
+        with VerticalScroll(id="detail"):
+            yield Static(id="detail-summary")
+            yield Static(id="detail-lease")
+            yield Static(Text("payload", style="bold"), classes="section")
+            yield Static(id="detail-payload", classes="json")
+            yield Static(Text("timeline", style="bold"), classes="section")
+            yield Static(id="detail-timeline")
+        yield StatusBar(id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#banner", Banner).show(None)
+        self.query_one("#detail", VerticalScroll).focus()
+
+    async def fetch(self, admin: AsyncAdmin) -> JobDetail | None:
+        try:
+            return await admin.show(self.job_id)
+        except NotFoundError:
+            return None
+
+    def show(self, data: JobDetail | None) -> None:
+        self.detail = data
+        summary = self.query_one("#detail-summary", Static)
+        if data is None:
+            summary.update(Text(f"Job {self.job_id} no longer exists: it was deleted, or "
+                                "cleared from the history.", style="bold red"))
+            return
+        job, events = data.job, data.events
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="dim", no_wrap=True)
+        grid.add_column(overflow="fold")
+        state = data.state
+        grid.add_row("job", Text.assemble((f"{self.job_id}", "bold"), "  ",
+                                          (state, _STATE_STYLE.get(state, "bold"))))
+        first = events[0] if events else None
+        grid.add_row("type", literal(job.type if job else first.type if first else "?"))
+        request_id = job.request_id if job else first.request_id if first else None
+        grid.add_row("request id", literal(request_id or "—"))
+        if job is not None:
+            now = self.jobq.now()
+            grid.add_row("attempts", Text(str(job.attempts)))
+            grid.add_row("priority", Text(str(job.priority)))
+            grid.add_row("run at", Text(f"{clock(job.run_at)} ({relative(job.run_at, now)})"))
+            grid.add_row("created", Text(f"{clock(job.created_at)}"))
+            if job.idempotency_key:
+                grid.add_row("idempotency key", literal(job.idempotency_key))
+            if job.last_error:
+                grid.add_row("last error", first_line(job.last_error, 200))
+        summary.update(grid)
+        payload = self.query_one("#detail-payload", Static)
+        if job is not None:
+            payload.update(pretty_json(job.payload))
+        else:
+            result = next((e.result for e in reversed(events) if e.event == "completed"), None)
+            payload.update(Text.assemble(("payloads are not kept after completion; result:\n",
+                                          "dim"), pretty_json(result)))
+        self.query_one("#detail-timeline", Static).update(self._timeline(data))
+        self.tick()
+
+    def _timeline(self, data: JobDetail) -> Table:
+        table = Table(box=None, padding=(0, 1), show_header=True, header_style="dim",
+                      expand=True)
+        table.add_column("at", no_wrap=True)
+        table.add_column("event", no_wrap=True)
+        table.add_column("att", justify="right")
+        table.add_column("worker / detail", overflow="fold", ratio=1)
+        for event in data.events:
+            detail = Text()
+            if event.worker:
+                detail.append_text(literal(event.worker, 40))
+            if event.reason:
+                if detail:
+                    detail.append("\n")
+                detail.append_text(multiline(event.reason))
+                detail.stylize("red" if event.event in ("failed", "retried") else "")
+            table.add_row(Text(clock(event.occurred_at)),
+                          Text(event.event, style=_STATE_STYLE.get(event.event, "")),
+                          Text(str(event.attempt)), detail)
+        return table
+
+    def tick(self) -> None:
+        """The lease countdown moves every second, between refreshes."""
+        lease = self.query_one("#detail-lease", Static)
+        job = self.detail.job if self.detail else None
+        if job is None or job.state != "claimed":
+            lease.display = False
+            return
+        lease.display = True
+        now = self.jobq.now()
+        lease.update(Text.assemble(
+            ("lease  ", "dim"), lease_left(job.lease_until, now, width=20),
+            ("  held by ", "dim"), literal(job.claimed_by or "?", 40),
+            ("  claimed ", "dim"), relative(job.claimed_at, now),
+            ("  until ", "dim"), clock(job.lease_until)))
+
+    def _request_id(self) -> str | None:
+        if self.detail is None:
+            return None
+        if self.detail.job is not None:
+            return self.detail.job.request_id
+        return self.detail.events[0].request_id if self.detail.events else None
+
+    def action_trace(self) -> None:
+        from .trace import TraceScreen
+
+        request_id = self._request_id()
+        if request_id:
+            self.jobq.open(TraceScreen(request_id))
+        else:
+            self.notify(f"job {self.job_id} has no request id", severity="warning",
+                        markup=False)
+
+    def action_retry(self) -> None:
+        self.jobq.operator.start_retry([self.job_id])
+
+    def action_extend(self) -> None:
+        self.jobq.operator.start_extend([self.job_id])
+
+    def action_extend_by(self) -> None:
+        self.jobq.operator.start_extend_by([self.job_id])
+
+    def action_delete(self) -> None:
+        self.jobq.operator.start_delete([self.job_id])
+
+
+_STATE_STYLE = {"failed": "bold red", "retried": "yellow", "claimed": "bold yellow",
+                "completed": "bold green", "pending": "bold", "enqueued": "",
+                "extended": "cyan", "released": "yellow", "deleted": "red"}

@@ -1,0 +1,66 @@
+"""The console's bars: where you are, how fresh the data is, and whether the database is up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.text import Text
+from textual.widgets import Static
+
+from ..format import span
+from ..safe import visible
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """What the status bar shows about the data on screen."""
+
+    age: float | None  # seconds since the last successful refresh; None before the first
+    query_ms: float | None
+    interval: float
+    paused: bool
+    read_only: bool
+    target: str  # database and table, without the password
+
+
+class StatusBar(Static):
+    """Bottom line: the freshness badge (data age, query time, interval) and the mode."""
+
+    def show(self, info: Freshness) -> None:
+        parts: list[Text | tuple[str, str] | str] = []
+        if info.read_only:
+            parts += [(" READ-ONLY ", "bold reverse"), " "]
+        if info.paused:
+            parts += [(" PAUSED ", "bold reverse"), " space resumes · "]
+        if info.age is None:
+            parts.append(("loading…", "dim"))
+        else:
+            stale = info.age > max(3 * info.interval, 5) and not info.paused
+            parts.append((f"updated {span(info.age)} ago", "bold red" if stale else ""))
+            if info.query_ms is not None:
+                parts.append(f" · query {info.query_ms:.0f} ms")
+        parts.append(f" · every {info.interval:g}s")
+        parts.append((f" · {info.target}", "dim"))
+        self.set_class(info.read_only, "-read-only")
+        self.update(Text.assemble(*parts, no_wrap=True, overflow="ellipsis"))
+
+
+class Banner(Static):
+    """A full-width warning while the database cannot be reached; hidden otherwise."""
+
+    def show(self, message: str | None) -> None:
+        self.display = message is not None
+        if message is not None:
+            self.update(Text(message, no_wrap=True, overflow="ellipsis"))
+
+
+class Crumbs(Static):
+    """Top line: where you are, as a path you can walk back with escape."""
+
+    def show(self, path: list[str]) -> None:
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append(" jobq ", style="bold reverse")
+        for i, part in enumerate(path):
+            text.append(" / ", style="dim")
+            text.append(visible(part, 60), style="bold" if i == len(path) - 1 else "")
+        self.update(text)

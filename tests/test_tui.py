@@ -1,0 +1,636 @@
+"""jobq-tui driven with Textual's Pilot against a real database: every screen and action,
+each checked in the database afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from rich.console import Console
+from rich.text import Text
+from textual.css.query import NoMatches
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Input, RichLog, Static
+
+from jobq_core import JobQueue, NewJob
+from jobq_core.admin import AsyncAdmin
+from jobq_tui.app import JobqApp
+from jobq_tui.screens.base import LiveScreen
+from jobq_tui.screens.detail import DetailScreen
+from jobq_tui.screens.dialogs import (
+    ConfirmScreen,
+    HelpScreen,
+    PromptScreen,
+    TypeToConfirmScreen,
+)
+from jobq_tui.screens.jobs import JobsScreen
+from jobq_tui.screens.overview import OverviewScreen
+from jobq_tui.screens.trace import TraceScreen
+
+from .helpers import backdate, events, row
+
+SIZE = (110, 32)
+
+
+async def until(pilot: Pilot[Any], check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Wait, letting the app run, until `check()` is truthy; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = check()
+        except NoMatches:  # the screen it looks at is not up yet
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {check}")
+        await pilot.pause(0.05)
+
+
+def table_ids(app: JobqApp) -> list[int]:
+    table: DataTable[Text] = app.screen.query_one("#jobs", DataTable)
+    return [int(r.key.value or 0) for r in table.ordered_rows]
+
+
+def cursor_id(app: JobqApp) -> int:
+    screen = app.screen
+    assert isinstance(screen, JobsScreen)
+    job_id = screen._cursor_id()
+    assert job_id is not None
+    return job_id
+
+
+def text_of(app: JobqApp, selector: str) -> str:
+    """The plain text a Static shows, whatever it renders (Text, a Rich table…)."""
+    content = app.screen.query_one(selector, Static).content
+    console = Console(width=200, file=io.StringIO(), color_system=None)
+    with console.capture() as capture:
+        console.print(content)
+    return capture.get()
+
+
+def notifications(app: JobqApp) -> list[str]:
+    return [n.message for n in app._notifications]
+
+
+async def open_jobs(pilot: Pilot[Any], app: JobqApp, flt: str) -> JobsScreen:
+    app.run_command(f"jobs {flt}")
+    screen = await until(pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen)
+    await until(pilot, lambda: app.refreshes and screen.rows is not None and
+                screen._columns_of is not None)
+    return screen  # type: ignore[no-any-return]
+
+
+def failed_jobs(queue: JobQueue, job_type: str, n: int) -> list[int]:
+    ids = [queue.enqueue(job_type, {"n": i}) for i in range(n)]
+    for _ in ids:
+        job = queue.claim(types=[job_type])
+        assert job is not None
+        queue.fail(job, reason=f"boom {job.id}", retry=False)
+    return ids
+
+
+@pytest.fixture
+def queue(dsn: str) -> Any:
+    with JobQueue(dsn) as q:
+        yield q
+
+
+# -- overview ---------------------------------------------------------------------------------
+
+async def test_overview_counts_each_type_and_enter_opens_its_jobs(
+    dsn: str, queue: JobQueue
+) -> None:
+    for n in range(3):
+        queue.enqueue("email", {"n": n})
+    queue.enqueue("email", {}, run_at=timedelta(hours=1))
+    queue.claim(types=["email"])
+    failed_jobs(queue, "report", 2)
+    app = JobqApp(dsn, interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        table: DataTable[Text] = app.screen.query_one("#overview", DataTable)
+        await until(pilot, lambda: table.row_count == 2)
+        assert isinstance(app.screen, OverviewScreen)
+
+        def cells(job_type: str) -> dict[str, str]:
+            return {str(c.key.value): table.get_cell(job_type, c.key).plain
+                    for c in table.columns.values()}
+        email = cells("email")
+        assert (email["ready"], email["scheduled"], email["claimed"], email["failed"]) == \
+            ("2", "1", "1", "0")
+        assert email["expiring"] == "1"  # a 30 s lease runs out within the minute
+        assert cells("report")["failed"] == "2"
+        assert "2 types" in text_of(app, "#overview-summary")
+
+        table.move_cursor(row=table.get_row_index("report"))
+        await pilot.press("enter")
+        jobs = await until(pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen)
+        assert jobs.filter.type == "report"
+        await until(pilot, lambda: jobs.rows)
+        assert {r.type for r in jobs.rows.values()} == {"report"}
+
+
+# -- jobs list ----------------------------------------------------------------------------------
+
+async def test_rows_update_in_place_keeping_cursor_scroll_and_marks(
+    dsn: str, queue: JobQueue, db: psycopg.Connection[Any]
+) -> None:
+    ids = [queue.enqueue("t", {"n": n}) for n in range(60)]
+    app = JobqApp(dsn, interval=0.2)
+    async with app.run_test(size=(100, 24)) as pilot:
+        screen = await open_jobs(pilot, app, "state:pending")
+        await until(pilot, lambda: len(table_ids(app)) == 60)
+        assert table_ids(app) == sorted(ids, reverse=True)  # newest first
+        for _ in range(30):
+            await pilot.press("down")
+        await pilot.press("m", "m")  # marks two rows, the cursor moves on
+        held = cursor_id(app)
+        table: DataTable[Text] = app.screen.query_one("#jobs", DataTable)
+        scroll = table.scroll_y
+        assert scroll > 0
+        marked = set(screen.marked)
+        assert len(marked) == 2
+
+        newcomer = queue.enqueue("t", {"n": "new"})
+        gone = ids[-1]
+        db.execute("DELETE FROM svti_jobs WHERE id = %s", (gone,))
+        await until(pilot, lambda: newcomer in table_ids(app) and gone not in table_ids(app))
+        assert cursor_id(app) == held
+        assert screen.marked == marked
+        for job_id in marked:
+            assert table.get_cell(str(job_id), "mark").plain == "●"
+        # The row under the cursor stays at the same place on screen.
+        assert table.cursor_row - table.scroll_y == pytest.approx(30 + 2 - scroll, abs=1)
+
+
+async def test_keyset_pages_and_sorting(dsn: str, queue: JobQueue) -> None:
+    queue.enqueue_many([NewJob("b" if n % 2 else "a", {"n": n}) for n in range(230)])
+    app = JobqApp(dsn, interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_jobs(pilot, app, "")
+        await until(pilot, lambda: len(table_ids(app)) == 100)
+        first = table_ids(app)
+        await pilot.press("right_square_bracket")
+        await until(pilot, lambda: table_ids(app) and table_ids(app)[0] < min(first))
+        await pilot.press("right_square_bracket")
+        await until(pilot, lambda: len(table_ids(app)) == 30)
+        assert len(screen.pages) == 3
+        assert screen.next_cursor is None
+        await pilot.press("left_square_bracket", "left_square_bracket")
+        await until(pilot, lambda: table_ids(app) == first)
+
+        await pilot.press("s")  # by id, ascending
+        assert table_ids(app) == sorted(first)
+        await pilot.press("s")  # by type
+        types = [screen.rows[i].type for i in table_ids(app)]
+        assert types == sorted(types)
+        await pilot.press("S")  # reversed
+        types = [screen.rows[i].type for i in table_ids(app)]
+        assert types == sorted(types, reverse=True)
+        await pilot.pause(0.5)  # refreshes keep the chosen order
+        types = [screen.rows[i].type for i in table_ids(app)]
+        assert types == sorted(types, reverse=True)
+
+
+async def test_filter_bar_compiles_qualifiers_and_reports_bad_ones(
+    dsn: str, queue: JobQueue
+) -> None:
+    failed_jobs(queue, "a", 2)
+    failed_jobs(queue, "b", 1)
+    queue.enqueue("a", {})
+    app = JobqApp(dsn, interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_jobs(pilot, app, "")
+        await pilot.press("slash")
+        field = app.screen.query_one("#filter", Input)
+        assert field.has_focus
+        field.value = "state:failed type:a"
+        await pilot.press("enter")
+        assert screen.tab == "failed"
+        await until(pilot, lambda: len(table_ids(app)) == 2 and
+                    {screen.rows[i].type for i in table_ids(app)} == {"a"})
+        assert "type:a" in text_of(app, "#jobs-info")
+
+        await pilot.press("slash")
+        field.value = "colour:blue"
+        await pilot.press("enter")
+        await until(pilot, lambda: any("unknown qualifier" in m for m in notifications(app)))
+        assert field.display  # still editing: nothing was lost
+        await pilot.press("escape")
+        assert not field.display
+        assert app.is_running
+
+
+# -- actions --------------------------------------------------------------------------------------
+
+async def test_retry_one_failed_job_runs_at_once(
+    dsn: str, queue: JobQueue, db: psycopg.Connection[Any]
+) -> None:
+    [job_id] = failed_jobs(queue, "t", 1)
+    app = JobqApp(dsn, interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_jobs(pilot, app, "state:failed")
+        await until(pilot, lambda: table_ids(app) == [job_id])
+        await pilot.press("R")
+        await until(pilot, lambda: row(db, job_id)["state"] == "pending")  # type: ignore[index]
+        assert not isinstance(app.screen, ConfirmScreen)
+        await until(pilot, lambda: f"job {job_id} re-enqueued" in notifications(app))
+        assert events(db, job_id)[-1] == "retried"
+        await until(pilot, lambda: table_ids(app) == [])
+
+
+async def test_bulk_retry_of_marked_jobs_asks_with_the_count(
+    dsn: str, queue: JobQueue, db: psycopg.Connection[Any]
+) -> None:
+    ids = failed_jobs(queue, "t", 3)
+    app = JobqApp(dsn, interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_jobs(pilot, app, "state:failed")
+        await until(pilot, lambda: len(table_ids(app)) == 3)
+        marked = table_ids(app)[:2]
+        await pilot.press("m", "m", "R")
+        dialog = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen)
+        body = text_of(app, "#dialog-body")
+        assert "2 failed jobs will change" in body
+        assert app.screen.focused is not None and app.screen.focused.id == "cancel"
+        await pilot.press("enter")  # the default is Cancel
+        await until(pilot, lambda: isinstance(app.screen, JobsScreen))
+        assert {row(db, i)["state"] for i in ids} == {"failed"}  # type: ignore[index]
+
+        await pilot.press("R")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: all(row(db, i)["state"] == "pending"  # type: ignore[index]
+                                       for i in marked))
+        left = (set(ids) - set(marked)).pop()
+        assert row(db, left)["state"] == "failed"  # type: ignore[index]
+        await until(pilot, lambda: not app.screen.marked)  # type: ignore[attr-defined]
+
+
+async def test_retry_all_matching_the_filter_previews_then_retries_only_those(
+    dsn: str, queue: JobQueue, db: psycopg.Connection[Any]
+) -> None:
+    a_ids = failed_jobs(queue, "a", 3)
+    b_ids = failed_jobs(queue, "b", 2)
+    app = JobqApp(dsn, interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_jobs(pilot, app, "state:failed type:a")
+        await until(pilot, lambda: len(table_ids(app)) == 3)
+        await pilot.press("A")
+        dialog = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen)
+        body = text_of(app, "#dialog-body")
+        assert "3 failed jobs will change" in body and "type:a" in body
+        await pilot.press("y")
+        await until(pilot, lambda: all(row(db, i)["state"] == "pending"  # type: ignore[index]
+                                       for i in a_ids))
+        assert {row(db, i)["state"] for i in b_ids} == {"failed"}  # type: ignore[index]
+
+
+async def test_extend_moves_lease_until_by_five_minutes_or_a_typed_amount(
+    dsn: str, queue: JobQueue, db: psycopg.Connection[Any]
+) -> None:
+    queue.enqueue("t", {})
+    job = queue.claim(lease_ms=30_000)
+    assert job is not None
+    before = row(db, job.id)["lease_until"]  # type: ignore[index]
+    app = JobqApp(dsn, interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_jobs(pilot, app, "state:claimed")
+        await until(pilot, lambda: table_ids(app) == [job.id])
+        await pilot.press("e")
+        await until(pilot, lambda: row(db, job.id)["lease_until"] > before  # type: ignore[index]
+                    + timedelta(minutes=4))
+        after_e = row(db, job.id)["lease_until"]  # type: ignore[index]
+        assert after_e - before == pytest.approx(timedelta(minutes=5), abs=timedelta(seconds=5))
+
+        await pilot.press("E")
+        prompt = await until(pilot, lambda: isinstance(app.screen, PromptScreen) and app.screen)
+        field = prompt.query_one(Input)
+        field.value = "soon"
+        await pilot.press("enter")
+        assert "invalid duration" in text_of(app, "#dialog-hint")
+        field.value = "1h"
+        await pilot.press("enter")
+        await until(pilot, lambda: row(db, job.id)["lease_until"]  # type: ignore[index]
+                    > after_e + timedelta(minutes=59))
+        # The worker's own token still holds the job.
+        queue.complete(job)
+        assert events(db, job.id)[-1] == "completed"
+
+
+async def test_delete_makes_you_type_the_count(
+    dsn: str, queue: JobQueue, db: psycopg.Connection[Any]
+) -> None:
+    keep = queue.enqueue("t", {"keep": True})
+    doomed = queue.enqueue("t", {"doomed": True})
+    app = JobqApp(dsn, interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_jobs(pilot, app, "state:pending")
+        await until(pilot, lambda: table_ids(app) == [doomed, keep])
+        await pilot.press("D")
+        dialog = await until(pilot, lambda: isinstance(app.screen, TypeToConfirmScreen)
+                             and app.screen)
+        assert dialog.expected == "1"
+        await pilot.press("enter")  # nothing typed: nothing happens
+        assert isinstance(app.screen, TypeToConfirmScreen)
+        await pilot.press("2", "enter")  # the wrong count
+        assert isinstance(app.screen, TypeToConfirmScreen)
+        assert row(db, doomed) is not None
+        dialog.query_one(Input).value = ""
+        await pilot.press("1", "enter")
+        await until(pilot, lambda: row(db, doomed) is None)
+        assert row(db, keep) is not None
+        assert events(db, doomed)[-1] == "deleted"
+
+
+async def test_escape_cancels_a_delete(
+    dsn: str, queue: JobQueue, db: psycopg.Connection[Any]
+) -> None:
+    job_id = queue.enqueue("t", {})
+    app = JobqApp(dsn, interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_jobs(pilot, app, "state:pending")
+        await until(pilot, lambda: table_ids(app) == [job_id])
+        await pilot.press("D")
+        await until(pilot, lambda: isinstance(app.screen, TypeToConfirmScreen))
+        await pilot.press("1", "escape")
+        await until(pilot, lambda: isinstance(app.screen, JobsScreen))
+        await pilot.pause(0.3)
+        assert row(db, job_id) is not None
+
+
+async def test_clear_deletes_only_rows_older_than_the_cutoff(
+    dsn: str, queue: JobQueue, db: psycopg.Connection[Any]
+) -> None:
+    old, new = failed_jobs(queue, "t", 2)
+    backdate(db, old, failed_at="10 days", created_at="10 days")
+    db.execute("UPDATE svti_jobs_events SET occurred_at = now() - interval '10 days' "
+                "WHERE job_id = %s", (old,))
+    pending = queue.enqueue("t", {})
+    backdate(db, pending, created_at="30 days")
+    app = JobqApp(dsn, interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("C")
+        prompt = await until(pilot, lambda: isinstance(app.screen, PromptScreen) and app.screen)
+        prompt.query_one(Input).value = "7d"
+        await pilot.press("enter")
+        dialog = await until(pilot, lambda: isinstance(app.screen, TypeToConfirmScreen)
+                             and app.screen)
+        body = text_of(app, "#dialog-body")
+        assert "1 failed jobs and 3 history rows" in body
+        dialog.query_one(Input).value = dialog.expected
+        await pilot.press("enter")
+        await until(pilot, lambda: row(db, old) is None)
+        await until(pilot, lambda: any("cleared 4 rows" in m for m in notifications(app)))
+    assert row(db, new) is not None and row(db, pending) is not None
+    assert events(db, old) == ["deleted"]  # its history went; the clear itself is recorded
+    assert events(db, new)[-1] == "failed"
+
+
+async def test_read_only_disables_actions_and_the_server_refuses_writes(
+    dsn: str, queue: JobQueue, db: psycopg.Connection[Any]
+) -> None:
+    [job_id] = failed_jobs(queue, "t", 1)
+    app = JobqApp(dsn, interval=0.2, read_only=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_jobs(pilot, app, "state:failed")
+        await until(pilot, lambda: table_ids(app) == [job_id])
+        bindings = app.screen.active_bindings
+        assert bindings["R"].enabled is False and bindings["D"].enabled is False
+        assert bindings["t"].enabled is True
+        await pilot.press("R")
+        await until(pilot, lambda: any("read-only" in m for m in notifications(app)))
+        await pilot.press("D")
+        await pilot.pause(0.3)
+        assert isinstance(app.screen, JobsScreen)  # no dialog opened
+        assert "READ-ONLY" in text_of(app, "#status")
+        # The palette's way in is refused too.
+        app.run_screen_action("retry")
+        app.operator.start_clear("1d")
+        await pilot.pause(0.3)
+        # And the session itself is read-only: the server refuses a write.
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            await app.admin.retry([job_id])
+    assert row(db, job_id)["state"] == "failed"  # type: ignore[index]
+    assert events(db, job_id)[-1] == "failed"
+
+
+# -- detail and trace -----------------------------------------------------------------------------
+
+async def test_detail_shows_payload_timeline_lease_countdown_and_opens_the_trace(
+    dsn: str, queue: JobQueue
+) -> None:
+    now = [datetime.now(UTC)]
+    job_id = queue.enqueue("t", {"user": 42, "tags": ["a", "b"]}, request_id="req-7")
+    job = queue.claim(lease_ms=120_000, worker="host-a:99")
+    assert job is not None
+    app = JobqApp(dsn, interval=0.2, clock=lambda: now[0])
+    async with app.run_test(size=SIZE) as pilot:
+        app.run_command(f"job {job_id}")
+        screen = await until(pilot, lambda: isinstance(app.screen, DetailScreen) and app.screen)
+        await until(pilot, lambda: screen.detail is not None)
+        payload = text_of(app, "#detail-payload")
+        assert '"user": 42' in payload and '"tags": [' in payload
+        timeline = text_of(app, "#detail-timeline")
+        assert "enqueued" in timeline and "claimed" in timeline and "host-a:99" in timeline
+        lease = text_of(app, "#detail-lease")
+        assert "held by host-a:99" in lease
+        assert re.search(r"█ (1m5\ds|2m00s)", lease)  # two minutes left, give or take
+        now[0] += timedelta(seconds=125)
+        await pilot.pause(1.2)
+        assert "EXPIRED" in text_of(app, "#detail-lease")
+        await pilot.press("t")
+        trace = await until(pilot, lambda: isinstance(app.screen, TraceScreen) and app.screen)
+        assert trace.request_id == "req-7"
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, DetailScreen))
+
+
+async def test_detail_of_a_missing_job_says_so(dsn: str) -> None:
+    app = JobqApp(dsn, interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        app.run_command("job 987654")
+        await until(pilot, lambda: "no longer exists" in text_of(app, "#detail-summary"))
+        assert app.is_running
+
+
+def log_lines(app: JobqApp) -> list[str]:
+    log = app.screen.query_one(RichLog)
+    return [strip.text for strip in log.lines]
+
+
+async def test_trace_tail_follows_pauses_and_searches(dsn: str, queue: JobQueue) -> None:
+    first = queue.enqueue("email", {}, request_id="req-tail")
+    queue.enqueue("other", {}, request_id="req-elsewhere")
+    app = JobqApp(dsn, interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("colon")
+        prompt = await until(pilot, lambda: isinstance(app.screen, PromptScreen) and app.screen)
+        prompt.query_one(Input).value = "trace req-tail"
+        await pilot.press("enter")
+        screen = await until(pilot, lambda: isinstance(app.screen, TraceScreen) and app.screen)
+        await until(pilot, lambda: any(f"job {first}" in line for line in log_lines(app)))
+
+        second = queue.enqueue("sms", {}, request_id="req-tail")
+        await until(pilot, lambda: any(f"job {second}" in line for line in log_lines(app)))
+        assert not any("req-elsewhere" in line or "other" in line for line in log_lines(app))
+
+        await pilot.press("f")  # pause
+        job = queue.claim(types=["sms"])
+        assert job is not None
+        queue.fail(job, reason="gateway [bold]down[/bold]", retry=False)
+        await until(pilot, lambda: len(screen.events) == 4)
+        assert not any("failed" in line for line in log_lines(app))
+        assert "2 new" in text_of(app, "#trace-head")
+        await pilot.press("f")  # follow again: the held lines appear
+        await until(pilot, lambda: any("gateway [bold]down[/bold]" in line
+                                       for line in log_lines(app)))
+
+        await pilot.press("slash")
+        app.screen.query_one("#trace-search", Input).value = "sms"
+        await pilot.press("enter")
+        assert all("sms" in line for line in log_lines(app))
+        assert len(log_lines(app)) == 3
+        await pilot.press("n")
+        assert len(log_lines(app)) == 4
+
+
+# -- behaviour ------------------------------------------------------------------------------------
+
+class SlowAdmin(AsyncAdmin):
+    """The real admin, with stats made slow, counting how many run at once."""
+
+    def __init__(self, inner: AsyncAdmin) -> None:
+        super().__init__(inner.queue)
+        self.running = 0
+        self.most = 0
+        self.calls = 0
+
+    async def stats(self) -> Any:
+        self.running += 1
+        self.calls += 1
+        self.most = max(self.most, self.running)
+        try:
+            await asyncio.sleep(0.3)
+            return await super().stats()
+        finally:
+            self.running -= 1
+
+
+async def test_refresh_is_single_flight_and_space_pauses_it(dsn: str) -> None:
+    app = JobqApp(dsn, interval=0.01)
+    slow = SlowAdmin(app.admin)
+    app.admin = slow
+    async with app.run_test(size=SIZE) as pilot:
+        for _ in range(10):
+            app.poke()  # refresh-now requests while a refresh is running
+            await pilot.pause(0.1)
+        assert slow.most == 1
+        assert 2 <= slow.calls <= 5
+        await pilot.press("space")
+        assert app.paused
+        calls = slow.calls
+        await pilot.pause(1.0)
+        assert slow.calls <= calls + 1  # at most the one that was running
+        assert "PAUSED" in text_of(app, "#status")
+        await pilot.press("space")
+        await until(pilot, lambda: slow.calls > calls + 1)
+        await pilot.press("minus")
+        assert app.interval == 0.5
+        await pilot.press("plus", "plus")
+        assert app.interval == 0.5  # the fastest step
+
+
+async def test_database_outage_shows_a_banner_and_the_console_reconnects(
+    embedded_server: Any,
+) -> None:
+    dsn = embedded_server.dsn
+    with JobQueue(dsn) as queue:
+        queue.enqueue("outage", {})
+    app = JobqApp(dsn, interval=0.2)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            table: DataTable[Text] = app.screen.query_one("#overview", DataTable)
+            await until(pilot, lambda: "outage" in [k.value for k in table.rows])
+            await asyncio.to_thread(embedded_server.stop, "immediate")
+            banner = app.screen.query_one("#banner", Static)
+            await until(pilot, lambda: banner.display and "database unavailable"
+                        in text_of(app, "#banner"), timeout=30)
+            assert "retrying in" in text_of(app, "#banner")
+            await pilot.press("a")  # the console still works while the database is down
+            await until(pilot, lambda: isinstance(app.screen, JobsScreen))
+            await pilot.press("escape")
+            await asyncio.to_thread(embedded_server.start)
+            await until(pilot, lambda: not app.screen.query_one("#banner", Static).display,
+                        timeout=60)
+            assert app.is_running
+    finally:
+        with JobQueue(dsn) as queue:
+            queue.clear(older_than="1s")
+            with queue.connection() as conn:
+                conn.execute("TRUNCATE svti_jobs")
+
+
+async def test_help_is_generated_from_the_live_bindings(dsn: str) -> None:
+    app = JobqApp(dsn, interval=0.2, read_only=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_jobs(pilot, app, "state:failed")
+        await pilot.press("question_mark")
+        help_screen = await until(pilot, lambda: isinstance(app.screen, HelpScreen)
+                                  and app.screen)
+        table: DataTable[Text] = help_screen.query_one(DataTable)
+        rows = {table.get_row_at(i)[1].plain: table.get_row_at(i)[2].plain
+                for i in range(table.row_count)}
+        assert rows["Retry"] == "disabled: read-only"
+        assert rows["Trace"] == ""
+        assert "Next page" in rows and "Filter" in rows
+        await pilot.press("escape")
+        assert isinstance(app.screen, JobsScreen)
+
+
+async def test_command_palette_offers_every_screen_and_action(dsn: str) -> None:
+    app = JobqApp(dsn, interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_jobs(pilot, app, "state:failed")
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        assert {"Overview", "Jobs: pending", "Jobs: claimed", "Jobs: failed", "Jobs: completed",
+                "Trace a request id…", "Show a job…", "Clear old rows…",
+                "Retry all failed jobs matching the filter", "Pause or resume refresh",
+                "Help: keys of this screen"} <= titles
+        await pilot.press("colon")
+        prompt = await until(pilot, lambda: isinstance(app.screen, PromptScreen) and app.screen)
+        prompt.query_one(Input).value = "frobnicate"
+        await pilot.press("enter")
+        assert "unknown command" in text_of(app, "#dialog-hint")
+        prompt.query_one(Input).value = "overview"
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, OverviewScreen))
+
+
+async def test_the_console_identifies_itself_to_the_server(
+    dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    app = JobqApp(dsn, interval=0.2, read_only=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.refreshes)
+        rows = db.execute("SELECT application_name FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                          ).fetchall()
+        assert ("jobq-tui",) in rows
+
+
+async def test_a_table_without_jobq_tables_in_read_only_shows_an_error_and_keeps_running(
+    empty_dsn: str
+) -> None:
+    app = JobqApp(empty_dsn, interval=0.2, read_only=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: any("read-only" in m for m in notifications(app)))
+        await pilot.press("a")
+        assert app.is_running
