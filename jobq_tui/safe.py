@@ -14,15 +14,18 @@ _KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORE
 
 def visible(text: object, limit: int | None = None) -> str:
     """The text with every control or format character shown as an escape (\\x1b, \\n …),
-    optionally cut to `limit` characters with an ellipsis."""
+    optionally cut to `limit` characters (counted after escaping) with an ellipsis."""
     value = str(text)
-    if limit is not None and len(value) > limit:
-        value = value[: max(limit - 1, 0)] + "…"
-    return "".join(
+    if limit is not None:
+        value = value[: limit * 2]  # enough to fill `limit` even before escaping
+    shown = "".join(
         ch if unicodedata.category(ch) not in ("Cc", "Cf") else ch.encode("unicode_escape")
         .decode("ascii")
         for ch in value
     )
+    if limit is not None and (len(shown) > limit or len(value) < len(str(text))):
+        shown = shown[: max(limit - 1, 0)] + "…"
+    return shown
 
 
 def redact(message: str, dsn: str | None = None) -> str:

@@ -22,7 +22,6 @@ from textual.widgets import DataTable, Input, RichLog, Static
 from jobq_core import JobQueue, NewJob
 from jobq_core.admin import AsyncAdmin
 from jobq_tui.app import JobqApp
-from jobq_tui.screens.base import LiveScreen
 from jobq_tui.screens.detail import DetailScreen
 from jobq_tui.screens.dialogs import (
     ConfirmScreen,
@@ -256,7 +255,7 @@ async def test_bulk_retry_of_marked_jobs_asks_with_the_count(
         await until(pilot, lambda: len(table_ids(app)) == 3)
         marked = table_ids(app)[:2]
         await pilot.press("m", "m", "R")
-        dialog = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen)
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen)
         body = text_of(app, "#dialog-body")
         assert "2 failed jobs will change" in body
         assert app.screen.focused is not None and app.screen.focused.id == "cancel"
@@ -284,7 +283,7 @@ async def test_retry_all_matching_the_filter_previews_then_retries_only_those(
         await open_jobs(pilot, app, "state:failed type:a")
         await until(pilot, lambda: len(table_ids(app)) == 3)
         await pilot.press("A")
-        dialog = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen)
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen)
         body = text_of(app, "#dialog-body")
         assert "3 failed jobs will change" in body and "type:a" in body
         await pilot.press("y")

@@ -134,7 +134,7 @@ class DetailScreen(LiveScreen):
             ("lease  ", "dim"), lease_left(job.lease_until, now, width=20),
             ("  held by ", "dim"), literal(job.claimed_by or "?", 40),
             ("  claimed ", "dim"), relative(job.claimed_at, now),
-            ("  until ", "dim"), clock(job.lease_until)))
+            ("  until ", "dim"), clock(job.lease_until)[11:19], (" UTC", "dim")))
 
     def _request_id(self) -> str | None:
         if self.detail is None:

@@ -27,7 +27,7 @@ _STYLE = {"failed": "bold red", "retried": "yellow", "claimed": "cyan",
 def event_line(event: Event, full: bool = False) -> Text:
     """One event; with `full`, its reason's every line (a traceback), else the first."""
     line = Text.assemble(
-        (clock(event.occurred_at), "dim"), "  ",
+        (clock(event.occurred_at)[11:], "dim"), "  ",
         (f"job {event.job_id:<8}", "bold"), " ",
         literal(f"{visible(event.type, 16):<16}"), " ",
         (f"{event.event:<9}", _STYLE.get(event.event, "")),
