@@ -21,6 +21,7 @@ import typer
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
+from textual.css.query import NoMatches
 from textual.screen import Screen
 
 from jobq_core import DatabaseUnavailableError, JobqError, parse_duration
@@ -135,11 +136,18 @@ class JobqApp(App[None]):
                     backoff = 1.0
                     self._set_down(None)
                     self.refreshes += 1
-                    if screen.is_attached:
-                        screen.show(data)
+                    self._show(screen, data)
                 self._tick()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
+
+    def _show(self, screen: LiveScreen, data: Any) -> None:
+        try:
+            screen.show(data)
+        except NoMatches:
+            pass  # the screen is still composing, or already gone: the next refresh shows
+        except Exception as exc:  # a rendering bug must not take the console down
+            self._report(f"internal error: {type(exc).__name__}: {exc}")
 
     def _set_down(self, message: str | None) -> None:
         self._down = None if message is None else redact(" ".join(message.split()),
@@ -168,7 +176,8 @@ class JobqApp(App[None]):
             banner.show(self._down)
         for crumbs in screen.query(Crumbs):
             crumbs.show([s.crumb for s in self.screen_stack if isinstance(s, LiveScreen)])
-        screen.tick()
+        with contextlib.suppress(NoMatches):
+            screen.tick()
 
     # -- app-wide actions -------------------------------------------------------------------
 

@@ -54,6 +54,10 @@ class ConsoleDB:
         self.pool = AsyncConnectionPool(
             conninfo,
             min_size=1, max_size=3, open=False, timeout=CONNECT_WAIT, name=APPLICATION_NAME,
+            # No background reconnection schedule of the pool's own (its backoff grows without
+            # bound): a failed connection is dropped at once, and the console's poll loop,
+            # with its capped backoff, decides when the next attempt is made.
+            reconnect_timeout=0,
             kwargs={"autocommit": True, "application_name": APPLICATION_NAME,
                     "connect_timeout": 5, "options": options},
         )

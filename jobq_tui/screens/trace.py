@@ -106,6 +106,8 @@ class TraceScreen(LiveScreen):
                     line.highlight_words([self.search], style="reverse", case_sensitive=False)
                 log.write(line)
         self.shown += len(events)
+        if self.following:
+            log.scroll_end(animate=False, x_axis=False)
 
     def _rebuild(self) -> None:
         upto = len(self.events) if self.following else self.shown
@@ -140,7 +142,7 @@ class TraceScreen(LiveScreen):
         log.auto_scroll = self.following
         if self.following:
             self._append(self.events[self.shown:])
-            log.scroll_end(animate=False)
+            log.scroll_end(animate=False, x_axis=False)
         self._head()
 
     def action_expand(self) -> None:
