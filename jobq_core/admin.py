@@ -167,6 +167,9 @@ _NEEDS = {"retry": ("failed",), "extend": ("claimed",), "delete": ("pending", "f
           "delete-force": ("pending", "failed", "claimed")}
 
 
+_GONE = "not in the queue (completed, deleted or never existed)"
+
+
 def _row(values: Sequence[Any]) -> tuple[JobRow, int]:
     """A listed row and its keyset key (the job id, or the history row id when completed)."""
     return JobRow(**dict(zip(_ROW_FIELDS, values[:-2], strict=True)), result=values[-1]), \
@@ -353,7 +356,7 @@ def preview(st: Statements, action: str, ids: Sequence[int]) -> Op[Preview]:
     needs = _NEEDS[action]
     eligible = [i for i in wanted if states.get(i, "") in needs]
     ineligible = [
-        (i, "not found" if i not in states else f"is {states[i]}, not {' or '.join(needs)}")
+        (i, _GONE if i not in states else f"is {states[i]}, not {' or '.join(needs)}")
         for i in wanted if states.get(i, "") not in needs
     ]
     return Preview(action, len(eligible), eligible[:SAMPLE], ineligible)

@@ -24,7 +24,7 @@ from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
 from textual.screen import Screen
 
-from jobq_core import DatabaseUnavailableError, JobqError, parse_duration
+from jobq_core import DatabaseUnavailableError, InvalidInputError, JobqError, parse_duration
 from jobq_core.filters import parse_filter
 
 from .connection import ConsoleDB
@@ -263,8 +263,6 @@ class JobqApp(App[None]):
             case "refresh" if rest:
                 parse_duration(rest if rest[-1:].isalpha() else f"{rest}s")
             case _:
-                from jobq_core import InvalidInputError
-
                 raise InvalidInputError(f"unknown command {line!r}; {COMMANDS_HELP}")
 
     def run_command(self, line: str) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psycopg
 from rich.text import Text
 
 from jobq_core import DatabaseUnavailableError, JobqError, parse_duration
-from jobq_core.admin import SAMPLE, ClearPreview, Preview, RepairResult
+from jobq_core.admin import SAMPLE, AsyncAdmin, ClearPreview, Preview, RepairResult
 from jobq_core.durations import ACCEPTED, format_duration
 from jobq_core.filters import JobFilter
 
@@ -57,7 +57,7 @@ class Operator:
         self.app = app
 
     @property
-    def admin(self) -> Any:
+    def admin(self) -> AsyncAdmin:
         return self.app.admin
 
     def _start(self, flow: Callable[[], Awaitable[None]]) -> None:

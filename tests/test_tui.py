@@ -631,3 +631,25 @@ async def test_a_table_without_jobq_tables_in_read_only_shows_an_error_and_keeps
         await until(pilot, lambda: any("read-only" in m for m in notifications(app)))
         await pilot.press("a")
         assert app.is_running
+
+
+async def test_completed_tab_lists_history_and_detail_shows_the_result(
+    dsn: str, queue: JobQueue
+) -> None:
+    job_id = queue.enqueue("t", {"n": 1}, request_id="req-done")
+    job = queue.claim()
+    assert job is not None
+    queue.complete(job, result={"sent": True})
+    app = JobqApp(dsn, interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_jobs(pilot, app, "state:completed")
+        await until(pilot, lambda: table_ids(app) == [job_id])
+        assert screen.tab == "completed"
+        await pilot.press("enter")
+        detail = await until(pilot, lambda: isinstance(app.screen, DetailScreen) and app.screen)
+        await until(pilot, lambda: detail.detail is not None)
+        assert "completed" in text_of(app, "#detail-summary")
+        assert '"sent": true' in text_of(app, "#detail-payload")
+        await pilot.press("R")  # a completed job is not failed: nothing changes, and it says so
+        await until(pilot, lambda: any("not in the queue (completed" in m
+                                       for m in notifications(app)))

@@ -143,6 +143,12 @@ def test_snapshot_failed_jobs(dsn: str, snap_compare: Any) -> None:
                         run_before=goto("jobs state:failed", JobsScreen))
 
 
+def test_snapshot_failed_jobs_at_80x24(dsn: str, snap_compare: Any) -> None:
+    seed(dsn)
+    assert snap_compare(frozen_app(dsn), terminal_size=(80, 24),
+                        run_before=goto("jobs state:failed", JobsScreen))
+
+
 def test_snapshot_claimed_jobs_with_lease_bars(dsn: str, snap_compare: Any) -> None:
     seed(dsn)
     assert snap_compare(frozen_app(dsn), terminal_size=(100, 24),

@@ -107,3 +107,30 @@ def test_jobq_tui_refuses_a_bad_table_name_with_one_line() -> None:
                             check=False)
     assert result.returncode == 2
     assert result.stderr.startswith("jobq-tui: ") and len(result.stderr.splitlines()) == 1
+
+
+def test_jobq_demo_opens_the_console_on_a_live_queue_and_q_stops_everything() -> None:
+    """The README's first command, minus the install: no DSN, a terminal, the console."""
+    jobq = shutil.which("jobq", path=os.path.dirname(sys.executable)) or "jobq"
+    name = f"jobq-demo-{uuid.uuid4().hex[:8]}"
+    before = set(os.listdir("/tmp"))
+    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "100", "-y", "30",
+                    f"env -u JOBQ_DSN -u DATABASE_URL TERM=xterm-256color {jobq} demo "
+                    "--rate 20; sleep 30"], check=True)
+    term = Terminal(name)
+    try:
+        screen = term.wait_for("fast", timeout=90)
+        assert "overview" in screen and "done/min" in screen
+        term.wait_for("claimed")
+        term.keys("5")  # nothing bound on the overview: harmless
+        term.keys("a")  # all live jobs, moving
+        term.wait_for("5 all")
+        term.keys("q")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "jobq-pg-" in "".join(
+                set(os.listdir("/tmp")) - before):
+            time.sleep(0.2)
+        leftovers = [d for d in set(os.listdir("/tmp")) - before if d.startswith("jobq-pg-")]
+        assert not leftovers, f"the demo's Postgres folder was left behind: {leftovers}"
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True, check=False)

@@ -10,8 +10,6 @@ from textual.screen import Screen
 
 from jobq_core.admin import AsyncAdmin
 
-from ..widgets.status import StatusBar
-
 if TYPE_CHECKING:
     from ..app import JobqApp
 
@@ -55,6 +53,3 @@ class LiveScreen(Screen[None]):
                             title="disabled", severity="warning", markup=False)
                 event.stop()
                 return
-
-    def status(self) -> StatusBar:
-        return self.query_one(StatusBar)

@@ -5,6 +5,7 @@ marks survive every refresh."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
@@ -105,8 +106,6 @@ _BASE_SORT: dict[str, SortKey] = {"id": lambda r: r.id, "type": lambda r: r.type
 
 
 def _payload(value: Any) -> str:
-    import json
-
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
