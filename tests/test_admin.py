@@ -124,7 +124,8 @@ def test_retry_with_preview(setup: Any, db: psycopg.Connection[Any]) -> None:
     preview = admin.preview("retry", [*dead, alive, 99999])
     assert preview.eligible == 3 and preview.sample_ids == dead
     assert dict(preview.ineligible) == {
-        alive: "is pending, not failed", 99999: "not in the queue (completed, deleted or never existed)"}
+        alive: "is pending, not failed",
+        99999: "not in the queue (completed, deleted or never existed)"}
     assert db.execute("SELECT * FROM svti_jobs ORDER BY id").fetchall() == before
     progress: list[tuple[int, int]] = []
     result = admin.retry([*dead, alive], progress=lambda done, total: progress.append(
