@@ -89,7 +89,7 @@ def newest(dsn: str, flt: str) -> int:
 
 async def capture(dsn: str) -> None:
     app = JobqApp(dsn, interval=1.0, label="demo")
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
         await wait(pilot, lambda: app.refreshes >= 2)
         await shoot(pilot, "overview")
 
@@ -106,13 +106,13 @@ async def capture(dsn: str) -> None:
         await wait(pilot, lambda: isinstance(app.screen, DetailScreen) and app.screen.detail)
         await shoot(pilot, "detail")
 
-        request_id = app.screen.detail.job.request_id  # type: ignore[attr-defined]
+        request_id = app.screen.request_id()  # type: ignore[attr-defined]
         app.run_command(f"trace {request_id}")
         await wait(pilot, lambda: isinstance(app.screen, TraceScreen) and app.screen.events)
         await shoot(pilot, "trace")
 
     app = JobqApp(dsn, interval=1.0, label="demo", read_only=True)
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
         await wait(pilot, lambda: app.refreshes >= 1)
         app.run_command("jobs state:failed")
         await wait(pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen.rows)

@@ -136,7 +136,7 @@ class DetailScreen(LiveScreen):
             ("  claimed ", "dim"), relative(job.claimed_at, now),
             ("  until ", "dim"), clock(job.lease_until)[11:19], (" UTC", "dim")))
 
-    def _request_id(self) -> str | None:
+    def request_id(self) -> str | None:
         if self.detail is None:
             return None
         if self.detail.job is not None:
@@ -146,7 +146,7 @@ class DetailScreen(LiveScreen):
     def action_trace(self) -> None:
         from .trace import TraceScreen
 
-        request_id = self._request_id()
+        request_id = self.request_id()
         if request_id:
             self.jobq.open(TraceScreen(request_id))
         else:
