@@ -300,6 +300,10 @@ class JobqApp(App[None]):
         for state in ("pending", "claimed", "failed", "completed"):
             yield SystemCommand(f"Jobs: {state}", f"List {state} jobs",
                                 lambda s=state: self.open(JobsScreen(parse_filter(f"state:{s}"))))
+        yield SystemCommand("Jobs: all live", "Pending, claimed and failed jobs together",
+                            lambda: self.open(JobsScreen(parse_filter(""))))
+        yield SystemCommand("Filter jobs…", "state: type: req: error: age: attempts:",
+                            lambda: self.open(JobsScreen(parse_filter(""), edit_filter=True)))
         yield SystemCommand("Trace a request id…", "Every event under one request id, live",
                             lambda: self.prompt_then("trace"))
         yield SystemCommand("Show a job…", "A job's payload, lease and timeline",

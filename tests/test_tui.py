@@ -598,6 +598,7 @@ async def test_command_palette_offers_every_screen_and_action(dsn: str) -> None:
         await open_jobs(pilot, app, "state:failed")
         titles = {c.title for c in app.get_system_commands(app.screen)}
         assert {"Overview", "Jobs: pending", "Jobs: claimed", "Jobs: failed", "Jobs: completed",
+                "Jobs: all live", "Filter jobs…",
                 "Trace a request id…", "Show a job…", "Clear old rows…",
                 "Retry all failed jobs matching the filter", "Pause or resume refresh",
                 "Help: keys of this screen"} <= titles
