@@ -78,9 +78,9 @@ COLUMNS: dict[str, list[tuple[str, str, Cell, SortKey]]] = {
         ("failed_at", "failed", lambda r, n: Text(relative(r.failed_at, n)),
          lambda r: _ts(r.failed_at)),
         ("attempts", "att", _attempts, lambda r: r.attempts),
-        ("error", "error", lambda r, n: first_line(r.last_error, 48),
-         lambda r: r.last_error or ""),
         ("request_id", "request id", _req, lambda r: r.request_id or ""),
+        ("error", "error", lambda r, n: first_line(r.last_error, 60),
+         lambda r: r.last_error or ""),
     ],
     "completed": [
         ("finished", "finished", lambda r, n: Text(relative(r.created_at, n)),

@@ -17,7 +17,8 @@ from ..format import count, literal, span, sparkline
 from ..widgets.status import Banner, Crumbs, StatusBar
 from .base import LiveScreen
 
-SPARK_WIDTH = 10
+#: Sparkline width bounds: wide terminals get an hour's shape, 80 columns still fit.
+SPARK_WIDTH = (6, 20)
 COLUMNS = (("type", "type"), ("ready", "ready"), ("scheduled", "sched"),
            ("claimed", "claimed"), ("expiring", "<60s"), ("failed", "failed"),
            ("oldest", "oldest"), ("done", "done/min"), ("fails", "fail/min"))
@@ -79,24 +80,28 @@ class OverviewScreen(LiveScreen):
                                "gone; the next claim takes them back", style="bold red")
         self.query_one("#overview-summary", Static).update(summary)
 
+    def _spark_width(self) -> int:
+        return max(SPARK_WIDTH[0], min(SPARK_WIDTH[1], (self.size.width - 70) // 2))
+
     def _cells(self, s: TypeStats) -> list[Text]:
+        width = self._spark_width()
         claimed = count(s.claimed)
         if s.expired.value:
             claimed = Text(f"{s.claimed} ({s.expired}✗)", style="bold red", justify="right")
         failed = count(s.failed)
-        fails = sparkline(s.failed_per_min, SPARK_WIDTH)
+        fails = sparkline(s.failed_per_min, width)
         if s.failed.value:
             failed.stylize("red")
-        if any(s.failed_per_min[-SPARK_WIDTH:]):
+        if any(s.failed_per_min[-width:]):
             fails.stylize("red")
         return [
-            literal(s.type, 24), count(s.ready), count(s.scheduled), claimed,
+            literal(s.type, 20), count(s.ready), count(s.scheduled), claimed,
             Text(str(s.expiring), style="yellow" if s.expiring.value else "dim",
                  justify="right"),
             failed,
             Text(span(s.oldest_ready_age) if s.ready.value and s.oldest_ready_age is not None
                  else "—", justify="right"),
-            sparkline(s.completed_per_min, SPARK_WIDTH),
+            sparkline(s.completed_per_min, width),
             fails,
         ]
 
