@@ -654,3 +654,22 @@ async def test_completed_tab_lists_history_and_detail_shows_the_result(
         await pilot.press("R")  # a completed job is not failed: nothing changes, and it says so
         await until(pilot, lambda: any("not in the queue (completed" in m
                                        for m in notifications(app)))
+
+
+async def test_overview_keeps_types_in_order_and_the_cursor_on_its_type(
+    dsn: str, queue: JobQueue
+) -> None:
+    queue.enqueue("m-type", {})
+    queue.enqueue("z-type", {})
+    app = JobqApp(dsn, interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        table: DataTable[Text] = app.screen.query_one("#overview", DataTable)
+
+        def order() -> list[str]:
+            return [str(r.key.value) for r in table.ordered_rows]
+        await until(pilot, lambda: order() == ["m-type", "z-type"])
+        await pilot.press("down")  # on z-type
+        queue.enqueue("a-type", {})
+        await until(pilot, lambda: order() == ["a-type", "m-type", "z-type"])
+        key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        assert key.value == "z-type"

@@ -55,7 +55,18 @@ class OverviewScreen(LiveScreen):
 
     def show(self, data: list[TypeStats]) -> None:
         table: DataTable[Text] = self.query_one(DataTable)
-        wanted = {s.type for s in data}
+        wanted = [s.type for s in data]
+        present = [row.key.value for row in table.ordered_rows]
+        kept = [t for t in present if t in wanted]
+        if kept + [t for t in wanted if t not in present] != wanted:
+            # A type arrived out of order: rebuild in order (a few rows), keeping the cursor
+            # on its type.
+            selected = self._selected_type()
+            table.clear()
+            for stats in data:
+                table.add_row(*self._cells(stats), key=stats.type)
+            if selected in wanted:
+                table.move_cursor(row=wanted.index(selected), animate=False)
         for key in [k for k in table.rows if k.value not in wanted]:
             table.remove_row(key)
         for stats in data:
