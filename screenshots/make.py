@@ -76,15 +76,15 @@ async def shoot(pilot: Pilot[Any], name: str) -> None:
     print("wrote", to_png(svg).relative_to(HERE.parent))
 
 
-def newest(dsn: str, flt: str) -> int:
-    """A job id to show: the newest matching one, as an operator would pick."""
+def latest_claimed_slow_job(dsn: str) -> int:
+    """The slow job claimed last: it has the most work, and lease, ahead of it."""
     from jobq_core.admin import Admin
 
     with JobQueue(dsn) as queue:
-        rows = Admin(queue).list_jobs(flt, limit=1).rows
+        rows = Admin(queue).list_jobs("state:claimed type:slow", limit=100).rows
     if not rows:
-        raise SystemExit(f"the demo has no job matching {flt!r} yet; warm up longer")
-    return rows[0].id
+        raise SystemExit("the demo has no slow job running yet; warm up longer")
+    return max(rows, key=lambda r: (r.claimed_at, r.id)).id
 
 
 async def capture(dsn: str) -> None:
@@ -102,7 +102,7 @@ async def capture(dsn: str) -> None:
         await shoot(pilot, "confirm")
         await pilot.press("escape")
 
-        app.run_command(f"job {newest(dsn, 'state:claimed type:slow')}")
+        app.run_command(f"job {latest_claimed_slow_job(dsn)}")
         await wait(pilot, lambda: isinstance(app.screen, DetailScreen) and app.screen.detail)
         await shoot(pilot, "detail")
 
