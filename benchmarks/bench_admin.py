@@ -61,6 +61,20 @@ QUERIES: dict[str, Callable[[Admin], Any]] = {
 }
 
 
+def populate(dsn: str, pending: int, history: int) -> tuple[int, int]:
+    """Fill a migrated database with `SETUP`'s data; returns the live and history counts."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in SETUP.split(";\n"):
+            if "%(" in statement:
+                conn.execute(statement, {"pending": pending, "history": history})
+            elif statement.strip():
+                conn.execute(statement.replace("%%", "%"))
+        sizes = conn.execute("SELECT (SELECT count(*) FROM svti_jobs), "
+                             "(SELECT count(*) FROM svti_jobs_events)").fetchone()
+    assert sizes is not None
+    return sizes[0], sizes[1]
+
+
 def db_time(admin: Admin, run: Callable[[Admin], Any], repeats: int) -> tuple[float, float]:
     """Median wall time of the call, and median database execution time (from
     pg_stat_statements when present, otherwise the same wall time)."""
@@ -84,16 +98,8 @@ def main() -> None:
     queue = JobQueue(dsn)
     queue.migrate()
     started = time.perf_counter()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        params = {"pending": args.pending, "history": args.history}
-        for statement in SETUP.split(";\n"):
-            if "%(" in statement:
-                conn.execute(statement, params)
-            elif statement.strip():
-                conn.execute(statement.replace("%%", "%"))
-        sizes = conn.execute("SELECT (SELECT count(*) FROM svti_jobs), "
-                             "(SELECT count(*) FROM svti_jobs_events)").fetchone()
-    print(f"setup: {sizes[0]:,} live jobs, {sizes[1]:,} history rows "  # type: ignore[index]
+    live, history = populate(dsn, args.pending, args.history)
+    print(f"setup: {live:,} live jobs, {history:,} history rows "
           f"in {time.perf_counter() - started:.0f} s")
     admin = Admin(queue)
     admin.stats()  # the first call folds the last hour of history into the rates table

@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from textual.pilot import Pilot
 
 from benchmarks._common import fresh_database, server_dsn, server_facts
-from benchmarks.bench_admin import SETUP
+from benchmarks.bench_admin import populate
 from jobq_core import JobQueue
 from jobq_tui.app import JobqApp
 from jobq_tui.screens.jobs import JobsScreen
@@ -99,13 +98,7 @@ def main() -> None:
     with JobQueue(dsn) as queue:
         queue.migrate()
     started = time.perf_counter()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        params = {"pending": args.pending, "history": args.history}
-        for statement in SETUP.split(";\n"):
-            if "%(" in statement:
-                conn.execute(statement, params)
-            elif statement.strip():
-                conn.execute(statement.replace("%%", "%"))
+    populate(dsn, args.pending, args.history)
     print(f"setup: {args.pending:,} live jobs, {args.history:,} history rows in "
           f"{time.perf_counter() - started:.0f} s; memory before the console "
           f"{peak_rss_mb():.0f} MB")

@@ -47,6 +47,7 @@ from jobq_core.admin import Admin, AsyncAdmin, JobRow, Preview, RepairResult
 from jobq_core.durations import ACCEPTED
 from jobq_core.sql import Names
 
+from .connection import resolve_dsn
 from .safe import redact, visible
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_UNREACHABLE = 1, 2, 3, 4, 5
@@ -97,11 +98,6 @@ def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, DatabaseUnavailableError):
         return EXIT_UNREACHABLE
     return EXIT_FAILURE
-
-
-def resolve_dsn(dsn: str | None) -> str:
-    """--dsn, else JOBQ_DSN, else DATABASE_URL, else "" (libpq's PG* variables apply)."""
-    return dsn or os.environ.get("JOBQ_DSN") or os.environ.get("DATABASE_URL") or ""
 
 
 @contextmanager
