@@ -150,10 +150,9 @@ class JobqApp(App[None]):
             self._report(f"internal error: {type(exc).__name__}: {exc}")
 
     def _set_down(self, message: str | None) -> None:
+        """What the banner says at the next tick; None hides it."""
         self._down = None if message is None else redact(" ".join(message.split()),
                                                          self.db.conninfo)
-        for banner in self.screen.query(Banner):
-            banner.show(self._down)
 
     def _report(self, message: str) -> None:
         """A failed refresh shows once, not at every poll."""
@@ -247,49 +246,44 @@ class JobqApp(App[None]):
 
     def check_command(self, line: str) -> None:
         """Raises `JobqError` with the reason if `line` is not a command."""
+        self._command(line)
+
+    def run_command(self, line: str) -> None:
+        self._command(line)()
+
+    def _command(self, line: str) -> Callable[[], object]:
+        """What `line` asks for, checked but not yet done."""
         word, _, rest = line.strip().partition(" ")
         rest = rest.strip()
         match word.lower():
             case "trace" | "t" if rest:
-                return
+                return lambda: self.open(TraceScreen(rest))
             case "job" | "show" if rest.isdigit():
-                return
+                return lambda: self.open(DetailScreen(int(rest)))
             case "jobs" | "list":
-                parse_filter(rest)
-            case "failed" | "overview" | "o" | "quit" | "q" | "help":
-                return
+                flt = parse_filter(rest)
+                return lambda: self.open(JobsScreen(flt))
+            case "failed":
+                return lambda: self.open(JobsScreen(parse_filter("state:failed")))
+            case "overview" | "o":
+                return self._to_overview
             case "clear" if rest:
                 parse_duration(rest)
+                return lambda: self.operator.start_clear(rest)
             case "refresh" if rest:
-                parse_duration(rest if rest[-1:].isalpha() else f"{rest}s")
+                seconds = parse_duration(rest if rest[-1:].isalpha() else f"{rest}s")
+                return lambda: self.set_refresh_interval(seconds.total_seconds())
+            case "help":
+                return self.action_help
+            case "quit" | "q":
+                return self.exit
             case _:
                 raise InvalidInputError(f"unknown command {line!r}; {COMMANDS_HELP}")
 
-    def run_command(self, line: str) -> None:
-        word, _, rest = line.strip().partition(" ")
-        rest = rest.strip()
-        match word.lower():
-            case "trace" | "t":
-                self.open(TraceScreen(rest))
-            case "job" | "show":
-                self.open(DetailScreen(int(rest)))
-            case "jobs" | "list":
-                self.open(JobsScreen(parse_filter(rest)))
-            case "failed":
-                self.open(JobsScreen(parse_filter("state:failed")))
-            case "overview" | "o":
-                while len(self.screen_stack) > 2:
-                    self.pop_screen()
-                self.poke()
-            case "clear":
-                self.operator.start_clear(rest)
-            case "refresh":
-                seconds = parse_duration(rest if rest[-1:].isalpha() else f"{rest}s")
-                self.set_refresh_interval(seconds.total_seconds())
-            case "help":
-                self.action_help()
-            case "quit" | "q":
-                self.exit()
+    def _to_overview(self) -> None:
+        while len(self.screen_stack) > 2:
+            self.pop_screen()
+        self.poke()
 
     # -- the command palette ----------------------------------------------------------------
 
@@ -370,16 +364,18 @@ def console(
         "--demo", help="run the demo workload (on an embedded Postgres unless --dsn)")] = False,
 ) -> None:
     start = (lambda app: TraceScreen(trace)) if trace else None
+
+    def run(conninfo: str | None) -> None:
+        JobqApp(conninfo, table=table, read_only=read_only, interval=refresh, label=label,
+                start=start).run()
     try:
         if demo:
             from .demo import running_demo
 
             with running_demo(dsn, notice=lambda m: print(m, file=sys.stderr)) as conninfo:
-                JobqApp(conninfo, table=table, read_only=read_only, interval=refresh,
-                        label=label, start=start).run()
-            return
-        JobqApp(dsn, table=table, read_only=read_only, interval=refresh, label=label,
-                start=start).run()
+                run(conninfo)
+        else:
+            run(dsn)
     except JobqError as exc:
         print(f"jobq-tui: {visible(redact(str(exc), dsn))}", file=sys.stderr)
         raise typer.Exit(2) from None

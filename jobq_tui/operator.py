@@ -109,17 +109,9 @@ class Operator:
 
     async def _retry(self, ids: list[int], *, bulk: bool = False,
                      matching: JobFilter | None = None) -> None:
-        if len(ids) == 1 and not bulk:
-            result = await self.admin.retry(ids)
-            if result.changed:
-                self.app.notify(f"job {ids[0]} re-enqueued", title="retry", markup=False)
-            else:
-                await self._explain("retry", ids)
-            return
-        preview = await self.admin.preview("retry", ids)
-        if not await self._confirm_bulk("retry", preview, "failed job", "Retry", matching):
-            return
-        self._done(await self.admin.retry(ids), "job", ids)
+        await self._one_or_confirmed(
+            "retry", ids, lambda: self.admin.retry(ids), done=f"job {ids[0]} re-enqueued",
+            bulk=bulk, noun="failed job", label="Retry", what="job", matching=matching)
 
     # -- extend -----------------------------------------------------------------------------
 
@@ -137,18 +129,10 @@ class Operator:
 
     async def _extend(self, ids: list[int], by: str) -> None:
         amount = format_duration(parse_duration(by))
-        if len(ids) == 1:
-            result = await self.admin.extend(ids, by)
-            if result.changed:
-                self.app.notify(f"lease of job {ids[0]} extended by {amount}", title="extend",
-                                markup=False)
-            else:
-                await self._explain("extend", ids)
-            return
-        preview = await self.admin.preview("extend", ids)
-        if not await self._confirm_bulk("extend", preview, "lease", f"Extend by {amount}"):
-            return
-        self._done(await self.admin.extend(ids, by), "lease", ids)
+        await self._one_or_confirmed(
+            "extend", ids, lambda: self.admin.extend(ids, by),
+            done=f"lease of job {ids[0]} extended by {amount}",
+            noun="lease", label=f"Extend by {amount}", what="lease")
 
     # -- delete and clear -------------------------------------------------------------------
 
@@ -196,6 +180,22 @@ class Operator:
         self._start(flow)
 
     # -- shared -----------------------------------------------------------------------------
+
+    async def _one_or_confirmed(
+        self, action: str, ids: list[int], run: Callable[[], Awaitable[RepairResult]], *,
+        done: str, noun: str, label: str, what: str, bulk: bool = False,
+        matching: JobFilter | None = None,
+    ) -> None:
+        """One job: at once, with a toast. Several (or `bulk`): preview, then y/N."""
+        if len(ids) == 1 and not bulk:
+            if (await run()).changed:
+                self.app.notify(done, title=action, markup=False)
+            else:
+                await self._explain(action, ids)
+            return
+        preview = await self.admin.preview(action, ids)
+        if await self._confirm_bulk(action, preview, noun, label, matching):
+            self._done(await run(), what, ids)
 
     async def _confirm_bulk(self, action: str, preview: Preview, noun: str, label: str,
                             matching: JobFilter | None = None) -> bool:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from textual import events
 from textual.screen import Screen
+from textual.widget import Widget
 
 from jobq_core.admin import AsyncAdmin
 
@@ -42,6 +43,14 @@ class LiveScreen(Screen[None]):
         if action in MUTATING and self.jobq.read_only:
             return None  # shown, dimmed, in the footer and in help
         return True
+
+    def hide_field_or_back(self, field: Widget, then_focus: Widget) -> None:
+        """escape: close an open input line (filter, search), else go back a screen."""
+        if field.display:
+            field.display = False
+            then_focus.focus()
+        else:
+            self.app.call_later(self.app.run_action, "back")
 
     def on_key(self, event: events.Key) -> None:
         """A key of a disabled action says why, instead of doing nothing."""

@@ -331,12 +331,7 @@ class JobsScreen(LiveScreen):
         self._reset_view()
 
     def action_escape(self) -> None:
-        field = self.query_one("#filter", Input)
-        if field.display:
-            field.display = False
-            self.query_one(DataTable).focus()
-        else:
-            self.app.call_later(self.app.run_action, "back")
+        self.hide_field_or_back(self.query_one("#filter", Input), self.query_one(DataTable))
 
     def _cursor_id(self) -> int | None:
         table: DataTable[Text] = self.query_one(DataTable)

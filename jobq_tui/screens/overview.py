@@ -56,27 +56,27 @@ class OverviewScreen(LiveScreen):
     def show(self, data: list[TypeStats]) -> None:
         table: DataTable[Text] = self.query_one(DataTable)
         wanted = [s.type for s in data]
+        rows = {s.type: self._cells(s) for s in data}
         present = [row.key.value for row in table.ordered_rows]
-        kept = [t for t in present if t in wanted]
+        kept = [t for t in present if t in rows]
         if kept + [t for t in wanted if t not in present] != wanted:
             # A type arrived out of order: rebuild in order (a few rows), keeping the cursor
             # on its type.
             selected = self._selected_type()
             table.clear()
-            for stats in data:
-                table.add_row(*self._cells(stats), key=stats.type)
-            if selected in wanted:
+            for job_type in wanted:
+                table.add_row(*rows[job_type], key=job_type)
+            if selected in rows:
                 table.move_cursor(row=wanted.index(selected), animate=False)
-        for key in [k for k in table.rows if k.value not in wanted]:
+        for key in [k for k in table.rows if k.value not in rows]:
             table.remove_row(key)
-        for stats in data:
-            cells = self._cells(stats)
-            if stats.type in table.rows:
-                for (column, _), cell in zip(COLUMNS, cells, strict=True):
-                    if table.get_cell(stats.type, column) != cell:
-                        table.update_cell(stats.type, column, cell)
-            else:
-                table.add_row(*cells, key=stats.type)
+        for job_type, cells in rows.items():
+            if job_type not in table.rows:
+                table.add_row(*cells, key=job_type)
+                continue
+            for (column, _), cell in zip(COLUMNS, cells, strict=True):
+                if table.get_cell(job_type, column) != cell:
+                    table.update_cell(job_type, column, cell)
         summary = Text()
         if not data:
             summary.append("No jobs yet. Enqueue one with `jobq enqueue <type>` or from your "

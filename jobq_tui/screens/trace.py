@@ -62,6 +62,10 @@ class TraceScreen(LiveScreen):
         self.shown = 0  # how many of `events` the log shows (fewer while paused)
         self.search = ""
         self.full = False
+        # Kept up to date as events arrive, so a refresh never rescans the whole trace.
+        self.job_ids: set[int] = set()
+        self.found = 0  # events matching `search`
+        self._haystack: dict[int, str] = {}  # event id -> its full line, lowercased
 
     def compose(self) -> ComposeResult:
         yield Crumbs(id="crumbs")
@@ -88,6 +92,8 @@ class TraceScreen(LiveScreen):
 
     def show(self, data: list[Event]) -> None:
         self.events.extend(data)
+        self.job_ids.update(e.job_id for e in data)
+        self.found += sum(1 for e in data if self._matches(e))
         if len(data) == 1000:
             self.jobq.poke()  # more are waiting: fetch them without waiting an interval
         if self.following:
@@ -95,7 +101,17 @@ class TraceScreen(LiveScreen):
         self._head()
 
     def _matches(self, event: Event) -> bool:
-        return not self.search or self.search.lower() in event_line(event, True).plain.lower()
+        if not self.search:
+            return True
+        if event.id not in self._haystack:
+            self._haystack[event.id] = event_line(event, True).plain.lower()
+        return self.search.lower() in self._haystack[event.id]
+
+    def _set_search(self, text: str) -> None:
+        self.search = text
+        self.found = sum(1 for e in self.events if self._matches(e))
+        self._rebuild()
+        self._head()
 
     def _append(self, events: list[Event]) -> None:
         log = self.query_one(RichLog)
@@ -119,8 +135,7 @@ class TraceScreen(LiveScreen):
         head = Text(no_wrap=True, overflow="ellipsis")
         head.append("request ", style="dim")
         head.append_text(literal(self.request_id, 60, style="bold"))
-        jobs = len({e.job_id for e in self.events})
-        head.append(f"  {len(self.events)} events · {jobs} jobs  ")
+        head.append(f"  {len(self.events)} events · {len(self.job_ids)} jobs  ")
         if self.following:
             head.append(" FOLLOWING ", style="bold reverse green")
         else:
@@ -128,10 +143,9 @@ class TraceScreen(LiveScreen):
             head.append(" PAUSED ", style="bold reverse yellow")
             head.append(f" {waiting} new · f follows", style="yellow")
         if self.search:
-            found = sum(1 for e in self.events if self._matches(e))
             head.append("  search: ", style="dim")
             head.append_text(literal(self.search, 30, style="bold"))
-            head.append(f" ({found} matching · n clears)", style="dim")
+            head.append(f" ({self.found} matching · n clears)", style="dim")
         if not self.events:
             head.append("  no events yet under this request id", style="dim")
         self.query_one("#trace-head", Static).update(head)
@@ -157,22 +171,13 @@ class TraceScreen(LiveScreen):
 
     @on(Input.Submitted, "#trace-search")
     def _searched(self, event: Input.Submitted) -> None:
-        self.search = event.value.strip()
         event.input.display = False
         self.query_one(RichLog).focus()
-        self._rebuild()
-        self._head()
+        self._set_search(event.value.strip())
 
     def action_clear_search(self) -> None:
         if self.search:
-            self.search = ""
-            self._rebuild()
-            self._head()
+            self._set_search("")
 
     def action_escape(self) -> None:
-        field = self.query_one("#trace-search", Input)
-        if field.display:
-            field.display = False
-            self.query_one(RichLog).focus()
-        else:
-            self.app.call_later(self.app.run_action, "back")
+        self.hide_field_or_back(self.query_one("#trace-search", Input), self.query_one(RichLog))
