@@ -4,18 +4,13 @@ each checked in the database afterwards."""
 from __future__ import annotations
 
 import asyncio
-import io
 import re
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
-from rich.console import Console
 from rich.text import Text
-from textual.css.query import NoMatches
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, RichLog, Static
 
@@ -34,23 +29,9 @@ from jobq_tui.screens.overview import OverviewScreen
 from jobq_tui.screens.trace import TraceScreen
 
 from .helpers import backdate, events, row
+from .tui_helpers import text_of, until
 
 SIZE = (110, 32)
-
-
-async def until(pilot: Pilot[Any], check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Wait, letting the app run, until `check()` is truthy; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-        except NoMatches:  # the screen it looks at is not up yet
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {check}")
-        await pilot.pause(0.05)
 
 
 def table_ids(app: JobqApp) -> list[int]:
@@ -64,15 +45,6 @@ def cursor_id(app: JobqApp) -> int:
     job_id = screen._cursor_id()
     assert job_id is not None
     return job_id
-
-
-def text_of(app: JobqApp, selector: str) -> str:
-    """The plain text a Static shows, whatever it renders (Text, a Rich table…)."""
-    content = app.screen.query_one(selector, Static).content
-    console = Console(width=200, file=io.StringIO(), color_system=None)
-    with console.capture() as capture:
-        console.print(content)
-    return capture.get()
 
 
 def notifications(app: JobqApp) -> list[str]:

@@ -9,19 +9,15 @@ at the result (``tests/__snapshots__``)."""
 from __future__ import annotations
 
 import asyncio
-import io
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from rich.console import Console
 from rich.text import Text
-from textual.css.query import NoMatches
 from textual.pilot import Pilot
-from textual.widgets import DataTable, RichLog, Static
+from textual.widgets import DataTable, RichLog
 
 from jobq_core import JobQueue
 from jobq_core.admin import AsyncAdmin, TypeStats
@@ -30,6 +26,8 @@ from jobq_tui.screens.detail import DetailScreen
 from jobq_tui.screens.dialogs import ConfirmScreen
 from jobq_tui.screens.jobs import JobsScreen
 from jobq_tui.screens.trace import TraceScreen
+
+from .tui_helpers import text_of, until
 
 FROZEN = datetime(2026, 3, 14, 9, 26, 53, tzinfo=UTC)
 
@@ -91,18 +89,9 @@ def frozen_app(dsn: str, **kwargs: Any) -> JobqApp:
     return app
 
 
-async def until(pilot: Pilot[Any], check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-        except NoMatches:
-            value = None
-        if value:
-            await pilot.pause(0.2)
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {check}"
-        await pilot.pause(0.05)
+async def settled(pilot: Pilot[Any], check: Callable[[], Any]) -> Any:
+    """Wait for `check`, then let the app draw: snapshots compare what is on screen."""
+    return await until(pilot, check, timeout=15.0, settle=0.2)
 
 
 def refreshed(app: JobqApp, screen_type: type) -> Callable[[], bool]:
@@ -114,16 +103,16 @@ def refreshed(app: JobqApp, screen_type: type) -> Callable[[], bool]:
 
 
 async def overview(pilot: Pilot[Any]) -> None:
-    await until(pilot, lambda: pilot.app.refreshes)  # type: ignore[attr-defined]
+    await settled(pilot, lambda: pilot.app.refreshes)  # type: ignore[attr-defined]
 
 
 def goto(command: str, screen_type: type) -> Callable[[Pilot[Any]], Any]:
     async def run_before(pilot: Pilot[Any]) -> None:
         app: JobqApp = pilot.app  # type: ignore[assignment]
-        await until(pilot, lambda: app.refreshes)
+        await settled(pilot, lambda: app.refreshes)
         check = refreshed(app, screen_type)
         app.run_command(command)
-        await until(pilot, check)
+        await settled(pilot, check)
     return run_before
 
 
@@ -173,7 +162,7 @@ def test_snapshot_bulk_retry_confirmation(dsn: str, snap_compare: Any) -> None:
     async def run_before(pilot: Pilot[Any]) -> None:
         await goto("jobs state:failed", JobsScreen)(pilot)
         await pilot.press("A")
-        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
+        await settled(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
     assert snap_compare(frozen_app(dsn), terminal_size=(100, 24), run_before=run_before)
 
 
@@ -190,13 +179,6 @@ ANSI = "\x1b[31mred\x1b[0m\x1b]0;owned title\x07\x1b[2J"
 LONG = "x" * 5000
 
 
-def plain(content: Any) -> str:
-    console = Console(width=300, file=io.StringIO(), color_system=None)
-    with console.capture() as capture:
-        console.print(content)
-    return capture.get()
-
-
 async def test_hostile_text_is_shown_literally_and_the_layout_holds(dsn: str) -> None:
     long_type = "t" + "y" * 127
     request_id = MARKUP + ANSI
@@ -208,9 +190,9 @@ async def test_hostile_text_is_shown_literally_and_the_layout_holds(dsn: str) ->
         q.fail(job, reason=f"{ANSI} {MARKUP} {LONG}\nline two {MARKUP}", retry=False)
     app = JobqApp(dsn, interval=0.2)
     async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: app.refreshes)
+        await settled(pilot, lambda: app.refreshes)
         app.run_command("jobs state:failed")
-        await until(pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen.rows)
+        await settled(pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen.rows)
         table: DataTable[Text] = app.screen.query_one("#jobs", DataTable)
         cells = [c.plain for c in table.get_row(str(job_id))]
         shown = " ".join(cells)
@@ -222,24 +204,24 @@ async def test_hostile_text_is_shown_literally_and_the_layout_holds(dsn: str) ->
         assert "\x1b" not in svg and "\x07" not in svg
 
         app.run_command(f"job {job_id}")
-        await until(pilot, lambda: isinstance(app.screen, DetailScreen) and app.screen.detail)
-        payload = plain(app.screen.query_one("#detail-payload", Static).content)
+        await settled(pilot, lambda: isinstance(app.screen, DetailScreen) and app.screen.detail)
+        payload = text_of(app, "#detail-payload", width=300)
         assert "[bold red]pwned[/bold red]" in payload
         assert "\\u001b[31m" in payload and "\x1b" not in payload
         assert "\\u202e" in payload  # an invisible direction override is made visible
-        timeline = plain(app.screen.query_one("#detail-timeline", Static).content)
+        timeline = text_of(app, "#detail-timeline", width=300)
         assert "line two [bold red]pwned" in timeline and "\x1b" not in timeline
-        summary = plain(app.screen.query_one("#detail-summary", Static).content)
+        summary = text_of(app, "#detail-summary", width=300)
         assert "[link=https://evil.example]click[/link]" in summary
 
         app.run_command(f"trace {request_id}")
-        await until(pilot, lambda: isinstance(app.screen, TraceScreen) and app.screen.events)
+        await settled(pilot, lambda: isinstance(app.screen, TraceScreen) and app.screen.events)
         log = app.screen.query_one(RichLog)
-        await until(pilot, lambda: log.lines)
+        await settled(pilot, lambda: log.lines)
         lines = [strip.text for strip in log.lines]
         assert any("[bold red]pwned" in line for line in lines)
         assert not any("\x1b" in line for line in lines)
-        head = plain(app.screen.query_one("#trace-head", Static).content)
+        head = text_of(app, "#trace-head", width=300)
         assert "[bold red]pwned" in head and "\x1b" not in head
         await asyncio.sleep(0)
         assert app.is_running

@@ -22,6 +22,16 @@ JOBQ_TUI = shutil.which("jobq-tui", path=os.path.dirname(sys.executable)) or "jo
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
 
+def start(name: str, command: str) -> None:
+    """A 100x30 tmux window running `command`. The window is sized before the command starts,
+    and COLUMNS and LINES are dropped: the tmux server inherits this process's environment,
+    where they can be set (80x24), and Textual would take them over the real window size."""
+    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "100", "-y", "30",
+                    "sleep 600"], check=True)
+    subprocess.run(["tmux", "respawn-pane", "-k", "-t", name,
+                    f"env -u COLUMNS -u LINES {command}"], check=True)
+
+
 class Terminal:
     def __init__(self, name: str) -> None:
         self.name = name
@@ -33,14 +43,16 @@ class Terminal:
     def keys(self, *keys: str) -> None:
         subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
 
-    def wait_for(self, text: str, timeout: float = 20.0) -> str:
+    def wait_for(self, *texts: str, timeout: float = 20.0) -> str:
+        """The screen once every one of `texts` is on it. A capture can land while the app
+        is still drawing, so a check waits for all it will look at."""
         deadline = time.monotonic() + timeout
         while True:
             screen = self.screen()
-            if text in screen:
+            if all(text in screen for text in texts):
                 return screen
             if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} never showed; the screen was:\n{screen}")
+                raise AssertionError(f"{texts!r} never all showed; the screen was:\n{screen}")
             time.sleep(0.1)
 
     def alive(self) -> bool:
@@ -52,8 +64,7 @@ class Terminal:
 def terminal(dsn: str) -> Iterator[Terminal]:
     name = f"jobq-tui-{uuid.uuid4().hex[:8]}"
     env = f"TERM=xterm-256color JOBQ_DSN='{dsn}'"
-    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "100", "-y", "30",
-                    f"env {env} {JOBQ_TUI} --refresh 0.5"], check=True)
+    start(name, f"{env} {JOBQ_TUI} --refresh 0.5")
     try:
         yield Terminal(name)
     finally:
@@ -71,17 +82,17 @@ def test_an_operator_finds_a_failed_job_and_retries_it(
         assert job is not None
         queue.fail(job, reason="[red]PaymentDeclined[/red]: card \x1b[5mblinks", retry=False)
 
-    screen = terminal.wait_for("charge-card")
+    screen = terminal.wait_for("charge-card", "send-email", "ready", "query", "updated")
     assert "send-email" in screen and "ready" in screen
     assert "query" in screen and "updated" in screen  # the freshness badge
 
     terminal.keys("f")  # the failed jobs of the selected type
-    screen = terminal.wait_for("PaymentDeclined")
+    screen = terminal.wait_for("[red]PaymentDeclined[/red]", "\\x1b[5mblinks")
     assert "[red]PaymentDeclined[/red]" in screen  # markup is text
     assert "\\x1b[5mblinks" in screen  # the escape is shown, not obeyed
 
     terminal.keys("Enter")  # the job's detail
-    screen = terminal.wait_for('"invoice": 7')
+    screen = terminal.wait_for('"invoice": 7', f"job {job_id}", "billing-1:99")
     assert f"job {job_id}" in screen and "billing-1:99" in screen
 
     terminal.keys("R")  # one retry runs at once, with a toast
@@ -89,7 +100,7 @@ def test_an_operator_finds_a_failed_job_and_retries_it(
     assert row(db, job_id)["state"] == "pending"  # type: ignore[index]
 
     terminal.keys("t")  # the request's trace
-    screen = terminal.wait_for("FOLLOWING")
+    screen = terminal.wait_for("FOLLOWING", "retried")
     assert screen.count("enqueued") >= 4 and "retried" in screen
 
     terminal.keys("Escape", "Escape", "Escape")
@@ -114,12 +125,11 @@ def test_jobq_demo_opens_the_console_on_a_live_queue_and_q_stops_everything() ->
     jobq = shutil.which("jobq", path=os.path.dirname(sys.executable)) or "jobq"
     name = f"jobq-demo-{uuid.uuid4().hex[:8]}"
     before = set(os.listdir("/tmp"))
-    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "100", "-y", "30",
-                    f"env -u JOBQ_DSN -u DATABASE_URL TERM=xterm-256color {jobq} demo "
-                    "--rate 20; sleep 30"], check=True)
+    start(name, f"-u JOBQ_DSN -u DATABASE_URL TERM=xterm-256color {jobq} demo "
+          "--rate 20; sleep 30")
     term = Terminal(name)
     try:
-        screen = term.wait_for("fast", timeout=90)
+        screen = term.wait_for("fast", "overview", "done/min", timeout=90)
         assert "overview" in screen and "done/min" in screen
         term.wait_for("claimed")
         term.keys("5")  # nothing bound on the overview: harmless
