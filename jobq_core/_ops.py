@@ -94,8 +94,11 @@ def enqueue_many(
     todo = list(range(len(params)))
     for _ in range(_KEY_RACE_RETRIES):
         if single:
-            query = st.enqueue if params[0].idempotency_key else st.enqueue_plain
-            rows = yield Stmt(query, _params(params[0]))
+            if params[0].idempotency_key:
+                rows = yield Stmt(st.enqueue, {**_params(params[0]),
+                                               "jobs_name": st.names.regclass()})
+            else:
+                rows = yield Stmt(st.enqueue_plain, _params(params[0]))
             got = [rows[0][0] if rows else None]
         else:
             batch = [params[i] for i in todo]
@@ -115,8 +118,9 @@ def enqueue_many(
         todo = [i for i in todo if result[i] is None]
         if not todo:
             return [r for r in result if r is not None]
-        # A key that conflicted with a job committed after this statement's snapshot: look the
-        # holder up with a fresh snapshot. If it is gone already, insert again.
+        # A key that is held (by a live job, or by one that finished within the history's
+        # retention): look the holder up with a fresh snapshot, which sees a holder that
+        # committed while this statement waited. If it is gone already, insert again.
         keys = sorted({k for i in todo if (k := params[i].idempotency_key) is not None})
         found: dict[str, int] = dict((yield Stmt(st.lookup_keys, {"keys": keys})))
         for i in todo:
@@ -197,6 +201,15 @@ def complete_many(
     return [r[0] for r in rows]
 
 
+def acked(st: Statements, jobs: Sequence[Job]) -> Op[set[int]]:
+    """The ids of these claimed jobs whose claim's attempt was completed."""
+    if not jobs:
+        return set()
+    rows = yield Stmt(st.acked, {"ids": [j.id for j in jobs],
+                                 "attempts": [j.attempts for j in jobs]})
+    return {r[0] for r in rows}
+
+
 def fail(
     st: Statements,
     job: Job | int,
@@ -275,7 +288,7 @@ def outcome(st: Statements, job_id: int, arm: bool = False) -> Op[Outcome]:
     """Read a job's outcome; with `arm`, its completion will NOTIFY the done channel."""
     job_id = validate_id(job_id)
     for _ in range(2):  # a job finishing mid-statement is visible to the next snapshot
-        rows = yield Stmt(st.outcome, {"id": job_id, "arm": arm})
+        rows = yield Stmt(st.outcome_armed if arm else st.outcome, {"id": job_id})
         if rows:
             state, result, error = rows[0]
             return Outcome(state, result, error)
@@ -315,11 +328,11 @@ def clear(st: Statements, older_than: timedelta,
             break
     after = "(0,0)"
     while True:
-        count, last = (yield Stmt(st.clear_events_batch,
-                                  {"cutoff": cutoff, "batch": CLEAR_BATCH, "after": after}))[0]
+        scanned, count, last = (yield Stmt(
+            st.clear_events_batch, {"cutoff": cutoff, "batch": CLEAR_BATCH, "after": after}))[0]
         removed += count
         if progress is not None and count:
             progress(removed)
-        if count < CLEAR_BATCH:
+        if scanned < CLEAR_BATCH:
             return removed
         after = last

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,7 +22,14 @@ from psycopg import sql as psql
 from . import _ops, sql
 from ._ops import Op, Stmt
 from .durations import parse_duration
-from .errors import InvalidInputError, NotFoundError
+from .errors import (
+    DRIVER_ERRORS,
+    InvalidInputError,
+    JobqError,
+    NotFoundError,
+    TransientError,
+    classify,
+)
 from .filters import JobFilter, parse_filter
 from .models import clean_reason, validate_id, validate_limit, validate_when
 from .queue import AsyncJobQueue, JobQueue
@@ -32,6 +41,8 @@ REPAIR_BATCH = 500
 SAMPLE = 10
 #: Seconds between checks when following a trace.
 FOLLOW_POLL = 0.5
+#: Events per poll of a follower; a full batch is followed by another poll at once.
+FOLLOW_BATCH = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +167,8 @@ class Finding:
     status: str  # ok, warn or error
     detail: str
     fix: str | None = None
+    #: The finding's subject, for scripts (`jobq doctor --json`): e.g. an xmin holder's pid.
+    facts: dict[str, Any] | None = None
 
 
 #: Counts above this come from the planner, so a refresh costs the same for any backlog.
@@ -233,6 +246,116 @@ def trace(st: Statements, request_id: str, after: int = 0, limit: int = 1000) ->
     return [Event(*r) for r in rows]
 
 
+class TraceTail:
+    """Where a follower of one request's trace stands; gap-free and duplicate-free although
+    event ids are drawn at insert time and transactions commit in any order.
+
+    Why it works: every jobq statement gives its transaction an id (writes the jobs table, or
+    takes `pg_current_xact_id()`) before it draws an event id, and ids are handed out in
+    order. So every event id at or below the highest id delivered so far (`high`) was drawn
+    by a transaction whose xid is below the next-xid bound read right after a later poll's
+    snapshot was taken. Once a snapshot's xmin reaches that bound, all those transactions
+    have ended and the poll made with that snapshot saw every one of their committed events:
+    the range up to `high` is final and `low` moves up to it. Above `low`, `seen` holds the
+    delivered ids, so an event that commits after higher ones is delivered once, late, and
+    nothing twice. A long open transaction anywhere in the database holds `low` back (never
+    correctness); meanwhile `seen` grows with the request's new events.
+
+    Pure state, kept in memory: the twins' `follow`, the CLI and the console's trace tail
+    drive it with `follow_step`, and it carries on unchanged across reconnects. An event
+    counts as delivered once a step returns it."""
+
+    def __init__(self, request_id: str, after: int = 0) -> None:
+        if not isinstance(request_id, str) or not request_id:
+            raise InvalidInputError("trace needs a request id")
+        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+            raise InvalidInputError(f"after must be an event id (>= 0), got {after!r}")
+        self.request_id = request_id
+        #: Every event with an id up to here was delivered, or will never commit.
+        self.low = after
+        #: The highest id delivered.
+        self.high = after
+        #: Delivered ids above `low`.
+        self.seen: set[int] = set()
+        #: The last poll filled its batch: poll again at once.
+        self.more = False
+        # (id, xid): ids up to `id` are final once a snapshot's xmin >= xid. Both ascend.
+        self._bounds: deque[tuple[int, int]] = deque()
+
+    def params(self, limit: int) -> dict[str, Any]:
+        return {"request_id": self.request_id, "low": self.low, "seen": sorted(self.seen),
+                "limit": limit}
+
+    def advance(self, events: Sequence[Event], xmin: int, next_xid: int | None,
+                limit: int) -> list[Event]:
+        """Take one poll's result (events in id order, the snapshot's xmin, the next-xid
+        bound or None when unknown); returns the events not delivered before."""
+        fresh = [e for e in events if e.id > self.low and e.id not in self.seen]
+        self.seen.update(e.id for e in fresh)
+        self.high = max([self.high, *(e.id for e in fresh)])
+        self.more = len(events) >= limit
+        if next_xid is not None and self.high > self.low and (
+                not self._bounds or self._bounds[-1][0] < self.high):
+            self._bounds.append((self.high, next_xid))
+        final = None
+        while self._bounds and self._bounds[0][1] <= xmin:
+            final = self._bounds.popleft()[0]
+        if final is None:
+            return fresh
+        if self.more and events and final > events[-1].id:
+            # This poll read only up to its last event: final up to there now, the rest at
+            # the next poll (the bound stays met, xmin never goes back).
+            self._bounds.appendleft((final, xmin))
+            final = events[-1].id
+        if final > self.low:
+            self.low = final
+            self.seen = {i for i in self.seen if i > final}
+        return fresh
+
+
+def follow_step(st: Statements, tail: TraceTail, limit: int = FOLLOW_BATCH) -> Op[list[Event]]:
+    """One poll of a follower: the events under `tail.request_id` it has not delivered yet.
+
+    Must run as a statement of its own transaction (autocommit, as the queues run it), so
+    that its snapshot and its next-xid reading are fresh; otherwise it only dedupes."""
+    limit = validate_limit(limit, maximum=10_000)
+    rows = yield Stmt(st.trace_follow, tail.params(limit))
+    xmin, next_xid = rows[0][0], rows[0][1]
+    events = [Event(*r[2:]) for r in rows if r[2] is not None]
+    return tail.advance(events, xmin, next_xid, limit)
+
+
+class Backoff:
+    """Seconds to wait before the next attempt: 1, 2, 4, 8, then 10; `reset` after a
+    success."""
+
+    def __init__(self, first: float = 1.0, cap: float = 10.0) -> None:
+        self.first = first
+        self.cap = cap
+        self._delay = first
+
+    def next(self) -> float:
+        delay = self._delay
+        self._delay = min(delay * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self._delay = self.first
+
+
+#: Told of each change of a follower's outage state: the error when it begins, None when the
+#: database answers again.
+OutageHook = Callable[[JobqError | None], None]
+
+
+def _transient(exc: BaseException) -> JobqError:
+    """The classified error; raised again unless it may pass when tried later."""
+    error = classify(exc)
+    if not isinstance(error, TransientError):
+        raise error from None
+    return error
+
+
 def fold_rates(st: Statements) -> Op[int]:
     """Fold finished minutes of history into the rates table (one folder at a time; a
     read-only session skips this and shows what was folded before)."""
@@ -270,8 +393,112 @@ def stats(st: Statements) -> Op[list[TypeStats]]:
     return result
 
 
+#: A session whose transaction began less than this many seconds ago while it runs a
+#: statement is in flight (a worker's claim, say), not holding anything back for long.
+IN_FLIGHT = 1.0
+#: A transaction open longer than this is a warning even with no dead rows behind it yet.
+LONG_TRANSACTION = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Something that holds back the xmin horizon: vacuum keeps every row it may still see."""
+
+    kind: str  # session, prepared, slot or catalog slot
+    pid: int | None
+    name: str | None  # a prepared transaction's gid, a slot's name
+    application_name: str  # for a slot: its plugin ('' when physical)
+    state: str
+    seconds: float | None  # how long its transaction has been open (None for a slot)
+    xid_age: int
+    via: str  # what it holds the horizon by: snapshot, transaction id, xmin, catalog_xmin
+    query: str | None
+
+    @property
+    def label(self) -> str:
+        if self.kind == "session":
+            return f"pid {self.pid}"
+        if self.kind == "prepared":
+            return f"prepared transaction {_literal(self.name or '')}"
+        catalog = "catalog " if self.kind == "catalog slot" else ""
+        return f"{catalog}slot {_literal(self.name or '')}"
+
+    @property
+    def in_flight(self) -> bool:
+        return (self.kind == "session" and self.state == "active" and self.seconds is not None
+                and self.seconds < IN_FLIGHT)
+
+    def pins(self, dead_rows: bool) -> bool:
+        """Whether it keeps vacuum from removing the queue's dead rows now. A catalog_xmin
+        holds back the system catalogs only; a statement in flight ends by itself."""
+        return dead_rows and self.kind != "catalog slot" and not self.in_flight
+
+    def status(self, dead_rows: bool) -> str:
+        if self.pins(dead_rows) or self.kind in ("prepared", "slot"):
+            return "warn"  # prepared transactions and slots never end by themselves
+        if self.kind == "session" and (self.seconds or 0) > LONG_TRANSACTION:
+            return "warn"
+        if self.kind == "catalog slot" and self.state == "inactive":
+            return "warn"  # an abandoned logical slot also keeps all WAL since
+        return "ok"
+
+    @property
+    def fix(self) -> str:
+        if self.kind == "session":
+            if self.state.startswith("idle in transaction"):
+                return (f"end that transaction in {self.application_name or 'its application'}"
+                        f" (COMMIT or ROLLBACK), or SELECT pg_terminate_backend({self.pid})")
+            return (f"let it finish, or SELECT pg_cancel_backend({self.pid}) (its statement) "
+                    f"or SELECT pg_terminate_backend({self.pid}) (its session)")
+        if self.kind == "prepared":
+            gid = _literal(self.name or "")
+            return (f"COMMIT PREPARED {gid} or ROLLBACK PREPARED {gid} (whichever its "
+                    "transaction manager meant; as its owner or a superuser, in this database)")
+        drop = f"SELECT pg_drop_replication_slot({_literal(self.name or '')})"
+        if self.state == "active":
+            return (f"its consumer (pid {self.pid}) holds it back: fix or stop that consumer "
+                    f"(a standby's hot_standby_feedback and long queries); if it is no longer "
+                    f"needed, stop it and {drop}")
+        return f"{drop}, if nothing will consume it again"
+
+    def describe(self) -> str:
+        held = f"holds the horizon by its {self.via}, xid age {self.xid_age}"
+        if self.kind == "session":
+            return (f"session pid {self.pid} ({self.application_name or 'no application_name'}"
+                    f", {self.state}), transaction open {_seconds(self.seconds)}, {held}"
+                    + (f": {self.query!r}" if self.query else ""))
+        if self.kind == "prepared":
+            return (f"prepared transaction {_literal(self.name or '')} ({self.state}), "
+                    f"prepared {_seconds(self.seconds)} ago, {held}")
+        kind = "logical" if self.application_name else "physical"
+        consumer = f", consumer pid {self.pid}" if self.pid is not None else ""
+        only = "; the system catalogs only, not the queue's tables" \
+            if self.kind == "catalog slot" else ""
+        return f"{kind} replication slot {_literal(self.name or '')} ({self.state}" \
+            f"{consumer}), {held}{only}"
+
+    def facts(self) -> dict[str, Any]:
+        return {"kind": self.kind, "pid": self.pid, "name": self.name,
+                "application_name": self.application_name, "state": self.state,
+                "seconds": self.seconds, "xid_age": self.xid_age, "via": self.via,
+                "fix": self.fix}
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "for an unknown time"
+    return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
+
+
 def doctor(st: Statements) -> Op[list[Finding]]:
-    """Health checks of the queue's tables and of what affects them, each with its fix."""
+    """Health checks of the queue's tables and of what affects them, each with its fix.
+
+    Never recommends a VACUUM that cannot help: while something holds back the xmin horizon,
+    the fix for dead rows is to end that holder first."""
     from .schema import LATEST_VERSION, current_version
 
     names = {"jobs": st.names.regclass(), "events": st.names.regclass("_events"),
@@ -282,34 +509,41 @@ def doctor(st: Statements) -> Op[list[Finding]]:
         "schema version", "ok" if version == LATEST_VERSION else "warn",
         f"at version {version}, this jobq knows {LATEST_VERSION}",
         None if version == LATEST_VERSION else "jobq migrate (or any queue's first use)"))
-    for name, total, heap, live, dead, vacuumed, analyzed in (
-            yield Stmt(sql.DOCTOR_TABLES.encode(), names)):
+    # Holders first: the tables' fixes depend on them.
+    holders = [Holder(*r) for r in (yield Stmt(sql.DOCTOR_HOLDERS.encode()))]
+    tables = list((yield Stmt(sql.DOCTOR_TABLES.encode(), names)))
+    dead_rows = any(row[4] for row in tables)
+    pinning = [h for h in holders if h.pins(dead_rows)]
+    for name, total, heap, live, dead, vacuumed, analyzed in tables:
         ratio = dead / max(live + dead, 1)
-        status = "warn" if dead > 10_000 and ratio > 0.2 else "ok"
-        findings.append(Finding(
-            f"table {name}", status,
-            f"{_size(total)} with indexes ({_size(heap)} heap); {live} live, {dead} dead rows "
-            f"({ratio:.0%}); last vacuum {vacuumed or 'never'}, last analyze {analyzed or 'never'}",
-            f"VACUUM (ANALYZE) {name}; and for a queue table: ALTER TABLE {name} SET "
-            "(autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_cost_delay = 0)"
-            if status == "warn" else None))
+        bloated = dead > 10_000 and ratio > 0.2
+        detail = (f"{_size(total)} with indexes ({_size(heap)} heap); {live} live, {dead} dead "
+                  f"rows ({ratio:.0%}); last vacuum {vacuumed or 'never'}, last analyze "
+                  f"{analyzed or 'never'}")
+        fix = None
+        if dead and pinning:
+            detail += f"; vacuum cannot remove them while {_names(pinning)} hold(s) the horizon"
+            fix = (f"end what holds the xmin horizon first ({_names(pinning)}; see "
+                   "'xmin holder' below); until then a VACUUM removes none of these rows, "
+                   f"afterwards autovacuum (or VACUUM (ANALYZE) {name}) can")
+        elif bloated:
+            fix = (f"VACUUM (ANALYZE) {name}; and for a queue table: ALTER TABLE {name} SET "
+                   "(autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_cost_delay = 0)")
+        findings.append(Finding(f"table {name}", "warn" if fix else "ok", detail, fix))
     for index, size, valid in (yield Stmt(sql.DOCTOR_INDEXES.encode(), names)):
         findings.append(Finding(
             f"index {index}", "ok" if valid else "error",
             f"{_size(size)}" + ("" if valid else "; INVALID (a failed concurrent build)"),
             None if valid else f"REINDEX INDEX CONCURRENTLY {index}"))
-    holder = yield Stmt(sql.DOCTOR_XMIN.encode())
-    if holder:
-        pid, app, state, seconds, age, query = holder[0]
-        bad = (seconds or 0) > 300
+    findings += _horizon_findings(holders, dead_rows)
+    cache = (yield Stmt(sql.DOCTOR_EVENTS_SEQUENCE.encode(), names))
+    if cache and cache[0][0] > 1:
         findings.append(Finding(
-            "xmin horizon", "warn" if bad else "ok",
-            f"oldest snapshot: pid {pid} ({app or 'no application_name'}, {state}), "
-            f"transaction open {int(seconds or 0)} s, xmin age {age}: {query!r}",
-            f"end that transaction, or SELECT pg_terminate_backend({pid}); until then vacuum "
-            "cannot remove the queue's dead rows" if bad else None))
-    else:
-        findings.append(Finding("xmin horizon", "ok", "no open snapshot holds it back"))
+            "event ids", "warn",
+            f"the history's id sequence caches {cache[0][0]} values per session, so ids are "
+            "not handed out in order and a trace follower (jobq trace --follow, the console's "
+            "trace tail) may miss events",
+            f"ALTER TABLE {names['events']} ALTER COLUMN id SET CACHE 1"))
     expired = (yield Stmt(st.render(sql.DOCTOR_EXPIRED)))[0][0]
     findings.append(Finding(
         "expired leases", "warn" if expired else "ok",
@@ -317,6 +551,35 @@ def doctor(st: Statements) -> Op[list[Finding]]:
         "the next claim takes them back; if none comes, no worker serves their types: start "
         "one (jobq worker module:runner)" if expired else None))
     return findings
+
+
+def _names(holders: Sequence[Holder]) -> str:
+    return ", ".join(h.label for h in holders)
+
+
+def _horizon_findings(holders: list[Holder], dead_rows: bool) -> list[Finding]:
+    """A summary, then one finding per holder, oldest first."""
+    if not holders:
+        return [Finding("xmin horizon", "ok",
+                        "no session, prepared transaction or replication slot holds it back")]
+    warned = [h for h in holders if h.status(dead_rows) == "warn"]
+    pinning = [h for h in holders if h.pins(dead_rows)]
+    listed = "; ".join(
+        f"{h.label} ({h.application_name or h.kind}, {h.state}, {_seconds(h.seconds)})"
+        if h.kind in ("session", "prepared") else f"{h.label} ({h.state})" for h in holders)
+    if pinning:
+        detail = (f"{len(pinning)} of {len(holders)} holder(s) keep vacuum from removing the "
+                  f"queue's dead rows: {listed}")
+    elif dead_rows:
+        detail = f"held only by statements in flight or the catalogs: {listed}"
+    else:
+        detail = f"held by {listed}; no dead rows are behind it yet"
+    summary = Finding("xmin horizon", "warn" if warned else "ok", detail,
+                      "end each holder marked WARN below (its fix says how)" if warned else None)
+    return [summary] + [
+        Finding(f"xmin holder {h.label}", h.status(dead_rows), h.describe(),
+                h.fix if h.status(dead_rows) == "warn" else None, h.facts())
+        for h in holders]
 
 
 def _size(n: int) -> str:
@@ -429,6 +692,73 @@ class Admin:
     def trace(self, request_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
         return self.queue._run(trace(self._st, request_id, after, limit))
 
+    def poll_trace(self, tail: TraceTail) -> list[Event]:
+        """One poll of a follower: what `tail` has not delivered yet (see `TraceTail`)."""
+        return self.queue._run(follow_step(self._st, tail))
+
+    def follow(self, request_id: str, *, after: int = 0, poll: float = FOLLOW_POLL,
+               tail: TraceTail | None = None,
+               on_outage: OutageHook | None = None) -> Iterator[Event]:
+        """Every event under `request_id` as it commits (after event id `after`), each
+        once, forever. Woken by the queue's NOTIFY channels when the queue has a DSN, else
+        polling every `poll` seconds.
+
+        A transient failure (the database restarting, a statement timeout) is waited out
+        with backoff, 1 s doubling to 10 s, and reported once to `on_outage`; nothing is lost
+        or repeated, as long as the queue's connections come back by themselves (a DSN or a
+        pool). Pass a `tail` to carry on where another follower stopped."""
+        tail = tail if tail is not None else TraceTail(request_id, after)
+        backoff = Backoff()
+        down = False
+        listener: psycopg.Connection[Any] | None = None
+        try:
+            while True:
+                try:
+                    batch = self.poll_trace(tail)
+                except (JobqError, *DRIVER_ERRORS) as exc:
+                    error = _transient(exc)
+                    if not down and on_outage is not None:
+                        on_outage(error)
+                    down = True
+                    _close(listener)
+                    listener = None
+                    time.sleep(backoff.next())
+                    continue
+                if down and on_outage is not None:
+                    on_outage(None)
+                down = False
+                backoff.reset()
+                yield from batch
+                if tail.more:
+                    continue
+                if listener is None and self.queue.listens:
+                    listener = self._listener()
+                if listener is None:
+                    time.sleep(poll)
+                    continue
+                try:
+                    if list(listener.notifies(timeout=poll, stop_after=1)):
+                        # A burst of notifications wakes one poll, not one each.
+                        list(listener.notifies(timeout=0.0))
+                except DRIVER_ERRORS:
+                    _close(listener)
+                    listener = None
+        finally:
+            _close(listener)
+
+    def _listener(self) -> psycopg.Connection[Any] | None:
+        assert self.queue.conninfo is not None
+        conn = None
+        try:
+            conn = psycopg.connect(self.queue.conninfo, autocommit=True, connect_timeout=5,
+                                   application_name="jobq-follow")
+            for channel in (self.queue.names.channel, self.queue.names.done_channel):
+                conn.execute(psql.SQL("LISTEN {}").format(psql.Identifier(channel)))
+            return conn
+        except DRIVER_ERRORS:
+            _close(conn)
+            return None  # polling meanwhile; the next quiet moment tries again
+
     def select(self, filter: JobFilter | str) -> list[int]:
         return self.queue._run(matching_ids(self._st, as_filter(filter)))
 
@@ -530,22 +860,42 @@ class AsyncAdmin:
     async def migrate(self, *, dry_run: bool = True) -> list[str]:
         return await self.queue._run(migrate(self._st, dry_run), atomic=True, schema_op=True)
 
-    async def follow(self, request_id: str, *, after: int = 0,
-                     poll: float = FOLLOW_POLL) -> AsyncIterator[Event]:
-        """Every event under `request_id` as it happens (after event id `after`), forever.
+    async def poll_trace(self, tail: TraceTail) -> list[Event]:
+        """One poll of a follower: what `tail` has not delivered yet (see `TraceTail`)."""
+        return await self.queue._run(follow_step(self._st, tail))
+
+    async def follow(self, request_id: str, *, after: int = 0, poll: float = FOLLOW_POLL,
+                     tail: TraceTail | None = None,
+                     on_outage: OutageHook | None = None) -> AsyncIterator[Event]:
+        """Every event under `request_id` as it commits (after event id `after`), each once,
+        forever; see `Admin.follow`.
 
         Woken by the queue's NOTIFY channels (new and retried work, completions of waited-on
         jobs); every other transition is picked up by polling every `poll` seconds, which
         costs one index probe on the request id."""
+        tail = tail if tail is not None else TraceTail(request_id, after)
+        backoff = Backoff()
+        down = False
         wake = asyncio.Event()
-        listener = asyncio.create_task(self._listen(wake)) if self.queue.conninfo else None
+        listener = asyncio.create_task(self._listen(wake)) if self.queue.listens else None
         try:
             while True:
-                batch = await self.trace(request_id, after=after)
+                try:
+                    batch = await self.poll_trace(tail)
+                except (JobqError, *DRIVER_ERRORS) as exc:
+                    error = _transient(exc)
+                    if not down and on_outage is not None:
+                        on_outage(error)
+                    down = True
+                    await asyncio.sleep(backoff.next())
+                    continue
+                if down and on_outage is not None:
+                    on_outage(None)
+                down = False
+                backoff.reset()
                 for event in batch:
-                    after = event.id
                     yield event
-                if len(batch) == 1000:
+                if tail.more:
                     continue
                 wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -556,16 +906,34 @@ class AsyncAdmin:
                 await asyncio.gather(listener, return_exceptions=True)
 
     async def _listen(self, wake: asyncio.Event) -> None:
+        """LISTEN on the queue's channels and set `wake` on each notification; reconnects
+        after a failure with backoff (the follower polls meanwhile)."""
         assert self.queue.conninfo is not None
         names = self.queue.names
-        conn = await psycopg.AsyncConnection.connect(
-            self.queue.conninfo, autocommit=True, application_name="jobq-follow")
-        async with conn:
-            for channel in (names.channel, names.done_channel):
-                await conn.execute(psql.SQL("LISTEN {}").format(psql.Identifier(channel)))
-            async for _ in conn.notifies():
-                wake.set()
+        backoff = Backoff()
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self.queue.conninfo, autocommit=True, connect_timeout=5,
+                    application_name="jobq-follow")
+                async with conn:
+                    for channel in (names.channel, names.done_channel):
+                        await conn.execute(
+                            psql.SQL("LISTEN {}").format(psql.Identifier(channel)))
+                    backoff.reset()
+                    wake.set()  # anything that happened while not listening
+                    async for _ in conn.notifies():
+                        wake.set()
+            except DRIVER_ERRORS:
+                await asyncio.sleep(backoff.next())
 
 
-__all__ = ["Admin", "AsyncAdmin", "ClearPreview", "Count", "Event", "Finding", "JobDetail",
-           "JobRow", "Page", "Preview", "RepairResult", "TypeStats"]
+def _close(conn: psycopg.Connection[Any] | None) -> None:
+    if conn is not None:
+        with contextlib.suppress(*DRIVER_ERRORS):
+            conn.close()
+
+
+__all__ = ["Admin", "AsyncAdmin", "Backoff", "ClearPreview", "Count", "Event", "Finding",
+           "Holder", "JobDetail", "JobRow", "Page", "Preview", "RepairResult", "TraceTail",
+           "TypeStats"]

@@ -1,6 +1,14 @@
-"""Typed exceptions. Every error jobq raises on purpose is a `JobqError`."""
+"""Typed exceptions. Every error jobq raises is a `JobqError`; no driver error leaves the API.
+
+Driver errors are classified once, here, by SQLSTATE (`classify`). `TransientError`s may
+succeed when tried again (the runner retries them with backoff); the rest are permanent.
+"""
 
 from __future__ import annotations
+
+import psycopg
+from psycopg import errors as pg
+from psycopg_pool import PoolTimeout
 
 
 class JobqError(Exception):
@@ -30,12 +38,50 @@ class SchemaError(JobqError):
     """The queue tables are missing, foreign, or newer than this version of jobq."""
 
 
-class DatabaseUnavailableError(JobqError):
+class DatabaseError(JobqError):
+    """The database refused the statement for a reason that retrying will not fix.
+
+    `sqlstate` is the server's error code, when it sent one."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class TransientError(JobqError):
+    """A failure that may pass: the same call, tried again later, may succeed.
+
+    The statement had no effect, except after a broken connection (see
+    `DatabaseUnavailableError`)."""
+
+    sqlstate: str | None = None
+
+
+class DatabaseUnavailableError(TransientError):
     """The database could not be reached, or the connection broke mid-operation.
 
     When a connection breaks mid-statement the outcome is unknown; a claimed job that was
     never acknowledged comes back when its lease expires.
     """
+
+
+class PoolExhaustedError(TransientError):
+    """Every connection of the queue's pool stayed busy while the server was answering.
+
+    Raise `max_connections`, or do less at once; the database itself is fine."""
+
+
+class StatementTimeoutError(TransientError):
+    """The statement was cancelled: `statement_timeout` ran out, or someone cancelled it."""
+
+
+class LockTimeoutError(TransientError):
+    """A row or table lock was not granted within `lock_timeout`."""
+
+
+class SerializationError(TransientError):
+    """The server aborted the transaction to resolve a conflict: a deadlock, or a
+    serialization failure. It had no effect; running it again is safe."""
 
 
 class JobFailedError(JobqError):
@@ -53,3 +99,54 @@ class WaitTimeoutError(JobqError, TimeoutError):
 
 class UnknownTaskError(JobqError, LookupError):
     """No handler is registered for that task type in this runner."""
+
+
+class RunnerFailedError(JobqError):
+    """A loop of the task runner could not go on, so the runner stopped (`jobq worker` exits
+    with a non-zero status). Its unfinished jobs were handed back where the database allowed."""
+
+
+# SQLSTATE classes and codes that mean "try again". Class 08 is connection trouble, class 53
+# a server out of resources (disk, memory, connections); 57P01-03 a server shutting down,
+# crashing or starting.
+_UNAVAILABLE_CLASSES = ("08", "53")
+_UNAVAILABLE_CODES = {"57P01", "57P02", "57P03"}
+_TRANSIENT: dict[str, type[TransientError]] = {
+    "57014": StatementTimeoutError,   # query_canceled (statement_timeout, pg_cancel_backend)
+    "55P03": LockTimeoutError,        # lock_not_available (lock_timeout, NOWAIT)
+    "40001": SerializationError,      # serialization_failure
+    "40P01": SerializationError,      # deadlock_detected
+}
+
+
+def _detail(exc: BaseException) -> str:
+    # psycopg's messages name host and port but never the password.
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def classify(exc: BaseException, *, broken: bool = False) -> JobqError:
+    """The `JobqError` for a driver error. `broken`: the connection it ran on is gone."""
+    if isinstance(exc, JobqError):
+        return exc
+    if isinstance(exc, PoolTimeout):
+        return DatabaseUnavailableError(f"database unavailable: {_detail(exc)}")
+    state = getattr(exc, "sqlstate", None)
+    if state in _TRANSIENT:
+        error: TransientError = _TRANSIENT[state](_detail(exc))
+        error.sqlstate = state
+        return error
+    unreachable = state is not None and (
+        state[:2] in _UNAVAILABLE_CLASSES or state in _UNAVAILABLE_CODES)
+    if unreachable or broken or (
+            state is None and isinstance(exc, psycopg.OperationalError | OSError)):
+        unavailable = DatabaseUnavailableError(f"database unavailable: {_detail(exc)}")
+        unavailable.sqlstate = state
+        return unavailable
+    if isinstance(exc, pg.UndefinedTable | pg.UndefinedColumn | pg.InvalidSchemaName):
+        return SchemaError(f"the queue's tables are missing or incomplete ({_detail(exc)}); "
+                           "run `jobq migrate`")
+    return DatabaseError(f"database error: {_detail(exc)}", state)
+
+
+#: What `classify` takes: driver errors, and the pool's and the socket's own.
+DRIVER_ERRORS = (psycopg.Error, PoolTimeout, OSError)

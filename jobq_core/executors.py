@@ -90,6 +90,7 @@ class ChildSettings:
 
     conninfo: str | None
     table: str
+    pgbouncer: bool = False
 
 
 class ProcessContext:
@@ -130,7 +131,8 @@ def _child_queue(settings: ChildSettings) -> JobQueue:
     from .queue import JobQueue  # imported here: a child only needs it when asked
 
     assert settings.conninfo is not None
-    return JobQueue(settings.conninfo, table=settings.table, max_connections=1)
+    return JobQueue(settings.conninfo, table=settings.table, max_connections=1,
+                    pgbouncer=settings.pgbouncer)
 
 
 def bound_logger(job: Job) -> JobLogger:
@@ -222,6 +224,9 @@ class ProcessPool:
         self._idle: list[_Worker] = []
         self._busy: set[_Worker] = set()
         self._slots: asyncio.Semaphore | None = None
+        # One waiting thread per worker process, of its own: waits for children never take
+        # the threads that database calls (or anything else on the default executor) need.
+        self._waiters = DaemonThreadPool(size, name="jobq-process-wait")
 
     async def run(self, fn: Callable[..., Any], payload: Any, job: Job, timeout: float | None,
                   abandon: threading.Event) -> Any:
@@ -229,11 +234,14 @@ class ProcessPool:
             self._slots = asyncio.Semaphore(self.size)
         async with self._slots:
             worker = self._idle.pop() if self._idle else None
+            loop = asyncio.get_running_loop()
             if worker is None or not worker.healthy:
-                worker = await asyncio.to_thread(_Worker, self._context, self._settings)
+                worker = await loop.run_in_executor(
+                    self._waiters, _Worker, self._context, self._settings)
             self._busy.add(worker)
             try:
-                return await asyncio.to_thread(worker.call, fn, payload, job, timeout, abandon)
+                return await loop.run_in_executor(
+                    self._waiters, worker.call, fn, payload, job, timeout, abandon)
             finally:
                 self._busy.discard(worker)
                 if worker.healthy:
@@ -244,3 +252,4 @@ class ProcessPool:
             worker.kill()
         self._idle.clear()
         self._busy.clear()
+        self._waiters.shutdown(wait=False)

@@ -8,6 +8,7 @@ returned: once a lease is lost, its holder gets `LeaseLostError` and the row is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import threading
@@ -25,7 +26,14 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from . import _ops, schema
 from ._ops import Op
 from .durations import parse_duration
-from .errors import DatabaseUnavailableError, WaitTimeoutError
+from .errors import (
+    DRIVER_ERRORS,
+    DatabaseError,
+    JobqError,
+    PoolExhaustedError,
+    WaitTimeoutError,
+    classify,
+)
 from .models import Job, NewJob, validate_lease_ms
 from .sql import Names, Statements
 
@@ -43,16 +51,31 @@ def default_worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _unavailable(exc: BaseException) -> DatabaseUnavailableError:
-    # psycopg's messages carry the host and port but never the password.
-    detail = str(exc).strip() or type(exc).__name__
-    return DatabaseUnavailableError(f"database unavailable: {detail}")
+def _is_broken(conn: Any) -> bool:
+    return conn is not None and bool(conn.broken or conn.closed)
 
 
-def _is_connection_failure(exc: BaseException, conn: Any) -> bool:
-    return isinstance(exc, psycopg.OperationalError) and (
-        conn is None or conn.broken or conn.closed
-    )
+def _pool_is_full(pool: ConnectionPool | AsyncConnectionPool) -> bool:
+    """Whether every connection the pool may open is open and lent out."""
+    stats = pool.get_stats()
+    return stats["pool_size"] >= pool.max_size and stats["pool_available"] == 0
+
+
+def _why_no_connection(exc: BaseException, full: bool, probe: BaseException | None,
+                       max_size: int) -> JobqError:
+    """A pool timeout, told apart: a full pool on a live server, a server that refuses the
+    connection's settings (PgBouncer and startup options), or a database that is down."""
+    if full or probe is None:
+        return PoolExhaustedError(
+            f"all {max_size} connections of the queue's pool stayed busy for "
+            f"{CONNECT_TIMEOUT:.0f} s while the server answered; raise max_connections or do "
+            "less at once")
+    text = " ".join(str(probe).split())
+    if "unsupported startup parameter" in text:
+        return DatabaseError(
+            f"the server refused the connection: {text}; behind PgBouncer in transaction "
+            "mode, build the queue with pgbouncer=True", getattr(probe, "sqlstate", None))
+    return classify(probe) if not isinstance(probe, PoolTimeout) else classify(exc)
 
 
 #: Seconds between checks while waiting for a job, should a NOTIFY go missing.
@@ -85,6 +108,17 @@ class _QueueCore:
     @property
     def table(self) -> str:
         return self.names.display
+
+    @property
+    def max_connections(self) -> int:
+        """How many connections the queue may use at once (1 on a bare connection)."""
+        pool = getattr(self, "_pool", None)
+        return pool.max_size if pool is not None else 1
+
+    @property
+    def listens(self) -> bool:
+        """Whether LISTEN can work: a DSN to connect with, and no PgBouncer in between."""
+        return self.conninfo is not None and not getattr(self, "pgbouncer", False)
 
     def _pool_args(self, max_connections: int, pgbouncer: bool) -> dict[str, Any]:
         """The arguments of the pool a queue builds for itself from a DSN."""
@@ -215,6 +249,8 @@ class JobQueue(_QueueCore):
         else:
             raise TypeError("target must be a DSN, a psycopg Connection or a ConnectionPool")
         self._pool_opened = False
+        self.pgbouncer = pgbouncer
+        self._done = _DoneListener(self)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -238,15 +274,29 @@ class JobQueue(_QueueCore):
             with self._pool.connection() as conn:
                 yield conn
         except PoolTimeout as exc:
-            raise _unavailable(exc) from exc
-        except psycopg.OperationalError as exc:
-            if _is_connection_failure(exc, conn):
-                if self._pool is not None:
-                    # After a restart every idle connection is dead: replace them all now,
-                    # so that an outage fails one call, not one per pooled connection.
+            assert self._pool is not None
+            raise self._no_connection(exc) from None
+        except DRIVER_ERRORS as exc:
+            error = classify(exc, broken=_is_broken(conn))
+            if _is_broken(conn) and self._pool is not None:
+                # After a restart every idle connection is dead: replace them all now,
+                # so that an outage fails one call, not one per pooled connection.
+                with contextlib.suppress(*DRIVER_ERRORS):
                     self._pool.check()
-                raise _unavailable(exc) from exc
-            raise
+            raise error from None
+
+    def _no_connection(self, exc: PoolTimeout) -> JobqError:
+        assert self._pool is not None
+        full = _pool_is_full(self._pool)
+        probe: BaseException | None = None
+        kwargs = self._pool.kwargs
+        if not full and isinstance(self._pool.conninfo, str) and isinstance(kwargs, dict):
+            # One direct attempt names the real cause, which the pool only logs.
+            try:
+                psycopg.connect(self._pool.conninfo, **{**kwargs, "connect_timeout": 5}).close()
+            except DRIVER_ERRORS as failed:
+                probe = failed
+        return _why_no_connection(exc, full, probe, self._pool.max_size)
 
     def _run(
         self, op: Op[T], conn: psycopg.Connection[Any] | None = None, *, atomic: bool = False,
@@ -259,7 +309,13 @@ class JobQueue(_QueueCore):
         if not self._ready and not schema_op:
             self.migrate()
         if conn is not None:  # the caller's connection and transaction: they commit
-            return _run_sync(conn, op)
+            try:
+                if atomic and conn.autocommit:  # no transaction of theirs to be part of
+                    with conn.transaction():
+                        return _run_sync(conn, op)
+                return _run_sync(conn, op)
+            except DRIVER_ERRORS as exc:
+                raise classify(exc, broken=_is_broken(conn)) from None
         with self.connection() as own:
             if own.autocommit and not atomic:
                 return _run_sync(own, op)
@@ -274,6 +330,7 @@ class JobQueue(_QueueCore):
         return applied
 
     def close(self) -> None:
+        self._done.close()
         if self._owns_pool and self._pool is not None and self._pool_opened:
             self._pool.close()
 
@@ -336,6 +393,11 @@ class JobQueue(_QueueCore):
         """Complete many claimed jobs in one statement; returns the ids whose lease held."""
         return self._run(_ops.complete_many(self.statements, list(jobs), results))
 
+    def acked(self, jobs: Sequence[Job]) -> set[int]:
+        """The ids of these claimed jobs that were completed in the attempt they were claimed
+        for: after a broken connection, whether an ack committed."""
+        return self._run(_ops.acked(self.statements, list(jobs)))
+
     def fail(
         self, job: Job | int, *, reason: str, retry: bool = False,
         run_at: datetime | timedelta | None = None,
@@ -381,30 +443,78 @@ class JobQueue(_QueueCore):
     def wait(self, job_id: int, timeout: float | None = None) -> Any:
         """Block until the job completes and return its result, or raise `JobFailedError`.
 
-        Woken by NOTIFY, with a check every second as a fallback; `WaitTimeoutError` after
-        `timeout` seconds."""
+        Woken by NOTIFY on one listening connection per queue, whatever the number of
+        waiters, with a check every second as a fallback; `WaitTimeoutError` after `timeout`
+        seconds."""
         deadline = _deadline(timeout)
-        listener = None
-        if self.conninfo is not None:
-            listener = psycopg.connect(self.conninfo, autocommit=True,
-                                       application_name=APPLICATION_NAME)
+        woken = self._done.register(job_id)
         try:
-            if listener is not None:
-                listener.execute(self._listen_sql())
             while True:
                 done = self._run(_ops.outcome(self.statements, job_id, arm=True))
                 if done.finished:
                     return _ops.finished_result(job_id, done)
-                pause = _remaining(job_id, deadline)
-                if listener is None:
-                    time.sleep(pause)
-                    continue
-                for note in listener.notifies(timeout=pause):
-                    if note.payload == str(job_id):
-                        break
+                woken.wait(_remaining(job_id, deadline))
+                woken.clear()
         finally:
-            if listener is not None:
-                listener.close()
+            self._done.unregister(job_id, woken)
+
+
+class _DoneListener:
+    """One LISTEN connection per sync queue, in a daemon thread, that wakes the waiters of
+    each finished job. Started by the first `wait`; without a DSN, waiters simply poll."""
+
+    def __init__(self, queue: JobQueue) -> None:
+        self._queue = queue
+        self._lock = threading.Lock()
+        self._waiters: dict[int, list[threading.Event]] = {}
+        self._thread: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    def register(self, job_id: int) -> threading.Event:
+        woken = threading.Event()
+        with self._lock:
+            self._waiters.setdefault(job_id, []).append(woken)
+            if self._thread is None and self._queue.listens:
+                self._thread = threading.Thread(target=self._serve, daemon=True,
+                                                name="jobq-wait-listener")
+                self._thread.start()
+        return woken
+
+    def unregister(self, job_id: int, woken: threading.Event) -> None:
+        with self._lock:
+            left = [w for w in self._waiters.get(job_id, []) if w is not woken]
+            if left:
+                self._waiters[job_id] = left
+            else:
+                self._waiters.pop(job_id, None)
+
+    def _wake(self, payload: str | None) -> None:
+        with self._lock:
+            for job_id, events in self._waiters.items():
+                if payload is None or str(job_id) == payload:
+                    for woken in events:
+                        woken.set()
+
+    def _serve(self) -> None:
+        assert self._queue.conninfo is not None
+        delay = 0.2
+        while not self._closed.is_set():
+            try:
+                with psycopg.connect(self._queue.conninfo, autocommit=True,
+                                     application_name=APPLICATION_NAME) as conn:
+                    conn.execute(self._queue._listen_sql())
+                    delay = 0.2
+                    self._wake(None)  # anything that finished while we were not listening
+                    while not self._closed.is_set():
+                        for note in conn.notifies(timeout=WAIT_POLL):
+                            self._wake(note.payload)
+            except DRIVER_ERRORS:
+                # Waiters fall back to their one-second check meanwhile.
+                self._closed.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+    def close(self) -> None:
+        self._closed.set()
 
 
 class AsyncJobQueue(_QueueCore):
@@ -431,6 +541,8 @@ class AsyncJobQueue(_QueueCore):
                 "target must be a DSN, a psycopg AsyncConnection or an AsyncConnectionPool"
             )
         self._pool_opened = False
+        self.pgbouncer = pgbouncer
+        self._done = _AsyncDoneListener(self)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -450,13 +562,26 @@ class AsyncJobQueue(_QueueCore):
             async with self._pool.connection() as conn:
                 yield conn
         except PoolTimeout as exc:
-            raise _unavailable(exc) from exc
-        except psycopg.OperationalError as exc:
-            if _is_connection_failure(exc, conn):
-                if self._pool is not None:
+            raise (await self._no_connection(exc)) from None
+        except DRIVER_ERRORS as exc:
+            error = classify(exc, broken=_is_broken(conn))
+            if _is_broken(conn) and self._pool is not None:
+                with contextlib.suppress(*DRIVER_ERRORS):
                     await self._pool.check()
-                raise _unavailable(exc) from exc
-            raise
+            raise error from None
+
+    async def _no_connection(self, exc: PoolTimeout) -> JobqError:
+        assert self._pool is not None
+        full = _pool_is_full(self._pool)
+        probe: BaseException | None = None
+        kwargs = self._pool.kwargs
+        if not full and isinstance(self._pool.conninfo, str) and isinstance(kwargs, dict):
+            try:
+                await (await psycopg.AsyncConnection.connect(
+                    self._pool.conninfo, **{**kwargs, "connect_timeout": 5})).close()
+            except DRIVER_ERRORS as failed:
+                probe = failed
+        return _why_no_connection(exc, full, probe, self._pool.max_size)
 
     async def _run(
         self, op: Op[T], conn: psycopg.AsyncConnection[Any] | None = None, *,
@@ -465,7 +590,13 @@ class AsyncJobQueue(_QueueCore):
         if not self._ready and not schema_op:
             await self.migrate()
         if conn is not None:
-            return await _run_async(conn, op)
+            try:
+                if atomic and conn.autocommit:
+                    async with conn.transaction():
+                        return await _run_async(conn, op)
+                return await _run_async(conn, op)
+            except DRIVER_ERRORS as exc:
+                raise classify(exc, broken=_is_broken(conn)) from None
         async with self.connection() as own:
             if own.autocommit and not atomic:
                 return await _run_async(own, op)
@@ -479,6 +610,7 @@ class AsyncJobQueue(_QueueCore):
         return applied
 
     async def close(self) -> None:
+        await self._done.close()
         if self._owns_pool and self._pool is not None and self._pool_opened:
             await self._pool.close()
 
@@ -530,6 +662,9 @@ class AsyncJobQueue(_QueueCore):
     ) -> list[int]:
         return await self._run(_ops.complete_many(self.statements, list(jobs), results))
 
+    async def acked(self, jobs: Sequence[Job]) -> set[int]:
+        return await self._run(_ops.acked(self.statements, list(jobs)))
+
     async def fail(
         self, job: Job | int, *, reason: str, retry: bool = False,
         run_at: datetime | timedelta | None = None,
@@ -563,27 +698,73 @@ class AsyncJobQueue(_QueueCore):
 
     async def wait(self, job_id: int, timeout: float | None = None) -> Any:
         deadline = _deadline(timeout)
-        listener = None
-        if self.conninfo is not None:
-            listener = await psycopg.AsyncConnection.connect(
-                self.conninfo, autocommit=True, application_name=APPLICATION_NAME)
+        woken = self._done.register(job_id)
         try:
-            if listener is not None:
-                await listener.execute(self._listen_sql())
             while True:
                 done = await self._run(_ops.outcome(self.statements, job_id, arm=True))
                 if done.finished:
                     return _ops.finished_result(job_id, done)
                 pause = _remaining(job_id, deadline)
-                if listener is None:
-                    await asyncio.sleep(pause)
-                    continue
-                async for note in listener.notifies(timeout=pause):
-                    if note.payload == str(job_id):
-                        break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), pause)
+                woken.clear()
         finally:
-            if listener is not None:
-                await listener.close()
+            self._done.unregister(job_id, woken)
+
+
+class _AsyncDoneListener:
+    """The asyncio twin of `_DoneListener`: one task and one connection per queue and loop."""
+
+    def __init__(self, queue: AsyncJobQueue) -> None:
+        self._queue = queue
+        self._waiters: dict[int, list[asyncio.Event]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def register(self, job_id: int) -> asyncio.Event:
+        woken = asyncio.Event()
+        self._waiters.setdefault(job_id, []).append(woken)
+        loop = asyncio.get_running_loop()
+        if self._queue.listens and (
+                self._task is None or self._task.done() or self._task.get_loop() is not loop):
+            self._task = loop.create_task(self._serve(), name="jobq-wait-listener")
+        return woken
+
+    def unregister(self, job_id: int, woken: asyncio.Event) -> None:
+        left = [w for w in self._waiters.get(job_id, []) if w is not woken]
+        if left:
+            self._waiters[job_id] = left
+        else:
+            self._waiters.pop(job_id, None)
+
+    def _wake(self, payload: str | None) -> None:
+        for job_id, events in self._waiters.items():
+            if payload is None or str(job_id) == payload:
+                for woken in events:
+                    woken.set()
+
+    async def _serve(self) -> None:
+        assert self._queue.conninfo is not None
+        delay = 0.2
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                        self._queue.conninfo, autocommit=True,
+                        application_name=APPLICATION_NAME) as conn:
+                    await conn.execute(self._queue._listen_sql())
+                    delay = 0.2
+                    self._wake(None)
+                    async for note in conn.notifies():
+                        self._wake(note.payload)
+            except DRIVER_ERRORS:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                await self._task
+        self._task = None
 
 
 def create_job_queue(

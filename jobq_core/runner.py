@@ -20,15 +20,17 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import json
 import logging
+import os
 import random
 import signal
 import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal, TypedDict, Unpack
 
@@ -37,12 +39,16 @@ from psycopg import sql
 
 from ._ops import finished_result
 from .errors import (
+    DRIVER_ERRORS,
     DatabaseUnavailableError,
     InvalidInputError,
     JobqError,
     LeaseLostError,
+    RunnerFailedError,
+    TransientError,
     UnknownTaskError,
     WaitTimeoutError,
+    classify,
 )
 from .executors import (
     AttemptCancelledError,
@@ -59,6 +65,20 @@ log = logging.getLogger("jobq.runner")
 
 #: `serve(until_idle=True)` keeps going while one of its own retries is due this soon (s).
 IDLE_GRACE = 1.0
+#: A background loop that fails with errors that retrying will not fix (a bug, a missing
+#: table, a refused permission) this many times in a row, for at least this many seconds,
+#: stops the runner. Transient errors (an outage, timeouts) are retried for as long as they
+#: last.
+PERMANENT_FAILURES, PERMANENT_SECONDS = 5, 30.0
+#: Seconds a graceful stop lets an in-flight claim finish before it is abandoned.
+STOP_GRACE = 1.0
+#: Backoff of a failing loop: from this many seconds, doubling, jittered, up to the cap.
+BACKOFF_BASE, BACKOFF_CAP = 0.1, 5.0
+#: Seconds a loop's database call may take before it is reported as hung and retried.
+CALL_TIMEOUT = 60.0
+#: Threads for a sync queue's calls from the background loops (claim, heartbeat, acks), kept
+#: apart from the threads that handlers' own calls (fail, ctx.enqueue) use.
+LOOP_THREADS = 3
 
 Executor = Literal["thread", "process", "async"]
 Backoff = Callable[[int], float]
@@ -120,6 +140,48 @@ class RunnerEvent:
     result: Any = None
 
 
+@dataclass
+class LoopHealth:
+    """How one background loop is doing: `failures` counts its failed iterations in a row,
+    `permanent` those of them in a row that retrying cannot fix, since `permanent_since`."""
+
+    failures: int = 0
+    permanent: int = 0
+    permanent_since: float | None = None
+    last_ok: float | None = None
+    last_error: str | None = None
+    _delay: float = field(default=BACKOFF_BASE, repr=False)
+
+    def ok(self) -> None:
+        self.failures = self.permanent = 0
+        self.permanent_since = None
+        self.last_ok = time.time()
+        self._delay = BACKOFF_BASE
+
+    def failed(self, exc: BaseException) -> float:
+        """Count a failure; returns the jittered pause before the next try."""
+        self.failures += 1
+        if isinstance(exc, TransientError):
+            self.permanent, self.permanent_since = 0, None
+        else:
+            self.permanent += 1
+            if self.permanent_since is None:
+                self.permanent_since = time.monotonic()
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        pause = self._delay / 2 + random.uniform(0, self._delay / 2)
+        self._delay = min(self._delay * 2, BACKOFF_CAP)
+        return pause
+
+    @property
+    def hopeless(self) -> bool:
+        """Failing for good: permanent errors only, often enough and for long enough."""
+        return (self.permanent >= PERMANENT_FAILURES and self.permanent_since is not None
+                and time.monotonic() - self.permanent_since >= PERMANENT_SECONDS)
+
+    def reset_backoff(self) -> None:
+        self._delay = BACKOFF_BASE
+
+
 class Context:
     """`ctx`, the second argument of every handler (thread and async executors)."""
 
@@ -176,6 +238,8 @@ class _Attempt:
     deadline: float
     cancel_reason: str | None = None
     handler: asyncio.Task[Any] | None = None
+    #: Finished and handed to the acker: a beat that misses it is no proof of a lost lease.
+    acking: bool = False
     _cancelled: threading.Event | None = None
 
     @property
@@ -216,6 +280,7 @@ class TaskRunner:
         worker_name: str | None = None,
         process_workers: int | None = None,
         on_event: Callable[[RunnerEvent], None] | None = None,
+        health_file: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidInputError(f"concurrency must be a positive integer, got {concurrency!r}")
@@ -226,8 +291,13 @@ class TaskRunner:
         self.poll_interval = poll_interval
         self.notify = notify
         self.lease_ms = validate_lease_ms(lease_ms or queue.default_lease_ms)
-        self.heartbeat_interval = heartbeat_interval or self.lease_ms / 3000
+        if heartbeat_interval is not None and not heartbeat_interval > 0:
+            raise InvalidInputError(
+                f"heartbeat_interval must be positive, got {heartbeat_interval!r}")
+        self._heartbeat_interval = heartbeat_interval
+        self._check_lease(self.lease_ms, "the runner's lease_ms")
         self.shutdown_timeout = shutdown_timeout
+        self.health_file = os.fspath(health_file) if health_file is not None else None
         self.worker_name = worker_name or default_worker_name()
         self.process_workers = process_workers or concurrency
         self.counters: Counter[str] = Counter()
@@ -245,6 +315,11 @@ class TaskRunner:
         self._hard_stop: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
         self._acks: asyncio.Queue[tuple[_Attempt, Any, float]] | None = None
+        self._loops: dict[str, LoopHealth] = {}
+        self._status = "stopped"
+        self._fatal: BaseException | None = None
+        self._loop_threads: DaemonThreadPool | None = None
+        self._call_threads: DaemonThreadPool | None = None
 
     # -- registration -----------------------------------------------------------------------
 
@@ -285,15 +360,66 @@ class TaskRunner:
         if chosen not in ("thread", "process", "async") or (chosen == "async") != is_async:
             raise InvalidInputError(
                 f"executor {chosen!r} does not fit {'an async' if is_async else 'a sync'} handler")
+        if lease_ms is not None:
+            lease_ms = validate_lease_ms(lease_ms)
+            self._check_lease(lease_ms, f"task {name!r}'s lease_ms")
         self._tasks[name] = Task(
             name, fn, max_attempts, options.get("backoff") or exponential_backoff(), timeout,
-            chosen, options.get("retry_on"),
-            validate_lease_ms(lease_ms) if lease_ms is not None else None,
+            chosen, options.get("retry_on"), lease_ms,
         )
 
     @property
     def task_types(self) -> list[str]:
         return sorted(self._tasks)
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between heartbeats: as given, or a third of the shortest lease in use, so
+        that every lease is renewed at least twice before it could run out."""
+        if self._heartbeat_interval is not None:
+            return self._heartbeat_interval
+        shortest = min([self.lease_ms, *(t.lease_ms for t in self._tasks.values() if t.lease_ms)])
+        return shortest / 3000
+
+    def _check_lease(self, lease_ms: int, what: str) -> None:
+        """Refuse a lease that the heartbeat cannot keep alive: it must be renewed at least
+        twice before it runs out."""
+        interval = self._heartbeat_interval
+        if interval is not None and lease_ms < 2 * interval * 1000:
+            raise InvalidInputError(
+                f"{what} of {lease_ms} ms cannot be kept alive by a heartbeat every "
+                f"{interval} s: use a lease of at least {int(2 * interval * 1000)} ms or a "
+                "shorter heartbeat_interval")
+
+    def health(self) -> dict[str, Any]:
+        """What a supervisor needs: `status` is ok, degraded (a loop is failing and retrying),
+        failed (the runner stopped on an error) or stopped; per loop, failures in a row and
+        the last success and error. `health_file` holds the same, rewritten at every beat."""
+        status = self._status
+        if status == "ok" and any(h.failures for h in self._loops.values()):
+            status = "degraded"
+        return {
+            "status": status,
+            "updated": time.time(),
+            "worker": self.worker_name,
+            "pid": os.getpid(),
+            "in_flight": len(self._running),
+            "free_slots": max(self.concurrency - len(self._running) - self._stuck_threads, 0),
+            "error": None if self._fatal is None else str(self._fatal),
+            "loops": {name: {"failures": h.failures, "last_ok": h.last_ok,
+                             "last_error": h.last_error} for name, h in self._loops.items()},
+        }
+
+    def _write_health(self) -> None:
+        if self.health_file is None:
+            return
+        temporary = f"{self.health_file}.tmp"
+        try:
+            with open(temporary, "w", encoding="utf-8") as out:
+                json.dump(self.health(), out)
+            os.replace(temporary, self.health_file)
+        except OSError as exc:
+            log.warning("could not write the health file %s: %s", self.health_file, exc)
 
     def on_event(self, callback: Callable[[RunnerEvent], None]) -> None:
         self._listeners.append(callback)
@@ -301,10 +427,70 @@ class TaskRunner:
     # -- queue access: either twin ------------------------------------------------------------
 
     async def _queue_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """A queue call for a handler or an attempt (fail, complete, ctx.enqueue)."""
+        return await self._call(self._call_threads, method, *args, **kwargs)
+
+    async def _loop_call(self, loop: str, method: str, *args: Any,
+                         timeout: float | None = None, **kwargs: Any) -> Any:
+        """A background loop's queue call: on threads of the loops' own (sync queue), and
+        bounded in time, so a call that hangs is reported and retried, never waited on."""
+        timeout = CALL_TIMEOUT if timeout is None else timeout
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._call(self._loop_threads, method, *args, **kwargs)
+        except TimeoutError:
+            raise TransientError(
+                f"the {loop} loop's {method} did not answer within {timeout:.1f} s") from None
+
+    async def _call(self, threads: DaemonThreadPool | None, method: str, *args: Any,
+                    **kwargs: Any) -> Any:
         fn = getattr(self.queue, method)
         if isinstance(self.queue, AsyncJobQueue):
             return await fn(*args, **kwargs)
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        # Never the loop's default executor, where process waits and user code also run.
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(threads, functools.partial(fn, *args, **kwargs))
+
+    def _db_ok(self, loop: str) -> None:
+        """A loop's call succeeded: the database answers, so a claim loop that is backing off
+        may try again now."""
+        health = self._loops.setdefault(loop, LoopHealth())
+        health.ok()
+        claim = self._loops.get("claim")
+        if loop != "claim" and claim is not None and claim.failures:
+            claim.reset_backoff()
+            self._wake_up()
+
+    async def _recover(self, loop: str, exc: BaseException, *,
+                       wait: Callable[[float], Awaitable[None]] | None = None,
+                       sleep: bool = True) -> float:
+        """One failed iteration of a background loop: log it with context, back off with
+        jitter (or, without `sleep`, return the pause), and go on. Too many permanent
+        failures in a row stop the runner."""
+        error = classify(exc) if isinstance(exc, DRIVER_ERRORS) else exc
+        health = self._loops.setdefault(loop, LoopHealth())
+        pause = health.failed(error)
+        self.counters[f"{loop}_errors"] += 1
+        if not isinstance(error, TransientError):
+            if health.hopeless:
+                raise RunnerFailedError(
+                    f"the {loop} loop failed {health.permanent} times in a row over "
+                    f"{PERMANENT_SECONDS:.0f} s: {type(error).__name__}: {error}") from exc
+            log.error("%s loop failed (%d in a row), retrying in %.1fs: %s: %s", loop,
+                      health.failures, pause, type(error).__name__, error,
+                      exc_info=not isinstance(error, JobqError))
+            wait = None  # no early wakeup: a NOTIFY does not make it fixable
+        else:
+            log.warning("%s loop: %s; retrying in %.1fs (%d in a row)", loop, error, pause,
+                        health.failures)
+        self._write_health()
+        if not sleep:
+            return pause
+        if wait is not None:
+            await wait(pause)
+        else:
+            await asyncio.sleep(pause)
+        return pause
 
     # -- serving ----------------------------------------------------------------------------
 
@@ -338,7 +524,11 @@ class TaskRunner:
 
     async def serve(self, *, until_idle: bool = False, handle_signals: bool = False) -> None:
         """Claim and run jobs until stopped; with `until_idle`, until nothing is claimable and
-        no retry this runner scheduled is due within `IDLE_GRACE` seconds."""
+        no retry this runner scheduled is due within `IDLE_GRACE` seconds.
+
+        Every background loop survives any error: it logs it, backs off with jitter and goes
+        on. One that cannot go on stops the runner, and then this raises
+        `RunnerFailedError`: a runner never hangs silently."""
         if not self._tasks:
             raise InvalidInputError("register at least one task before serving")
         self._start_loop_state()
@@ -348,42 +538,23 @@ class TaskRunner:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
-        background = [asyncio.create_task(self._heartbeats(), name="jobq-heartbeat"),
-                      asyncio.create_task(self._acker(), name="jobq-acker")]
-        if self.notify and self.queue.conninfo is not None:
-            background.append(asyncio.create_task(self._listen(), name="jobq-listener"))
+        self._fatal = None
+        self._status = "ok"
+        self._loops = {name: LoopHealth() for name in ("claim", "heartbeat", "ack")}
+        background = [self._side_task(self._heartbeats(), "heartbeat"),
+                      self._side_task(self._acker(), "ack")]
+        if self.notify and self.queue.listens:
+            background.append(self._side_task(self._listen(), "listener"))
+        log.info("serving %s with concurrency %d as %s (heartbeat every %.1fs)",
+                 ", ".join(self.task_types), self.concurrency, self.worker_name,
+                 self.heartbeat_interval)
         attempts: set[asyncio.Task[Any]] = set()
-        failures = 0
+        claiming = asyncio.create_task(self._claim_loop(attempts, until_idle),
+                                       name="jobq-claim")
         try:
-            while not self._stop.is_set():
-                free = self.concurrency - len(self._running) - self._stuck_threads
-                self._wake.clear()
-                self._waiting_for_slot = free <= 0
-                if self._waiting_for_slot:
-                    await self._wait_for(self._wake, self.poll_interval)
-                    continue
-                try:
-                    jobs = await self._queue_call(
-                        "claim_many", free, types=self.task_types, lease_ms=self.lease_ms,
-                        worker=self.worker_name)
-                    failures = 0
-                except DatabaseUnavailableError as exc:
-                    failures += 1
-                    self.counters["db_errors"] += 1
-                    log.warning("claim failed (%s); retrying", exc)
-                    await self._wait_for(self._stop, min(30.0, 0.2 * 2 ** failures))
-                    continue
-                for job in jobs:
-                    # Registered before the task starts, so the next claim sees the slot taken.
-                    attempt = asyncio.create_task(self._attempt(self._begin(job)))
-                    attempts.add(attempt)
-                    attempt.add_done_callback(attempts.discard)
-                    attempt.add_done_callback(self._slot_freed)
-                if len(jobs) == free:
-                    continue  # there may be more: claim again as soon as a slot frees
-                if until_idle and not jobs and not self._running and not self._retry_due_soon():
-                    break
-                await self._wait_for(self._wake, self.poll_interval)
+            await self._until_stopped(claiming)
+        except RunnerFailedError as exc:
+            self._fatal = exc
         finally:
             await self._shutdown(attempts)
             for task in background:
@@ -393,6 +564,84 @@ class TaskRunner:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
             self._close_executors()
+            self._status = "failed" if self._fatal is not None else "stopped"
+            self._write_health()
+            log.info("stopped: %s", ", ".join(f"{k} {v}" for k, v in sorted(
+                self.counters.items())) or "no jobs run")
+        if self._fatal is not None:
+            log.critical("runner stopped: %s", self._fatal)
+            if isinstance(self._fatal, RunnerFailedError):
+                raise self._fatal
+            raise RunnerFailedError(str(self._fatal)) from self._fatal
+
+    def _side_task(self, body: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A supervised background loop: if it ever ends, other than by being cancelled at
+        shutdown, the runner stops (as Procrastinate's worker watches its side tasks)."""
+        task = asyncio.create_task(body, name=f"jobq-{name}")
+
+        def ended(done: asyncio.Task[None]) -> None:
+            if done.cancelled() or (self._stop is not None and self._stop.is_set()
+                                    and self._fatal is None and done.exception() is None):
+                return
+            error = done.exception()
+            if self._fatal is None:
+                self._fatal = error if isinstance(error, RunnerFailedError) else \
+                    RunnerFailedError(f"the {name} loop ended: {error!r}")
+            self.request_stop(immediately=True)
+
+        task.add_done_callback(ended)
+        return task
+
+    async def _until_stopped(self, claiming: asyncio.Task[None]) -> None:
+        """Wait for the claim loop to end. Once a stop is asked for, an in-flight claim gets
+        `STOP_GRACE` seconds (none on a hard stop): a claim that hangs never holds up a stop.
+        Jobs an abandoned claim took come back when their lease runs out."""
+        assert self._stop is not None and self._hard_stop is not None
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({claiming, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not claiming.done():
+                grace = 0.0 if self._hard_stop.is_set() else STOP_GRACE
+                await asyncio.wait({claiming}, timeout=grace)
+        finally:
+            stopped.cancel()
+            if not claiming.done():
+                claiming.cancel()
+                await asyncio.gather(claiming, return_exceptions=True)
+        if not claiming.cancelled():
+            claiming.result()  # a RunnerFailedError of the loop
+
+    async def _claim_loop(self, attempts: set[asyncio.Task[Any]], until_idle: bool) -> None:
+        assert self._stop is not None and self._wake is not None
+        wake = self._wake
+        while not self._stop.is_set():
+            free = self.concurrency - len(self._running) - self._stuck_threads
+            self._wake.clear()
+            self._waiting_for_slot = free <= 0
+            if self._waiting_for_slot:
+                await self._wait_for(self._wake, self.poll_interval)
+                continue
+            try:
+                jobs = await self._loop_call(
+                    "claim", "claim_many", free, types=self.task_types, lease_ms=self.lease_ms,
+                    worker=self.worker_name)
+            except Exception as exc:
+                # A NOTIFY or another loop's success (the database is back) ends the pause.
+                await self._recover("claim", exc,
+                                    wait=lambda pause: self._wait_for(wake, pause))
+                continue
+            self._db_ok("claim")
+            for job in jobs:
+                # Registered before the task starts, so the next claim sees the slot taken.
+                attempt = asyncio.create_task(self._attempt(self._begin(job, self.lease_ms)))
+                attempts.add(attempt)
+                attempt.add_done_callback(attempts.discard)
+                attempt.add_done_callback(self._slot_freed)
+            if len(jobs) == free:
+                continue  # there may be more: claim again as soon as a slot frees
+            if until_idle and not jobs and not self._running and not self._retry_due_soon():
+                break
+            await self._wait_for(self._wake, self.poll_interval)
 
     def _slot_freed(self, _: object) -> None:
         # Wake the claim loop only if it is waiting for a slot (or for the idle check): a
@@ -411,6 +660,11 @@ class TaskRunner:
             self._wake.set()
 
     def _start_loop_state(self) -> None:
+        if isinstance(self.queue, JobQueue):
+            # Daemon threads: a call that hangs in the driver never holds up process exit.
+            self._loop_threads = DaemonThreadPool(LOOP_THREADS, name="jobq-loop")
+            self._call_threads = DaemonThreadPool(
+                max(2, self.queue.max_connections - LOOP_THREADS), name="jobq-db")
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._hard_stop = asyncio.Event()
@@ -443,8 +697,9 @@ class TaskRunner:
             attempt.cancel("shutdown")
         if unfinished:
             try:
-                released = await self._queue_call(
-                    "release", [a.job for a in unfinished], reason="handed back at shutdown")
+                released = await self._loop_call(
+                    "release", "release", [a.job for a in unfinished],
+                    reason="handed back at shutdown", timeout=10.0)
             except JobqError as exc:
                 log.error("could not hand back %d jobs (their leases will expire): %s",
                           len(unfinished), exc)
@@ -457,6 +712,10 @@ class TaskRunner:
         await asyncio.gather(*attempts, return_exceptions=True)
 
     def _close_executors(self) -> None:
+        for pool in (self._loop_threads, self._call_threads):
+            if pool is not None:
+                pool.shutdown(wait=False)
+        self._loop_threads = self._call_threads = None
         if self._threads is not None:
             self._threads.shutdown(wait=False)
             self._threads = None
@@ -467,10 +726,11 @@ class TaskRunner:
     # -- the background loops ---------------------------------------------------------------
 
     async def _listen(self) -> None:
-        """LISTEN for new work; reconnects with backoff. Each wakeup triggers a claim."""
+        """LISTEN for new work; reconnects with backoff. Each wakeup triggers a claim, and
+        ends a claim loop's backoff."""
         assert self.queue.conninfo is not None and self._wake is not None
         channel = sql.SQL("LISTEN {}").format(sql.Identifier(self.queue.names.channel))
-        delay = 0.2
+        health = self._loops.setdefault("listener", LoopHealth())
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(
@@ -478,35 +738,51 @@ class TaskRunner:
                     application_name=f"{APPLICATION_NAME}-listener")
                 async with conn:
                     await conn.execute(channel)
-                    delay = 0.2
+                    self._db_ok("listener")
                     self._wake.set()  # catch up on anything enqueued while not listening
                     async for _ in conn.notifies():
+                        claim = self._loops.get("claim")
+                        if claim is not None:
+                            claim.reset_backoff()
                         self._wake.set()
-            except (psycopg.Error, OSError) as exc:
-                log.warning("listener lost its connection (%s); polling meanwhile", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+            except Exception as exc:
+                # Never fatal: the claim loop polls meanwhile.
+                error = classify(exc) if isinstance(exc, DRIVER_ERRORS) else exc
+                pause = health.failed(error)
+                log.warning("listener lost its connection (%s); polling meanwhile, "
+                            "reconnecting in %.1fs", error, pause)
+                await asyncio.sleep(pause)
 
     async def _heartbeats(self) -> None:
         """One statement per beat extends every held lease. A lease that did not hold, or
         whose local deadline passed while the database was unreachable, cancels its attempt:
         another worker may own the job by then."""
+        pause = self.heartbeat_interval
         while True:
-            await asyncio.sleep(self.heartbeat_interval)
+            await asyncio.sleep(min(pause, self.heartbeat_interval))
+            self._write_health()
+            pause = self.heartbeat_interval
             held = list(self._running.values())
             if not held:
                 continue
             started = time.monotonic()
             try:
-                kept = await self._queue_call(
-                    "heartbeat", [a.job for a in held], [a.lease_ms for a in held])
-            except JobqError as exc:
-                log.warning("heartbeat failed: %s", exc)
+                # A beat that hangs is given up in time to judge the leases it was renewing.
+                kept: set[int] | None = await self._loop_call(
+                    "heartbeat", "heartbeat", [a.job for a in held], [a.lease_ms for a in held],
+                    timeout=max(1.0, 2 * self.heartbeat_interval))
+                self._db_ok("heartbeat")
+            except Exception as exc:
+                # Judge the leases now, then try again soon: they run out while we wait.
+                pause = await self._recover("heartbeat", exc, wait=None, sleep=False)
                 kept = None
             for attempt in held:
+                if self._running.get(attempt.job.id) is not attempt:
+                    continue  # finished while the beat was in flight
                 if kept is not None and attempt.job.id in kept:
                     attempt.deadline = started + attempt.lease_ms / 1000
-                elif attempt.cancel_reason is not None:
+                elif attempt.cancel_reason is not None or attempt.acking:
+                    # An ack in flight may have just deleted the row; the ack itself tells.
                     continue
                 elif kept is not None:
                     self._lose(attempt, "lease lost (reclaimed or removed)")
@@ -516,26 +792,21 @@ class TaskRunner:
     def _lose(self, attempt: _Attempt, reason: str) -> None:
         attempt.cancel(reason)
         self.counters["lease_lost"] += 1
+        log.warning("job %s (%s, request %s): %s", attempt.job.id, attempt.job.type,
+                    attempt.job.request_id, reason)
         self._emit("lease_lost", attempt.job, error=reason)
 
     async def _acker(self) -> None:
         """Completions are acked in batches: whatever has finished by the time the previous
         batch is written goes in the next statement. The acker, not the attempt, then frees
-        the slot: a job holds its slot (and its lease) until its completion is committed."""
+        the slot: a job holds its slot (and its lease, which the heartbeat keeps alive) until
+        its completion is committed. A failed ack is retried while the leases last."""
         assert self._acks is not None
         while True:
             batch = [await self._acks.get()]
             while not self._acks.empty() and len(batch) < 1000:
                 batch.append(self._acks.get_nowait())
-            try:
-                kept = set(await self._queue_call(
-                    "complete_many", [a.job for a, _, _ in batch], [r for _, r, _ in batch]))
-            except JobqError as exc:
-                # The handlers did finish, but nothing was recorded: their leases will run
-                # out and the jobs run again (at least once, never lost).
-                log.warning("could not ack %d completed jobs: %s", len(batch), exc)
-                self.counters["ack_failed"] += len(batch)
-                kept = set()
+            kept = await self._ack(batch)
             for attempt, result, started in batch:
                 self._running.pop(attempt.job.id, None)
                 if attempt.job.id in kept:
@@ -547,15 +818,39 @@ class TaskRunner:
                 self._acks.task_done()
             self._slot_freed(None)
 
+    async def _ack(self, batch: list[tuple[_Attempt, Any, float]]) -> set[int]:
+        """Complete a batch; on failure, retry with backoff until the first lease would run
+        out. Jobs not acked by then run again (at least once, never lost)."""
+        jobs = [a.job for a, _, _ in batch]
+        unknown = False  # an earlier try broke off: it may have committed
+        while True:
+            try:
+                kept = set(await self._loop_call(
+                    "ack", "complete_many", jobs, [r for _, r, _ in batch]))
+                if unknown and len(kept) < len(jobs):
+                    kept |= await self._loop_call(
+                        "ack", "acked", [j for j in jobs if j.id not in kept])
+                self._db_ok("ack")
+                return kept
+            except Exception as exc:
+                unknown = unknown or isinstance(exc, DatabaseUnavailableError)
+                deadline = min(a.deadline for a, _, _ in batch)
+                await self._recover("ack", exc)
+                if time.monotonic() >= deadline:
+                    log.error("gave up acking %d completed jobs; their leases ran out and "
+                              "they will run again", len(batch))
+                    self.counters["ack_failed"] += len(batch)
+                    return set()
+
     # -- one attempt ------------------------------------------------------------------------
 
-    def _begin(self, job: Job) -> _Attempt:
-        """Take a slot for a claimed job."""
+    def _begin(self, job: Job, claim_lease_ms: int) -> _Attempt:
+        """Take a slot for a job claimed with a lease of `claim_lease_ms`."""
         task = self._tasks[job.type]
         # A task's own lease applies from the first heartbeat, which comes well before the
         # claim's lease (a third of it) runs out: no extra round trip per job.
         attempt = _Attempt(job, task, task.lease_ms or self.lease_ms,
-                           time.monotonic() + self.lease_ms / 1000)
+                           time.monotonic() + claim_lease_ms / 1000)
         self._running[job.id] = attempt
         return attempt
 
@@ -592,6 +887,7 @@ class TaskRunner:
             if attempt.cancel_reason is not None:
                 return self._discard(attempt, started)
             if batch_ack and self._acks is not None:
+                attempt.acking = True
                 self._acks.put_nowait((attempt, result, started))
                 handed_over = True  # the acker completes it and frees the slot
                 return _Outcome.COMPLETED, result
@@ -632,7 +928,9 @@ class TaskRunner:
         if retry:
             self.counters["retried"] += 1
             self._emit("retried", job, duration=duration, error=reason)
-            self._retries_due.append(time.monotonic() + delay)
+            now = time.monotonic()
+            self._retries_due = [t for t in self._retries_due if t > now - IDLE_GRACE]
+            self._retries_due.append(now + delay)
             if self._loop is not None:
                 self._loop.call_later(delay, self._wake_up)  # pick our own retry up on time
             return _Outcome.RETRIED, exc
@@ -644,8 +942,8 @@ class TaskRunner:
         task, job = attempt.task, attempt.job
         if task.executor == "process":
             if self._processes is None:
-                self._processes = ProcessPool(
-                    self.process_workers, ChildSettings(self.queue.conninfo, self.queue.table))
+                self._processes = ProcessPool(self.process_workers, ChildSettings(
+                    self.queue.conninfo, self.queue.table, self.queue.pgbouncer))
             return await self._processes.run(task.fn, job.payload, job, task.timeout,
                                              attempt.cancelled)
         ctx = Context(self, attempt)
@@ -707,6 +1005,8 @@ class TaskRunner:
         if own_loop:
             self._start_loop_state()
         heartbeat = asyncio.create_task(self._heartbeats()) if own_loop else None
+        if heartbeat is not None:
+            heartbeat.add_done_callback(self._heartbeat_ended)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             job_id: int = await self._queue_call(
@@ -715,11 +1015,12 @@ class TaskRunner:
                 done = await self._queue_call("outcome", job_id)
                 if done.finished:
                     return finished_result(job_id, done)
+                lease_ms = self._tasks[type].lease_ms or self.lease_ms
                 job = await self._queue_call(
-                    "claim_job", job_id, lease_ms=self._tasks[type].lease_ms or self.lease_ms,
-                    worker=self.worker_name)
+                    "claim_job", job_id, lease_ms=lease_ms, worker=self.worker_name)
                 if job is not None:
-                    outcome, value = await self._attempt(self._begin(job), batch_ack=False)
+                    outcome, value = await self._attempt(self._begin(job, lease_ms),
+                                                         batch_ack=False)
                     if outcome == _Outcome.COMPLETED:
                         return value
                     if outcome == _Outcome.FAILED and isinstance(value, BaseException):
@@ -736,6 +1037,15 @@ class TaskRunner:
                 await asyncio.gather(heartbeat, return_exceptions=True)
                 self._close_executors()
                 self._loop = None
+
+    def _heartbeat_ended(self, heartbeat: asyncio.Task[None]) -> None:
+        """An inline run's heartbeat gave up: its attempt can no longer keep its lease."""
+        if heartbeat.cancelled():
+            return
+        error = heartbeat.exception()
+        log.error("the heartbeat stopped (%s); abandoning the inline attempt", error)
+        for attempt in list(self._running.values()):
+            attempt.cancel(f"heartbeat stopped: {error}")
 
     def run(self, type: str, payload: Any = None, **options: Any) -> Any:
         """The sync form of `arun`, for code without an event loop."""

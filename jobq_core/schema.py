@@ -23,6 +23,8 @@ MIGRATIONS: list[tuple[int, str, Callable[[Statements, str | None], list[bytes]]
      lambda st, legacy: st.migration_1(legacy)),
     (2, "per-minute rates for the dashboard; index of types with failed jobs",
      lambda st, legacy: st.migration_2()),
+    (3, "idempotency keys held by their enqueued event through completion",
+     lambda st, legacy: st.migration_3()),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 
@@ -100,7 +102,9 @@ def migrate(st: Statements, *, dry_run: bool = False) -> Op[list[bytes]]:
 def ddl(table: str = "svti_jobs") -> str:
     """The full DDL of a fresh install, for people who run migrations themselves."""
     st = Statements(Names.parse(table))
-    parts = [st.create_migrations, *st.migration_1(None), *st.migration_2()]
+    parts = [st.create_migrations]
+    for _, _, build in MIGRATIONS:
+        parts += build(st, None)
     parts += [
         st.names.fmt(
             "INSERT INTO {migrations} (version, name) VALUES ({v}, {name})",

@@ -115,6 +115,7 @@ _LOCAL_NAMES = {
     "ev_request_idx": "_events_request_idx",
     "ev_at_idx": "_events_at_idx",
     "ev_idempotency_idx": "_events_idempotency_idx",
+    "ev_key_idx": "_events_key_idx",
     "ev_completed_idx": "_events_completed_idx",
     "notify_trigger": "_notify_insert",
 }
@@ -256,6 +257,41 @@ CREATE_V2 = (
     "CREATE INDEX {failed_type_idx} ON {jobs} (type) WHERE state = 'failed'",
 )
 
+# Version 3: an idempotency key is held by its job's `enqueued` event, in one unique index
+# that a completion never empties, so an enqueue racing the completion of its key's job
+# cannot insert a second job. History keeps the key until `clear` removes that event; an
+# operator's delete frees it. Older duplicates (keys reused after a delete) give way to the
+# newest. Keys that only a live job or a `completed` event held before (an older `clear`
+# removed their `enqueued` event) get a holder event back, dated like what it stands for, so
+# that no key becomes free by migrating. The index of completed events by key goes.
+CREATE_V3 = (
+    """UPDATE {events} AS e SET idempotency_key = NULL
+    WHERE e.event = 'enqueued' AND e.idempotency_key IS NOT NULL
+      AND EXISTS (SELECT 1 FROM {events} AS n
+                  WHERE n.event = 'enqueued' AND n.idempotency_key = e.idempotency_key
+                    AND n.id > e.id)""",
+    "CREATE UNIQUE INDEX {ev_key_idx} ON {events} (idempotency_key) "
+    "WHERE event = 'enqueued' AND idempotency_key IS NOT NULL",
+    """INSERT INTO {events} (occurred_at, job_id, type, event, request_id, idempotency_key,
+                           reason)
+    SELECT j.created_at, j.id, j.type, 'enqueued', j.request_id, j.idempotency_key,
+           'key holder restored by migration 3'
+    FROM {jobs} AS j
+    WHERE j.idempotency_key IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM {events} AS e
+                      WHERE e.event = 'enqueued' AND e.idempotency_key = j.idempotency_key)""",
+    """INSERT INTO {events} (occurred_at, job_id, type, event, request_id, idempotency_key,
+                           reason)
+    SELECT DISTINCT ON (c.idempotency_key) c.occurred_at, c.job_id, c.type, 'enqueued',
+           c.request_id, c.idempotency_key, 'key holder restored by migration 3'
+    FROM {events} AS c
+    WHERE c.event = 'completed' AND c.idempotency_key IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM {events} AS e
+                      WHERE e.event = 'enqueued' AND e.idempotency_key = c.idempotency_key)
+    ORDER BY c.idempotency_key, c.id DESC""",
+    "DROP INDEX IF EXISTS {ev_idempotency_idx}",
+)
+
 # --- the queue ---------------------------------------------------------------------------
 
 # Without a key: nothing can conflict, so the plain insert.
@@ -272,58 +308,71 @@ WITH ins AS (
 )
 SELECT id FROM ins"""
 
-# A key also finds a job that completed within the history's retention: no second run.
+# A keyed enqueue claims its key first, in the history's unique index of `enqueued` events
+# (ON CONFLICT waits for a concurrent holder to commit), and inserts the job only if that
+# succeeded. A key already held gives no row: the caller then looks the holder up with a
+# fresh snapshot (LOOKUP_KEYS). `held` covers a live job whose own event was cleared.
+# pg_current_xact_id() comes first so that the transaction has its id before any event id is
+# drawn, which the trace follower relies on.
 ENQUEUE = """
-WITH done AS (
-    SELECT job_id FROM {events}
-    WHERE event = 'completed' AND idempotency_key = %(idempotency_key)s
-    ORDER BY id DESC LIMIT 1
-), ins AS (
-    INSERT INTO {jobs} (type, payload, priority, run_at, request_id, idempotency_key)
-    SELECT %(type)s, %(payload)s::jsonb, %(priority)s,
-           coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval, now()),
-           %(request_id)s, %(idempotency_key)s
-    WHERE NOT EXISTS (SELECT 1 FROM done)
-    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id, type, request_id, idempotency_key
+WITH xact AS (
+    SELECT pg_current_xact_id()
 ), ev AS (
     INSERT INTO {events} (job_id, type, event, request_id, idempotency_key)
-    SELECT id, type, 'enqueued', request_id, idempotency_key FROM ins
+    SELECT nextval(pg_get_serial_sequence(%(jobs_name)s, 'id')::regclass), %(type)s,
+           'enqueued', %(request_id)s, %(idempotency_key)s
+    FROM xact
+    WHERE NOT EXISTS (SELECT 1 FROM {jobs} WHERE idempotency_key = %(idempotency_key)s)
+    ON CONFLICT (idempotency_key) WHERE event = 'enqueued' AND idempotency_key IS NOT NULL
+    DO NOTHING
+    RETURNING job_id
+), ins AS (
+    INSERT INTO {jobs} (id, type, payload, priority, run_at, request_id, idempotency_key)
+    SELECT job_id, %(type)s, %(payload)s::jsonb, %(priority)s,
+           coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval, now()),
+           %(request_id)s, %(idempotency_key)s
+    FROM ev
+    RETURNING id
 )
-SELECT id FROM ins UNION ALL SELECT job_id FROM done"""
+SELECT id FROM ins"""
 
-# Ids are drawn in input order, so the result maps back to the caller's list; an item whose
-# key repeats an earlier item of the same batch gets that item's id.
+# The same for a batch. Ids are drawn in input order, so the result maps back to the
+# caller's list; an item whose key repeats an earlier item of the batch gets that item's id.
 ENQUEUE_MANY = """
-WITH input AS (
-    SELECT nextval((SELECT pg_get_serial_sequence(%(jobs_name)s, 'id'))::regclass) AS id, i.*
-    FROM unnest(%(types)s::text[], %(payloads)s::jsonb[], %(priorities)s::smallint[],
+WITH xact AS (
+    SELECT pg_current_xact_id()
+), input AS (
+    SELECT nextval(pg_get_serial_sequence(%(jobs_name)s, 'id')::regclass) AS id, i.*
+    FROM xact,
+         unnest(%(types)s::text[], %(payloads)s::jsonb[], %(priorities)s::smallint[],
                 %(run_ats)s::timestamptz[], %(delays)s::interval[], %(request_ids)s::text[],
                 %(keys)s::text[])
          WITH ORDINALITY AS i(type, payload, priority, run_at, delay, request_id,
                               idempotency_key, ord)
-), done AS (
-    SELECT DISTINCT ON (idempotency_key) idempotency_key, job_id FROM {events}
-    WHERE event = 'completed' AND idempotency_key = ANY(%(keys)s::text[])
-    ORDER BY idempotency_key, id DESC
+), held AS (
+    SELECT idempotency_key FROM {jobs} WHERE idempotency_key = ANY(%(keys)s::text[])
+), ev AS (
+    INSERT INTO {events} (job_id, type, event, request_id, idempotency_key)
+    SELECT id, type, 'enqueued', request_id, idempotency_key FROM input
+    WHERE idempotency_key IS NULL
+       OR idempotency_key NOT IN (SELECT idempotency_key FROM held)
+    -- Keys are taken in key order, so two batches sharing keys cannot deadlock on them; the
+    -- first of a batch's repeats of a key still wins.
+    ORDER BY idempotency_key NULLS LAST, ord
+    ON CONFLICT (idempotency_key) WHERE event = 'enqueued' AND idempotency_key IS NOT NULL
+    DO NOTHING
+    RETURNING job_id
 ), ins AS (
     INSERT INTO {jobs} (id, type, payload, priority, run_at, request_id, idempotency_key)
     SELECT id, type, payload, priority, coalesce(run_at, now() + delay, now()), request_id,
            idempotency_key
-    FROM input
-    WHERE NOT EXISTS (SELECT 1 FROM done WHERE done.idempotency_key = input.idempotency_key)
-    ORDER BY ord
-    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id, type, request_id, idempotency_key
-), ev AS (
-    INSERT INTO {events} (job_id, type, event, request_id, idempotency_key)
-    SELECT id, type, 'enqueued', request_id, idempotency_key FROM ins
+    FROM input WHERE id IN (SELECT job_id FROM ev)
+    RETURNING id, idempotency_key
 )
-SELECT input.ord, coalesce(ins.id, dup.id, done.job_id)
+SELECT input.ord, coalesce(ins.id, dup.id)
 FROM input
 LEFT JOIN ins ON ins.id = input.id
 LEFT JOIN ins AS dup ON ins.id IS NULL AND dup.idempotency_key = input.idempotency_key
-LEFT JOIN done ON done.idempotency_key = input.idempotency_key
 ORDER BY input.ord"""
 
 # The COPY path for batches without idempotency keys: ids and the transaction's now() first,
@@ -334,11 +383,12 @@ SELECT now(), ARRAY(SELECT nextval(s.seq) FROM s, generate_series(1, %(n)s))"""
 COPY_JOBS = "COPY {jobs} (id, type, payload, priority, run_at, request_id) FROM STDIN"
 COPY_ENQUEUED = "COPY {events} (job_id, type, event, request_id) FROM STDIN"
 
+# Who holds each key: its `enqueued` event, or a live job (whose event may have been cleared).
 LOOKUP_KEYS = """
-SELECT idempotency_key, id FROM {jobs} WHERE idempotency_key = ANY(%(keys)s::text[])
+SELECT idempotency_key, job_id FROM {events}
+WHERE event = 'enqueued' AND idempotency_key = ANY(%(keys)s::text[])
 UNION ALL
-SELECT DISTINCT ON (idempotency_key) idempotency_key, job_id FROM {events}
-WHERE event = 'completed' AND idempotency_key = ANY(%(keys)s::text[])"""
+SELECT idempotency_key, id FROM {jobs} WHERE idempotency_key = ANY(%(keys)s::text[])"""
 
 # Claims, heartbeats and hand-backs are soft state and commit asynchronously (no wait for the
 # WAL flush): if a crash loses one, the job is simply back as it was, its old holder's ack
@@ -421,13 +471,18 @@ WITH del AS (
 SELECT id, CASE WHEN has_waiters THEN pg_notify({done_channel}, id::text)::text END
 FROM del""".replace("__FENCE__", _FENCE)
 
+# Multi-row statements lock their rows in id order first (`locked`), so that two of them
+# over the same jobs (an ack and a heartbeat, two operators) can never deadlock.
 COMPLETE_MANY = """
 WITH acks AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(results)s::jsonb[])
         AS a(id, token, result)
+), locked AS (
+    SELECT j.id FROM {jobs} AS j JOIN acks ON j.id = acks.id AND j.lease_token = acks.token
+    ORDER BY j.id FOR UPDATE OF j
 ), del AS (
     DELETE FROM {jobs} AS j USING acks
-    WHERE j.id = acks.id AND j.lease_token = acks.token
+    WHERE j.id = acks.id AND j.lease_token = acks.token AND j.id IN (SELECT id FROM locked)
     RETURNING j.id, j.type, j.request_id, j.attempts, j.claimed_by, j.idempotency_key,
               j.has_waiters, acks.result
 ), ev AS (
@@ -483,35 +538,52 @@ SELECT lease_until FROM upd"""
 
 JOB_STATE = "SELECT state, lease_token FROM {jobs} WHERE id = %(id)s"
 
+# Which of these attempts did complete: after an ack whose connection broke, the outcome is
+# unknown, and a claim's attempt number names it (a reclaim would have raised it).
+ACKED = """
+SELECT e.job_id FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS a(id, attempt)
+JOIN {events} AS e ON e.job_id = a.id AND e.event = 'completed' AND e.attempt = a.attempt"""
+
 # A runner's heartbeat: one statement for every lease it holds. It never shortens a lease
 # (ctx.extend may have lengthened one) and, not being a transition, writes no history.
 HEARTBEAT = """
-WITH upd AS (
+WITH beats AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(ms)s::integer[])
+        AS h(id, token, ms)
+), locked AS (
+    SELECT j.id FROM {jobs} AS j JOIN beats AS h ON j.id = h.id AND j.lease_token = h.token
+    ORDER BY j.id FOR UPDATE OF j
+), upd AS (
     UPDATE {jobs} AS j
     SET lease_until = greatest(j.lease_until, now() + h.ms * interval '1 millisecond')
-    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(ms)s::integer[]) AS h(id, token, ms)
-    WHERE j.id = h.id AND j.lease_token = h.token
+    FROM beats AS h
+    WHERE j.id = h.id AND j.lease_token = h.token AND j.id IN (SELECT id FROM locked)
     RETURNING j.id
 )
 SELECT id FROM upd, __ASYNC_COMMIT__""".replace("__ASYNC_COMMIT__", _ASYNC_COMMIT)
 
 # Shutdown hands unfinished jobs back: pending again, in their old place, at no attempt cost.
+# It commits durably: a hand-back lost in a crash would cost the job an attempt.
 RELEASE = """
-WITH upd AS (
+WITH hand AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS r(id, token)
+), locked AS (
+    SELECT j.id FROM {jobs} AS j JOIN hand AS r ON j.id = r.id AND j.lease_token = r.token
+    ORDER BY j.id FOR UPDATE OF j
+), upd AS (
     UPDATE {jobs} AS j SET
         state = 'pending',
         attempts = greatest(j.attempts - 1, 0),
         lease_token = NULL,
         lease_until = NULL
-    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS r(id, token)
-    WHERE j.id = r.id AND j.lease_token = r.token
+    FROM hand AS r
+    WHERE j.id = r.id AND j.lease_token = r.token AND j.id IN (SELECT id FROM locked)
     RETURNING j.id, j.type, j.request_id, j.attempts, j.claimed_by
 ), ev AS (
     INSERT INTO {events} (job_id, type, event, request_id, attempt, worker, reason)
     SELECT id, type, 'released', request_id, attempts, claimed_by, %(reason)s FROM upd
 )
-SELECT id, pg_notify({channel}, '')::text FROM upd, __ASYNC_COMMIT__""".replace(
-    "__ASYNC_COMMIT__", _ASYNC_COMMIT)
+SELECT id, pg_notify({channel}, '')::text FROM upd"""
 
 # Claim one given job, if it is due or its lease expired (inline runs).
 CLAIM_JOB = """
@@ -539,13 +611,29 @@ WITH cur AS (
 SELECT __COLUMNS__ FROM upd, __ASYNC_COMMIT__""".replace("__COLUMNS__", JOB_COLUMNS).replace(
     "__ASYNC_COMMIT__", _ASYNC_COMMIT)
 
-# Where a job stands: live (state), failed (reason) or completed (result). With arm, a live
-# job is marked so that its completion or final failure sends a NOTIFY to waiters.
+# Where a job stands: live (state), failed (reason) or completed (result). A read: it writes
+# nothing.
 OUTCOME = """
 WITH live AS (
-    UPDATE {jobs} SET has_waiters = has_waiters OR %(arm)s
-    WHERE id = %(id)s
+    SELECT state, last_error FROM {jobs} WHERE id = %(id)s
+)
+SELECT state, NULL::jsonb, last_error FROM live
+UNION ALL
+(SELECT 'completed', result, NULL FROM {events}
+ WHERE job_id = %(id)s AND event = 'completed' AND NOT EXISTS (SELECT 1 FROM live)
+ ORDER BY id DESC LIMIT 1)"""
+
+# The same for a waiter: a live job is also marked so that its completion or final failure
+# sends a NOTIFY. The mark is written once; later calls only read.
+OUTCOME_ARMED = """
+WITH armed AS (
+    UPDATE {jobs} SET has_waiters = true WHERE id = %(id)s AND NOT has_waiters
     RETURNING state, last_error
+), live AS (
+    SELECT state, last_error FROM armed
+    UNION ALL
+    SELECT state, last_error FROM {jobs}
+    WHERE id = %(id)s AND has_waiters AND NOT EXISTS (SELECT 1 FROM armed)
 )
 SELECT state, NULL::jsonb, last_error FROM live
 UNION ALL
@@ -563,15 +651,18 @@ PENDING_TYPED = PENDING.replace("__TYPE_FILTER__", "AND type = ANY(%(types)s::te
 
 CUTOFF = "SELECT now() - %(older_than)s::interval"
 
-# What clear would remove. Counting history older than the cutoff costs what deleting it
-# would (a BRIN range scan), never more.
+# What clear would remove: old failed jobs, and old history except that of jobs that stay in
+# the queue. Counting it costs what deleting it would (a BRIN range scan), never more.
 CLEAR_PREVIEW = """
 SELECT now() - %(older_than)s::interval,
   (SELECT count(*) FROM {jobs} WHERE state = 'failed'
       AND failed_at < now() - %(older_than)s::interval),
   (SELECT array_agg(id) FROM (SELECT id FROM {jobs} WHERE state = 'failed'
       AND failed_at < now() - %(older_than)s::interval ORDER BY failed_at LIMIT 10) s),
-  (SELECT count(*) FROM {events} WHERE occurred_at < now() - %(older_than)s::interval)"""
+  (SELECT count(*) FROM {events} AS e WHERE occurred_at < now() - %(older_than)s::interval
+      AND NOT EXISTS (SELECT 1 FROM {jobs} AS j WHERE j.id = e.job_id
+                      AND NOT (j.state = 'failed'
+                               AND j.failed_at < now() - %(older_than)s::interval)))"""
 
 # Dead jobs are removed in batches; each removal is itself recorded as history.
 CLEAR_FAILED_BATCH = """
@@ -591,14 +682,17 @@ SELECT count(*) FROM del"""
 # deleting by ctid: no index is needed and no batch rescans the dead rows of earlier ones.
 CLEAR_EVENTS_BATCH = """
 WITH batch AS (
-    SELECT ctid FROM {events}
+    SELECT ctid, job_id FROM {events}
     WHERE ctid > %(after)s::tid AND occurred_at < %(cutoff)s
     ORDER BY ctid LIMIT %(batch)s
 ), del AS (
-    DELETE FROM {events} WHERE ctid = ANY(ARRAY(SELECT ctid FROM batch))
+    DELETE FROM {events} WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM batch
+        WHERE NOT EXISTS (SELECT 1 FROM {jobs} WHERE id = batch.job_id)))
     RETURNING ctid
 )
-SELECT count(*), max(ctid)::text FROM del"""
+SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM del),
+       (SELECT max(ctid) FROM batch)::text"""
 
 
 # --- operations (jobq_core.admin) ---------------------------------------------------------
@@ -619,13 +713,43 @@ TRACE = """SELECT __COLUMNS__ FROM {events}
 WHERE request_id = %(request_id)s AND id > %(after)s ORDER BY id LIMIT %(limit)s""".replace(
     "__COLUMNS__", EVENT_COLUMNS)
 
+# One poll of the trace follower (admin.TraceTail): the request's events above `low` it has
+# not delivered, with this statement's snapshot xmin and a bound above every transaction id
+# assigned before the snapshot. age() counts from the next xid to be assigned, read when it
+# is first called in a transaction that has no xid of its own, i.e. after the snapshot was
+# taken; a transaction with an xid (or a stale reading, below xmax) gives no bound.
+# xid8 -> 32-bit xid through text; 0-2 are not normal xids, so step below them.
+TRACE_FOLLOW = """
+WITH snap AS (
+    SELECT pg_snapshot_xmin(s)::text::bigint AS xmin, pg_snapshot_xmax(s)::text::bigint AS xmax
+    FROM pg_current_snapshot() AS s
+), base AS (
+    SELECT xmin, xmax,
+           CASE WHEN xmax %% 4294967296 < 3 THEN xmax - 3 ELSE xmax END AS b
+    FROM snap
+), bound AS (
+    SELECT xmin, xmax, b + age((b %% 4294967296)::text::xid) AS next_xid FROM base
+)
+SELECT bound.xmin,
+       CASE WHEN pg_current_xact_id_if_assigned() IS NULL AND bound.next_xid >= bound.xmax
+            THEN bound.next_xid END,
+       e.*
+FROM bound LEFT JOIN LATERAL (
+    SELECT __COLUMNS__ FROM {events}
+    WHERE request_id = %(request_id)s AND id > %(low)s::bigint AND id <> ALL(%(seen)s::bigint[])
+    ORDER BY id LIMIT %(limit)s
+) AS e ON true
+ORDER BY e.id""".replace("__COLUMNS__", EVENT_COLUMNS)
+
 # Repairs by id, each in one statement with its history row. A preview runs the same
 # eligibility test without changing anything.
 RETRY = """
 WITH upd AS (
     UPDATE {jobs} SET state = 'pending', run_at = coalesce(%(run_at)s::timestamptz, now()),
         failed_at = NULL, lease_token = NULL, lease_until = NULL
-    WHERE id = ANY(%(ids)s::bigint[]) AND state = 'failed'
+    WHERE id IN (SELECT id FROM {jobs} WHERE id = ANY(%(ids)s::bigint[]) AND state = 'failed'
+                 ORDER BY id FOR UPDATE)
+      AND state = 'failed'
     RETURNING id, type, request_id, attempts, run_at
 ), ev AS (
     INSERT INTO {events} (job_id, type, event, request_id, attempt, reason)
@@ -637,7 +761,9 @@ EXTEND_BY = """
 WITH upd AS (
     UPDATE {jobs}
     SET lease_until = greatest(lease_until, now()) + %(by)s::interval
-    WHERE id = ANY(%(ids)s::bigint[]) AND state = 'claimed'
+    WHERE id IN (SELECT id FROM {jobs} WHERE id = ANY(%(ids)s::bigint[]) AND state = 'claimed'
+                 ORDER BY id FOR UPDATE)
+      AND state = 'claimed'
     RETURNING id, type, request_id, attempts, claimed_by, lease_until
 ), ev AS (
     INSERT INTO {events} (job_id, type, event, request_id, attempt, worker, reason)
@@ -647,15 +773,22 @@ WITH upd AS (
 )
 SELECT id FROM upd"""
 
+# A deleted job gives its idempotency key back.
 DELETE = """
 WITH del AS (
     DELETE FROM {jobs}
-    WHERE id = ANY(%(ids)s::bigint[]) AND (state <> 'claimed' OR %(force)s)
-    RETURNING id, type, request_id, attempts, state
+    WHERE id IN (SELECT id FROM {jobs} WHERE id = ANY(%(ids)s::bigint[])
+                 AND (state <> 'claimed' OR %(force)s) ORDER BY id FOR UPDATE)
+      AND (state <> 'claimed' OR %(force)s)
+    RETURNING id, type, request_id, attempts, state, idempotency_key
 ), ev AS (
     INSERT INTO {events} (job_id, type, event, request_id, attempt, reason)
     SELECT id, type, 'deleted', request_id, attempts, %(reason)s || ' (was ' || state || ')'
     FROM del
+), free_keys AS (
+    UPDATE {events} SET idempotency_key = NULL
+    WHERE event = 'enqueued' AND job_id IN (SELECT id FROM del WHERE idempotency_key IS NOT NULL)
+      AND idempotency_key IS NOT NULL
 )
 SELECT id FROM del"""
 
@@ -781,12 +914,45 @@ FROM pg_index i
 WHERE i.indrelid = ANY(ARRAY[to_regclass(%(jobs)s), to_regclass(%(events)s)])
 ORDER BY 1"""
 
-DOCTOR_XMIN = """
-SELECT pid, coalesce(application_name, ''), state, extract(epoch FROM now() - xact_start),
-       age(backend_xmin), left(query, 200)
-FROM pg_stat_activity
-WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()
-ORDER BY age(backend_xmin) DESC NULLS LAST LIMIT 1"""
+# Everything that keeps vacuum from removing this database's dead rows, oldest first:
+# sessions by their snapshot (backend_xmin) or by their transaction id (backend_xid: a writer
+# in an open transaction has no snapshot while idle), prepared transactions, and replication
+# slots (xmin; catalog_xmin holds back the catalogs only). Sessions of other databases do not
+# hold back this one's tables; walsenders (no database) do, through hot_standby_feedback.
+DOCTOR_HOLDERS = """
+SELECT kind, pid, name, app, state, seconds, xid_age, via, query FROM (
+    SELECT 'session' AS kind, a.pid, NULL::text AS name, coalesce(a.application_name, '') AS app,
+           coalesce(a.state, a.backend_type, 'unknown') AS state,
+           extract(epoch FROM now() - coalesce(a.xact_start, a.query_start))::float8 AS seconds,
+           greatest(age(a.backend_xmin), age(a.backend_xid)) AS xid_age,
+           CASE WHEN a.backend_xid IS NOT NULL THEN 'transaction id' ELSE 'snapshot' END AS via,
+           left(a.query, 200) AS query
+    FROM pg_stat_activity AS a
+    WHERE (a.backend_xmin IS NOT NULL OR a.backend_xid IS NOT NULL)
+      AND a.pid <> pg_backend_pid() AND a.leader_pid IS NULL
+      AND a.backend_type IS DISTINCT FROM 'autovacuum worker'
+      AND (a.datname = current_database() OR a.datid IS NULL)
+    UNION ALL
+    SELECT 'prepared', NULL, gid, '', 'prepared by ' || owner,
+           extract(epoch FROM now() - prepared)::float8, age(transaction), 'transaction id', NULL
+    FROM pg_prepared_xacts WHERE database = current_database()
+    UNION ALL
+    SELECT 'slot', active_pid, slot_name, coalesce(plugin, ''),
+           CASE WHEN active THEN 'active' ELSE 'inactive' END, NULL, age(xmin), 'xmin', NULL
+    FROM pg_replication_slots WHERE xmin IS NOT NULL
+    UNION ALL
+    SELECT 'catalog slot', active_pid, slot_name, coalesce(plugin, ''),
+           CASE WHEN active THEN 'active' ELSE 'inactive' END, NULL, age(catalog_xmin),
+           'catalog_xmin', NULL
+    FROM pg_replication_slots
+    WHERE catalog_xmin IS NOT NULL AND (database IS NULL OR database = current_database())
+) AS h
+ORDER BY xid_age DESC, seconds DESC NULLS LAST"""
+
+# The trace follower relies on event ids being handed out in order (CACHE 1, the default).
+DOCTOR_EVENTS_SEQUENCE = """
+SELECT seqcache FROM pg_sequence
+WHERE seqrelid = pg_get_serial_sequence(%(events)s, 'id')::regclass"""
 
 DOCTOR_EXPIRED = """
 SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'claimed' AND lease_until < now()
@@ -959,6 +1125,10 @@ class Statements:
         return self._render(EXTEND)
 
     @cached_property
+    def acked(self) -> bytes:
+        return self._render(ACKED)
+
+    @cached_property
     def heartbeat(self) -> bytes:
         return self._render(HEARTBEAT)
 
@@ -974,8 +1144,15 @@ class Statements:
     def outcome(self) -> bytes:
         return self._render(OUTCOME)
 
+    @cached_property
+    def outcome_armed(self) -> bytes:
+        return self._render(OUTCOME_ARMED)
+
     def migration_2(self) -> list[bytes]:
         return [self._render(s) for s in CREATE_V2]
+
+    def migration_3(self) -> list[bytes]:
+        return [self._render(s) for s in CREATE_V3]
 
     @cached_property
     def stats_types(self) -> bytes:
@@ -1008,6 +1185,10 @@ class Statements:
     @cached_property
     def trace(self) -> bytes:
         return self._render(TRACE)
+
+    @cached_property
+    def trace_follow(self) -> bytes:
+        return self._render(TRACE_FOLLOW)
 
     @cached_property
     def retry(self) -> bytes:

@@ -11,9 +11,9 @@ Exit codes: 0 success, 1 failure, 2 usage or bad input, 3 not found, 4 lease los
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
+import logging
 import os
 import sys
 import time
@@ -26,13 +26,14 @@ from uuid import UUID
 
 import psycopg
 import typer
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 import jobq_core
 from jobq_core import (
-    AsyncJobQueue,
     DatabaseUnavailableError,
     InvalidInputError,
     JobqError,
@@ -43,7 +44,7 @@ from jobq_core import (
     TaskRunner,
     parse_duration,
 )
-from jobq_core.admin import Admin, AsyncAdmin, JobRow, Preview, RepairResult
+from jobq_core.admin import Admin, JobRow, Preview, RepairResult, TraceTail
 from jobq_core.durations import ACCEPTED
 from jobq_core.sql import Names
 
@@ -327,22 +328,46 @@ def trace(
     out.print(_events_table(events) if events else Text("no events for that request id"))
 
 
+#: Seconds a poll of `trace --follow` waits for a connection before counting as an outage.
+FOLLOW_CONNECT_WAIT = 3.0
+
+
 def _follow(request_id: str, dsn: str | None, table: str, as_json: bool) -> None:
+    """Follow until interrupted. Outages (a restart, a dead server) are waited out with
+    backoff and reported as one line when they begin and one when they end; the follower's
+    state stays in memory, so no event is lost or printed twice."""
     conninfo = resolve_dsn(dsn)
 
-    async def run() -> None:
-        async with AsyncJobQueue(conninfo, table=table, max_connections=1) as queue:
-            async for event in AsyncAdmin(queue).follow(request_id):
+    def outage(error: JobqError | None) -> None:
+        if error is None:
+            typer.echo("jobq: database reachable again, following", err=True)
+        else:
+            line = redact(visible(" ".join(str(error).split())), conninfo)
+            typer.echo(f"jobq: {line}; retrying with backoff (up to every 10 s)", err=True)
+
+    try:
+        Names.parse(table)
+        tail = TraceTail(request_id)
+        try:
+            conninfo_to_dict(conninfo)
+        except psycopg.ProgrammingError as exc:
+            raise InvalidInputError(f"invalid connection string: {exc}") from None
+        # The follower retries and reports outages itself: the pool makes one attempt per
+        # poll (reconnect_timeout=0) and its per-attempt warnings would only repeat that.
+        logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
+        with ConnectionPool(conninfo, min_size=1, max_size=1, open=False,
+                            timeout=FOLLOW_CONNECT_WAIT, reconnect_timeout=0,
+                            name="jobq-follow",
+                            kwargs={"autocommit": True, "application_name": "jobq-cli",
+                                    "connect_timeout": 5}) as pool, \
+                JobQueue(pool, table=table) as queue:
+            for event in Admin(queue).follow(request_id, tail=tail, on_outage=outage):
                 if as_json:
                     emit_json(event)
                 else:
                     out.print(Text("  ").join([
                         cell(event.occurred_at), Text(f"job {event.job_id}"),
                         cell(event.event), cell(event.reason or event.result, 100)]))
-
-    try:
-        Names.parse(table)
-        asyncio.run(run())
     except KeyboardInterrupt:
         fail("interrupted", EXIT_INTERRUPTED)
     except JobqError as exc:
@@ -363,7 +388,7 @@ def doctor(dsn: Dsn = None, table: TableName = "svti_jobs", as_json: AsJson = Fa
             mark = {"ok": "ok  ", "warn": "WARN", "error": "ERR "}[f.status]
             out.print(Text(f"{mark} {f.check}: ") + Text(visible(f.detail)))
             if f.fix:
-                out.print(Text(f"     fix: {f.fix}"))
+                out.print(Text(f"     fix: {visible(f.fix)}"))
     if any(f.status == "error" for f in findings):
         raise typer.Exit(EXIT_FAILURE)
 
@@ -563,20 +588,35 @@ def load_runner(target: str) -> TaskRunner:
     return found
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 @app.command()
 def worker(
     target: Annotated[str, typer.Argument(help="module:attribute of a TaskRunner (or factory)")],
     concurrency: Annotated[int | None, typer.Option(min=1, help="override the runner's")] = None,
+    health_file: Annotated[str | None, typer.Option(
+        help="rewrite this file with the runner's health (JSON) at every heartbeat")] = None,
+    log_level: Annotated[str, typer.Option(
+        help="debug, info, warning or error; records go to stderr")] = "info",
 ) -> None:
     """Run a task runner until SIGTERM or SIGINT.
 
     Running jobs may finish within the runner's shutdown timeout; the rest are handed back
-    to the queue at no attempt cost. A second signal stops at once.
+    to the queue at no attempt cost. A second signal stops at once. If a loop of the runner
+    cannot go on, the worker stops and exits with status 1: it never hangs silently.
     """
+    if log_level.lower() not in LOG_LEVELS:
+        fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}",
+             EXIT_USAGE)
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         runner = load_runner(target)
         if concurrency is not None:
             runner.concurrency = concurrency
+        if health_file is not None:
+            runner.health_file = health_file
         typer.echo(f"jobq: serving {', '.join(runner.task_types) or 'nothing'} with "
                    f"concurrency {runner.concurrency} as {runner.worker_name}", err=True)
         runner.serve_forever()

@@ -20,6 +20,11 @@ from jobq_core.embedded import EmbeddedPostgres
 _counter = itertools.count()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-chaos", action="store_true", default=False,
+                     help="also run the long chaos variants of tests/reliability")
+
+
 def _server_dsn() -> tuple[str, EmbeddedPostgres | None]:
     dsn = os.environ.get("JOBQ_TEST_DSN") or os.environ.get("DATABASE_URL")
     if dsn:

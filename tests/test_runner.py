@@ -278,13 +278,60 @@ def test_a_lease_stolen_mid_handler_discards_the_result(
 
 
 def test_long_jobs_keep_their_lease_alive(dsn: str, db: psycopg.Connection[Any]) -> None:
+    """2 s of work on a 0.6 s lease, while another worker tries to take the job the whole
+    time: the heartbeat keeps the lease, so the rival never gets it."""
     queue = JobQueue(dsn)
     runner = create_task_runner(queue, lease_ms=600, heartbeat_interval=0.1)
     runner.register("sleepy", runner_tasks.sleepy)
     job_id = queue.enqueue("sleepy", {"sleep": 2.0})
-    runner.serve_forever(until_idle=True)  # 2 s of work on a 0.6 s lease
+    stolen: list[Any] = []
+    tries = 0
+    with JobQueue(dsn) as rival, serving(runner):
+        wait_until(lambda: db.execute("SELECT state FROM svti_jobs WHERE id = %s",
+                                      (job_id,)).fetchone() == ("claimed",), what="the claim")
+        while not stolen and queue.outcome(job_id).state != "completed":
+            job = rival.claim(types=["sleepy"], worker="rival")
+            tries += 1
+            if job is not None:
+                stolen.append(job)
+            time.sleep(0.05)
+    assert tries > 10 and not stolen
     assert queue.outcome(job_id).result == "woke"
     assert events(db, job_id) == ["enqueued", "claimed", "completed"]
+
+
+def test_the_heartbeat_follows_the_shortest_lease_in_use(
+    dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    """A task's own 1.5 s lease, on a runner whose lease is 6 s. Once the claim's 6 s have
+    passed, each beat renews the job for 1.5 s only: a beat every 2 s (a third of the
+    runner's lease) would leave it lapsed half a second in every two, and the rival would take
+    it. The beat follows the shortest lease, so the rival never gets it in the 10 s run."""
+    queue = JobQueue(dsn)
+    runner = create_task_runner(queue, lease_ms=6000)
+    runner.register("short", runner_tasks.sleepy, lease_ms=1500)
+    assert runner.heartbeat_interval == pytest.approx(0.5)
+    job_id = queue.enqueue("short", {"sleep": 10.0})
+    stolen = []
+    with JobQueue(dsn) as rival, serving(runner):
+        wait_until(lambda: db.execute("SELECT state FROM svti_jobs WHERE id = %s",
+                                      (job_id,)).fetchone() == ("claimed",), what="the claim")
+        while not stolen and queue.outcome(job_id).state != "completed":
+            if (job := rival.claim(types=["short"], worker="rival")) is not None:
+                stolen.append(job)
+            time.sleep(0.05)
+    assert not stolen
+    assert events(db, job_id) == ["enqueued", "claimed", "completed"]
+
+
+def test_a_lease_the_heartbeat_cannot_keep_alive_is_refused(dsn: str) -> None:
+    queue = JobQueue(dsn)
+    with pytest.raises(InvalidInputError, match="cannot be kept alive"):
+        create_task_runner(queue, lease_ms=1000, heartbeat_interval=0.6)
+    runner = create_task_runner(queue, lease_ms=30_000, heartbeat_interval=5)
+    with pytest.raises(InvalidInputError, match="cannot be kept alive"):
+        runner.register("short", runner_tasks.sleepy, lease_ms=8000)
+    runner.register("long-enough", runner_tasks.sleepy, lease_ms=10_000)
 
 
 def test_ctx_extend_lengthens_the_lease(dsn: str, db: psycopg.Connection[Any]) -> None:
@@ -356,9 +403,7 @@ def test_timeouts_in_all_three_executors(dsn: str, db: psycopg.Connection[Any]) 
     runner.register("process", runner_tasks.sleepy, executor="process", timeout=1.0,
                     max_attempts=1)
     ids = {kind: queue.enqueue(kind, {"sleep": 30}) for kind in ("thread", "async", "process")}
-    started = time.monotonic()
     runner.serve_forever(until_idle=True)
-    assert time.monotonic() - started < 15
     for job_id in ids.values():
         state, error = db.execute("SELECT state, last_error FROM svti_jobs WHERE id = %s",
                                   (job_id,)).fetchone()
@@ -459,13 +504,15 @@ def test_wait_for_a_job_run_elsewhere(dsn: str) -> None:
             queue.wait(bad, timeout=10)
         assert "ValueError: boom x" in (info.value.reason or "")
     stuck = queue.enqueue("nobody-runs-this")
-    started = time.monotonic()
     with pytest.raises(WaitTimeoutError):
         queue.wait(stuck, timeout=0.5)
-    assert time.monotonic() - started < 3
 
 
-async def test_async_wait_is_woken_by_notify(dsn: str) -> None:
+async def test_async_wait_is_woken_by_notify(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import jobq_core.queue
+
+    # No fallback check within the test's bound: only the NOTIFY can end the wait.
+    monkeypatch.setattr(jobq_core.queue, "WAIT_POLL", 3600.0)
     async with AsyncJobQueue(dsn) as queue:
         job_id = await queue.enqueue("t")
         job = await queue.claim()
@@ -476,9 +523,7 @@ async def test_async_wait_is_woken_by_notify(dsn: str) -> None:
             await queue.complete(job, result=[1, 2])
 
         finisher = asyncio.create_task(finish_soon())
-        started = time.monotonic()
-        assert await queue.wait(job_id, timeout=10) == [1, 2]
-        assert time.monotonic() - started < 0.9  # woken, not a 1 s poll
+        assert await asyncio.wait_for(queue.wait(job_id), 60) == [1, 2]
         await finisher
 
 
@@ -491,10 +536,9 @@ def test_new_work_wakes_the_runner(dsn: str, notify: bool) -> None:
     runner = runner_tasks.make_runner(dsn, notify=notify, poll_interval=30 if notify else 0.1)
     with serving(runner):
         time.sleep(0.5)  # idle and waiting
-        started = time.monotonic()
         job_id = queue.enqueue("noop", {"n": 1})
+        # With NOTIFY, done well before the 30 s poll would have claimed it.
         assert queue.wait(job_id, timeout=10) == {"n": 1}
-        assert time.monotonic() - started < 2
 
 
 # -- shutdown ----------------------------------------------------------------------------------

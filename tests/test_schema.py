@@ -113,12 +113,17 @@ def test_version_1_is_migrated_forward_keeping_its_rows(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DROP TABLE svti_jobs_rates")
         conn.execute("DROP INDEX svti_jobs_failed_type_idx")
+        conn.execute("DROP INDEX svti_jobs_events_key_idx")
+        conn.execute("CREATE INDEX svti_jobs_events_idempotency_idx ON svti_jobs_events "
+                     "(idempotency_key, id) WHERE event = 'completed' "
+                     "AND idempotency_key IS NOT NULL")
         conn.execute("DELETE FROM svti_jobs_migrations WHERE version > 1")
         conn.execute("INSERT INTO svti_jobs (type, payload) VALUES ('old', '{\"kept\": true}')")
     with create_job_queue(dsn) as queue:
         assert queue.claim().payload == {"kept": True}
     with psycopg.connect(dsn) as conn:
-        assert conn.execute("SELECT max(version) FROM svti_jobs_migrations").fetchone() == (2,)
+        assert conn.execute("SELECT max(version) FROM svti_jobs_migrations").fetchone() == (
+            schema.LATEST_VERSION,)
         assert conn.execute("SELECT to_regclass('svti_jobs_rates') IS NOT NULL").fetchone()[0]
 
 
@@ -143,6 +148,14 @@ def test_printed_ddl_can_be_applied_by_hand(empty_dsn: str) -> None:
         assert queue.migrate() == []
         queue.enqueue("t")
         queue.complete(queue.claim())
+        keyed = queue.enqueue("t", idempotency_key="k")
+        assert queue.enqueue_many([{"type": "t", "idempotency_key": "k"}]) == [keyed]
+    # The same indexes as a migrated install, not just the same tables.
+    with create_job_queue(empty_dsn, table="migrated"), psycopg.connect(empty_dsn) as conn:
+        def indexes(table: str) -> set[str]:
+            return {r[0].replace(table, "T") for r in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE tablename LIKE %s", (table + "%",))}
+        assert indexes("manual") == indexes("migrated")
 
 
 def test_ddl_cli_prints_the_tables(capsys: pytest.CaptureFixture[str]) -> None:
@@ -179,3 +192,32 @@ def test_default_lease_is_validated() -> None:
     for bad in (0, -5, float("nan"), "30s", True):
         with pytest.raises(InvalidInputError):
             JobQueue("postgresql://nobody@127.0.0.1:1/none", default_lease_ms=bad)
+
+
+def test_version_2_keys_stay_held_through_the_migration(dsn: str) -> None:
+    """Keys as version 2 held them: by a live job, or by a `completed` event whose `enqueued`
+    event an older clear had removed, and a key reused after a delete (two `enqueued` events).
+    After migrating, none of them is free."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP INDEX svti_jobs_events_key_idx")
+        conn.execute("CREATE INDEX svti_jobs_events_idempotency_idx ON svti_jobs_events "
+                     "(idempotency_key, id) WHERE event = 'completed' "
+                     "AND idempotency_key IS NOT NULL")
+        conn.execute("DELETE FROM svti_jobs_migrations WHERE version > 2")
+        live = conn.execute("INSERT INTO svti_jobs (type, idempotency_key) "
+                            "VALUES ('t', 'live-key') RETURNING id").fetchone()[0]
+        conn.execute("INSERT INTO svti_jobs_events (job_id, type, event, idempotency_key) "
+                     "VALUES (1000, 't', 'completed', 'done-key')")
+        conn.execute("INSERT INTO svti_jobs_events (job_id, type, event, idempotency_key) "
+                     "VALUES (2000, 't', 'enqueued', 'reused'), (2000, 't', 'deleted', NULL), "
+                     "(3000, 't', 'enqueued', 'reused'), (3000, 't', 'completed', 'reused')")
+    with create_job_queue(dsn) as queue:
+        assert queue.enqueue("t", idempotency_key="live-key") == live
+        assert queue.enqueue("t", idempotency_key="done-key") == 1000
+        assert queue.enqueue_many([{"type": "t", "idempotency_key": "reused"}]) == [3000]
+        queue.complete(live)
+        assert queue.enqueue("t", idempotency_key="live-key") == live
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM svti_jobs").fetchone() == (0,)
+        assert conn.execute("SELECT max(version) FROM svti_jobs_migrations").fetchone() == (
+            schema.LATEST_VERSION,)

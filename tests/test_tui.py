@@ -16,6 +16,7 @@ from textual.widgets import DataTable, Input, RichLog, Static
 
 from jobq_core import JobQueue, NewJob
 from jobq_core.admin import AsyncAdmin
+from jobq_core.errors import DatabaseError
 from jobq_tui.app import JobqApp
 from jobq_tui.screens.detail import DetailScreen
 from jobq_tui.screens.dialogs import (
@@ -387,8 +388,9 @@ async def test_read_only_disables_actions_and_the_server_refuses_writes(
         app.operator.start_clear("1d")
         await pilot.pause(0.3)
         # And the session itself is read-only: the server refuses a write.
-        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        with pytest.raises(DatabaseError, match="read-only transaction") as refused:
             await app.admin.retry([job_id])
+        assert refused.value.sqlstate == "25006"  # read_only_sql_transaction
     assert row(db, job_id)["state"] == "failed"  # type: ignore[index]
     assert events(db, job_id)[-1] == "failed"
 

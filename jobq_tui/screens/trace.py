@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import Footer, Input, RichLog, Static
 
-from jobq_core.admin import AsyncAdmin, Event
+from jobq_core.admin import AsyncAdmin, Event, TraceTail
 
 from ..format import clock, first_line, literal, multiline
 from ..safe import visible
@@ -57,7 +57,9 @@ class TraceScreen(LiveScreen):
         self.request_id = request_id
         self.crumb = f"trace {request_id}"
         self.events: list[Event] = []
-        self.after = 0
+        # Gap- and duplicate-free across out-of-order commits and reconnects (the app's
+        # poll loop retries an outage; this state stays).
+        self.tail = TraceTail(request_id)
         self.following = True
         self.shown = 0  # how many of `events` the log shows (fewer while paused)
         self.search = ""
@@ -85,16 +87,13 @@ class TraceScreen(LiveScreen):
         self._head()
 
     async def fetch(self, admin: AsyncAdmin) -> list[Event]:
-        batch = await admin.trace(self.request_id, after=self.after)
-        if batch:
-            self.after = batch[-1].id
-        return batch
+        return await admin.poll_trace(self.tail)
 
     def show(self, data: list[Event]) -> None:
         self.events.extend(data)
         self.job_ids.update(e.job_id for e in data)
         self.found += sum(1 for e in data if self._matches(e))
-        if len(data) == 1000:
+        if self.tail.more:
             self.jobq.poke()  # more are waiting: fetch them without waiting an interval
         if self.following:
             self._append(self.events[self.shown:])
