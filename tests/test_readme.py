@@ -56,3 +56,16 @@ def test_runner_example_runs(tmp_path: Path, dsn: str, monkeypatch: Any) -> None
         assert db.execute("SELECT result FROM svti_jobs_events WHERE type = 'notify-user' "
                           "AND event = 'completed'").fetchone() == ("req-readme",)
     queue.close()
+
+
+def test_every_linked_test_exists() -> None:
+    """Each promise in the README links to the test that proves it: every such link names a
+    test that is really there."""
+    text = (ROOT / "README.md").read_text()
+    links = re.findall(r"\[`(test_\w+)`\]\((tests/[\w/]+\.py)\)", text)
+    assert len(links) >= 20
+    for name, path in links:
+        source = (ROOT / path).read_text()
+        assert re.search(rf"^(async )?def {name}\(", source, re.M), f"{path} has no {name}"
+    for path in re.findall(r"\]\((tests/[\w/]+\.py)\)", text):
+        assert (ROOT / path).exists(), path
