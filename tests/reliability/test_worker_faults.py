@@ -125,19 +125,21 @@ def test_process_executor_above_the_thread_pool_size_keeps_leases(
 
 
 def test_heartbeat_follows_the_shortest_task_lease(rdsn: str, workers: WorkerSet) -> None:
-    """A task's 1.5 s lease under a runner's 30 s one: heartbeats must come often enough."""
+    """A task's 1.5 s lease under a runner's 6 s one, on 10 s jobs. Once the claim's 6 s have
+    passed, each beat renews a job for 1.5 s only: beats must come often enough for that
+    (a beat every 2 s, a third of the runner's lease, would let it lapse)."""
     _leases_must_hold(
-        rdsn, workers, "task lease 1.5 s under a runner lease of 30 s, 6 s jobs", jobs=2,
-        holder={"concurrency": 2, "lease_ms": 30_000, "task_lease_ms": 1500}, seconds=6.0)
+        rdsn, workers, "task lease 1.5 s under a runner lease of 6 s, 10 s jobs", jobs=2,
+        holder={"concurrency": 2, "lease_ms": 6000, "task_lease_ms": 1500}, seconds=10.0)
 
 
 def test_a_direct_claimer_never_gets_a_job_of_a_short_task_lease(
     rdsn: str, workers: WorkerSet
 ) -> None:
     """The same, with a claimer polling the queue itself every 50 ms while the jobs run."""
-    run = Run("task lease 1.5 s, runner lease 30 s: a polling claimer", rdsn, workers)
-    run.expected = enqueue_jobs(rdsn, 2, {"sleep_ms": 6000})
-    workers.start(1, worker_env(rdsn, concurrency=2, lease_ms=30_000, task_lease_ms=1500))
+    run = Run("task lease 1.5 s, runner lease 6 s, 10 s jobs: a polling claimer", rdsn, workers)
+    run.expected = enqueue_jobs(rdsn, 2, {"sleep_ms": 10_000})
+    workers.start(1, worker_env(rdsn, concurrency=2, lease_ms=6000, task_lease_ms=1500))
     assert wait_until(lambda: _claimed_by(rdsn, "w") == 2, 30)
     stolen: list[int] = []
     stop = threading.Event()
