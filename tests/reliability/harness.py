@@ -440,6 +440,17 @@ class Run:
         return (self.drain_seconds is not None and no_restarts
                 and not self.workers.unexpected_exits())
 
+    def conclude(self, drain_timeout: float) -> Ledger:
+        """The usual end of a scenario: the fault is over, the queue drains, the workers stop
+        cleanly, and the ledger balances with nothing lost or completed twice."""
+        if self.fault_ended is None:
+            self.fault_over()
+        self.wait_drained(drain_timeout)
+        ledger = self.finish()
+        ledger.check()
+        self.assert_stopped_cleanly()
+        return ledger
+
     def finish(self, *, stop: bool = True) -> Ledger:
         """Stop the workers (SIGTERM, bounded), then read, print and return the ledger."""
         unexpected = [w.label for w in self.workers.unexpected_exits()]

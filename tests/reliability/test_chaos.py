@@ -54,8 +54,4 @@ def test_chaos_mix(restart_server: EmbeddedPostgres, restart_dsn: str,
         else:
             restart_server.restart(fault.split()[1])
     run.note(f"faults: {counts}")
-    run.fault_over()
-    run.wait_drained(180)
-    ledger = run.finish()
-    ledger.check()
-    run.assert_stopped_cleanly()
+    run.conclude(drain_timeout=180)

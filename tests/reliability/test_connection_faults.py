@@ -33,11 +33,7 @@ def _terminate_run(rdsn: str, workers: WorkerSet, seconds: float, jobs: int) -> 
     with running(terminator):
         terminator.join(seconds + 5)
     run.note(terminator.describe())
-    run.fault_over()
-    run.wait_drained(60)
-    ledger = run.finish()
-    ledger.check()
-    run.assert_stopped_cleanly()
+    run.conclude(drain_timeout=60)
 
 
 def test_terminated_backends_in_a_loop(rdsn: str, workers: WorkerSet) -> None:
@@ -57,11 +53,7 @@ def test_server_restart_mid_run(
         started = time.monotonic()
         restart_server.restart(mode)
         run.note(f"restart -m {mode} took {time.monotonic() - started:.1f} s")
-    run.fault_over()
-    run.wait_drained(60)
-    ledger = run.finish()
-    ledger.check()
-    run.assert_stopped_cleanly()
+    run.conclude(drain_timeout=60)
 
 
 @pytest.mark.parametrize("kind", ["sync-thread-0", "async-async-1", "sync-process-2"])

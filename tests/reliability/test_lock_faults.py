@@ -42,11 +42,7 @@ def _locked_run(rdsn: str, workers: WorkerSet, title: str, setting: str, value: 
     with running(locker):
         locker.join(17)
     run.note(locker.describe())
-    run.fault_over()
-    run.wait_drained(40)
-    ledger = run.finish()
-    ledger.check()
-    run.assert_stopped_cleanly()
+    run.conclude(drain_timeout=40)
 
 
 def test_statement_timeout_hits_claim_ack_and_heartbeat(rdsn: str, workers: WorkerSet) -> None:

@@ -46,11 +46,7 @@ def _kill_9_run(rdsn: str, workers: WorkerSet, jobs: int, seconds: float) -> Non
     assert workers.wait_serving()
     kills = _kill_loop(run, workers, seconds, (1.0, 3.0), until_live=jobs // 10)
     run.note(f"{kills} kill -9 and restarts; {live_count(rdsn)} jobs still live at the last")
-    run.fault_over()
-    run.wait_drained(90)
-    ledger = run.finish()
-    ledger.check()
-    run.assert_stopped_cleanly()
+    run.conclude(drain_timeout=90)
 
 
 def test_kill_9_of_workers_during_a_run(rdsn: str, workers: WorkerSet) -> None:
