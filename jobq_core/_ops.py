@@ -33,6 +33,7 @@ from .models import (
     validate_limit,
     validate_types,
     validate_when,
+    validate_worker,
 )
 from .sql import Statements
 
@@ -156,7 +157,7 @@ def claim_many(
     params = {
         "limit": validate_limit(limit),
         "lease_ms": validate_lease_ms(lease_ms),
-        "worker": worker,
+        "worker": validate_worker(worker),
         "types": checked_types,
     }
     query = st.claim_any if checked_types is None else st.claim_typed
@@ -266,7 +267,8 @@ def release(st: Statements, jobs: Sequence[Job], reason: str) -> Op[list[int]]:
 
 def claim_job(st: Statements, job_id: int, lease_ms: object, worker: str) -> Op[Job | None]:
     rows = yield Stmt(st.claim_job, {
-        "id": validate_id(job_id), "lease_ms": validate_lease_ms(lease_ms), "worker": worker,
+        "id": validate_id(job_id), "lease_ms": validate_lease_ms(lease_ms),
+        "worker": validate_worker(worker),
     })
     return job_from_row(rows[0]) if rows else None
 

@@ -31,12 +31,14 @@ from .errors import (
     classify,
 )
 from .filters import JobFilter, parse_filter
-from .models import clean_reason, validate_id, validate_limit, validate_when
+from .models import LEASE_MS_MAX, clean_reason, validate_id, validate_limit, validate_when
 from .queue import AsyncJobQueue, JobQueue
 from .sql import Statements
 
 #: Rows per statement for bulk repairs.
 REPAIR_BATCH = 500
+#: The longest an operator may extend a lease by: the API's own cap on a lease.
+LEASE_MAX = timedelta(milliseconds=LEASE_MS_MAX)
 #: How many ids a preview shows.
 SAMPLE = 10
 #: Seconds between checks when following a trace.
@@ -774,7 +776,8 @@ class Admin:
     def extend(self, ids: Sequence[int], by: timedelta | str,
                progress: Progress | None = None) -> RepairResult:
         """Lengthen claimed jobs' leases by `by` (from now, if a lease already lapsed)."""
-        return self.queue._run(repair(self._st, "extend", ids, by=parse_duration(by),
+        return self.queue._run(repair(self._st, "extend", ids,
+                                      by=parse_duration(by, maximum=LEASE_MAX),
                                       reason="extended by operator", progress=progress))
 
     def delete(self, ids: Sequence[int], *, force: bool = False,
@@ -834,7 +837,8 @@ class AsyncAdmin:
 
     async def extend(self, ids: Sequence[int], by: timedelta | str,
                      progress: Progress | None = None) -> RepairResult:
-        return await self.queue._run(repair(self._st, "extend", ids, by=parse_duration(by),
+        return await self.queue._run(repair(self._st, "extend", ids,
+                                            by=parse_duration(by, maximum=LEASE_MAX),
                                             reason="extended by operator", progress=progress))
 
     async def delete(self, ids: Sequence[int], *, force: bool = False,

@@ -79,8 +79,9 @@ def parse_filter(text: str) -> JobFilter:
             values["age"] = (op, parse_duration(amount))
         elif key == "attempts":
             op, amount = _comparison(word, value)
-            if not amount.isdigit():
-                raise InvalidInputError(f"{word!r}: attempts takes a number, e.g. attempts:>=3")
+            if not (amount.isascii() and amount.isdigit() and len(amount) <= 9):
+                raise InvalidInputError(
+                    f"{word!r}: attempts takes a number from 0 to 999999999, e.g. attempts:>=3")
             values["attempts"] = (op, int(amount))
         else:
             raise InvalidInputError(f"unknown qualifier {key!r}: use one of {QUALIFIERS}")

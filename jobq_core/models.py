@@ -7,7 +7,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -19,6 +19,14 @@ PRIORITY_MIN, PRIORITY_MAX = -32768, 32767
 LEASE_MS_MAX = 7 * 24 * 3600 * 1000
 _TYPE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/\-]{0,127}")
 _TEXT_MAX = 1024
+#: Points in time a job may be given: readable back in any session time zone (a UTC time
+#: next to year 1 or 9999 is not, once shifted by up to 14 hours).
+WHEN_MIN = datetime(1, 1, 2, tzinfo=UTC)
+WHEN_MAX = datetime(9999, 12, 30, tzinfo=UTC)
+#: The longest delay from now.
+DELAY_MAX = timedelta(days=100 * 366)
+#: A worker name: what `claimed_by` stores.
+WORKER_MAX = 200
 # One encoder for every payload: json.dumps with options would build a new one per call.
 _ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
@@ -88,8 +96,18 @@ def validate_types(types: object) -> list[str] | None:
     return checked
 
 
-def optional_text(value: object, what: str) -> str | None:
-    """Request ids and idempotency keys: any text without NUL, at most 1024 characters.
+def _encodable(text: str) -> bool:
+    """Whether the text is valid Unicode for the database: a lone surrogate is not."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def optional_text(value: object, what: str, maximum: int = _TEXT_MAX) -> str | None:
+    """Request ids and idempotency keys: any text without NUL or lone surrogates, at most
+    1024 characters.
 
     An empty string means "none", as upstream does for request ids.
     """
@@ -99,9 +117,19 @@ def optional_text(value: object, what: str) -> str | None:
         raise InvalidInputError(f"{what} must be a string, got {type(value).__name__}")
     if "\x00" in value:
         raise InvalidInputError(f"{what} must not contain a NUL character")
-    if len(value) > _TEXT_MAX:
-        raise InvalidInputError(f"{what} is {len(value)} characters long; at most {_TEXT_MAX}")
+    if len(value) > maximum:
+        raise InvalidInputError(f"{what} is {len(value)} characters long; at most {maximum}")
+    if not _encodable(value):
+        raise InvalidInputError(f"{what} is not valid Unicode (a lone surrogate)")
     return value
+
+
+def validate_worker(value: object) -> str:
+    """A worker name as `claimed_by` stores it."""
+    name = optional_text(value, "worker name", WORKER_MAX)
+    if name is None:
+        raise InvalidInputError("worker name must not be empty")
+    return name
 
 
 def _contains_nul(value: Any) -> bool:
@@ -122,6 +150,10 @@ def dump_json(value: Any, what: str = "payload") -> str | None:
         text = _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"{what} is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise InvalidInputError(f"{what} is nested too deeply to store") from None
+    if not _encodable(text):
+        raise InvalidInputError(f"{what} is not valid Unicode (it holds a lone surrogate)")
     # jsonb cannot store U+0000; json.dumps writes it as the escape \u0000.
     if "\\u0000" in text and _contains_nul(value):
         raise InvalidInputError(f"{what} contains a NUL character (\\u0000), which jsonb rejects")
@@ -139,14 +171,26 @@ def validate_priority(value: object) -> int:
 
 
 def validate_when(value: object, what: str = "run_at") -> tuple[datetime | None, timedelta | None]:
-    """A point in time (timezone-aware) or a delay from the database's now()."""
+    """A point in time (timezone-aware, between years 1 and 9999 in any time zone) or a delay
+    from the database's now() (from zero to 100 years)."""
     if value is None:
         return None, None
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
             raise InvalidInputError(f"{what} must be timezone-aware, got naive {value.isoformat()}")
+        try:
+            in_range = WHEN_MIN <= value <= WHEN_MAX
+        except OverflowError:
+            in_range = False
+        if not in_range:
+            raise InvalidInputError(
+                f"{what} {value.isoformat()} is out of range: from {WHEN_MIN.date()} to "
+                f"{WHEN_MAX.date()} UTC")
         return value, None
     if isinstance(value, timedelta):
+        if not timedelta(0) <= value <= DELAY_MAX:
+            raise InvalidInputError(
+                f"{what} delay {value} is out of range: from 0 to {DELAY_MAX.days} days")
         return None, value
     raise InvalidInputError(f"{what} must be a datetime or a timedelta, got {type(value).__name__}")
 
@@ -174,10 +218,15 @@ def validate_id(value: object) -> int:
 
 
 def clean_reason(value: object) -> str:
-    """A failure reason is stored as given, except NUL, which text columns refuse."""
+    """A failure reason is stored as given, except what text columns refuse: NUL, and lone
+    surrogates (an exception's text may hold them), which are written as escapes. A failure
+    is always recorded."""
     if not isinstance(value, str):
         raise InvalidInputError(f"reason must be a string, got {type(value).__name__}")
-    return value.replace("\x00", "\\x00")
+    text = value.replace("\x00", "\\x00")
+    if not _encodable(text):
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def new_job_params(job: NewJob | Mapping[str, Any]) -> EnqueueParams:

@@ -58,7 +58,7 @@ from .executors import (
     ProcessPool,
     bound_logger,
 )
-from .models import Job, dump_json, validate_lease_ms, validate_type
+from .models import DELAY_MAX, Job, dump_json, validate_lease_ms, validate_type
 from .queue import APPLICATION_NAME, AsyncJobQueue, JobQueue, default_worker_name
 
 log = logging.getLogger("jobq.runner")
@@ -915,7 +915,9 @@ class TaskRunner:
                     exc: BaseException | None = None) -> tuple[str, Any]:
         job, task = attempt.job, attempt.task
         retry = retry and job.attempts < task.max_attempts
-        delay = task.backoff(job.attempts) if retry else 0.0
+        # A backoff's answer is clamped to what a delay may be, so no backoff can break it.
+        delay = min(max(float(task.backoff(job.attempts)), 0.0),
+                    DELAY_MAX.total_seconds()) if retry else 0.0
         try:
             await self._queue_call("fail", job, reason=reason, retry=retry,
                                    run_at=timedelta(seconds=delay) if retry else None)

@@ -413,7 +413,7 @@ def enqueue(
             raise InvalidInputError("give --run-at or --delay, not both")
         value = _read_payload(payload)
         when: datetime | timedelta | None = parse_when(run_at)
-        if delay:
+        if delay is not None:  # "" is a bad duration, not "no delay"
             when = parse_duration(delay)
         job_id = admin.queue.enqueue(job_type, value, run_at=when, priority=priority,
                                      idempotency_key=idempotency_key, request_id=request_id)
@@ -426,14 +426,17 @@ def enqueue(
 def _read_payload(text: str | None) -> Any:
     if text is None:
         return None
-    if text == "-":
-        text = sys.stdin.read()
-    elif text.startswith("@"):
-        try:
+    try:
+        if text == "-":
+            text = sys.stdin.buffer.read().decode("utf-8")
+        elif text.startswith("@"):
             with open(text[1:], encoding="utf-8") as handle:
                 text = handle.read()
-        except OSError as exc:
-            raise InvalidInputError(f"cannot read payload file: {exc.strerror}") from None
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read payload file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(
+            f"payload is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

@@ -1,0 +1,118 @@
+"""Hostile input at the edge (issue 10): every bad value gets a typed `InvalidInputError` in
+the library and exit 2 with one stderr line in the CLI, and nothing it leaves behind can
+break a later claim or listing. Real Postgres throughout."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+import pytest
+
+from jobq_core import InvalidInputError, JobQueue, NewJob, parse_duration
+from jobq_core.admin import Admin
+from jobq_core.filters import parse_filter
+
+from .test_cli import cli  # noqa: F401  (the fixture)
+
+PLUS_14 = timezone(timedelta(hours=14))
+
+
+@pytest.mark.parametrize("when", [
+    datetime(1, 1, 1, 5, tzinfo=PLUS_14),           # F2: before year 1 in UTC
+    datetime(9999, 12, 31, 20, tzinfo=timezone(timedelta(hours=-14))),
+    timedelta(days=10**6),                           # F6: beyond what now() + delay can hold
+    timedelta(seconds=-5),                           # a negative delay jumps the queue
+])
+def test_out_of_range_times_are_refused_and_nothing_is_stored(
+    q: Any, db: psycopg.Connection[Any], when: Any
+) -> None:
+    with pytest.raises(InvalidInputError, match="out of range"):
+        q.enqueue("t", run_at=when)
+    with pytest.raises(InvalidInputError, match="out of range"):
+        q.enqueue_many([NewJob("t"), NewJob("t", run_at=when)])
+    job_id = q.enqueue("t")
+    job = q.claim()
+    assert job is not None and job.id == job_id
+    with pytest.raises(InvalidInputError, match="out of range"):
+        q.fail(job, reason="x", retry=True, run_at=when)
+    assert db.execute("SELECT count(*) FROM svti_jobs").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("text", ["²", "attempts:²", "٣d", "1" * 5000 + "s", "999999999d"])
+def test_odd_digits_and_huge_numbers_are_bad_input(text: str) -> None:
+    with pytest.raises(InvalidInputError):
+        if ":" in text:
+            parse_filter(text)
+        else:
+            parse_duration(text)
+    with pytest.raises(InvalidInputError):
+        parse_filter(f"age:>{text}")
+
+
+def test_an_operator_extend_is_capped_like_a_lease(dsn: str) -> None:
+    with JobQueue(dsn) as queue:
+        queue.enqueue("t")
+        job = queue.claim()
+        assert job is not None
+        admin = Admin(queue)
+        with pytest.raises(InvalidInputError, match="too long"):
+            admin.extend([job.id], "99999999d")
+        with pytest.raises(InvalidInputError, match="too long"):
+            admin.extend([job.id], "8d")
+        assert admin.extend([job.id], "7d").changed == 1
+
+
+@pytest.mark.parametrize("field", ["payload", "request_id", "idempotency_key"])
+def test_lone_surrogates_are_refused(q: Any, field: str) -> None:
+    value: Any = {"text": "\ud800"} if field == "payload" else "a\ud800"
+    with pytest.raises(InvalidInputError, match="Unicode"):
+        q.enqueue("t", **{field: value})
+
+
+def test_a_reason_with_a_surrogate_is_still_recorded(q: Any, db: psycopg.Connection[Any]) -> None:
+    q.enqueue("t")
+    q.fail(q.claim(), reason="broke on \ud800")
+    assert db.execute("SELECT last_error FROM svti_jobs").fetchone() == ("broke on \\ud800",)
+
+
+def test_a_payload_nested_too_deeply_is_refused(q: Any) -> None:
+    deep: Any = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(InvalidInputError, match="nested too deeply"):
+        q.enqueue("t", deep)
+
+
+@pytest.mark.parametrize("worker", ["a\x00b", "w" * 1_000_000, "\udcff"])
+def test_worker_names_are_validated(q: Any, worker: str) -> None:
+    q.enqueue("t")
+    with pytest.raises(InvalidInputError, match="worker name"):
+        q.claim(worker=worker)
+    assert q.claim(worker="fine") is not None
+
+
+@pytest.mark.parametrize("args", [
+    ["enqueue", "t", "--run-at", "0001-01-01T00:00:00+14:00"],
+    ["enqueue", "t", "--delay", "999999999d"],
+    ["enqueue", "t", "--delay", ""],
+    ["clear", "--older-than", "999999999d", "--yes"],
+    ["list", "age:>999999999d"],
+    ["list", "attempts:²"],
+    ["extend", "1", "--by", "99999999d", "--yes"],
+])
+def test_cli_bad_input_is_one_line_and_exit_2(cli: Any, args: list[str]) -> None:  # noqa: F811
+    result = cli(*args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jobq: "), result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_cli_payload_that_is_not_utf8(cli: Any, tmp_path: Any) -> None:  # noqa: F811
+    file = tmp_path / "payload.json"
+    file.write_bytes(b'{"x": "\xff\xfe"}')
+    result = cli("enqueue", "t", "-p", f"@{file}")
+    assert result.exit_code == 2 and "not UTF-8" in result.stderr
+    assert "Traceback" not in result.output
