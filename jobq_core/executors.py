@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import multiprocessing as mp
+import os
 import pickle
 import queue
 import signal
@@ -141,8 +142,27 @@ def bound_logger(job: Job) -> JobLogger:
                      {"job_id": job.id, "attempt": job.attempts, "request_id": job.request_id})
 
 
-def _child_main(conn: Connection, cancelled: Any, settings: ChildSettings) -> None:
+def _die_with_parent(parent: int) -> None:
+    """End this child soon after its parent (pid `parent`) dies, even by kill -9, so that no
+    orphan goes on running a job whose lease nobody renews (the reclaimer will run it). A
+    watch thread, not PR_SET_PDEATHSIG: that does not fire in every sandbox."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_ORPHAN_CHECK)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="jobq-orphan-watch", daemon=True).start()
+
+
+#: Seconds between a child's checks that its parent is alive.
+_ORPHAN_CHECK = 0.5
+
+
+def _child_main(conn: Connection, cancelled: Any, settings: ChildSettings,
+                parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides about shutdown
+    _die_with_parent(parent)
     while True:
         try:
             fn, payload, job = conn.recv()
@@ -150,22 +170,36 @@ def _child_main(conn: Connection, cancelled: Any, settings: ChildSettings) -> No
             return
         ctx = ProcessContext(job, cancelled, settings)
         try:
-            conn.send(("ok", fn(payload, ctx)))
+            reply: tuple[Any, ...] = ("ok", fn(payload, ctx))
         except BaseException as exc:
-            text = "".join(traceback.format_exception(exc))
+            reply = _error_reply(exc)
+        try:
             try:
-                blob: bytes | None = pickle.dumps(exc)
-            except Exception:
-                blob = None
-            conn.send(("error", blob, f"{type(exc).__name__}: {exc}", text))
+                conn.send(reply)
+            except OSError:
+                raise
+            except Exception as exc:  # the result itself cannot be sent
+                conn.send(_error_reply(exc))
+        except OSError:  # the parent is gone: nobody to answer
+            return
+
+
+def _error_reply(exc: BaseException) -> tuple[Any, ...]:
+    text = "".join(traceback.format_exception(exc))
+    try:
+        blob: bytes | None = pickle.dumps(exc)
+    except Exception:
+        blob = None
+    return ("error", blob, f"{type(exc).__name__}: {exc}", text)
 
 
 class _Worker:
     def __init__(self, context: Any, settings: ChildSettings) -> None:
         self.cancelled = context.Event()
         self.conn, child = context.Pipe()
-        self.proc = context.Process(target=_child_main, args=(child, self.cancelled, settings),
-                                    daemon=True, name="jobq-process-worker")
+        self.proc = context.Process(
+            target=_child_main, args=(child, self.cancelled, settings, os.getpid()),
+            daemon=True, name="jobq-process-worker")
         self.proc.start()
         child.close()
 

@@ -217,6 +217,14 @@ def validate_id(value: object) -> int:
     return value
 
 
+def parse_id(text: str) -> int:
+    """A job id typed by a person: ASCII digits only ("²" and "٣" are digits to Python)."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 19):
+        raise InvalidInputError(f"invalid job id {text!r}: expected a positive whole number")
+    return validate_id(int(text))
+
+
 def clean_reason(value: object) -> str:
     """A failure reason is stored as given, except what text columns refuse: NUL, and lone
     surrogates (an exception's text may hold them), which are written as escapes. A failure

@@ -26,6 +26,7 @@ from textual.screen import Screen
 
 from jobq_core import DatabaseUnavailableError, InvalidInputError, JobqError, parse_duration
 from jobq_core.filters import parse_filter
+from jobq_core.models import parse_id
 
 from .connection import ConsoleDB
 from .operator import Operator
@@ -258,8 +259,9 @@ class JobqApp(App[None]):
         match word.lower():
             case "trace" | "t" if rest:
                 return lambda: self.open(TraceScreen(rest))
-            case "job" | "show" if rest.isdigit():
-                return lambda: self.open(DetailScreen(int(rest)))
+            case "job" | "show" if rest:
+                job_id = parse_id(rest)
+                return lambda: self.open(DetailScreen(job_id))
             case "jobs" | "list":
                 flt = parse_filter(rest)
                 return lambda: self.open(JobsScreen(flt))

@@ -637,3 +637,45 @@ def test_on_event_and_counters(dsn: str) -> None:
         poison: [("claimed", 1), ("retried", 1), ("claimed", 2), ("failed", 2)],
     }
     assert dict(runner.counters) == {"claimed": 3, "completed": 1, "retried": 1, "failed": 1}
+
+
+def test_a_process_child_dies_with_its_worker(dsn: str, tmp_path: Any) -> None:
+    """kill -9 of a worker takes its process children with it: no orphan goes on running a
+    job whose lease nobody renews."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import asyncio, os, sys\n"
+        "from jobq_core.executors import ChildSettings, ProcessPool\n"
+        "from jobq_core.models import Job\n"
+        "from tests import runner_tasks\n"
+        "import threading\n"
+        "async def main():\n"
+        "    pool = ProcessPool(1, ChildSettings(None, 'svti_jobs'))\n"
+        "    job = Job(1, 't', {}, 0, None, 1, None, None, None, None, None, None)\n"
+        "    task = asyncio.ensure_future(pool.run(runner_tasks.sleepy, {'sleep': 60}, job,"
+        " None, threading.Event()))\n"
+        "    while not pool._busy:\n"
+        "        await asyncio.sleep(0.05)\n"
+        "    print(next(iter(pool._busy)).proc.pid, flush=True)\n"
+        "    await task\n"
+        "if __name__ == '__main__':\n"
+        "    asyncio.run(main())\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              cwd=root, env={**os.environ, "PYTHONPATH": root})
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait(10)
+
+    def gone() -> bool:
+        try:
+            with open(f"/proc/{child}/stat") as stat:
+                return stat.read().split()[2] == "Z"  # a zombie has ended
+        except FileNotFoundError:
+            return True
+
+    wait_until(gone, 10, "the child to die with its parent")

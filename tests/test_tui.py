@@ -647,3 +647,48 @@ async def test_overview_keeps_types_in_order_and_the_cursor_on_its_type(
         await until(pilot, lambda: order() == ["a-type", "m-type", "z-type"])
         key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
         assert key.value == "z-type"
+
+
+HOSTILE_FILTERS = ["attempts:²", "attempts:" + "9" * 5000, "age:>" + "1" * 5000 + "s",
+                   "age:>999999999d", "age:>٣d", "type:[bold]x[/]", "req:\x1b[31mred",
+                   "error:\ud800"]
+HOSTILE_COMMANDS = ["job ²", "job 99999999999999999999999", "job -1", "refresh ²",
+                    "clear 999999999d", "trace \ud800", "jobs attempts:²"]
+
+
+async def test_hostile_filter_and_command_input_never_stops_the_console(
+    dsn: str, queue: JobQueue
+) -> None:
+    """Each bad filter shows a notification, each bad command its reason in the prompt, and
+    the console keeps running with its screen usable."""
+    queue.enqueue("a", {})
+    app = JobqApp(dsn, interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_jobs(pilot, app, "")
+        for text in HOSTILE_FILTERS:
+            before = notifications(app)[-1:]
+            await pilot.press("slash")
+            field = app.screen.query_one("#filter", Input)
+            field.value = text
+            await pilot.press("enter")
+            await pilot.pause(0.1)
+            assert app.is_running, text
+            # a new notification (the oldest may have been dropped), or the filter applied
+            assert notifications(app)[-1:] != before or not field.display, text
+            await pilot.press("escape")
+        for line in HOSTILE_COMMANDS:
+            await pilot.press("colon")
+            prompt = await until(pilot, lambda: isinstance(app.screen, PromptScreen)
+                                 and app.screen)
+            prompt.query_one(Input).value = line
+            await pilot.press("enter")
+            await pilot.pause(0.1)
+            assert app.is_running, line
+            if isinstance(app.screen, PromptScreen):
+                hint = text_of(app, "#dialog-hint")
+                assert hint and "Traceback" not in hint, line
+                await pilot.press("escape")
+            else:  # accepted as text (a trace of an odd request id): it opened a screen
+                await pilot.press("escape")
+        await open_jobs(pilot, app, "")
+        assert app.is_running
