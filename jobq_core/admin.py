@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql as psql
@@ -34,6 +34,8 @@ from .filters import JobFilter, parse_filter
 from .models import LEASE_MS_MAX, clean_reason, validate_id, validate_limit, validate_when
 from .queue import AsyncJobQueue, JobQueue
 from .sql import Statements
+
+T = TypeVar("T")
 
 #: Rows per statement for bulk repairs.
 REPAIR_BATCH = 500
@@ -684,19 +686,24 @@ class Admin:
         self.queue = queue
         self._st = queue.statements
 
+    def _run(self, op: Op[T], *, atomic: bool = False) -> T:
+        # Operator operations never create or migrate tables: a typo in --table is an
+        # error that names the fix, not four new tables.
+        return self.queue._run(op, atomic=atomic, may_migrate=False)
+
     def list_jobs(self, filter: JobFilter | str | None = None, *, after: str | None = None,
                   limit: int = 50) -> Page:
-        return self.queue._run(list_jobs(self._st, as_filter(filter), after, limit))
+        return self._run(list_jobs(self._st, as_filter(filter), after, limit))
 
     def show(self, job_id: int) -> JobDetail:
-        return self.queue._run(show(self._st, job_id))
+        return self._run(show(self._st, job_id))
 
     def trace(self, request_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
-        return self.queue._run(trace(self._st, request_id, after, limit))
+        return self._run(trace(self._st, request_id, after, limit))
 
     def poll_trace(self, tail: TraceTail) -> list[Event]:
         """One poll of a follower: what `tail` has not delivered yet (see `TraceTail`)."""
-        return self.queue._run(follow_step(self._st, tail))
+        return self._run(follow_step(self._st, tail))
 
     def follow(self, request_id: str, *, after: int = 0, poll: float = FOLLOW_POLL,
                tail: TraceTail | None = None,
@@ -762,21 +769,21 @@ class Admin:
             return None  # polling meanwhile; the next quiet moment tries again
 
     def select(self, filter: JobFilter | str) -> list[int]:
-        return self.queue._run(matching_ids(self._st, as_filter(filter)))
+        return self._run(matching_ids(self._st, as_filter(filter)))
 
     def preview(self, action: str, ids: Sequence[int]) -> Preview:
-        return self.queue._run(preview(self._st, action, ids))
+        return self._run(preview(self._st, action, ids))
 
     def retry(self, ids: Sequence[int], *, run_at: datetime | None = None,
               progress: Progress | None = None) -> RepairResult:
         """Failed jobs back to pending, now or at `run_at`."""
-        return self.queue._run(repair(self._st, "retry", ids, run_at=run_at,
+        return self._run(repair(self._st, "retry", ids, run_at=run_at,
                                       reason="retried by operator", progress=progress))
 
     def extend(self, ids: Sequence[int], by: timedelta | str,
                progress: Progress | None = None) -> RepairResult:
         """Lengthen claimed jobs' leases by `by` (from now, if a lease already lapsed)."""
-        return self.queue._run(repair(self._st, "extend", ids,
+        return self._run(repair(self._st, "extend", ids,
                                       by=parse_duration(by, maximum=LEASE_MAX),
                                       reason="extended by operator", progress=progress))
 
@@ -784,22 +791,22 @@ class Admin:
                progress: Progress | None = None) -> RepairResult:
         """Delete pending or failed jobs; claimed ones only with `force`."""
         action = "delete-force" if force else "delete"
-        return self.queue._run(repair(self._st, action, ids, reason="deleted by operator",
+        return self._run(repair(self._st, action, ids, reason="deleted by operator",
                                       progress=progress))
 
     def preview_clear(self, older_than: timedelta | str) -> ClearPreview:
-        return self.queue._run(preview_clear(self._st, parse_duration(older_than)))
+        return self._run(preview_clear(self._st, parse_duration(older_than)))
 
     def clear(self, older_than: timedelta | str,
               progress: Callable[[int], None] | None = None) -> int:
         """Failed jobs and history older than the cutoff, in batches; see `JobQueue.clear`."""
-        return self.queue._run(_ops.clear(self._st, parse_duration(older_than), progress))
+        return self._run(_ops.clear(self._st, parse_duration(older_than), progress))
 
     def stats(self) -> list[TypeStats]:
-        return self.queue._run(stats(self._st), atomic=True)
+        return self._run(stats(self._st), atomic=True)
 
     def doctor(self) -> list[Finding]:
-        return self.queue._run(doctor(self._st))
+        return self._run(doctor(self._st))
 
     def migrate(self, *, dry_run: bool = True) -> list[str]:
         """The migration SQL; applied unless `dry_run`."""
@@ -813,60 +820,63 @@ class AsyncAdmin:
         self.queue = queue
         self._st = queue.statements
 
+    async def _run(self, op: Op[T], *, atomic: bool = False) -> T:
+        return await self.queue._run(op, atomic=atomic, may_migrate=False)
+
     async def list_jobs(self, filter: JobFilter | str | None = None, *,
                         after: str | None = None, limit: int = 50) -> Page:
-        return await self.queue._run(list_jobs(self._st, as_filter(filter), after, limit))
+        return await self._run(list_jobs(self._st, as_filter(filter), after, limit))
 
     async def show(self, job_id: int) -> JobDetail:
-        return await self.queue._run(show(self._st, job_id))
+        return await self._run(show(self._st, job_id))
 
     async def trace(self, request_id: str, *, after: int = 0,
                     limit: int = 1000) -> list[Event]:
-        return await self.queue._run(trace(self._st, request_id, after, limit))
+        return await self._run(trace(self._st, request_id, after, limit))
 
     async def select(self, filter: JobFilter | str) -> list[int]:
-        return await self.queue._run(matching_ids(self._st, as_filter(filter)))
+        return await self._run(matching_ids(self._st, as_filter(filter)))
 
     async def preview(self, action: str, ids: Sequence[int]) -> Preview:
-        return await self.queue._run(preview(self._st, action, ids))
+        return await self._run(preview(self._st, action, ids))
 
     async def retry(self, ids: Sequence[int], *, run_at: datetime | None = None,
                     progress: Progress | None = None) -> RepairResult:
-        return await self.queue._run(repair(self._st, "retry", ids, run_at=run_at,
+        return await self._run(repair(self._st, "retry", ids, run_at=run_at,
                                             reason="retried by operator", progress=progress))
 
     async def extend(self, ids: Sequence[int], by: timedelta | str,
                      progress: Progress | None = None) -> RepairResult:
-        return await self.queue._run(repair(self._st, "extend", ids,
+        return await self._run(repair(self._st, "extend", ids,
                                             by=parse_duration(by, maximum=LEASE_MAX),
                                             reason="extended by operator", progress=progress))
 
     async def delete(self, ids: Sequence[int], *, force: bool = False,
                      progress: Progress | None = None) -> RepairResult:
         action = "delete-force" if force else "delete"
-        return await self.queue._run(repair(self._st, action, ids,
+        return await self._run(repair(self._st, action, ids,
                                             reason="deleted by operator", progress=progress))
 
     async def preview_clear(self, older_than: timedelta | str) -> ClearPreview:
-        return await self.queue._run(preview_clear(self._st, parse_duration(older_than)))
+        return await self._run(preview_clear(self._st, parse_duration(older_than)))
 
     async def clear(self, older_than: timedelta | str,
                     progress: Callable[[int], None] | None = None) -> int:
-        return await self.queue._run(
+        return await self._run(
             _ops.clear(self._st, parse_duration(older_than), progress))
 
     async def stats(self) -> list[TypeStats]:
-        return await self.queue._run(stats(self._st), atomic=True)
+        return await self._run(stats(self._st), atomic=True)
 
     async def doctor(self) -> list[Finding]:
-        return await self.queue._run(doctor(self._st))
+        return await self._run(doctor(self._st))
 
     async def migrate(self, *, dry_run: bool = True) -> list[str]:
         return await self.queue._run(migrate(self._st, dry_run), atomic=True, schema_op=True)
 
     async def poll_trace(self, tail: TraceTail) -> list[Event]:
         """One poll of a follower: what `tail` has not delivered yet (see `TraceTail`)."""
-        return await self.queue._run(follow_step(self._st, tail))
+        return await self._run(follow_step(self._st, tail))
 
     async def follow(self, request_id: str, *, after: int = 0, poll: float = FOLLOW_POLL,
                      tail: TraceTail | None = None,

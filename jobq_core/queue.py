@@ -21,6 +21,7 @@ from typing import Any, Self, TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from . import _ops, schema
@@ -82,23 +83,37 @@ def _why_no_connection(exc: BaseException, full: bool, probe: BaseException | No
 WAIT_POLL = 1.0
 
 
-def _pool_kwargs(pgbouncer: bool) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"autocommit": True, "application_name": APPLICATION_NAME,
-                              "connect_timeout": int(CONNECT_TIMEOUT)}
+def _pool_kwargs(conninfo: str | None, pgbouncer: bool) -> dict[str, Any]:
+    """The queue's own connection settings, added to the user's and never replacing them:
+    their `options` (search_path, statement_timeout, ...), application_name and
+    connect_timeout, from the DSN or libpq's PGOPTIONS / PGAPPNAME, are kept."""
+    try:
+        given = conninfo_to_dict(conninfo) if conninfo else {}
+    except psycopg.ProgrammingError:
+        given = {}  # a malformed DSN: the connection attempt says what is wrong
+    kwargs: dict[str, Any] = {"autocommit": True}
+    if "application_name" not in given and "PGAPPNAME" not in os.environ:
+        kwargs["application_name"] = APPLICATION_NAME
+    if "connect_timeout" not in given and "PGCONNECT_TIMEOUT" not in os.environ:
+        kwargs["connect_timeout"] = int(CONNECT_TIMEOUT)
     if pgbouncer:
         # Transaction pooling: no server-side prepared statements, no startup options.
         kwargs["prepare_threshold"] = None
     else:
         # Generic plans: the claim is measured ~40% cheaper than when re-planned every call.
-        kwargs["options"] = "-c plan_cache_mode=force_generic_plan"
+        theirs = str(given.get("options") or os.environ.get("PGOPTIONS", ""))
+        kwargs["options"] = f"{theirs} -c plan_cache_mode=force_generic_plan".strip()
     return kwargs
 
 
 class _QueueCore:
     """What both twins share: names, statements, defaults and the operations they build."""
 
-    def __init__(self, table: str, default_lease_ms: int, conninfo: str | None) -> None:
+    def __init__(self, table: str, default_lease_ms: int, conninfo: str | None,
+                 auto_migrate: bool = True) -> None:
         self.names = Names.parse(table)
+        #: Whether the first writing call creates or migrates the tables (reads never do).
+        self.auto_migrate = auto_migrate
         self.statements = Statements(self.names)
         self.default_lease_ms = validate_lease_ms(default_lease_ms, "default_lease_ms")
         #: Where a listener connects for LISTEN; None when built on a bare connection.
@@ -122,7 +137,8 @@ class _QueueCore:
 
     def _pool_args(self, max_connections: int, pgbouncer: bool) -> dict[str, Any]:
         """The arguments of the pool a queue builds for itself from a DSN."""
-        return {"min_size": 1, "max_size": max_connections, "kwargs": _pool_kwargs(pgbouncer),
+        return {"min_size": 1, "max_size": max_connections,
+                "kwargs": _pool_kwargs(self.conninfo, pgbouncer),
                 "open": False, "timeout": CONNECT_TIMEOUT, "name": f"jobq:{self.names.display}"}
 
     def _claim_op(
@@ -232,9 +248,9 @@ class JobQueue(_QueueCore):
 
     def __init__(
         self, target: SyncTarget, *, table: str = "svti_jobs", default_lease_ms: int = 30_000,
-        max_connections: int = 10, pgbouncer: bool = False,
+        max_connections: int = 10, pgbouncer: bool = False, auto_migrate: bool = True,
     ) -> None:
-        super().__init__(table, default_lease_ms, _conninfo_of(target))
+        super().__init__(table, default_lease_ms, _conninfo_of(target), auto_migrate)
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
         self._pool: ConnectionPool | None = None
@@ -300,14 +316,18 @@ class JobQueue(_QueueCore):
 
     def _run(
         self, op: Op[T], conn: psycopg.Connection[Any] | None = None, *, atomic: bool = False,
-        schema_op: bool = False,
+        schema_op: bool = False, may_migrate: bool = True,
     ) -> T:
         """Run `op`. Single-statement ops run in autocommit; `atomic` ones (several
         statements) and any op on a connection outside autocommit run in a transaction.
-        The first op migrates the tables, unless it is itself about the schema (`schema_op`:
-        a dry run must show the plan, not apply it)."""
+        The first op migrates the tables when the queue auto-migrates and the op `may_migrate`
+        (operator operations never do); otherwise it checks them and names the fix. An op
+        about the schema itself (`schema_op`) does neither: a dry run shows the plan."""
         if not self._ready and not schema_op:
-            self.migrate()
+            if self.auto_migrate and may_migrate:
+                self.migrate()
+            else:
+                self.check_schema()
         if conn is not None:  # the caller's connection and transaction: they commit
             try:
                 if atomic and conn.autocommit:  # no transaction of theirs to be part of
@@ -328,6 +348,12 @@ class JobQueue(_QueueCore):
             applied = _run_sync(conn, schema.ensure(self.statements))
         self._ready = True
         return applied
+
+    def check_schema(self) -> None:
+        """Raise `SchemaError`, naming the fix, unless the tables are at this jobq's version.
+        Changes nothing."""
+        self._run(schema.require(self.statements), schema_op=True)
+        self._ready = True
 
     def close(self) -> None:
         self._done.close()
@@ -522,9 +548,9 @@ class AsyncJobQueue(_QueueCore):
 
     def __init__(
         self, target: AsyncTarget, *, table: str = "svti_jobs", default_lease_ms: int = 30_000,
-        max_connections: int = 10, pgbouncer: bool = False,
+        max_connections: int = 10, pgbouncer: bool = False, auto_migrate: bool = True,
     ) -> None:
-        super().__init__(table, default_lease_ms, _conninfo_of(target))
+        super().__init__(table, default_lease_ms, _conninfo_of(target), auto_migrate)
         self._lock = asyncio.Lock()
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._pool: AsyncConnectionPool | None = None
@@ -585,10 +611,13 @@ class AsyncJobQueue(_QueueCore):
 
     async def _run(
         self, op: Op[T], conn: psycopg.AsyncConnection[Any] | None = None, *,
-        atomic: bool = False, schema_op: bool = False,
+        atomic: bool = False, schema_op: bool = False, may_migrate: bool = True,
     ) -> T:
         if not self._ready and not schema_op:
-            await self.migrate()
+            if self.auto_migrate and may_migrate:
+                await self.migrate()
+            else:
+                await self.check_schema()
         if conn is not None:
             try:
                 if atomic and conn.autocommit:
@@ -608,6 +637,10 @@ class AsyncJobQueue(_QueueCore):
             applied = await _run_async(conn, schema.ensure(self.statements))
         self._ready = True
         return applied
+
+    async def check_schema(self) -> None:
+        await self._run(schema.require(self.statements), schema_op=True)
+        self._ready = True
 
     async def close(self) -> None:
         await self._done.close()
@@ -769,18 +802,23 @@ class _AsyncDoneListener:
 
 def create_job_queue(
     target: SyncTarget, *, table: str = "svti_jobs", default_lease_ms: int = 30_000,
-    max_connections: int = 10, pgbouncer: bool = False,
+    max_connections: int = 10, pgbouncer: bool = False, auto_migrate: bool = True,
 ) -> JobQueue:
     """Build a `JobQueue` and create or migrate its tables now, so errors surface early.
 
     `pgbouncer=True` suits PgBouncer in transaction mode: no prepared statements and no
-    startup options on the queue's own connections (pair it with a poll-only runner)."""
+    startup options on the queue's own connections (pair it with a poll-only runner).
+    `auto_migrate=False` only checks the tables (a role without DDL rights, migrated by an
+    owner with `jobq migrate`): a missing or older schema is a `SchemaError` naming the fix."""
     queue = JobQueue(
         target, table=table, default_lease_ms=default_lease_ms,
-        max_connections=max_connections, pgbouncer=pgbouncer,
+        max_connections=max_connections, pgbouncer=pgbouncer, auto_migrate=auto_migrate,
     )
     try:
-        queue.migrate()
+        if auto_migrate:
+            queue.migrate()
+        else:
+            queue.check_schema()
     except BaseException:
         queue.close()
         raise
@@ -789,15 +827,18 @@ def create_job_queue(
 
 async def create_async_job_queue(
     target: AsyncTarget, *, table: str = "svti_jobs", default_lease_ms: int = 30_000,
-    max_connections: int = 10, pgbouncer: bool = False,
+    max_connections: int = 10, pgbouncer: bool = False, auto_migrate: bool = True,
 ) -> AsyncJobQueue:
     """The async twin of `create_job_queue`."""
     queue = AsyncJobQueue(
         target, table=table, default_lease_ms=default_lease_ms,
-        max_connections=max_connections, pgbouncer=pgbouncer,
+        max_connections=max_connections, pgbouncer=pgbouncer, auto_migrate=auto_migrate,
     )
     try:
-        await queue.migrate()
+        if auto_migrate:
+            await queue.migrate()
+        else:
+            await queue.check_schema()
     except BaseException:
         await queue.close()
         raise

@@ -69,6 +69,24 @@ def ensure(st: Statements) -> Op[list[bytes]]:
     return (yield from migrate(st))
 
 
+def require(st: Statements) -> Op[None]:
+    """Check, changing nothing, that the tables exist at this jobq's version; otherwise a
+    `SchemaError` that names the fix."""
+    version = yield from current_version(st)
+    where = st.names.display
+    if version == LATEST_VERSION:
+        return
+    if version == 0:
+        raise SchemaError(
+            f"there is no jobq queue {where!r} here (a typo in --table?); create it with "
+            f"`jobq migrate --table {where}`, or by a worker's first use")
+    if version > LATEST_VERSION:
+        raise SchemaError(f"queue {where!r} is at schema version {version}, newer than this "
+                          f"jobq ({LATEST_VERSION}); upgrade jobq")
+    raise SchemaError(f"queue {where!r} is at schema version {version}, this jobq needs "
+                      f"{LATEST_VERSION}: run `jobq migrate --table {where}`")
+
+
 def migrate(st: Statements, *, dry_run: bool = False) -> Op[list[bytes]]:
     """Bring the tables to `LATEST_VERSION`; returns the statements applied (or, with
     `dry_run`, that would be). Must run inside a transaction."""

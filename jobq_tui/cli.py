@@ -114,7 +114,7 @@ def connected(dsn: str | None, table: str) -> Iterator[Admin]:
             raise DatabaseUnavailableError(f"database unavailable: {exc}") from None
         except psycopg.ProgrammingError as exc:
             raise InvalidInputError(f"invalid connection string: {exc}") from None
-        with conn, JobQueue(conn, table=table) as queue:
+        with conn, JobQueue(conn, table=table, auto_migrate=False) as queue:
             yield Admin(queue)
     except JobqError as exc:
         fail(str(exc), exit_code_for(exc), conninfo)
@@ -360,7 +360,7 @@ def _follow(request_id: str, dsn: str | None, table: str, as_json: bool) -> None
                             name="jobq-follow",
                             kwargs={"autocommit": True, "application_name": "jobq-cli",
                                     "connect_timeout": 5}) as pool, \
-                JobQueue(pool, table=table) as queue:
+                JobQueue(pool, table=table, auto_migrate=False) as queue:
             for event in Admin(queue).follow(request_id, tail=tail, on_outage=outage):
                 if as_json:
                     emit_json(event)

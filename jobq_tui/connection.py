@@ -61,7 +61,7 @@ class ConsoleDB:
             kwargs={"autocommit": True, "application_name": APPLICATION_NAME,
                     "connect_timeout": 5, "options": options},
         )
-        self.admin = AsyncAdmin(AsyncJobQueue(self.pool, table=table))
+        self.admin = AsyncAdmin(AsyncJobQueue(self.pool, table=table, auto_migrate=False))
 
     def describe(self) -> str:
         """user@host:port/dbname, never the password."""

@@ -116,3 +116,56 @@ def test_cli_payload_that_is_not_utf8(cli: Any, tmp_path: Any) -> None:  # noqa:
     result = cli("enqueue", "t", "-p", f"@{file}")
     assert result.exit_code == 2 and "not UTF-8" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_the_users_connection_options_are_kept(empty_dsn: str) -> None:
+    """A DSN's own options (search_path, statement_timeout) and application_name survive
+    the queue's plan_cache_mode: an unqualified table lands in the schema the user chose."""
+    from psycopg.conninfo import make_conninfo
+
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA app")
+    dsn = make_conninfo(empty_dsn, options="-c search_path=app -c statement_timeout=12345",
+                        application_name="billing-worker")
+    with JobQueue(dsn) as queue:
+        queue.enqueue("t")
+        with queue.connection() as conn:
+            settings = conn.execute(
+                "SELECT current_setting('search_path'), current_setting('statement_timeout'), "
+                "current_setting('plan_cache_mode'), current_setting('application_name')"
+            ).fetchone()
+    assert settings == ("app", "12345ms", "force_generic_plan", "billing-worker")
+    with psycopg.connect(empty_dsn) as conn:
+        assert conn.execute("SELECT to_regclass('app.svti_jobs') IS NOT NULL, "
+                            "to_regclass('public.svti_jobs') IS NULL").fetchone() == (True, True)
+
+
+def test_reads_never_create_tables(empty_dsn: str, cli: Any,  # noqa: F811
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A typo in --table used to create four tables and report "no jobs". Now every read
+    (and every operator command) says there is no such queue and how to make one, and the
+    database is left as it was."""
+    monkeypatch.setenv("JOBQ_DSN", empty_dsn)
+    for args in (["status"], ["list"], ["show", "1"], ["trace", "r"], ["doctor"],
+                 ["retry", "1", "--yes"], ["clear", "--older-than", "7d", "--yes"],
+                 ["enqueue", "t"]):
+        result = cli(*args, "--table", "svti_jbos")
+        assert result.exit_code == 1, (args, result.output)
+        assert "no jobq queue 'svti_jbos'" in result.stderr and "jobq migrate" in result.stderr
+    with psycopg.connect(empty_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+                            ).fetchone() == (0,)
+    assert cli("migrate", "--table", "svti_jbos", "--yes").exit_code == 0
+    assert cli("status", "--table", "svti_jbos").exit_code == 0
+
+
+def test_auto_migrate_off_checks_and_names_the_fix(empty_dsn: str) -> None:
+    from jobq_core import SchemaError, create_job_queue
+
+    with pytest.raises(SchemaError, match="jobq migrate"):
+        create_job_queue(empty_dsn, auto_migrate=False)
+    with JobQueue(empty_dsn, auto_migrate=False) as queue, pytest.raises(SchemaError):
+        queue.enqueue("t")
+    create_job_queue(empty_dsn).close()  # an owner migrates once
+    with create_job_queue(empty_dsn, auto_migrate=False) as queue:
+        assert queue.enqueue("t") > 0

@@ -598,14 +598,21 @@ async def test_the_console_identifies_itself_to_the_server(
         assert ("jobq-tui",) in rows
 
 
-async def test_a_table_without_jobq_tables_in_read_only_shows_an_error_and_keeps_running(
-    empty_dsn: str
+@pytest.mark.parametrize("read_only", [True, False])
+async def test_a_database_without_jobq_tables_names_the_fix_and_keeps_running(
+    empty_dsn: str, read_only: bool
 ) -> None:
-    app = JobqApp(empty_dsn, interval=0.2, read_only=True)
+    """The console only reads: with no queue tables it creates none (read-only or not), and
+    says which command makes them."""
+    app = JobqApp(empty_dsn, interval=0.2, read_only=read_only)
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: any("read-only" in m for m in notifications(app)))
+        await until(pilot, lambda: any("no jobq queue 'svti_jobs'" in m and "jobq migrate" in m
+                                       for m in notifications(app)))
         await pilot.press("a")
         assert app.is_running
+    with psycopg.connect(empty_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+                            ).fetchone() == (0,)
 
 
 async def test_completed_tab_lists_history_and_detail_shows_the_result(
