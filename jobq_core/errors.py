@@ -142,7 +142,13 @@ def classify(exc: BaseException, *, broken: bool = False) -> JobqError:
         unavailable = DatabaseUnavailableError(f"database unavailable: {_detail(exc)}")
         unavailable.sqlstate = state
         return unavailable
-    if isinstance(exc, pg.UndefinedTable | pg.UndefinedColumn | pg.InvalidSchemaName):
+    if isinstance(exc, pg.InvalidSchemaName):
+        return SchemaError(f"{_detail(exc)}: create that schema first (CREATE SCHEMA), or "
+                           "name another table")
+    if isinstance(exc, pg.DuplicateTable | pg.DuplicateObject):
+        return SchemaError(f"{_detail(exc)}: something not made by jobq already has a name "
+                           "that its tables need; choose another table name")
+    if isinstance(exc, pg.UndefinedTable | pg.UndefinedColumn):
         return SchemaError(f"the queue's tables are missing or incomplete ({_detail(exc)}); "
                            "run `jobq migrate`")
     return DatabaseError(f"database error: {_detail(exc)}", state)

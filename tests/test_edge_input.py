@@ -169,3 +169,15 @@ def test_auto_migrate_off_checks_and_names_the_fix(empty_dsn: str) -> None:
     create_job_queue(empty_dsn).close()  # an owner migrates once
     with create_job_queue(empty_dsn, auto_migrate=False) as queue:
         assert queue.enqueue("t") > 0
+
+
+def test_broken_schemas_are_schema_errors(empty_dsn: str) -> None:
+    """F1: a schema that does not exist, and a foreign table where the history must go."""
+    from jobq_core import SchemaError, create_job_queue
+
+    with pytest.raises(SchemaError, match="create that schema first"):
+        create_job_queue(empty_dsn, table="nowhere.jobs")
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE svti_jobs_events (id int, note text)")
+    with pytest.raises(SchemaError, match="choose another table name"):
+        create_job_queue(empty_dsn)
