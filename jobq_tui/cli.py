@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
@@ -140,8 +141,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
+#: Characters a terminal may act on or that hide text: C0 and C1 controls, format
+#: characters (bidi overrides, zero-width), and line and paragraph separators.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def json_text(value: Any) -> str:
+    """JSON for stdout: readable UTF-8, except that every unsafe character is a \\u escape,
+    so `--json` output piped to a terminal is shown literally and decodes to the same data."""
+    return "".join(json.dumps(ch)[1:-1] if unicodedata.category(ch) in _UNSAFE_CATEGORIES
+                   else ch for ch in json.dumps(_plain(value), ensure_ascii=False))
+
+
 def emit_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(_plain(value), ensure_ascii=False) + "\n")
+    sys.stdout.write(json_text(value) + "\n")
     sys.stdout.flush()
 
 

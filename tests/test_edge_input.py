@@ -181,3 +181,23 @@ def test_broken_schemas_are_schema_errors(empty_dsn: str) -> None:
         conn.execute("CREATE TABLE svti_jobs_events (id int, note text)")
     with pytest.raises(SchemaError, match="choose another table name"):
         create_job_queue(empty_dsn)
+
+
+def test_json_output_escapes_what_a_terminal_would_act_on(
+    cli: Any, db: psycopg.Connection[Any]  # noqa: F811
+) -> None:
+    """F13: C1 controls (U+009B starts an escape sequence), a bidi override and zero-width
+    characters leave `--json` as \\u escapes; the data decodes unchanged."""
+    import json
+
+    hostile = "a\u009b31mb\u202ec\u200bd\u2028e\x1bf"
+    job_id = json.loads(cli("enqueue", "t", "-p", json.dumps({"x": hostile}), "--json").stdout)[
+        "id"]
+    shown = cli("show", str(job_id), "--json")
+    assert shown.exit_code == 0, shown.output
+    for ch in ("\u009b", "\u202e", "\u200b", "\u2028", "\x1b"):
+        assert ch not in shown.stdout
+    assert "\\u009b" in shown.stdout and "\\u202e" in shown.stdout
+    assert json.loads(shown.stdout)["job"]["payload"] == {"x": hostile}
+    plain = json.loads(cli("enqueue", "t", "-p", '{"x": "café"}', "--json").stdout)["id"]
+    assert "café" in cli("show", str(plain), "--json").stdout  # ordinary text stays readable
