@@ -19,7 +19,7 @@ from typing import Annotated, Any, ClassVar
 import psycopg
 import typer
 from textual import work
-from textual.app import App, SystemCommand
+from textual.app import App, ScreenStackError, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
 from textual.screen import Screen
@@ -116,7 +116,7 @@ class JobqApp(App[None]):
         backoff = 1.0
         while True:
             self._wake.clear()
-            screen = self.screen
+            screen = self._top()
             wait = self.interval
             if isinstance(screen, LiveScreen) and not self.paused:
                 started = self._perf()
@@ -163,8 +163,16 @@ class JobqApp(App[None]):
             self.notify(visible(message), title="refresh failed", severity="error",
                         markup=False)
 
+    def _top(self) -> Screen[Any] | None:
+        """The screen on top; None while the app is shutting down (a refresh can finish
+        after the last screen is gone)."""
+        try:
+            return self.screen
+        except ScreenStackError:
+            return None
+
     def _tick(self) -> None:
-        screen = self.screen
+        screen = self._top()
         if not isinstance(screen, LiveScreen):
             return
         age = None if self._refreshed_at is None else self._perf() - self._refreshed_at
