@@ -245,11 +245,11 @@ def extend(st: Statements, job: Job | int, lease_ms: object) -> Op[datetime]:
 
 def heartbeat(st: Statements, jobs: Sequence[Job], lease_ms: Sequence[int]) -> Op[set[int]]:
     """Extend every held lease in one statement; returns the ids whose lease still holds."""
+    ms = [validate_lease_ms(m) for m in lease_ms]
     if not jobs:
         return set()
     rows = yield Stmt(st.heartbeat, {
-        "ids": [j.id for j in jobs], "tokens": [j.lease_token for j in jobs],
-        "ms": [validate_lease_ms(ms) for ms in lease_ms],
+        "ids": [j.id for j in jobs], "tokens": [j.lease_token for j in jobs], "ms": ms,
     })
     return {r[0] for r in rows}
 

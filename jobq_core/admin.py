@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -31,7 +32,14 @@ from .errors import (
     classify,
 )
 from .filters import JobFilter, parse_filter
-from .models import LEASE_MS_MAX, clean_reason, validate_id, validate_limit, validate_when
+from .models import (
+    LEASE_MS_MAX,
+    clean_reason,
+    optional_text,
+    validate_id,
+    validate_limit,
+    validate_when,
+)
 from .queue import AsyncJobQueue, JobQueue
 from .sql import Statements
 
@@ -47,6 +55,8 @@ SAMPLE = 10
 FOLLOW_POLL = 0.5
 #: Events per poll of a follower; a full batch is followed by another poll at once.
 FOLLOW_BATCH = 1000
+#: Events per page when a whole trace is read (`Admin.trace_pages`).
+TRACE_PAGE = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,10 +251,20 @@ def show(st: Statements, job_id: int) -> Op[JobDetail]:
     return JobDetail(job, history)
 
 
-def trace(st: Statements, request_id: str, after: int = 0, limit: int = 1000) -> Op[list[Event]]:
-    """Every event of every job under `request_id`, oldest first, after event id `after`."""
-    if not isinstance(request_id, str) or not request_id:
+def validate_trace(request_id: object, after: object) -> None:
+    """The same rule as a request id given at enqueue: one that could not be stored is
+    refused here, not by the driver."""
+    # No length limit: a request id that another client stored long must still be traceable.
+    if optional_text(request_id, "request id", maximum=sys.maxsize) is None:
         raise InvalidInputError("trace needs a request id")
+    if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+        raise InvalidInputError(f"after must be an event id (>= 0), got {after!r}")
+
+
+def trace(st: Statements, request_id: str, after: int = 0, limit: int = 1000) -> Op[list[Event]]:
+    """The first `limit` events of every job under `request_id`, oldest first, after event id
+    `after` (the next page starts after the last one's id)."""
+    validate_trace(request_id, after)
     rows = yield Stmt(st.trace, {"request_id": request_id, "after": after,
                                  "limit": validate_limit(limit, maximum=10_000)})
     return [Event(*r) for r in rows]
@@ -270,10 +290,7 @@ class TraceTail:
     counts as delivered once a step returns it."""
 
     def __init__(self, request_id: str, after: int = 0) -> None:
-        if not isinstance(request_id, str) or not request_id:
-            raise InvalidInputError("trace needs a request id")
-        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
-            raise InvalidInputError(f"after must be an event id (>= 0), got {after!r}")
+        validate_trace(request_id, after)
         self.request_id = request_id
         #: Every event with an id up to here was delivered, or will never commit.
         self.low = after
@@ -363,7 +380,8 @@ def _transient(exc: BaseException) -> JobqError:
 def fold_rates(st: Statements) -> Op[int]:
     """Fold finished minutes of history into the rates table (one folder at a time; a
     read-only session skips this and shows what was folded before)."""
-    if not (yield Stmt(sql.MAY_FOLD.encode(), {"key": st.names.lock_key}))[0][0]:
+    if not (yield Stmt(sql.MAY_FOLD.encode(), {"key": st.names.lock_key,
+                                                "rates": st.names.regclass("_rates")}))[0][0]:
         return 0
     folded: int = (yield Stmt(st.fold_rates))[0][0]
     return folded
@@ -701,6 +719,20 @@ class Admin:
     def trace(self, request_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
         return self._run(trace(self._st, request_id, after, limit))
 
+    def trace_pages(self, request_id: str, *, after: int = 0,
+                    page: int = TRACE_PAGE) -> Iterator[list[Event]]:
+        """The whole trace of `request_id` after event id `after`, oldest first, in pages of
+        up to `page` events, each read by its own statement (keyset on the event id), so a
+        trace of any length takes the memory of one page. An event that commits meanwhile
+        below the page already read is not in it (`follow` delivers those too)."""
+        while True:
+            batch = self.trace(request_id, after=after, limit=page)
+            if batch:
+                yield batch
+            if len(batch) < page:
+                return
+            after = batch[-1].id
+
     def poll_trace(self, tail: TraceTail) -> list[Event]:
         """One poll of a follower: what `tail` has not delivered yet (see `TraceTail`)."""
         return self._run(follow_step(self._st, tail))
@@ -809,7 +841,10 @@ class Admin:
         return self._run(doctor(self._st))
 
     def migrate(self, *, dry_run: bool = True) -> list[str]:
-        """The migration SQL; applied unless `dry_run`."""
+        """The migration SQL; applied unless `dry_run` (an upgrade's indexes built
+        CONCURRENTLY first, when the queue has a DSN)."""
+        if not dry_run:
+            self.queue._build_indexes_early()
         return self.queue._run(migrate(self._st, dry_run), atomic=True, schema_op=True)
 
 
@@ -833,6 +868,17 @@ class AsyncAdmin:
     async def trace(self, request_id: str, *, after: int = 0,
                     limit: int = 1000) -> list[Event]:
         return await self._run(trace(self._st, request_id, after, limit))
+
+    async def trace_pages(self, request_id: str, *, after: int = 0,
+                          page: int = TRACE_PAGE) -> AsyncIterator[list[Event]]:
+        """The whole trace in pages; see `Admin.trace_pages`."""
+        while True:
+            batch = await self.trace(request_id, after=after, limit=page)
+            if batch:
+                yield batch
+            if len(batch) < page:
+                return
+            after = batch[-1].id
 
     async def select(self, filter: JobFilter | str) -> list[int]:
         return await self._run(matching_ids(self._st, as_filter(filter)))
@@ -872,6 +918,8 @@ class AsyncAdmin:
         return await self._run(doctor(self._st))
 
     async def migrate(self, *, dry_run: bool = True) -> list[str]:
+        if not dry_run:
+            await self.queue._build_indexes_early()
         return await self.queue._run(migrate(self._st, dry_run), atomic=True, schema_op=True)
 
     async def poll_trace(self, tail: TraceTail) -> list[Event]:
@@ -923,10 +971,11 @@ class AsyncAdmin:
         """LISTEN on the queue's channels and set `wake` on each notification; reconnects
         after a failure with backoff (the follower polls meanwhile)."""
         assert self.queue.conninfo is not None
-        names = self.queue.names
         backoff = Backoff()
         while True:
             try:
+                await self.queue.check_schema()  # the resolved table names the channels
+                names = self.queue.names
                 conn = await psycopg.AsyncConnection.connect(
                     self.queue.conninfo, autocommit=True, connect_timeout=5,
                     application_name="jobq-follow")
@@ -938,7 +987,7 @@ class AsyncAdmin:
                     wake.set()  # anything that happened while not listening
                     async for _ in conn.notifies():
                         wake.set()
-            except DRIVER_ERRORS:
+            except (*DRIVER_ERRORS, JobqError):
                 await asyncio.sleep(backoff.next())
 
 

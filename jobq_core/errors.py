@@ -6,6 +6,8 @@ succeed when tried again (the runner retries them with backoff); the rest are pe
 
 from __future__ import annotations
 
+import re
+
 import psycopg
 from psycopg import errors as pg
 from psycopg_pool import PoolTimeout
@@ -46,6 +48,10 @@ class DatabaseError(JobqError):
     def __init__(self, message: str, sqlstate: str | None = None) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
+
+
+class PermissionDeniedError(DatabaseError):
+    """The role lacks a privilege (SQLSTATE 42501); the message names the grant it needs."""
 
 
 class TransientError(JobqError):
@@ -124,6 +130,24 @@ def _detail(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+_DENIED_ON = re.compile(r"permission denied for (?P<kind>table|sequence|schema) (?P<name>\S+)")
+#: The grant that fixes "permission denied for <kind> <name>", for the role that ran it.
+_GRANTS = {"table": "GRANT SELECT, INSERT, UPDATE, DELETE ON {name}",
+           "sequence": "GRANT USAGE ON SEQUENCE {name}", "schema": "GRANT USAGE ON SCHEMA {name}"}
+
+
+def _denied(exc: BaseException) -> str:
+    """What was refused, and the fix: the grant for a worker role, or the owner's migrate."""
+    primary = getattr(getattr(exc, "diag", None), "message_primary", None) or _detail(exc)
+    found = _DENIED_ON.search(primary)
+    if found is None:  # "must be owner of ...": only the tables' owner may change them
+        return (f"permission denied: {primary}; only the tables' owner can do this (see "
+                "Least privilege in the README)")
+    grant = _GRANTS[found["kind"]].format(name=found["name"])
+    return (f"permission denied: {primary}; the role needs `{grant} TO <role>` (see Least "
+            "privilege in the README)")
+
+
 def classify(exc: BaseException, *, broken: bool = False) -> JobqError:
     """The `JobqError` for a driver error. `broken`: the connection it ran on is gone."""
     if isinstance(exc, JobqError):
@@ -142,6 +166,8 @@ def classify(exc: BaseException, *, broken: bool = False) -> JobqError:
         unavailable = DatabaseUnavailableError(f"database unavailable: {_detail(exc)}")
         unavailable.sqlstate = state
         return unavailable
+    if isinstance(exc, pg.InsufficientPrivilege):
+        return PermissionDeniedError(_denied(exc), state)
     if isinstance(exc, pg.InvalidSchemaName):
         return SchemaError(f"{_detail(exc)}: create that schema first (CREATE SCHEMA), or "
                            "name another table")

@@ -62,7 +62,8 @@ def parse_filter(text: str) -> JobFilter:
             raise InvalidInputError(
                 f"cannot read {word!r}: use qualifier:value with one of {QUALIFIERS}")
         key = key.lower()
-        if key in values or (key == "req" and "request_id" in values):
+        # req, request and request_id are one field: a second of them is "given twice" too.
+        if ("request_id" if key in ("req", "request", "request_id") else key) in values:
             raise InvalidInputError(f"{key}: given twice")
         if key == "state":
             values["state"] = value.lower()

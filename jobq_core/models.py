@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +27,10 @@ WHEN_MAX = datetime(9999, 12, 30, tzinfo=UTC)
 DELAY_MAX = timedelta(days=100 * 366)
 #: A worker name: what `claimed_by` stores.
 WORKER_MAX = 200
+#: The deepest nesting a payload or result may have. Whatever is stored must decode again
+#: wherever it is read (psycopg's json.loads, the CLI's --json, the console's pretty JSON all
+#: recurse, from call stacks of their own), so the limit is fixed, not the encoder's luck.
+JSON_DEPTH_MAX = 256
 # One encoder for every payload: json.dumps with options would build a new one per call.
 _ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
@@ -142,6 +146,45 @@ def _contains_nul(value: Any) -> bool:
     return False
 
 
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and dicts nest more than `limit` levels deep (iteratively: no recursion
+    limit of its own). Only called on a value that encoded, so it has no cycles."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list | tuple))
+    return False
+
+
+def job_list(jobs: object, what: str = "jobs") -> list[Any]:
+    """A batch argument as a list: any iterable of items, but not one item on its own (a
+    job, a string, a mapping), which would otherwise be taken apart."""
+    if isinstance(jobs, str | bytes | bytearray | Mapping | Job | NewJob) or not isinstance(
+            jobs, Iterable):
+        raise InvalidInputError(f"{what} must be a list, got {type(jobs).__name__}")
+    return list(jobs)
+
+
+class UndecodableJSON(str):
+    """A stored JSON value Python cannot decode (nested deeper than its decoder goes, or a
+    number of more digits than it converts; only
+    another client can write one, as jobq refuses them), kept as its text: the row still
+    claims, lists and shows, and a runner fails its job instead of running it."""
+
+
+def load_json(data: bytes | bytearray | memoryview | str) -> Any:
+    """How jobq reads json and jsonb columns: as `json.loads`, except that a value too deep
+    to decode becomes an `UndecodableJSON` rather than an error after a claim committed."""
+    raw = bytes(data) if isinstance(data, memoryview) else data
+    try:
+        return json.loads(raw)
+    except (RecursionError, ValueError):  # too deep, or an integer beyond 4,300 digits
+        return UndecodableJSON(raw if isinstance(raw, str) else raw.decode())
+
+
 def dump_json(value: Any, what: str = "payload") -> str | None:
     """Serialise to JSON text that Postgres' jsonb accepts, or raise `InvalidInputError`."""
     if value is None:
@@ -152,6 +195,11 @@ def dump_json(value: Any, what: str = "payload") -> str | None:
         raise InvalidInputError(f"{what} is not JSON-serialisable: {exc}") from None
     except RecursionError:
         raise InvalidInputError(f"{what} is nested too deeply to store") from None
+    # Cheap first: the brackets in the text bound the depth from above.
+    if (text.count("[") + text.count("{") > JSON_DEPTH_MAX
+            and isinstance(value, dict | list | tuple) and _deeper_than(value, JSON_DEPTH_MAX)):
+        raise InvalidInputError(
+            f"{what} is nested too deeply to store: at most {JSON_DEPTH_MAX} levels")
     if not _encodable(text):
         raise InvalidInputError(f"{what} is not valid Unicode (it holds a lone surrogate)")
     # jsonb cannot store U+0000; json.dumps writes it as the escape \u0000.
@@ -198,7 +246,8 @@ def validate_when(value: object, what: str = "run_at") -> tuple[datetime | None,
 def validate_lease_ms(value: object, what: str = "lease_ms") -> int:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidInputError(f"{what} must be a number of milliseconds, got {value!r}")
-    if math.isnan(value) or not value > 0:
+    # An int is never NaN, and one beyond a float's range must not reach math.isnan.
+    if (isinstance(value, float) and math.isnan(value)) or not value > 0:
         raise InvalidInputError(f"{what} must be positive, got {value!r}")
     if value > LEASE_MS_MAX:
         raise InvalidInputError(f"{what} {value!r} exceeds the maximum of {LEASE_MS_MAX} (7 days)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import threading
@@ -22,20 +23,23 @@ from typing import Any, Self, TypeVar
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
-from . import _ops, schema
+from . import _ops, dsn, schema
 from ._ops import Op
 from .durations import parse_duration
 from .errors import (
     DRIVER_ERRORS,
     DatabaseError,
+    InvalidInputError,
     JobqError,
+    PermissionDeniedError,
     PoolExhaustedError,
     WaitTimeoutError,
     classify,
 )
-from .models import Job, NewJob, validate_lease_ms
+from .models import Job, NewJob, job_list, load_json, validate_lease_ms
 from .sql import Names, Statements
 
 T = TypeVar("T")
@@ -79,6 +83,9 @@ def _why_no_connection(exc: BaseException, full: bool, probe: BaseException | No
     return classify(probe) if not isinstance(probe, PoolTimeout) else classify(exc)
 
 
+log = logging.getLogger("jobq.queue")
+_EARLY_FAILED = "could not build the upgrade's indexes concurrently (%s); the migration builds them"
+
 #: Seconds between checks while waiting for a job, should a NOTIFY go missing.
 WAIT_POLL = 1.0
 
@@ -87,10 +94,7 @@ def _pool_kwargs(conninfo: str | None, pgbouncer: bool) -> dict[str, Any]:
     """The queue's own connection settings, added to the user's and never replacing them:
     their `options` (search_path, statement_timeout, ...), application_name and
     connect_timeout, from the DSN or libpq's PGOPTIONS / PGAPPNAME, are kept."""
-    try:
-        given = conninfo_to_dict(conninfo) if conninfo else {}
-    except psycopg.ProgrammingError:
-        given = {}  # a malformed DSN: the connection attempt says what is wrong
+    given = conninfo_to_dict(conninfo) if conninfo else {}  # checked by the queue already
     kwargs: dict[str, Any] = {"autocommit": True}
     if "application_name" not in given and "PGAPPNAME" not in os.environ:
         kwargs["application_name"] = APPLICATION_NAME
@@ -111,18 +115,29 @@ class _QueueCore:
 
     def __init__(self, table: str, default_lease_ms: int, conninfo: str | None,
                  auto_migrate: bool = True) -> None:
-        self.names = Names.parse(table)
         #: Whether the first writing call creates or migrates the tables (reads never do).
         self.auto_migrate = auto_migrate
-        self.statements = Statements(self.names)
+        self.statements = Statements(Names.parse(table))
+        if conninfo:
+            dsn.check(conninfo)
         self.default_lease_ms = validate_lease_ms(default_lease_ms, "default_lease_ms")
         #: Where a listener connects for LISTEN; None when built on a bare connection.
         self.conninfo = conninfo
         self._ready = False
 
     @property
+    def names(self) -> Names:
+        """The queue's names; schema-qualified and with channels once first use resolved them."""
+        return self.statements.names
+
+    @property
     def table(self) -> str:
         return self.names.display
+
+    @property
+    def prepared(self) -> bool:
+        """Whether first use (`prepare`) is done."""
+        return self._ready
 
     @property
     def max_connections(self) -> int:
@@ -140,6 +155,14 @@ class _QueueCore:
         return {"min_size": 1, "max_size": max_connections,
                 "kwargs": _pool_kwargs(self.conninfo, pgbouncer),
                 "open": False, "timeout": CONNECT_TIMEOUT, "name": f"jobq:{self.names.display}"}
+
+    def _direct_kwargs(self) -> dict[str, Any] | None:
+        """Settings for a connection of the queue's own outside its pool, with the user's
+        options; None when it cannot have one (no DSN) or must not hold a session lock
+        (PgBouncer)."""
+        if self.conninfo is None or getattr(self, "pgbouncer", False):
+            return None
+        return _pool_kwargs(self.conninfo, False)
 
     def _claim_op(
         self, limit: int, types: object, lease_ms: int | None, worker: str | None
@@ -163,9 +186,14 @@ class _QueueCore:
     def _heartbeat_op(
         self, jobs: Sequence[Job], lease_ms: int | Sequence[int] | None
     ) -> Op[set[int]]:
-        if lease_ms is None or isinstance(lease_ms, int):
-            lease_ms = [lease_ms or self.default_lease_ms] * len(jobs)
-        return _ops.heartbeat(self.statements, list(jobs), list(lease_ms))
+        held = job_list(jobs)
+        if lease_ms is None or isinstance(lease_ms, int | float):
+            lease = self.default_lease_ms if lease_ms is None else validate_lease_ms(lease_ms)
+            lease_ms = [lease] * len(held)
+        leases = job_list(lease_ms, "lease_ms")
+        if len(leases) != len(held):
+            raise InvalidInputError(f"lease_ms gives {len(leases)} leases for {len(held)} jobs")
+        return _ops.heartbeat(self.statements, held, leases)
 
     def _claim_job_op(
         self, job_id: int, lease_ms: int | None, worker: str | None
@@ -214,7 +242,9 @@ def _run_sync(conn: psycopg.Connection[Any], op: Op[T]) -> T:
                         copy.write_row(values)
                 stmt = op.send([])
                 continue
-            cur = conn.execute(stmt.query, stmt.params)
+            cur = conn.cursor()
+            set_json_loads(load_json, cur)  # this cursor only: the caller's own reads keep theirs
+            cur.execute(stmt.query, stmt.params)
             stmt = op.send(cur.fetchall() if cur.description else [])
     except StopIteration as stop:
         result: T = stop.value
@@ -231,8 +261,10 @@ async def _run_async(conn: psycopg.AsyncConnection[Any], op: Op[T]) -> T:
                         await acopy.write_row(values)
                 stmt = op.send([])
                 continue
-            cur = await conn.execute(stmt.query, stmt.params)
-            stmt = op.send(await cur.fetchall() if cur.description else [])
+            acur = conn.cursor()
+            set_json_loads(load_json, acur)
+            await acur.execute(stmt.query, stmt.params)
+            stmt = op.send(await acur.fetchall() if acur.description else [])
     except StopIteration as stop:
         result: T = stop.value
         return result
@@ -324,8 +356,8 @@ class JobQueue(_QueueCore):
         (operator operations never do); otherwise it checks them and names the fix. An op
         about the schema itself (`schema_op`) does neither: a dry run shows the plan."""
         if not self._ready and not schema_op:
-            if self.auto_migrate and may_migrate:
-                self.migrate()
+            if may_migrate:
+                self.prepare()
             else:
                 self.check_schema()
         if conn is not None:  # the caller's connection and transaction: they commit
@@ -344,10 +376,40 @@ class JobQueue(_QueueCore):
 
     def migrate(self) -> list[bytes]:
         """Create or migrate the tables now (first use does this by itself)."""
-        with self.connection() as conn, conn.transaction():
-            applied = _run_sync(conn, schema.ensure(self.statements))
+        try:
+            self._build_indexes_early()
+            with self.connection() as conn, conn.transaction():
+                applied = _run_sync(conn, schema.ensure(self.statements))
+        except PermissionDeniedError as exc:
+            raise schema.not_allowed(self.statements, exc) from None
         self._ready = True
         return applied
+
+    def _build_indexes_early(self) -> None:
+        """An upgrade's index builds, CONCURRENTLY, on a connection of their own (best
+        effort: the migration builds whatever this could not)."""
+        direct = self._direct_kwargs()
+        if direct is None:
+            return
+        with self.connection() as conn:
+            if not schema.upgrading(_run_sync(conn, schema.current_version(self.statements))):
+                return
+        try:
+            with psycopg.connect(self.conninfo or "", **direct) as conn:
+                built = _run_sync(conn, schema.build_early(self.statements))
+            log.info("built %s concurrently", ", ".join(built) or "no index")
+        except DRIVER_ERRORS as exc:
+            log.warning(_EARLY_FAILED, classify(exc))
+
+    def prepare(self) -> None:
+        """Do first use now (calls do it by themselves): resolve the table's schema, then
+        create or migrate the tables when the queue auto-migrates, or check them."""
+        if self._ready:
+            return
+        if self.auto_migrate:
+            self.migrate()
+        else:
+            self.check_schema()
 
     def check_schema(self) -> None:
         """Raise `SchemaError`, naming the fix, unless the tables are at this jobq's version.
@@ -392,7 +454,7 @@ class JobQueue(_QueueCore):
     ) -> list[int]:
         """Add many jobs in one statement; ids come back in input order. One bad item
         enqueues nothing."""
-        return self._run(_ops.enqueue_many(self.statements, list(jobs)), conn, atomic=True)
+        return self._run(_ops.enqueue_many(self.statements, job_list(jobs)), conn, atomic=True)
 
     def claim(
         self, *, types: Sequence[str] | None = None, lease_ms: int | None = None,
@@ -417,12 +479,12 @@ class JobQueue(_QueueCore):
 
     def complete_many(self, jobs: Sequence[Job], results: Sequence[Any] | None = None) -> list[int]:
         """Complete many claimed jobs in one statement; returns the ids whose lease held."""
-        return self._run(_ops.complete_many(self.statements, list(jobs), results))
+        return self._run(_ops.complete_many(self.statements, job_list(jobs), results))
 
     def acked(self, jobs: Sequence[Job]) -> set[int]:
         """The ids of these claimed jobs that were completed in the attempt they were claimed
         for: after a broken connection, whether an ack committed."""
-        return self._run(_ops.acked(self.statements, list(jobs)))
+        return self._run(_ops.acked(self.statements, job_list(jobs)))
 
     def fail(
         self, job: Job | int, *, reason: str, retry: bool = False,
@@ -453,7 +515,7 @@ class JobQueue(_QueueCore):
 
     def release(self, jobs: Sequence[Job], *, reason: str = "released") -> list[int]:
         """Hand claimed jobs back to pending at no attempt cost; returns the ids released."""
-        return self._run(_ops.release(self.statements, list(jobs), reason))
+        return self._run(_ops.release(self.statements, job_list(jobs), reason))
 
     def claim_job(
         self, job_id: int, *, lease_ms: int | None = None, worker: str | None = None
@@ -526,6 +588,7 @@ class _DoneListener:
         delay = 0.2
         while not self._closed.is_set():
             try:
+                self._queue.prepare()  # the resolved table names the channel
                 with psycopg.connect(self._queue.conninfo, autocommit=True,
                                      application_name=APPLICATION_NAME) as conn:
                     conn.execute(self._queue._listen_sql())
@@ -534,7 +597,7 @@ class _DoneListener:
                     while not self._closed.is_set():
                         for note in conn.notifies(timeout=WAIT_POLL):
                             self._wake(note.payload)
-            except DRIVER_ERRORS:
+            except (*DRIVER_ERRORS, JobqError):
                 # Waiters fall back to their one-second check meanwhile.
                 self._closed.wait(delay)
                 delay = min(delay * 2, 10.0)
@@ -614,8 +677,8 @@ class AsyncJobQueue(_QueueCore):
         atomic: bool = False, schema_op: bool = False, may_migrate: bool = True,
     ) -> T:
         if not self._ready and not schema_op:
-            if self.auto_migrate and may_migrate:
-                await self.migrate()
+            if may_migrate:
+                await self.prepare()
             else:
                 await self.check_schema()
         if conn is not None:
@@ -633,10 +696,40 @@ class AsyncJobQueue(_QueueCore):
                 return await _run_async(own, op)
 
     async def migrate(self) -> list[bytes]:
-        async with self.connection() as conn, conn.transaction():
-            applied = await _run_async(conn, schema.ensure(self.statements))
+        try:
+            await self._build_indexes_early()
+            async with self.connection() as conn, conn.transaction():
+                applied = await _run_async(conn, schema.ensure(self.statements))
+        except PermissionDeniedError as exc:
+            raise schema.not_allowed(self.statements, exc) from None
         self._ready = True
         return applied
+
+    async def _build_indexes_early(self) -> None:
+        direct = self._direct_kwargs()
+        if direct is None:
+            return
+        async with self.connection() as conn:
+            version = await _run_async(conn, schema.current_version(self.statements))
+            if not schema.upgrading(version):
+                return
+        try:
+            async with await psycopg.AsyncConnection.connect(self.conninfo or "",
+                                                             **direct) as aconn:
+                built = await _run_async(aconn, schema.build_early(self.statements))
+            log.info("built %s concurrently", ", ".join(built) or "no index")
+        except DRIVER_ERRORS as exc:
+            log.warning(_EARLY_FAILED, classify(exc))
+
+    async def prepare(self) -> None:
+        """Do first use now (calls do it by themselves): resolve the table's schema, then
+        create or migrate the tables when the queue auto-migrates, or check them."""
+        if self._ready:
+            return
+        if self.auto_migrate:
+            await self.migrate()
+        else:
+            await self.check_schema()
 
     async def check_schema(self) -> None:
         await self._run(schema.require(self.statements), schema_op=True)
@@ -671,7 +764,7 @@ class AsyncJobQueue(_QueueCore):
         conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> list[int]:
         return await self._run(
-            _ops.enqueue_many(self.statements, list(jobs)), conn, atomic=True
+            _ops.enqueue_many(self.statements, job_list(jobs)), conn, atomic=True
         )
 
     async def claim(
@@ -693,10 +786,10 @@ class AsyncJobQueue(_QueueCore):
     async def complete_many(
         self, jobs: Sequence[Job], results: Sequence[Any] | None = None
     ) -> list[int]:
-        return await self._run(_ops.complete_many(self.statements, list(jobs), results))
+        return await self._run(_ops.complete_many(self.statements, job_list(jobs), results))
 
     async def acked(self, jobs: Sequence[Job]) -> set[int]:
-        return await self._run(_ops.acked(self.statements, list(jobs)))
+        return await self._run(_ops.acked(self.statements, job_list(jobs)))
 
     async def fail(
         self, job: Job | int, *, reason: str, retry: bool = False,
@@ -719,7 +812,7 @@ class AsyncJobQueue(_QueueCore):
         return await self._run(self._heartbeat_op(jobs, lease_ms))
 
     async def release(self, jobs: Sequence[Job], *, reason: str = "released") -> list[int]:
-        return await self._run(_ops.release(self.statements, list(jobs), reason))
+        return await self._run(_ops.release(self.statements, job_list(jobs), reason))
 
     async def claim_job(
         self, job_id: int, *, lease_ms: int | None = None, worker: str | None = None
@@ -780,6 +873,7 @@ class _AsyncDoneListener:
         delay = 0.2
         while True:
             try:
+                await self._queue.prepare()  # the resolved table names the channel
                 async with await psycopg.AsyncConnection.connect(
                         self._queue.conninfo, autocommit=True,
                         application_name=APPLICATION_NAME) as conn:
@@ -788,7 +882,7 @@ class _AsyncDoneListener:
                     self._wake(None)
                     async for note in conn.notifies():
                         self._wake(note.payload)
-            except DRIVER_ERRORS:
+            except (*DRIVER_ERRORS, JobqError):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 

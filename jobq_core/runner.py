@@ -58,7 +58,14 @@ from .executors import (
     ProcessPool,
     bound_logger,
 )
-from .models import DELAY_MAX, Job, dump_json, validate_lease_ms, validate_type
+from .models import (
+    DELAY_MAX,
+    Job,
+    UndecodableJSON,
+    dump_json,
+    validate_lease_ms,
+    validate_type,
+)
 from .queue import APPLICATION_NAME, AsyncJobQueue, JobQueue, default_worker_name
 
 log = logging.getLogger("jobq.runner")
@@ -436,7 +443,9 @@ class TaskRunner:
         bounded in time, so a call that hangs is reported and retried, never waited on."""
         timeout = CALL_TIMEOUT if timeout is None else timeout
         try:
-            async with asyncio.timeout(timeout):
+            # Not the first call, which may migrate: an upgrade's index build takes what it
+            # takes, and cancelling it would leave the index to build again from scratch.
+            async with asyncio.timeout(timeout if self.queue.prepared else None):
                 return await self._call(self._loop_threads, method, *args, **kwargs)
         except TimeoutError:
             raise TransientError(
@@ -729,10 +738,11 @@ class TaskRunner:
         """LISTEN for new work; reconnects with backoff. Each wakeup triggers a claim, and
         ends a claim loop's backoff."""
         assert self.queue.conninfo is not None and self._wake is not None
-        channel = sql.SQL("LISTEN {}").format(sql.Identifier(self.queue.names.channel))
         health = self._loops.setdefault("listener", LoopHealth())
         while True:
             try:
+                await self._loop_call("listener", "prepare")  # the resolved table names it
+                channel = sql.SQL("LISTEN {}").format(sql.Identifier(self.queue.names.channel))
                 conn = await psycopg.AsyncConnection.connect(
                     self.queue.conninfo, autocommit=True,
                     application_name=f"{APPLICATION_NAME}-listener")
@@ -868,6 +878,10 @@ class TaskRunner:
                 reason = (f"gave up after {job.attempts - 1} attempts (max_attempts "
                           f"{task.max_attempts}); earlier attempts never reported back")
                 return await self._fail(attempt, reason, retry=False, started=started)
+            if isinstance(job.payload, UndecodableJSON):  # no attempt could ever read it
+                return await self._fail(
+                    attempt, "payload cannot be decoded: JSON nested deeper than Python's "
+                    "decoder reads (not written by jobq)", retry=False, started=started)
             try:
                 result = await self._execute(attempt)
                 dump_json(result, "result")  # not JSON: fail the attempt, never the ack

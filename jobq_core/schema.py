@@ -14,8 +14,20 @@ from collections.abc import Callable
 from psycopg import sql
 
 from ._ops import Op, Stmt
-from .errors import SchemaError
-from .sql import ADVISORY_LOCK, SCHEMA_STATE, Names, Statements
+from .errors import LockTimeoutError, PermissionDeniedError, SchemaError
+from .sql import (
+    ADVISORY_LOCK,
+    EARLY_HELD,
+    EARLY_INDEXES,
+    EARLY_LOCK,
+    EARLY_UNLOCK,
+    EARLY_WAIT,
+    INDEX_INVALID,
+    RESOLVE,
+    SCHEMA_STATE,
+    Names,
+    Statements,
+)
 
 #: (version, description, statements given the legacy id column if upgrading upstream's layout)
 MIGRATIONS: list[tuple[int, str, Callable[[Statements, str | None], list[bytes]]]] = [
@@ -25,23 +37,49 @@ MIGRATIONS: list[tuple[int, str, Callable[[Statements, str | None], list[bytes]]
      lambda st, legacy: st.migration_2()),
     (3, "idempotency keys held by their enqueued event through completion",
      lambda st, legacy: st.migration_3()),
+    (4, "notify channel from the resolved schema and table, short enough for any name",
+     lambda st, legacy: st.migration_4()),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 
-_LEGACY_COLUMNS = {"queue", "claimed_at", "claimed_until", "attempts", "payload"}
+#: What the upgrade from upstream's layout reads, by column and type (`request_id` and
+#: `created_at`, which upstream added later or left out, are added when missing).
+_LEGACY_COLUMNS = {"queue": "text", "claimed_at": "timestamp with time zone",
+                   "claimed_until": "timestamp with time zone", "attempts": "integer",
+                   "payload": "jsonb"}
+_LEGACY_OPTIONAL = {"request_id": "text", "created_at": "timestamp with time zone"}
+_LEGACY_IDS = ("bigint", "integer")
 
 
-def _state(st: Statements) -> Op[tuple[bool, bool, set[str]]]:
+def resolve(st: Statements) -> Op[None]:
+    """Find the schema an unqualified table name means here (by the session's search_path),
+    once: channels and the migration lock are named by it."""
+    if st.names.channel:
+        return
+    rows = yield Stmt(RESOLVE.encode(), {
+        "jobs": st.names.regclass(), "schema": st.names.schema, "table": st.names.table,
+    })
+    schema, channel = rows[0]
+    if schema is None:
+        raise SchemaError(
+            f"the search_path names no schema that exists, so {st.names.display!r} has nowhere "
+            "to be: qualify the table as schema.table, or fix the search_path")
+    st.resolve(schema, channel)
+
+
+def _state(st: Statements) -> Op[tuple[bool, bool, dict[str, str]]]:
+    """Whether the jobs and migrations tables exist, and the jobs table's columns by type."""
     names = st.names
     rows = yield Stmt(SCHEMA_STATE.encode(), {
         "jobs": names.regclass(), "migrations": names.regclass("_migrations"),
     })
     jobs_exist, migrations_exist, columns = rows[0]
-    return bool(jobs_exist), bool(migrations_exist), set(columns or ())
+    return bool(jobs_exist), bool(migrations_exist), dict(columns or ())
 
 
 def current_version(st: Statements) -> Op[int]:
     """The applied schema version; 0 when the tables do not exist yet."""
+    yield from resolve(st)
     _, migrations_exist, _ = yield from _state(st)
     if not migrations_exist:
         return 0
@@ -49,16 +87,24 @@ def current_version(st: Statements) -> Op[int]:
     return version
 
 
-def _legacy_id(st: Statements, columns: set[str]) -> str | None:
-    if not columns >= _LEGACY_COLUMNS:
-        raise SchemaError(
-            f"table {st.names.display} exists but was not created by jobq; "
-            "choose another table name"
-        )
+def _legacy_id(st: Statements, columns: dict[str, str]) -> str:
+    """The id column of a table in upstream's layout, once every column the upgrade relies
+    on is there with its type; otherwise a `SchemaError` naming what is wrong."""
+    where = st.names.display
+    missing = sorted(set(_LEGACY_COLUMNS) - set(columns))
+    if missing:
+        raise SchemaError(f"table {where} exists but was not created by jobq (no "
+                          f"{', '.join(missing)}); choose another table name")
+    for column, wanted in {**_LEGACY_COLUMNS, **_LEGACY_OPTIONAL}.items():
+        if column in columns and columns[column] != wanted:
+            raise SchemaError(f"table {where} looks like upstream's layout, but its column "
+                              f"{column} is {columns[column]}, not {wanted}; it cannot be "
+                              "upgraded in place")
     for candidate in ("svti_jobs_id", f"{st.names.table}_id"):
-        if candidate in columns:
+        if columns.get(candidate) in _LEGACY_IDS:
             return candidate
-    raise SchemaError(f"table {st.names.display} has no recognisable id column")
+    raise SchemaError(f"table {where} has no recognisable id column (a bigint "
+                      f"svti_jobs_id or {st.names.table}_id)")
 
 
 def ensure(st: Statements) -> Op[list[bytes]]:
@@ -79,7 +125,8 @@ def require(st: Statements) -> Op[None]:
     if version == 0:
         raise SchemaError(
             f"there is no jobq queue {where!r} here (a typo in --table?); create it with "
-            f"`jobq migrate --table {where}`, or by a worker's first use")
+            f"`jobq migrate --table {where}`, or by the first use of a queue whose role may "
+            "create tables")
     if version > LATEST_VERSION:
         raise SchemaError(f"queue {where!r} is at schema version {version}, newer than this "
                           f"jobq ({LATEST_VERSION}); upgrade jobq")
@@ -87,9 +134,54 @@ def require(st: Statements) -> Op[None]:
                       f"{LATEST_VERSION}: run `jobq migrate --table {where}`")
 
 
+def upgrading(version: int) -> bool:
+    """Whether first use must change tables that already exist (and may be big)."""
+    return 0 < version < LATEST_VERSION
+
+
+def _drop_if_invalid(st: Statements, index: str, *, concurrently: bool) -> Op[bool]:
+    """Whether the index exists and is valid. One that an interrupted or failed CONCURRENTLY
+    build left invalid goes, so that IF NOT EXISTS builds it again instead of keeping it."""
+    rows = yield Stmt(INDEX_INVALID.encode(), {"index": st.index_name(index)})
+    if rows and rows[0][0]:
+        yield Stmt(st.drop_index(index, concurrently=concurrently))
+    return bool(rows) and not rows[0][0]
+
+
+def build_early(st: Statements) -> Op[list[str]]:
+    """An upgrade's new indexes, built CONCURRENTLY before its migration (`EARLY_INDEXES`),
+    one session at a time; returns the indexes built. Runs in autocommit on a connection of
+    its own that is closed afterwards, which releases the session lock whatever failed."""
+    yield from resolve(st)
+    key = {"key": st.names.lock_key}
+    while not (yield Stmt(EARLY_LOCK.encode(), key))[0][0]:
+        yield Stmt(EARLY_WAIT.encode())
+    version = yield from current_version(st)
+    built: list[str] = []
+    for number, indexes in EARLY_INDEXES.items():
+        if number <= version:
+            continue
+        for index, template in indexes:
+            yield from _drop_if_invalid(st, index, concurrently=True)
+            yield Stmt(st.build_index(template, concurrently=True))
+            built.append(index)
+    yield Stmt(EARLY_UNLOCK.encode(), key)
+    return built
+
+
+def not_allowed(st: Statements, denied: PermissionDeniedError) -> SchemaError:
+    """First use needed DDL that this role may not run: say who can."""
+    where = st.names.display
+    return SchemaError(
+        f"queue {where!r} needs creating or migrating, and this role may not ({denied}); run "
+        f"`jobq migrate --table {where}` once as the tables' owner, and give workers "
+        "auto_migrate=False")
+
+
 def migrate(st: Statements, *, dry_run: bool = False) -> Op[list[bytes]]:
     """Bring the tables to `LATEST_VERSION`; returns the statements applied (or, with
     `dry_run`, that would be). Must run inside a transaction."""
+    yield from resolve(st)
     yield Stmt(ADVISORY_LOCK.encode(), {"key": st.names.lock_key})
     jobs_exist, migrations_exist, columns = yield from _state(st)
     version = 0
@@ -101,6 +193,12 @@ def migrate(st: Statements, *, dry_run: bool = False) -> Op[list[bytes]]:
             f"({LATEST_VERSION}); upgrade jobq"
         )
     legacy = _legacy_id(st, columns) if jobs_exist and not migrations_exist else None
+    early = any(number > version for number in EARLY_INDEXES)
+    if early and not dry_run and not (yield Stmt(EARLY_HELD.encode(),
+                                                 {"key": st.names.lock_key}))[0][0]:
+        raise LockTimeoutError(
+            f"another session is building indexes of queue {st.names.display!r} "
+            "concurrently; this migration can run once that build is done")
     plan: list[bytes] = [st.create_migrations] if not migrations_exist else []
     if plan and not dry_run:
         yield Stmt(st.create_migrations)
@@ -111,8 +209,13 @@ def migrate(st: Statements, *, dry_run: bool = False) -> Op[list[bytes]]:
         plan.extend(statements)
         if dry_run:
             continue
+        built = set()  # skipped, not rebuilt IF NOT EXISTS: that would still lock the table
+        for index, template in EARLY_INDEXES.get(number, ()):
+            if (yield from _drop_if_invalid(st, index, concurrently=False)):
+                built.add(st.build_index(template, concurrently=False))
         for statement in statements:
-            yield Stmt(statement)
+            if statement not in built:
+                yield Stmt(statement)
         yield Stmt(st.record_migration, {"version": number, "name": name})
     return plan
 

@@ -8,6 +8,7 @@ bytes and psycopg's automatic prepared statements apply.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -36,6 +37,10 @@ class Names:
 
     schema: str | None
     table: str
+    #: How the caller spelled it, kept for messages once the schema is resolved.
+    spelled: str = ""
+    #: The NOTIFY channel, known once the schema is resolved (`RESOLVE`).
+    channel: str = ""
 
     @classmethod
     def parse(cls, name: object) -> Names:
@@ -70,24 +75,31 @@ class Names:
 
     @property
     def display(self) -> str:
-        return f"{self.schema}.{self.table}" if self.schema else self.table
+        return self.spelled or (f"{self.schema}.{self.table}" if self.schema else self.table)
 
-    @property
-    def channel(self) -> str:
-        """The LISTEN/NOTIFY channel, namespaced so that two queues never collide."""
-        return f"jobq_{self.schema}_{self.table}" if self.schema else f"jobq_{self.table}"
+    def resolved(self, schema: str, channel: str) -> Names:
+        """These names in the schema an unqualified table resolves to, so that every spelling
+        of one table shares its channel and migration lock."""
+        return Names(schema, self.table, self.display, channel)
 
     @property
     def done_channel(self) -> str:
         """Where completions and final failures of waited-on jobs are announced (payload: id)."""
+        assert self.channel, "the table is resolved first"
         return self.channel + "_done"
 
     @property
     def lock_key(self) -> str:
-        return f"jobq:{self.display}"
+        """The migration lock, by resolved name (`svti_x` and `public.svti_x` are one)."""
+        return f"jobq:{self.schema}.{self.table}"
 
     def fmt(self, template: str, **extra: sql.Composable) -> sql.Composed:
-        """Fill {jobs}, {events}, {migrations}, {channel} and index names into a template."""
+        """Fill {jobs}, {events}, {migrations}, {channel} and index names into a template.
+        {channel} exists only once resolved: a statement that notifies cannot be rendered
+        before (a KeyError, not a notification nobody hears)."""
+        if self.channel:
+            extra = {"channel": sql.Literal(self.channel),
+                     "done_channel": sql.Literal(self.done_channel), **extra}
         return sql.SQL(template).format(
             **extra,
             jobs=self.ident(),
@@ -95,8 +107,6 @@ class Names:
             migrations=self.ident("_migrations"),
             rates=self.ident("_rates"),
             notify_fn=self.ident("_notify"),
-            channel=sql.Literal(self.channel),
-            done_channel=sql.Literal(self.done_channel),
             states=sql.SQL(", ").join(sql.Literal(s) for s in STATES),
             events_list=sql.SQL(", ").join(sql.Literal(e) for e in EVENTS),
             **{name: self.local(suffix) for name, suffix in _LOCAL_NAMES.items()},
@@ -125,13 +135,37 @@ _LOCAL_NAMES = {
 SCHEMA_STATE = """
 SELECT to_regclass(%(jobs)s) IS NOT NULL,
        to_regclass(%(migrations)s) IS NOT NULL,
-       (SELECT array_agg(attname::text) FROM pg_attribute
+       (SELECT array_agg(ARRAY[attname::text, format_type(atttypid, NULL)]) FROM pg_attribute
          WHERE attrelid = to_regclass(%(jobs)s) AND attnum > 0 AND NOT attisdropped)
 """
 
 SCHEMA_VERSION = "SELECT coalesce(max(version), 0) FROM {migrations}"
 
 ADVISORY_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 0))"
+
+# The NOTIFY channel of a table, from its resolved schema and name: at most 48 bytes (a
+# channel stops at 63), readable, and the same however the table was spelled.
+_CHANNEL_OF = ("'jobq_' || left({t}, 30) || '_' || "
+               "left(encode(sha256(convert_to({s} || '.' || {t}, 'UTF8')), 'hex'), 12)")
+
+# The schema an unqualified table resolves to (where it is, else where it would be created)
+# and its channel. NULL when the search_path names no schema that exists. (Composed of
+# constants only.)
+RESOLVE = ("SELECT resolved, CASE WHEN resolved IS NOT NULL THEN "  # noqa: S608
+           + _CHANNEL_OF.format(s="resolved", t="%(table)s::text") + """ END
+FROM (SELECT coalesce((SELECT n.nspname::text FROM pg_class AS c
+                         JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                        WHERE c.oid = to_regclass(%(jobs)s)),
+                      %(schema)s, current_schema()::text) AS resolved) AS target""")
+
+# One NOTIFY per INSERT statement, however many rows it adds, on the table's own channel.
+NOTIFY_FUNCTION = """CREATE OR REPLACE FUNCTION {notify_fn}() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify(""" + _CHANNEL_OF.format(s="TG_TABLE_SCHEMA", t="TG_TABLE_NAME") + """, '');
+    RETURN NULL;
+END
+$$"""
 
 CREATE_MIGRATIONS = """
 CREATE TABLE IF NOT EXISTS {migrations} (
@@ -174,6 +208,7 @@ LEGACY_UPGRADE = (
     "ALTER TABLE {jobs} RENAME COLUMN claimed_until TO lease_until",
     """ALTER TABLE {jobs}
         ADD COLUMN IF NOT EXISTS request_id text,
+        ADD COLUMN IF NOT EXISTS created_at timestamptz,
         ADD COLUMN state text NOT NULL DEFAULT 'pending',
         ADD COLUMN priority smallint NOT NULL DEFAULT 0,
         ADD COLUMN run_at timestamptz,
@@ -233,15 +268,9 @@ CREATE_COMMON = (
     "WHERE event = 'completed' AND idempotency_key IS NOT NULL",
     # The completed tab pages through history newest first; one entry per finished job.
     "CREATE INDEX {ev_completed_idx} ON {events} (id) WHERE event = 'completed'",
-    # One NOTIFY per INSERT statement, however many rows it adds.
-    """CREATE OR REPLACE FUNCTION {notify_fn}() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-        PERFORM pg_notify(TG_ARGV[0], '');
-        RETURN NULL;
-    END
-    $$""",
+    NOTIFY_FUNCTION,
     "CREATE TRIGGER {notify_trigger} AFTER INSERT ON {jobs} "
-    "FOR EACH STATEMENT EXECUTE FUNCTION {notify_fn}({channel})",
+    "FOR EACH STATEMENT EXECUTE FUNCTION {notify_fn}()",
 )
 
 # Version 2: per-minute completion counts, folded from history one finished minute at a
@@ -254,7 +283,8 @@ CREATE_V2 = (
         failed integer NOT NULL DEFAULT 0,
         PRIMARY KEY (minute, type)
     )""",
-    "CREATE INDEX {failed_type_idx} ON {jobs} (type) WHERE state = 'failed'",
+    "CREATE INDEX {concurrently}IF NOT EXISTS {failed_type_idx} ON {jobs} (type) "
+    "WHERE state = 'failed'",
 )
 
 # Version 3: an idempotency key is held by its job's `enqueued` event, in one unique index
@@ -270,8 +300,8 @@ CREATE_V3 = (
       AND EXISTS (SELECT 1 FROM {events} AS n
                   WHERE n.event = 'enqueued' AND n.idempotency_key = e.idempotency_key
                     AND n.id > e.id)""",
-    "CREATE UNIQUE INDEX {ev_key_idx} ON {events} (idempotency_key) "
-    "WHERE event = 'enqueued' AND idempotency_key IS NOT NULL",
+    "CREATE UNIQUE INDEX {concurrently}IF NOT EXISTS {ev_key_idx} ON {events} "
+    "(idempotency_key) WHERE event = 'enqueued' AND idempotency_key IS NOT NULL",
     """INSERT INTO {events} (occurred_at, job_id, type, event, request_id, idempotency_key,
                            reason)
     SELECT j.created_at, j.id, j.type, 'enqueued', j.request_id, j.idempotency_key,
@@ -291,6 +321,27 @@ CREATE_V3 = (
     ORDER BY c.idempotency_key, c.id DESC""",
     "DROP INDEX IF EXISTS {ev_idempotency_idx}",
 )
+
+# An upgrade builds the indexes of its migrations CONCURRENTLY first, outside the
+# migration's transaction, so that writers (older workers, in a rolling deploy) are never
+# blocked while a big table is indexed. Its own IF NOT EXISTS build then finds them done; when
+# an early build failed (a unique index over keys the migration dedupes first) the migration
+# drops the invalid leftover and builds the index itself. One early builder at a time: the
+# others wait by polling, since a session blocked in a lock wait holds a snapshot that
+# CONCURRENTLY would wait for in turn.
+EARLY_INDEXES: dict[int, tuple[tuple[str, str], ...]] = {
+    2: (("failed_type_idx", CREATE_V2[1]),),
+    3: (("ev_key_idx", CREATE_V3[1]),),
+}
+EARLY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended(%(key)s, 2))"
+EARLY_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended(%(key)s, 2))"
+# A migration holds the early builders' lock for its transaction, so that none of them has an
+# index half-built (and so invalid) while it decides what to build.
+EARLY_HELD = "SELECT pg_try_advisory_xact_lock(hashtextextended(%(key)s, 2))"
+EARLY_WAIT = "SELECT pg_sleep(0.2)"
+INDEX_INVALID = """
+SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%(index)s)"""
+DROP_INDEX = "DROP INDEX {concurrently}IF EXISTS {index}"
 
 # --- the queue ---------------------------------------------------------------------------
 
@@ -893,9 +944,12 @@ WITH todo AS (
 )
 SELECT count(*) FROM ins"""
 
-# Whether this call folds: not in a read-only session, and only one folder at a time.
+# Whether this call folds: not in a read-only session, not by a role that may not write the
+# rates (a SELECT-only role reads status all the same), and only one folder at a time.
 MAY_FOLD = """
-SELECT CASE WHEN current_setting('transaction_read_only') = 'on' THEN false
+SELECT CASE WHEN current_setting('transaction_read_only') = 'on'
+              OR NOT (has_table_privilege(%(rates)s, 'INSERT')
+                      AND has_table_privilege(%(rates)s, 'DELETE')) THEN false
             ELSE pg_try_advisory_xact_lock(hashtextextended(%(key)s, 1)) END"""
 
 # doctor: sizes, bloat and vacuum of the queue's tables, what holds back the xmin horizon,
@@ -1038,11 +1092,24 @@ _HISTORY_AS_JOBS = (
 )
 
 
-@dataclass(frozen=True)
+_RESOLVING = threading.Lock()
+
+
+@dataclass(eq=False)
 class Statements:
-    """The statements of one queue, rendered once to bytes."""
+    """The statements of one queue, rendered once to bytes (after `resolve`)."""
 
     names: Names
+
+    def resolve(self, schema: str, channel: str) -> None:
+        """Name everything by the schema the table resolved to; statements rendered before
+        (only the schema checks) are rendered again."""
+        with _RESOLVING:
+            if self.names.channel:
+                return
+            for name in [n for n in list(self.__dict__) if n != "names"]:
+                self.__dict__.pop(name, None)
+            self.names = self.names.resolved(schema, channel)
 
     def _render(self, template: str, **extra: sql.Composable) -> bytes:
         return self.names.fmt(template, **extra).as_bytes(None)
@@ -1149,10 +1216,25 @@ class Statements:
         return self._render(OUTCOME_ARMED)
 
     def migration_2(self) -> list[bytes]:
-        return [self._render(s) for s in CREATE_V2]
+        return [self._render(s, concurrently=sql.SQL("")) for s in CREATE_V2]
 
     def migration_3(self) -> list[bytes]:
-        return [self._render(s) for s in CREATE_V3]
+        return [self._render(s, concurrently=sql.SQL("")) for s in CREATE_V3]
+
+    def index_name(self, key: str) -> str:
+        """A named index's schema-qualified name, for `to_regclass`."""
+        return self.names.regclass(_LOCAL_NAMES[key])
+
+    def build_index(self, template: str, *, concurrently: bool) -> bytes:
+        return self._render(template, concurrently=sql.SQL("CONCURRENTLY " if concurrently
+                                                           else ""))
+
+    def drop_index(self, key: str, *, concurrently: bool) -> bytes:
+        return self._render(DROP_INDEX, index=self.names.ident(_LOCAL_NAMES[key]),
+                            concurrently=sql.SQL("CONCURRENTLY " if concurrently else ""))
+
+    def migration_4(self) -> list[bytes]:
+        return [self._render(NOTIFY_FUNCTION)]
 
     @cached_property
     def stats_types(self) -> bytes:

@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from jobq_core import (
     DatabaseUnavailableError,
@@ -242,7 +243,8 @@ def test_a_restarted_server_loses_no_job(embedded_server: EmbeddedPostgres) -> N
 
 def test_notify_once_per_enqueue_statement(dsn: str, db: psycopg.Connection[Any]) -> None:
     with JobQueue(dsn) as queue, psycopg.connect(dsn, autocommit=True) as listener:
-        listener.execute('LISTEN "jobq_svti_jobs"')
+        queue.prepare()  # resolves the table, which names the channel
+        listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(queue.names.channel)))
 
         def drain() -> int:
             return sum(1 for _ in listener.notifies(timeout=0.3))

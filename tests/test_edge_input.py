@@ -201,3 +201,54 @@ def test_json_output_escapes_what_a_terminal_would_act_on(
     assert json.loads(shown.stdout)["job"]["payload"] == {"x": hostile}
     plain = json.loads(cli("enqueue", "t", "-p", '{"x": "café"}', "--json").stdout)["id"]
     assert "café" in cli("show", str(plain), "--json").stdout  # ordinary text stays readable
+
+
+@pytest.mark.parametrize("lease", [0, -1, 10**12])
+def test_a_heartbeat_with_a_lease_out_of_range_is_refused(q: Any, lease: int) -> None:
+    q.enqueue("t")
+    job = q.claim(lease_ms=5000)
+    for jobs in ([job], []):
+        with pytest.raises(InvalidInputError, match="lease"):
+            q.heartbeat(jobs, lease)  # 0 once meant "the default lease"
+    assert q.heartbeat([job], 20_000) == {job.id}
+
+
+def test_a_payload_too_deep_to_decode_written_by_another_client_poisons_nothing(
+    dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    """jobq refuses such payloads; another client may still write one. The claim that has
+    already committed must hand the job out, listings must show it, and a runner fails it
+    for good instead of running it."""
+    from jobq_core import JobFailedError
+    from jobq_core.models import UndecodableJSON
+
+    from .runner_tasks import make_runner
+    from .test_runner import serving
+
+    deep = "[" * 5000 + "]" * 5000
+    huge = '{"n": 1e5000}'  # Postgres prints it as 5,001 digits; Python reads 4,300 at most
+    with JobQueue(dsn) as queue:
+        first, second, third = queue.enqueue("t"), queue.enqueue("noop"), queue.enqueue("h")
+        db.execute("UPDATE svti_jobs SET payload = %s::jsonb WHERE id < %s", [deep, third])
+        db.execute("UPDATE svti_jobs SET payload = %s::jsonb WHERE id = %s", [huge, third])
+        job = queue.claim(types=["t"])
+        assert job is not None and job.id == first
+        assert isinstance(job.payload, UndecodableJSON) and job.payload == deep
+        big = queue.claim(types=["h"])
+        assert big is not None and isinstance(big.payload, UndecodableJSON)
+        admin = Admin(queue)
+        assert {r.id for r in admin.list_jobs().rows} == {first, second, third}
+        assert admin.show(first) is not None
+        with serving(make_runner(dsn)), pytest.raises(JobFailedError,
+                                                      match="payload cannot be decoded"):
+            queue.wait(second, timeout=20)
+
+
+@pytest.mark.parametrize("jobs", [None, 5, NewJob("t"), "abc", {"type": "t"}])
+def test_a_batch_that_is_not_a_list_is_refused(q: Any, jobs: Any) -> None:
+    with pytest.raises(InvalidInputError, match="must be a list"):
+        q.enqueue_many(jobs)
+    with pytest.raises(InvalidInputError, match="must be a list"):
+        q.complete_many(jobs)
+    with pytest.raises(InvalidInputError, match="must be a list"):
+        q.heartbeat(jobs)

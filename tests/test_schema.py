@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import threading
+import time
 from typing import Any
 
 import psycopg
@@ -111,13 +113,7 @@ def test_upstream_layout_is_migrated_forward_without_losing_rows(empty_dsn: str)
 
 def test_version_1_is_migrated_forward_keeping_its_rows(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("DROP TABLE svti_jobs_rates")
-        conn.execute("DROP INDEX svti_jobs_failed_type_idx")
-        conn.execute("DROP INDEX svti_jobs_events_key_idx")
-        conn.execute("CREATE INDEX svti_jobs_events_idempotency_idx ON svti_jobs_events "
-                     "(idempotency_key, id) WHERE event = 'completed' "
-                     "AND idempotency_key IS NOT NULL")
-        conn.execute("DELETE FROM svti_jobs_migrations WHERE version > 1")
+        _as_version_1(conn)
         conn.execute("INSERT INTO svti_jobs (type, payload) VALUES ('old', '{\"kept\": true}')")
     with create_job_queue(dsn) as queue:
         assert queue.claim().payload == {"kept": True}
@@ -221,3 +217,106 @@ def test_version_2_keys_stay_held_through_the_migration(dsn: str) -> None:
         assert conn.execute("SELECT count(*) FROM svti_jobs").fetchone() == (0,)
         assert conn.execute("SELECT max(version) FROM svti_jobs_migrations").fetchone() == (
             schema.LATEST_VERSION,)
+
+
+def _as_version_1(conn: psycopg.Connection[Any]) -> None:
+    """Take a current install back to what version 1 left (tests of the upgrade path)."""
+    conn.execute("DROP TABLE svti_jobs_rates")
+    conn.execute("DROP INDEX svti_jobs_failed_type_idx")
+    conn.execute("DROP INDEX svti_jobs_events_key_idx")
+    conn.execute("CREATE INDEX svti_jobs_events_idempotency_idx ON svti_jobs_events "
+                 "(idempotency_key, id) WHERE event = 'completed' "
+                 "AND idempotency_key IS NOT NULL")
+    conn.execute("DELETE FROM svti_jobs_migrations WHERE version > 1")
+
+
+def test_an_upgrade_builds_its_indexes_without_blocking_writers(dsn: str) -> None:
+    """A rolling deploy: an older worker's write transaction is open while a new one upgrades.
+    A plain CREATE INDEX would queue every later write behind its SHARE lock; CONCURRENTLY
+    lets them through."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _as_version_1(conn)
+    older = psycopg.connect(dsn, autocommit=True)
+    writer = psycopg.connect(dsn, autocommit=True)
+    watcher = psycopg.connect(dsn, autocommit=True)
+    errors: list[BaseException] = []
+
+    def upgrade() -> None:
+        try:
+            with create_job_queue(dsn) as queue:
+                queue.migrate()
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        older.execute("BEGIN")
+        older.execute("INSERT INTO svti_jobs (type) VALUES ('older')")
+        thread = threading.Thread(target=upgrade)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
+                "'CREATE INDEX CONCURRENTLY%%' AND wait_event_type = 'Lock'").fetchone()[0]:
+            assert time.monotonic() < deadline and thread.is_alive(), errors
+            time.sleep(0.05)
+        writer.execute("SET lock_timeout = '5s'")
+        writer.execute("INSERT INTO svti_jobs (type) VALUES ('during')")  # not blocked
+        older.execute("COMMIT")
+        thread.join(30)
+        assert not thread.is_alive() and errors == []
+    finally:
+        for conn in (older, writer, watcher):
+            conn.close()
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT max(version) FROM svti_jobs_migrations").fetchone() == (
+            schema.LATEST_VERSION,)
+        assert conn.execute(
+            "SELECT count(*) FILTER (WHERE NOT indisvalid), count(*) FROM pg_index "
+            "WHERE indrelid IN ('svti_jobs'::regclass, 'svti_jobs_events'::regclass) "
+            "AND indexrelid::regclass::text IN "
+            "('svti_jobs_failed_type_idx', 'svti_jobs_events_key_idx')").fetchone() == (0, 2)
+
+
+def test_an_invalid_index_left_by_an_interrupted_build_is_rebuilt(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _as_version_1(conn)
+        # What a CONCURRENTLY build that was cancelled leaves: an index marked invalid.
+        conn.execute("CREATE INDEX svti_jobs_failed_type_idx ON svti_jobs (type) "
+                     "WHERE state = 'failed'")
+        conn.execute("UPDATE pg_index SET indisvalid = false "
+                     "WHERE indexrelid = 'svti_jobs_failed_type_idx'::regclass")
+    with create_job_queue(dsn) as queue:
+        queue.enqueue("t")
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = "
+                            "'svti_jobs_failed_type_idx'::regclass").fetchone() == (True,)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ("ALTER TABLE svti_jobs DROP COLUMN claimed_until", "no claimed_until"),
+    ("ALTER TABLE svti_jobs ALTER COLUMN attempts TYPE text", "attempts is text, not integer"),
+    ("ALTER TABLE svti_jobs ALTER COLUMN request_id TYPE integer USING NULL",
+     "request_id is integer"),
+    ("ALTER TABLE svti_jobs RENAME COLUMN svti_jobs_id TO ident", "no recognisable id column"),
+])
+def test_the_legacy_upgrade_checks_every_column_it_relies_on(
+    empty_dsn: str, change: str, message: str
+) -> None:
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute(LEGACY_DDL)
+        conn.execute(change)
+    with JobQueue(empty_dsn) as queue, pytest.raises(SchemaError, match=message):
+        queue.enqueue("t")
+    with psycopg.connect(empty_dsn) as conn:  # refused before anything changed
+        assert conn.execute("SELECT count(*) FROM svti_jobs").fetchone() == (5,)
+        assert conn.execute("SELECT to_regclass('svti_jobs_events')").fetchone() == (None,)
+
+
+def test_the_legacy_upgrade_adds_a_missing_created_at(empty_dsn: str) -> None:
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute(LEGACY_DDL)
+        conn.execute("ALTER TABLE svti_jobs DROP COLUMN created_at")
+    with create_job_queue(empty_dsn) as queue:
+        assert queue.pending() == 4
+        job = queue.claim()
+        assert job is not None and job.created_at is not None

@@ -226,3 +226,25 @@ def test_tail_state_carries_over_to_a_new_follower(dsn: str) -> None:
 
     got = asyncio.run(scenario())
     assert got == committed(dsn, "req-carry")
+
+
+async def test_a_follower_on_a_queue_not_yet_used_still_listens(dsn: str) -> None:
+    """The follower's LISTEN names the channels of the resolved table: on a queue whose
+    first use has not happened yet it must wait for that, not die and leave only polling."""
+    async with AsyncJobQueue(dsn) as queue:
+        follow = AsyncAdmin(queue).follow("req-fresh", poll=30)
+        first = asyncio.ensure_future(follow.__anext__())
+        try:
+            with psycopg.connect(dsn, autocommit=True) as watcher:
+                deadline = time.monotonic() + 15
+                while not watcher.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                        "'jobq-follow' AND query LIKE 'LISTEN%%'").fetchone()[0]:
+                    assert time.monotonic() < deadline, "the follower never listened"
+                    await asyncio.sleep(0.05)
+            await queue.enqueue("t", request_id="req-fresh")
+            event = await asyncio.wait_for(first, 10)  # woken at once, not by the 30 s poll
+            assert event.event == "enqueued"
+        finally:
+            first.cancel()
+            await follow.aclose()  # type: ignore[attr-defined]
