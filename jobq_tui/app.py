@@ -25,6 +25,7 @@ from textual.css.query import NoMatches
 from textual.screen import Screen
 
 from jobq_core import DatabaseUnavailableError, InvalidInputError, JobqError, parse_duration
+from jobq_core.admin import validate_trace
 from jobq_core.filters import parse_filter
 from jobq_core.models import parse_id
 
@@ -37,6 +38,7 @@ from .screens.dialogs import HelpScreen, PromptScreen
 from .screens.jobs import JobsScreen
 from .screens.overview import OverviewScreen
 from .screens.trace import TraceScreen
+from .usage import OneLineCommand
 from .widgets.status import Banner, Crumbs, Freshness, StatusBar
 
 #: Refresh intervals that `+` and `-` step through, in seconds.
@@ -266,6 +268,7 @@ class JobqApp(App[None]):
         rest = rest.strip()
         match word.lower():
             case "trace" | "t" if rest:
+                validate_trace(rest, 0)
                 return lambda: self.open(TraceScreen(rest))
             case "job" | "show" if rest:
                 job_id = parse_id(rest)
@@ -353,7 +356,8 @@ cli = typer.Typer(name="jobq-tui", add_completion=False, pretty_exceptions_enabl
                   rich_markup_mode=None)
 
 
-@cli.command(help="The live operations console for a jobq queue. Connection: --dsn, else "
+@cli.command(cls=OneLineCommand,
+             help="The live operations console for a jobq queue. Connection: --dsn, else "
              "JOBQ_DSN, else DATABASE_URL, else libpq's PG* variables. Exit codes: 0 quit, "
              "2 bad input, 130 interrupted.")
 def console(
@@ -373,6 +377,12 @@ def console(
     demo: Annotated[bool, typer.Option(
         "--demo", help="run the demo workload (on an embedded Postgres unless --dsn)")] = False,
 ) -> None:
+    if trace:
+        try:
+            validate_trace(trace, 0)
+        except JobqError as exc:
+            print(f"jobq-tui: {visible(str(exc))}", file=sys.stderr)
+            raise typer.Exit(2) from None
     start = (lambda app: TraceScreen(trace)) if trace else None
 
     def run(conninfo: str | None) -> None:

@@ -3,10 +3,11 @@
 Every command is one `jobq_core.admin` (or queue) call, the same one the TUI makes. Data goes
 to stdout (tables for people, one JSON document with ``--json``), messages to stderr.
 Mutating commands take ``--dry-run`` and ask for confirmation with the row count unless
-``--yes``; without a terminal to ask on, they refuse rather than hang.
+``--yes``; without a terminal to ask on, they refuse rather than hang. ``jobq --read-only``
+(or JOBQ_READ_ONLY) refuses them before connecting and opens read-only sessions.
 
 Exit codes: 0 success, 1 failure, 2 usage or bad input, 3 not found, 4 lease lost or conflict,
-5 database unreachable, 130 interrupted. Errors are one line on stderr.
+5 database unreachable, 130 interrupted. Errors are one line on stderr, usage errors included.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import sys
 import time
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from datetime import datetime, timedelta
@@ -27,7 +28,7 @@ from uuid import UUID
 
 import psycopg
 import typer
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 from rich.console import Console
 from rich.table import Table
@@ -45,12 +46,14 @@ from jobq_core import (
     TaskRunner,
     parse_duration,
 )
-from jobq_core.admin import Admin, JobRow, Preview, RepairResult, TraceTail
+from jobq_core.admin import TRACE_PAGE, Admin, Event, JobRow, Preview, RepairResult, TraceTail
+from jobq_core.dsn import check as check_dsn
 from jobq_core.durations import ACCEPTED
 from jobq_core.sql import Names
 
 from .connection import resolve_dsn
 from .safe import redact, visible
+from .usage import OneLineGroup, error_line
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_UNREACHABLE = 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
@@ -63,10 +66,16 @@ CONNECTION_HELP = (
     "Table: --table, else JOBQ_TABLE, else svti_jobs."
 )
 
+#: `ctx.meta` key of the global --read-only flag.
+READ_ONLY = "jobq.read_only"
+#: Appended to the session's own server options under --read-only.
+READ_ONLY_OPTION = "-c default_transaction_read_only=on"
+
+
 app = typer.Typer(
     name="jobq",
+    cls=OneLineGroup,
     help=f"Operate a jobq queue on Postgres. {CONNECTION_HELP} {EXIT_CODES_HELP}",
-    no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -81,13 +90,46 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="show what would change,
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")]
 
 
+@app.callback(invoke_without_command=True)
+def session(
+    ctx: typer.Context,
+    read_only: Annotated[bool, typer.Option(
+        "--read-only", envvar="JOBQ_READ_ONLY",
+        help="refuse every command that writes (before connecting; --dry-run previews run) "
+        "and open read-only sessions (default_transaction_read_only)")] = False,
+) -> None:
+    if ctx.invoked_subcommand is None:  # `jobq` alone: the help, as a usage error
+        typer.echo(ctx.get_help(), err=True)
+        raise typer.Exit(EXIT_USAGE)
+    ctx.meta[READ_ONLY] = read_only
+
+
 # -- plumbing ---------------------------------------------------------------------------------
 
 def fail(message: str, code: int, dsn: str | None = None) -> NoReturn:
     """One line on stderr, then exit with `code`."""
-    line = redact(visible(" ".join(message.split())), dsn)
-    typer.echo(f"jobq: {line}", err=True)
+    typer.echo(error_line(message, dsn), err=True)
     raise typer.Exit(code)
+
+
+def refuse_if_read_only(ctx: typer.Context) -> None:
+    """Under --read-only, the command (one that writes) stops here, before connecting."""
+    if ctx.meta.get(READ_ONLY):
+        previews = any(p.name == "dry_run" for p in ctx.command.params)
+        fail(f"refusing to run `{ctx.info_name}`: it writes to the database, and --read-only "
+             "(or JOBQ_READ_ONLY) is set" + ("; --dry-run previews it" if previews else ""),
+             EXIT_USAGE)
+
+
+def session_conninfo(conninfo: str, read_only: bool) -> str:
+    """The conninfo the CLI connects with: under --read-only, every transaction defaults to
+    read-only, after the DSN's own server options (or PGOPTIONS, which an `options` keyword
+    would otherwise replace). A malformed DSN is refused here, without its password."""
+    check_dsn(conninfo)
+    if not read_only:
+        return conninfo
+    theirs = str(conninfo_to_dict(conninfo).get("options") or os.environ.get("PGOPTIONS", ""))
+    return make_conninfo(conninfo, options=f"{theirs} {READ_ONLY_OPTION}".strip())
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -103,13 +145,19 @@ def exit_code_for(exc: BaseException) -> int:
 
 
 @contextmanager
-def connected(dsn: str | None, table: str) -> Iterator[Admin]:
-    """An `Admin` on one dedicated connection; every failure becomes one line and a code."""
+def connected(ctx: typer.Context, dsn: str | None, table: str, *,
+              writes: bool) -> Iterator[Admin]:
+    """An `Admin` on one dedicated connection; every failure becomes one line and a code.
+    `writes`: the command changes the database, so --read-only refuses it."""
+    if writes:
+        refuse_if_read_only(ctx)
     conninfo = resolve_dsn(dsn)
     try:
         Names.parse(table)  # a bad table name is refused before connecting
+        # Redaction below knows the DSN as given, not as --read-only rewrote it.
+        session = session_conninfo(conninfo, bool(ctx.meta.get(READ_ONLY)))
         try:
-            conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=5,
+            conn = psycopg.connect(session, autocommit=True, connect_timeout=5,
                                    application_name="jobq-cli")
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailableError(f"database unavailable: {exc}") from None
@@ -241,10 +289,11 @@ def _ids_or_filter(ids: list[int] | None, filter_text: str | None, admin: Admin,
 # -- reading ----------------------------------------------------------------------------------
 
 @app.command()
-def status(dsn: Dsn = None, table: TableName = "svti_jobs", as_json: AsJson = False) -> None:
+def status(ctx: typer.Context, dsn: Dsn = None, table: TableName = "svti_jobs",
+           as_json: AsJson = False) -> None:
     """Per job type: ready, scheduled, claimed, expiring, expired, failed, oldest ready age,
     and completed/failed in the last minute (~ marks an estimate)."""
-    with connected(dsn, table) as admin:
+    with connected(ctx, dsn, table, writes=False) as admin:
         stats = admin.stats()
     if as_json:
         emit_json(stats)
@@ -264,6 +313,7 @@ def status(dsn: Dsn = None, table: TableName = "svti_jobs", as_json: AsJson = Fa
 
 @app.command("list")
 def list_cmd(
+    ctx: typer.Context,
     filter_words: Annotated[list[str] | None, typer.Argument(
         metavar="[FILTER]...", help="e.g. state:failed type:send-email req:abc error:Timeout "
         "age:>1h attempts:>=3")] = None,
@@ -272,7 +322,7 @@ def list_cmd(
     dsn: Dsn = None, table: TableName = "svti_jobs", as_json: AsJson = False,
 ) -> None:
     """Jobs matching a filter, one page at a time (keyset: no limit on how far you page)."""
-    with connected(dsn, table) as admin:
+    with connected(ctx, dsn, table, writes=False) as admin:
         page = admin.list_jobs(" ".join(filter_words or []), after=after, limit=limit)
     if as_json:
         emit_json({"rows": page.rows, "next_cursor": page.next_cursor})
@@ -283,10 +333,10 @@ def list_cmd(
 
 
 @app.command()
-def show(job_id: Annotated[int, typer.Argument(help="job id")], dsn: Dsn = None,
-         table: TableName = "svti_jobs", as_json: AsJson = False) -> None:
+def show(ctx: typer.Context, job_id: Annotated[int, typer.Argument(help="job id")],
+         dsn: Dsn = None, table: TableName = "svti_jobs", as_json: AsJson = False) -> None:
     """A job (live or finished) and its full history."""
-    with connected(dsn, table) as admin:
+    with connected(ctx, dsn, table, writes=False) as admin:
         detail = admin.show(job_id)
     if as_json:
         emit_json({"job": detail.job, "state": detail.state, "events": detail.events})
@@ -310,42 +360,101 @@ def show(job_id: Annotated[int, typer.Argument(help="job id")], dsn: Dsn = None,
     out.print(_events_table(detail.events))
 
 
-def _events_table(events: list[Any]) -> Table:
-    grid = Table(show_edge=False, header_style="bold")
-    for name in ("AT", "JOB", "EVENT", "ATT", "WORKER", "REQUEST", "REASON / RESULT"):
-        grid.add_column(name)
+EVENT_COLUMNS = ("AT", "JOB", "EVENT", "ATT", "WORKER", "REQUEST", "REASON / RESULT")
+
+
+def _event_cells(e: Event) -> list[Text]:
+    return [cell(e.occurred_at), Text(str(e.job_id)), cell(e.event), Text(str(e.attempt)),
+            cell(e.worker, 30), cell(e.request_id, 24),
+            cell(e.reason if e.reason is not None else e.result, 80)]
+
+
+def _events_table(events: list[Event], widths: Sequence[int] = (),
+                  header: bool = True) -> Table:
+    """Events as a table; `widths` are the least widths of the first columns."""
+    grid = Table(show_edge=False, header_style="bold", show_header=header)
+    for i, name in enumerate(EVENT_COLUMNS):
+        grid.add_column(name, min_width=widths[i] if i < len(widths) else None)
     for e in events:
-        grid.add_row(cell(e.occurred_at), Text(str(e.job_id)), cell(e.event),
-                     Text(str(e.attempt)), cell(e.worker, 30), cell(e.request_id, 24),
-                     cell(e.reason if e.reason is not None else e.result, 80))
+        grid.add_row(*_event_cells(e))
     return grid
+
+
+class TraceOutput:
+    """A trace printed as it is read, page by page: one JSON array, or one table. The first
+    page sets the table's column widths and later pages keep them, so the pages line up (a
+    wider value later widens its column rather than being cut)."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.count = 0
+        self._widths: list[int] = []
+
+    def page(self, events: list[Event]) -> None:
+        if self.as_json:
+            sys.stdout.write("".join(("[" if self.count + i == 0 else ", ") + json_text(e)
+                                     for i, e in enumerate(events)))
+            sys.stdout.flush()
+        elif events:
+            if not self._widths:
+                rows = [_event_cells(e) for e in events]
+                self._widths = [max(len(name), *(row[i].cell_len for row in rows))
+                                for i, name in enumerate(EVENT_COLUMNS[:-1])]
+            out.print(_events_table(events, self._widths, header=self.count == 0))
+        self.count += len(events)
+
+    def end(self) -> None:
+        if self.as_json:
+            sys.stdout.write(("[" if self.count == 0 else "") + "]\n")
+            sys.stdout.flush()
+        elif self.count == 0:
+            out.print(Text("no events for that request id"))
 
 
 @app.command()
 def trace(
+    ctx: typer.Context,
     request_id: Annotated[str, typer.Argument(help="the request id to follow")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new events")]
     = False,
+    after: Annotated[int, typer.Option(min=0, help="only the events after this event id")]
+    = 0,
+    limit: Annotated[int | None, typer.Option(
+        min=1, help="at most this many events, then the --after that goes on (default: all)")]
+    = None,
     dsn: Dsn = None, table: TableName = "svti_jobs", as_json: AsJson = False,
 ) -> None:
-    """Everything that happened under one request id, in time order (JSON lines with
-    --follow --json)."""
+    """Everything that happened under one request id, in time order: every event, however
+    many, streamed page by page (JSON lines with --follow --json)."""
     if follow:
-        _follow(request_id, dsn, table, as_json)
+        if limit is not None:
+            fail("--limit does not apply to --follow", EXIT_USAGE)
+        _follow(ctx, request_id, after, dsn, table, as_json)
         return
-    with connected(dsn, table) as admin:
-        events = admin.trace(request_id, limit=10_000)
-    if as_json:
-        emit_json(events)
-        return
-    out.print(_events_table(events) if events else Text("no events for that request id"))
+    with connected(ctx, dsn, table, writes=False) as admin:
+        output = TraceOutput(as_json)
+        # One event past --limit tells whether there are more.
+        size = TRACE_PAGE if limit is None else min(TRACE_PAGE, limit + 1)
+        last, more = after, False
+        for page in admin.trace_pages(request_id, after=after, page=size):
+            shown = page
+            if limit is not None and output.count + len(page) > limit:
+                shown, more = page[:limit - output.count], True
+            output.page(shown)
+            last = shown[-1].id if shown else last
+            if more:
+                break
+        output.end()
+    if more:
+        err.print(Text(f"more: --after {last}"))
 
 
 #: Seconds a poll of `trace --follow` waits for a connection before counting as an outage.
 FOLLOW_CONNECT_WAIT = 3.0
 
 
-def _follow(request_id: str, dsn: str | None, table: str, as_json: bool) -> None:
+def _follow(ctx: typer.Context, request_id: str, after: int, dsn: str | None, table: str,
+            as_json: bool) -> None:
     """Follow until interrupted. Outages (a restart, a dead server) are waited out with
     backoff and reported as one line when they begin and one when they end; the follower's
     state stays in memory, so no event is lost or printed twice."""
@@ -355,20 +464,17 @@ def _follow(request_id: str, dsn: str | None, table: str, as_json: bool) -> None
         if error is None:
             typer.echo("jobq: database reachable again, following", err=True)
         else:
-            line = redact(visible(" ".join(str(error).split())), conninfo)
-            typer.echo(f"jobq: {line}; retrying with backoff (up to every 10 s)", err=True)
+            line = error_line(str(error), conninfo)
+            typer.echo(f"{line}; retrying with backoff (up to every 10 s)", err=True)
 
     try:
         Names.parse(table)
-        tail = TraceTail(request_id)
-        try:
-            conninfo_to_dict(conninfo)
-        except psycopg.ProgrammingError as exc:
-            raise InvalidInputError(f"invalid connection string: {exc}") from None
+        tail = TraceTail(request_id, after)
+        session = session_conninfo(conninfo, bool(ctx.meta.get(READ_ONLY)))
         # The follower retries and reports outages itself: the pool makes one attempt per
         # poll (reconnect_timeout=0) and its per-attempt warnings would only repeat that.
         logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
-        with ConnectionPool(conninfo, min_size=1, max_size=1, open=False,
+        with ConnectionPool(session, min_size=1, max_size=1, open=False,
                             timeout=FOLLOW_CONNECT_WAIT, reconnect_timeout=0,
                             name="jobq-follow",
                             kwargs={"autocommit": True, "application_name": "jobq-cli",
@@ -390,9 +496,10 @@ def _follow(request_id: str, dsn: str | None, table: str, as_json: bool) -> None
 
 
 @app.command()
-def doctor(dsn: Dsn = None, table: TableName = "svti_jobs", as_json: AsJson = False) -> None:
+def doctor(ctx: typer.Context, dsn: Dsn = None, table: TableName = "svti_jobs",
+           as_json: AsJson = False) -> None:
     """Health of the queue's tables, each finding with its fix. Exits 1 if any is an error."""
-    with connected(dsn, table) as admin:
+    with connected(ctx, dsn, table, writes=False) as admin:
         findings = admin.doctor()
     if as_json:
         emit_json(findings)
@@ -410,6 +517,7 @@ def doctor(dsn: Dsn = None, table: TableName = "svti_jobs", as_json: AsJson = Fa
 
 @app.command()
 def enqueue(
+    ctx: typer.Context,
     job_type: Annotated[str, typer.Argument(metavar="TYPE")],
     payload: Annotated[str | None, typer.Option(
         "--payload", "-p", help="JSON, @file to read it from, or - for stdin")] = None,
@@ -421,7 +529,7 @@ def enqueue(
     dsn: Dsn = None, table: TableName = "svti_jobs", as_json: AsJson = False,
 ) -> None:
     """Add a job; prints its id (an existing one for a known idempotency key)."""
-    with connected(dsn, table) as admin:
+    with connected(ctx, dsn, table, writes=True) as admin:
         if run_at and delay:
             raise InvalidInputError("give --run-at or --delay, not both")
         value = _read_payload(payload)
@@ -455,10 +563,15 @@ def _read_payload(text: str | None) -> Any:
     except json.JSONDecodeError as exc:
         raise InvalidInputError(f"payload is not valid JSON: {exc.msg} at line {exc.lineno} "
                                 f"column {exc.colno}") from None
+    except RecursionError:
+        raise InvalidInputError("payload is nested too deeply to store") from None
+    except ValueError as exc:  # an integer longer than Python converts (4,300 digits)
+        raise InvalidInputError(f"payload is not usable JSON: {exc}") from None
 
 
 @app.command()
 def retry(
+    ctx: typer.Context,
     ids: Annotated[list[int] | None, typer.Argument(metavar="[ID]...")] = None,
     failed: Annotated[bool, typer.Option("--failed", help="every failed job (and --filter)")]
     = False,
@@ -468,7 +581,7 @@ def retry(
     as_json: AsJson = False,
 ) -> None:
     """Put failed jobs back in the queue: by id, or --failed [--filter …]."""
-    with connected(dsn, table) as admin:
+    with connected(ctx, dsn, table, writes=not dry_run) as admin:
         if not ids and not failed:
             raise InvalidInputError("give job ids, or --failed to retry every failed job")
         chosen = _ids_or_filter(ids, filter_text, admin, "state:failed" if failed else "")
@@ -479,6 +592,7 @@ def retry(
 
 @app.command()
 def extend(
+    ctx: typer.Context,
     ids: Annotated[list[int] | None, typer.Argument(metavar="[ID]...")] = None,
     by: Annotated[str, typer.Option("--by", help=f"how much longer: {ACCEPTED}")] = "5m",
     filter_text: Annotated[str | None, typer.Option(
@@ -487,7 +601,7 @@ def extend(
     as_json: AsJson = False,
 ) -> None:
     """Lengthen claimed jobs' leases (default by 5m): by id, or --filter."""
-    with connected(dsn, table) as admin:
+    with connected(ctx, dsn, table, writes=not dry_run) as admin:
         amount = parse_duration(by)
         chosen = _ids_or_filter(ids, filter_text, admin,
                                 "state:claimed" if filter_text is not None else "")
@@ -497,6 +611,7 @@ def extend(
 
 @app.command()
 def delete(
+    ctx: typer.Context,
     ids: Annotated[list[int] | None, typer.Argument(metavar="[ID]...")] = None,
     filter_text: Annotated[str | None, typer.Option("--filter", help="jobs to delete")] = None,
     force: Annotated[bool, typer.Option(help="also delete claimed jobs")] = False,
@@ -504,7 +619,7 @@ def delete(
     as_json: AsJson = False,
 ) -> None:
     """Delete pending or failed jobs (claimed ones only with --force)."""
-    with connected(dsn, table) as admin:
+    with connected(ctx, dsn, table, writes=not dry_run) as admin:
         chosen = _ids_or_filter(ids, filter_text, admin)
         action = "delete-force" if force else "delete"
         _repair(admin, action, chosen, dry_run, yes, as_json,
@@ -537,13 +652,14 @@ def _repair(admin: Admin, action: str, ids: list[int], dry_run: bool, yes: bool,
 
 @app.command()
 def clear(
+    ctx: typer.Context,
     older_than: Annotated[str, typer.Option("--older-than", help=f"age cutoff: {ACCEPTED}")],
     dsn: Dsn = None, table: TableName = "svti_jobs", dry_run: DryRun = False, yes: Yes = False,
     as_json: AsJson = False,
 ) -> None:
     """Delete failed jobs and history older than the cutoff, in small batches (no lock is
     held between them, so workers keep claiming). Pending and claimed jobs are never touched."""
-    with connected(dsn, table) as admin:
+    with connected(ctx, dsn, table, writes=not dry_run) as admin:
         age = parse_duration(older_than)
         preview = admin.preview_clear(age)
         if dry_run:
@@ -564,15 +680,19 @@ def clear(
 
 @app.command()
 def migrate(
+    ctx: typer.Context,
     dry_run: DryRun = False, yes: Yes = False, dsn: Dsn = None,
     table: TableName = "svti_jobs", as_json: AsJson = False,
 ) -> None:
     """Create or migrate the queue's tables; --dry-run prints the SQL it would run."""
-    with connected(dsn, table) as admin:
+    with connected(ctx, dsn, table, writes=not dry_run) as admin:
         plan = admin.migrate(dry_run=True)
         if not dry_run and plan:
             confirm("apply migration statements to", len(plan), yes)
-            plan = admin.migrate(dry_run=False)
+            # On a queue with a DSN of its own: an upgrade then builds its indexes
+            # CONCURRENTLY, as a worker's first use would.
+            with JobQueue(resolve_dsn(dsn), table=table, auto_migrate=False) as queue:
+                plan = Admin(queue).migrate(dry_run=False)
     if as_json:
         emit_json({"dry_run": dry_run, "statements": plan})
     elif plan:
@@ -609,6 +729,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 @app.command()
 def worker(
+    ctx: typer.Context,
     target: Annotated[str, typer.Argument(help="module:attribute of a TaskRunner (or factory)")],
     concurrency: Annotated[int | None, typer.Option(min=1, help="override the runner's")] = None,
     health_file: Annotated[str | None, typer.Option(
@@ -622,6 +743,7 @@ def worker(
     to the queue at no attempt cost. A second signal stops at once. If a loop of the runner
     cannot go on, the worker stops and exits with status 1: it never hangs silently.
     """
+    refuse_if_read_only(ctx)
     if log_level.lower() not in LOG_LEVELS:
         fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}",
              EXIT_USAGE)
@@ -642,6 +764,7 @@ def worker(
 
 @app.command()
 def demo(
+    ctx: typer.Context,
     dsn: Annotated[str | None, typer.Option(
         "--dsn", help="use this database; by default a private embedded Postgres")] = None,
     seconds: Annotated[float | None, typer.Option(
@@ -655,6 +778,7 @@ def demo(
 ) -> None:
     """A live queue to look at: producers and a task runner with fast, slow, flaky, poison
     and scheduled jobs under request ids, with the jobq-tui console on top."""
+    refuse_if_read_only(ctx)  # its producers and runner write, whatever the console does
     from .demo import running_demo
 
     interactive = not headless and seconds is None and sys.stdout.isatty() and \
@@ -669,7 +793,7 @@ def demo(
                 return
             err.print(Text(f"demo database: {redact(conninfo)}  (try: jobq-tui --dsn "
                            f"'{redact(conninfo)}')"))
-            with connected(conninfo, "svti_jobs") as admin:
+            with connected(ctx, conninfo, "svti_jobs", writes=False) as admin:
                 started = time.monotonic()
                 while seconds is None or time.monotonic() - started < seconds:
                     time.sleep(min(2.0, seconds or 2.0))

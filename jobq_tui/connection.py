@@ -10,8 +10,10 @@ import os
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
-from jobq_core import AsyncJobQueue, InvalidInputError
+from jobq_core import AsyncJobQueue
 from jobq_core.admin import AsyncAdmin
+from jobq_core.dsn import check as check_dsn
+from jobq_core.dsn import redact
 from jobq_core.sql import Names
 
 APPLICATION_NAME = "jobq-tui"
@@ -28,10 +30,8 @@ def resolve_dsn(dsn: str | None) -> str:
 
 def session_options(conninfo: str, read_only: bool) -> str:
     """The server options for the console's sessions, kept after any the DSN already sets."""
-    try:
-        existing = conninfo_to_dict(conninfo).get("options") or ""
-    except Exception as exc:  # psycopg.ProgrammingError: an unparsable DSN
-        raise InvalidInputError(f"invalid connection string: {exc}") from None
+    check_dsn(conninfo)
+    existing = conninfo_to_dict(conninfo).get("options") or ""
     options = [str(existing)] if existing else []
     options.append(f"-c statement_timeout={STATEMENT_TIMEOUT}")
     if read_only:
@@ -74,7 +74,8 @@ class ConsoleDB:
         user = parts.get("user") or os.environ.get("PGUSER")
         dbname = parts.get("dbname") or os.environ.get("PGDATABASE") or user or ""
         where = f"{host}:{port}" if port else host
-        return f"{user}@{where}/{dbname}" if user else f"{where}/{dbname}"
+        shown = f"{user}@{where}/{dbname}" if user else f"{where}/{dbname}"
+        return redact(shown, self.conninfo)
 
     async def open(self) -> None:
         await self.pool.open(wait=False)

@@ -18,6 +18,7 @@ from rich.text import Text
 from jobq_core import DatabaseUnavailableError, JobqError, parse_duration
 from jobq_core.admin import SAMPLE, AsyncAdmin, ClearPreview, Preview, RepairResult
 from jobq_core.durations import ACCEPTED, format_duration
+from jobq_core.errors import DatabaseError
 from jobq_core.filters import JobFilter
 
 from .format import clock
@@ -50,6 +51,9 @@ def preview_text(preview: Preview, noun: str) -> Text:
     return text
 
 
+#: read_only_sql_transaction: a write in a read-only session.
+READ_ONLY_SQLSTATE = "25006"
+
 class Operator:
     """Runs the console's actions as workers, so the UI never waits on the database."""
 
@@ -70,8 +74,11 @@ class Operator:
     async def _guarded(self, flow: Callable[[], Awaitable[None]]) -> None:
         try:
             await flow()
-        except psycopg.errors.ReadOnlySqlTransaction:
-            self._error("the database refused the write: this session is read-only")
+        except DatabaseError as exc:
+            if exc.sqlstate == READ_ONLY_SQLSTATE:
+                self._error("the database refused the write: this session is read-only")
+            else:
+                self._error(str(exc))
         except (DatabaseUnavailableError, psycopg.OperationalError) as exc:
             self._error(f"database unavailable, nothing was changed: {exc}")
         except (JobqError, psycopg.Error) as exc:

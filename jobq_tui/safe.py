@@ -1,15 +1,15 @@
 """Showing untrusted text safely: payloads, errors, request ids and type names are data.
 
 Control characters (ANSI escapes included) are made visible instead of reaching the
-terminal, and passwords are redacted from anything printed."""
+terminal; passwords are redacted from anything printed (`jobq_core.dsn.redact`)."""
 
 from __future__ import annotations
 
-import re
 import unicodedata
 
-_URL_PASSWORD = re.compile(r"(?P<scheme>\w+://[^:/@\s]*):[^@\s]*@")
-_KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+from jobq_core.dsn import redact
+
+__all__ = ["redact", "visible"]
 
 
 def visible(text: object, limit: int | None = None) -> str:
@@ -26,18 +26,3 @@ def visible(text: object, limit: int | None = None) -> str:
     if limit is not None and (len(shown) > limit or len(value) < len(str(text))):
         shown = shown[: max(limit - 1, 0)] + "…"
     return shown
-
-
-def redact(message: str, dsn: str | None = None) -> str:
-    """`message` without the password of `dsn` or of any URL or key=value conninfo in it."""
-    if dsn:
-        try:
-            from psycopg.conninfo import conninfo_to_dict
-
-            password = conninfo_to_dict(dsn).get("password")
-        except Exception:
-            password = None
-        if password:
-            message = message.replace(str(password), "***")
-    message = _URL_PASSWORD.sub(r"\g<scheme>:***@", message)
-    return _KV_PASSWORD.sub(r"\1***", message)

@@ -18,6 +18,8 @@ from jobq_core import JobQueue, NewJob
 from jobq_tui.cli import app
 
 JOBQ = shutil.which("jobq", path=os.path.dirname(sys.executable)) or "jobq"
+#: A DSN nothing answers at.
+CLOSED_PORT = "postgresql://postgres@127.0.0.1:1/nothing"
 
 
 @pytest.fixture
@@ -74,6 +76,65 @@ def test_bad_input_exits_2_with_one_line(cli: Any, args: list[str], message: str
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and lines[0].startswith("jobq: ")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["show", "abc"], "invalid value for 'job_id': Input should be a valid integer, unable to "
+     "parse string as an integer, got 'abc' (see jobq show --help)"),
+    (["show", "-1"], "no such option: -1 (see jobq show --help)"),
+    (["show", "1e9"], "got '1e9' (see jobq show --help)"),
+    (["list", "--limit", "0"], "invalid value for '--limit': Input should be greater than or "
+     "equal to 1, got '0' (see jobq list --help)"),
+    (["list", "--bogus"], "no such option: --bogus (see jobq list --help)"),
+    (["--bogus", "status"], "no such option: --bogus (see jobq --help)"),
+    (["frob"], "no such command 'frob' (see jobq --help)"),
+    (["lst"], "no such command 'lst'. Did you mean 'list'?"),
+    (["show"], "missing argument 'job_id' (see jobq show --help)"),
+    (["status", "--dsn"], "option '--dsn' requires an argument"),
+    (["retry", "1", "x"], "got 'x' (see jobq retry --help)"),
+    # Shown literally: an escape in the refused value reaches no terminal.
+    (["show", "\x1b[31mred"], "got '\\x1b[31mred'"),
+])
+def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
+    """Typer's usage errors, through the installed entry point: one line, not a usage block
+    (and before connecting: the DSN points at a closed port)."""
+    result = _entry(*args, dsn=CLOSED_PORT)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jobq: ") and message in lines[0], lines
+    assert "\x1b" not in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bogus"], "jobq-tui: no such option: --bogus (see jobq-tui --help)"),
+    (["--refresh", "0.1"], "jobq-tui: invalid value for '--refresh': Input should be greater "
+     "than or equal to 0.5, got '0.1' (see jobq-tui --help)"),
+    (["--dsn"], "jobq-tui: option '--dsn' requires an argument"),
+    (["extra"], "jobq-tui: got unexpected extra argument(s) (extra) (see jobq-tui --help)"),
+    (["--trace", "\udcff"], "jobq-tui: request id is not valid Unicode"),  # the byte 0xff
+])
+def test_console_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
+    exe = shutil.which("jobq-tui", path=os.path.dirname(sys.executable)) or "jobq-tui"
+    result = subprocess.run([exe, *args], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), lines
+
+
+def test_help_and_exits_are_unchanged(dsn: str) -> None:
+    """--help still prints the help (stdout, 0); `jobq` alone prints it as a usage error
+    (stderr, 2); an error a command raises keeps its own code."""
+    help_text = _entry("--help", dsn=dsn)
+    assert help_text.returncode == 0 and help_text.stdout.startswith("Usage: jobq [OPTIONS]")
+    assert "--read-only" in help_text.stdout and help_text.stderr == ""
+    show_help = _entry("show", "--help", dsn=dsn)
+    assert show_help.returncode == 0 and "Usage: jobq show [OPTIONS]" in show_help.stdout
+    bare = _entry(dsn=dsn)
+    assert bare.returncode == 2 and bare.stdout == "" and "Commands:" in bare.stderr
+    missing = _entry("show", "424242", dsn=dsn)
+    assert missing.returncode == 3 and len(missing.stderr.splitlines()) == 1
 
 
 def test_unknown_ids_exit_3(cli: Any) -> None:
@@ -180,7 +241,8 @@ def test_migrate_dry_run_prints_sql(cli: Any, empty_dsn: str,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOBQ_DSN", empty_dsn)
     plan = as_json(cli("migrate", "--dry-run", "--json"))
-    assert plan["dry_run"] and any('CREATE TABLE "svti_jobs"' in s for s in plan["statements"])
+    assert plan["dry_run"] and any('CREATE TABLE "public"."svti_jobs"' in s
+                                   for s in plan["statements"])
     with psycopg.connect(empty_dsn) as conn:
         assert conn.execute("SELECT to_regclass('svti_jobs')").fetchone() == (None,)
     applied = as_json(cli("migrate", "--yes", "--json"))
@@ -246,6 +308,40 @@ def test_trace_follow_prints_json_lines(dsn: str) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_trace_prints_every_event_of_a_long_trace(dsn: str, db: psycopg.Connection[Any]) -> None:
+    """More events than one statement reads (10,000) and than one page (1,000): all of them,
+    in order, as a table and as one JSON document; --limit says where the rest goes on."""
+    count = 12_345
+    db.execute("""INSERT INTO svti_jobs_events (job_id, type, event, request_id, reason)
+                  SELECT g, 'bulk', 'enqueued', 'req-long', 'n' || g
+                  FROM generate_series(1, %s) g""", (count,))
+    ids = [r[0] for r in db.execute(
+        "SELECT id FROM svti_jobs_events WHERE request_id = 'req-long' ORDER BY id")]
+    assert len(ids) == count
+
+    as_json = _entry("trace", "req-long", "--json", dsn=dsn)
+    assert as_json.returncode == 0 and as_json.stderr == "", as_json.stderr
+    assert [e["id"] for e in json.loads(as_json.stdout)] == ids
+
+    # The table streams the same pages (a few of them here: Rich takes ~1 s per 1,000 rows).
+    tail = count - 2_500
+    table = subprocess.run([JOBQ, "trace", "req-long", "--after", str(ids[tail - 1])],
+                           capture_output=True, text=True, timeout=60, check=False,
+                           env={**os.environ, "JOBQ_DSN": dsn, "COLUMNS": "200"})
+    assert table.returncode == 0 and table.stderr == "", table.stderr
+    rows = [line.split() for line in table.stdout.splitlines() if "enqueued" in line]
+    assert [int(r[3]) for r in rows] == list(range(tail + 1, count + 1))  # the JOB column
+    assert table.stdout.count("REASON / RESULT") == 1  # one table: the header once
+
+    page = _entry("trace", "req-long", "--after", str(ids[99]), "--limit", "5000", "--json",
+                  dsn=dsn)
+    assert [e["id"] for e in json.loads(page.stdout)] == ids[100:5100]
+    assert page.stderr.splitlines() == [f"more: --after {ids[5099]}"]
+    rest = _entry("trace", "req-long", "--after", str(ids[5099]), "--limit", "99999",
+                  "--json", dsn=dsn)
+    assert [e["id"] for e in json.loads(rest.stdout)] == ids[5100:] and rest.stderr == ""
 
 
 def test_clear_million_history_rows_while_a_worker_keeps_claiming(

@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 from rich.text import Text
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, RichLog, Static
@@ -216,6 +217,24 @@ async def test_retry_one_failed_job_runs_at_once(
         await until(pilot, lambda: f"job {job_id} re-enqueued" in notifications(app))
         assert events(db, job_id)[-1] == "retried"
         await until(pilot, lambda: table_ids(app) == [])
+
+
+async def test_a_write_the_server_refuses_as_read_only_is_a_notification(
+    dsn: str, queue: JobQueue, db: psycopg.Connection[Any]
+) -> None:
+    """A console not started --read-only, on a session the DSN makes read-only: the action
+    fails with a notification that says so, and the console keeps running."""
+    [job_id] = failed_jobs(queue, "t", 1)
+    app = JobqApp(make_conninfo(dsn, options="-c default_transaction_read_only=on"),
+                  interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_jobs(pilot, app, "state:failed")
+        await until(pilot, lambda: table_ids(app) == [job_id])
+        await pilot.press("R")
+        await until(pilot, lambda: "the database refused the write: this session is read-only"
+                    in notifications(app))
+        assert row(db, job_id)["state"] == "failed"  # type: ignore[index]
+        assert app.is_running and table_ids(app) == [job_id]
 
 
 async def test_bulk_retry_of_marked_jobs_asks_with_the_count(
@@ -473,6 +492,31 @@ async def test_trace_tail_follows_pauses_and_searches(dsn: str, queue: JobQueue)
         assert len(log_lines(app)) == 3
         await pilot.press("n")
         assert len(log_lines(app)) == 4
+
+
+async def test_trace_tail_says_when_its_log_is_full(dsn: str, db: psycopg.Connection[Any],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The log keeps its last MAX_LINES lines (30 here, 20,000 for real); once older ones
+    scroll out of it, the head says so, while every event still counts."""
+    monkeypatch.setattr("jobq_tui.screens.trace.MAX_LINES", 30)
+
+    def add(first: int, last: int) -> None:
+        db.execute("INSERT INTO svti_jobs_events (job_id, type, event, request_id) "
+                   "SELECT g, 't', 'enqueued', 'req-full' "
+                   "FROM generate_series(%s::int, %s::int) g", (first, last))
+
+    add(1, 20)
+    app = JobqApp(dsn, interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        app.run_command("trace req-full")
+        screen = await until(pilot, lambda: isinstance(app.screen, TraceScreen) and app.screen)
+        await until(pilot, lambda: len(log_lines(app)) == 20)
+        assert "log keeps" not in text_of(app, "#trace-head")
+        add(21, 45)
+        await until(pilot, lambda: len(screen.events) == 45)
+        await until(pilot, lambda: "45 events" in text_of(app, "#trace-head"))
+        assert "(log keeps the last 30 lines)" in text_of(app, "#trace-head")
+        assert len(log_lines(app)) == 30 and "job 45" in log_lines(app)[-1]
 
 
 # -- behaviour ------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from ..safe import visible
 from ..widgets.status import Banner, Crumbs, StatusBar
 from .base import LiveScreen
 
-#: Lines the log keeps; older ones scroll away (the full trace stays in `jobq trace`).
+#: Lines the log keeps; older ones scroll away, and the head says so once it is full (the
+#: full trace stays in `jobq trace`).
 MAX_LINES = 20_000
 _STYLE = {"failed": "bold red", "retried": "yellow", "claimed": "cyan",
           "completed": "green", "enqueued": "bold", "released": "yellow",
@@ -135,6 +136,9 @@ class TraceScreen(LiveScreen):
         head.append("request ", style="dim")
         head.append_text(literal(self.request_id, 60, style="bold"))
         head.append(f"  {len(self.events)} events · {len(self.job_ids)} jobs  ")
+        log = self.query_one(RichLog)
+        if log.max_lines is not None and len(log.lines) >= log.max_lines:
+            head.append(f"(log keeps the last {log.max_lines:,} lines)  ", style="yellow")
         if self.following:
             head.append(" FOLLOWING ", style="bold reverse green")
         else:
@@ -161,6 +165,7 @@ class TraceScreen(LiveScreen):
     def action_expand(self) -> None:
         self.full = not self.full
         self._rebuild()
+        self._head()
 
     def action_search(self) -> None:
         field = self.query_one("#trace-search", Input)
