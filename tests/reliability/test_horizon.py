@@ -93,10 +93,17 @@ def test_doctor_names_every_horizon_holder(dsn: str, db: psycopg.Connection[Any]
             assert table.fix and table.fix.startswith("end what holds the xmin horizon"), report
             assert not any((f.fix or "").startswith("VACUUM") for f in findings), report
         finally:
+            pids = [reader.info.backend_pid, writer.info.backend_pid]
             reader.close()
             writer.close()
             if prepared:
                 db.execute("ROLLBACK PREPARED 'reli-horizon'")
+        # A closed connection's backend exits a moment later; until then it still holds.
+        deadline = time.monotonic() + 10
+        while db.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)",
+                         (pids,)).fetchone()[0]:
+            assert time.monotonic() < deadline, "the holders' backends never exited"
+            time.sleep(0.05)
         after = admin.doctor()
         print("\n" + _render("after the holders ended", after, {}), flush=True)
         assert {f.check: f for f in after}["xmin horizon"].status == "ok"
