@@ -312,13 +312,19 @@ def pending(st: Statements, types: object) -> Op[int]:
     return count
 
 
-def clear(st: Statements, older_than: timedelta,
+def clear(st: Statements, older_than: timedelta | datetime,
           progress: Callable[[int], None] | None = None) -> Op[int]:
     """Batch by batch, each its own transaction: no lock is held between batches, so claims
-    go on while a large history is cleared. `progress` gets the running total."""
-    if not isinstance(older_than, timedelta) or older_than <= timedelta(0):
+    go on while a large history is cleared. `progress` gets the running total. A datetime
+    is the cutoff itself: the one a preview fixed, so that what was confirmed is cleared."""
+    if isinstance(older_than, datetime):
+        if older_than.tzinfo is None:
+            raise InvalidInputError("a clear's cutoff must be timezone-aware")
+        cutoff = older_than
+    elif not isinstance(older_than, timedelta) or older_than <= timedelta(0):
         raise InvalidInputError("older_than must be a positive duration")
-    cutoff = (yield Stmt(st.cutoff, {"older_than": older_than}))[0][0]
+    else:
+        cutoff = (yield Stmt(st.cutoff, {"older_than": older_than}))[0][0]
     removed = 0
     while True:
         count: int = (yield Stmt(st.clear_failed_batch,

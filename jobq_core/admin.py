@@ -194,7 +194,8 @@ _NEEDS = {"retry": ("failed",), "extend": ("claimed",), "delete": ("pending", "f
           "delete-force": ("pending", "failed", "claimed")}
 
 
-_GONE = "not in the queue (completed, deleted or never existed)"
+#: Why a repair left an id alone that names no live job.
+NOT_IN_QUEUE = "not in the queue (completed, deleted or never existed)"
 
 
 def _row(values: Sequence[Any]) -> tuple[JobRow, int]:
@@ -627,6 +628,11 @@ def preview_clear(st: Statements, older_than: timedelta) -> Op[ClearPreview]:
     return ClearPreview(cutoff, failed, list(sample or []), history)
 
 
+def _cutoff(older_than: timedelta | str | ClearPreview) -> timedelta | datetime:
+    return older_than.cutoff if isinstance(older_than, ClearPreview) else parse_duration(
+        older_than)
+
+
 def _ids(ids: Sequence[int]) -> list[int]:
     checked = sorted({validate_id(i) for i in ids})
     if not checked:
@@ -641,7 +647,7 @@ def preview(st: Statements, action: str, ids: Sequence[int]) -> Op[Preview]:
     needs = _NEEDS[action]
     eligible = [i for i in wanted if states.get(i, "") in needs]
     ineligible = [
-        (i, _GONE if i not in states else f"is {states[i]}, not {' or '.join(needs)}")
+        (i, NOT_IN_QUEUE if i not in states else f"is {states[i]}, not {' or '.join(needs)}")
         for i in wanted if states.get(i, "") not in needs
     ]
     return Preview(action, len(eligible), eligible[:SAMPLE], ineligible)
@@ -829,10 +835,12 @@ class Admin:
     def preview_clear(self, older_than: timedelta | str) -> ClearPreview:
         return self._run(preview_clear(self._st, parse_duration(older_than)))
 
-    def clear(self, older_than: timedelta | str,
+    def clear(self, older_than: timedelta | str | ClearPreview,
               progress: Callable[[int], None] | None = None) -> int:
-        """Failed jobs and history older than the cutoff, in batches; see `JobQueue.clear`."""
-        return self._run(_ops.clear(self._st, parse_duration(older_than), progress))
+        """Failed jobs and history older than the cutoff, in batches; see `JobQueue.clear`.
+        Given a `ClearPreview`, its cutoff: exactly what the preview counted (less what
+        changed since), however long the confirmation took."""
+        return self._run(_ops.clear(self._st, _cutoff(older_than), progress))
 
     def stats(self) -> list[TypeStats]:
         return self._run(stats(self._st), atomic=True)
@@ -906,10 +914,9 @@ class AsyncAdmin:
     async def preview_clear(self, older_than: timedelta | str) -> ClearPreview:
         return await self._run(preview_clear(self._st, parse_duration(older_than)))
 
-    async def clear(self, older_than: timedelta | str,
+    async def clear(self, older_than: timedelta | str | ClearPreview,
                     progress: Callable[[int], None] | None = None) -> int:
-        return await self._run(
-            _ops.clear(self._st, parse_duration(older_than), progress))
+        return await self._run(_ops.clear(self._st, _cutoff(older_than), progress))
 
     async def stats(self) -> list[TypeStats]:
         return await self._run(stats(self._st), atomic=True)

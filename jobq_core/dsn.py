@@ -91,3 +91,13 @@ def check(dsn: str) -> None:
         raise InvalidInputError(
             "invalid connection string: its password seems to hold an unencoded '@', '/', "
             "'?' or '#'; percent-encode them (%40, %2F, %3F, %23)")
+
+
+_BAD_OPTION = re.compile(r"\binvalid (?:integer )?(?:\w+ )?value\b")
+
+
+def refused_option(message: str) -> bool:
+    """Whether libpq refused a connection because of a value in the DSN (`sslmode=bogus`,
+    `port=x`): bad input, which no retry fixes, rather than an unreachable server."""
+    return _BAD_OPTION.search(message) is not None
+

@@ -80,6 +80,8 @@ def _why_no_connection(exc: BaseException, full: bool, probe: BaseException | No
         return DatabaseError(
             f"the server refused the connection: {text}; behind PgBouncer in transaction "
             "mode, build the queue with pgbouncer=True", getattr(probe, "sqlstate", None))
+    if dsn.refused_option(text):
+        return InvalidInputError(f"invalid connection string: {text}")
     return classify(probe) if not isinstance(probe, PoolTimeout) else classify(exc)
 
 

@@ -875,8 +875,11 @@ class TaskRunner:
             if job.attempts > task.max_attempts:
                 # Earlier attempts crashed their worker or lost their lease without failing:
                 # recovery counts too, so a job that kills its worker ends failed.
+                # The attempt before this one never reported back: had it failed, at or past
+                # the budget, it would have failed the job for good.
                 reason = (f"gave up after {job.attempts - 1} attempts (max_attempts "
-                          f"{task.max_attempts}); earlier attempts never reported back")
+                          f"{task.max_attempts}): attempt {job.attempts - 1} never reported "
+                          "back (its worker died or lost the lease)")
                 return await self._fail(attempt, reason, retry=False, started=started)
             if isinstance(job.payload, UndecodableJSON):  # no attempt could ever read it
                 return await self._fail(
@@ -937,6 +940,10 @@ class TaskRunner:
                                    run_at=timedelta(seconds=delay) if retry else None)
         except LeaseLostError:
             return self._discard(attempt, started, "lease lost before the failure was recorded")
+        log.warning("job %s (%s, request %s): attempt %d failed, %s: %s", job.id, job.type,
+                    job.request_id, job.attempts,
+                    f"retrying in {delay:.1f}s" if retry else "failed for good",
+                    reason.split("\n", 1)[0])
         duration = time.monotonic() - started
         if isinstance(exc, TimeoutError):
             self.counters["timed_out"] += 1

@@ -794,17 +794,23 @@ ORDER BY e.id""".replace("__COLUMNS__", EVENT_COLUMNS)
 
 # Repairs by id, each in one statement with its history row. A preview runs the same
 # eligibility test without changing anything.
+# An operator's retry gives the job a fresh attempt budget (attempts back to 0, as Sidekiq
+# resets its retry count): it runs its handler again however many attempts it spent, and a
+# crash loop after it is still caught by counting from there. Its history keeps the spent
+# attempts, on the `retried` event.
 RETRY = """
-WITH upd AS (
-    UPDATE {jobs} SET state = 'pending', run_at = coalesce(%(run_at)s::timestamptz, now()),
-        failed_at = NULL, lease_token = NULL, lease_until = NULL
-    WHERE id IN (SELECT id FROM {jobs} WHERE id = ANY(%(ids)s::bigint[]) AND state = 'failed'
-                 ORDER BY id FOR UPDATE)
-      AND state = 'failed'
-    RETURNING id, type, request_id, attempts, run_at
+WITH locked AS (
+    SELECT id, attempts FROM {jobs} WHERE id = ANY(%(ids)s::bigint[]) AND state = 'failed'
+    ORDER BY id FOR UPDATE
+), upd AS (
+    UPDATE {jobs} AS j SET state = 'pending', run_at = coalesce(%(run_at)s::timestamptz, now()),
+        failed_at = NULL, lease_token = NULL, lease_until = NULL, attempts = 0
+    FROM locked WHERE j.id = locked.id AND j.state = 'failed'
+    RETURNING j.id, j.type, j.request_id, locked.attempts AS spent, j.run_at
 ), ev AS (
     INSERT INTO {events} (job_id, type, event, request_id, attempt, reason)
-    SELECT id, type, 'retried', request_id, attempts, %(reason)s FROM upd
+    SELECT id, type, 'retried', request_id, spent,
+           %(reason)s || ' after ' || spent || ' attempts; a fresh attempt budget' FROM upd
 )
 SELECT id, CASE WHEN run_at <= now() THEN pg_notify({channel}, '')::text END FROM upd"""
 

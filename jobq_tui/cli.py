@@ -46,8 +46,18 @@ from jobq_core import (
     TaskRunner,
     parse_duration,
 )
-from jobq_core.admin import TRACE_PAGE, Admin, Event, JobRow, Preview, RepairResult, TraceTail
+from jobq_core.admin import (
+    NOT_IN_QUEUE,
+    TRACE_PAGE,
+    Admin,
+    Event,
+    JobRow,
+    Preview,
+    RepairResult,
+    TraceTail,
+)
 from jobq_core.dsn import check as check_dsn
+from jobq_core.dsn import refused_option
 from jobq_core.durations import ACCEPTED
 from jobq_core.sql import Names
 
@@ -97,7 +107,12 @@ def session(
         "--read-only", envvar="JOBQ_READ_ONLY",
         help="refuse every command that writes (before connecting; --dry-run previews run) "
         "and open read-only sessions (default_transaction_read_only)")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, help="print jobq's version and exit")] = False,
 ) -> None:
+    if version:
+        typer.echo(f"jobq {jobq_core.__version__}")
+        raise typer.Exit(0)
     if ctx.invoked_subcommand is None:  # `jobq` alone: the help, as a usage error
         typer.echo(ctx.get_help(), err=True)
         raise typer.Exit(EXIT_USAGE)
@@ -160,6 +175,8 @@ def connected(ctx: typer.Context, dsn: str | None, table: str, *,
             conn = psycopg.connect(session, autocommit=True, connect_timeout=5,
                                    application_name="jobq-cli")
         except psycopg.OperationalError as exc:
+            if refused_option(str(exc)):
+                raise InvalidInputError(f"invalid connection string: {exc}") from None
             raise DatabaseUnavailableError(f"database unavailable: {exc}") from None
         except psycopg.ProgrammingError as exc:
             raise InvalidInputError(f"invalid connection string: {exc}") from None
@@ -210,8 +227,8 @@ def cell(value: Any, limit: int = 60) -> Text:
     """A table cell: untrusted text shown literally (no markup, no escapes)."""
     if value is None:
         return Text("-", style="dim")
-    if isinstance(value, datetime):
-        return Text(value.strftime("%Y-%m-%d %H:%M:%S"))
+    if isinstance(value, datetime):  # with its zone: a server's local time is no guess
+        return Text(value.isoformat(sep=" ", timespec="seconds"))
     if isinstance(value, timedelta):
         return Text(jobq_core.format_duration(value) or "0s")
     if not isinstance(value, str):
@@ -351,7 +368,9 @@ def show(ctx: typer.Context, job_id: Annotated[int, typer.Argument(help="job id"
                              ("created", job.created_at)):
             out.print(Text(f"{label:>16}: ") + cell(value, 200))
         out.print(Text("         payload:"))
-        out.print(Text(visible(json.dumps(job.payload, indent=2, ensure_ascii=False))))
+        out.print(Text("\n".join(  # its own line breaks kept, anything else made visible
+            visible(line) for line in json.dumps(job.payload, indent=2, ensure_ascii=False)
+            .split("\n"))))
         if job.last_error:
             out.print(Text("      last error:"))
             out.print(Text(visible(job.last_error).replace("\\n", "\n")))
@@ -640,6 +659,9 @@ def _repair(admin: Admin, action: str, ids: list[int], dry_run: bool, yes: bool,
     if not as_json:
         show_preview(preview)
     if preview.eligible == 0:
+        if all(reason == NOT_IN_QUEUE for _, reason in preview.ineligible):
+            raise NotFoundError(f"no live job has id {', '.join(map(str, ids[:10]))}"
+                                + (" …" if len(ids) > 10 else ""))
         raise JobStateError(f"no job is eligible to {action}")
     confirm(action.replace("-force", " (forced)"), preview.eligible, yes)
     result = apply()
@@ -666,12 +688,13 @@ def clear(
             if as_json:
                 emit_json({"dry_run": True, "preview": preview})
             else:
-                err.print(Text(f"clear before {preview.cutoff:%Y-%m-%d %H:%M:%S}: "
+                cutoff = preview.cutoff.isoformat(sep=" ", timespec="seconds")
+                err.print(Text(f"clear before {cutoff}: "
                                f"{preview.failed_jobs} failed jobs, {preview.history_rows} "
                                "history rows"))
             return
         confirm("clear", preview.total, yes)
-        removed = admin.clear(age, progress=None if as_json else progress_line)
+        removed = admin.clear(preview, progress=None if as_json else progress_line)
     if as_json:
         emit_json({"dry_run": False, "removed": removed})
     else:
@@ -755,8 +778,10 @@ def worker(
             runner.concurrency = concurrency
         if health_file is not None:
             runner.health_file = health_file
+        where = redact(runner.queue.conninfo or "its own connection", runner.queue.conninfo)
         typer.echo(f"jobq: serving {', '.join(runner.task_types) or 'nothing'} with "
-                   f"concurrency {runner.concurrency} as {runner.worker_name}", err=True)
+                   f"concurrency {runner.concurrency} as {runner.worker_name} on "
+                   f"{visible(where)}, table {runner.queue.table}", err=True)
         runner.serve_forever()
     except JobqError as exc:
         fail(str(exc), exit_code_for(exc))

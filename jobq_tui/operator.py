@@ -181,7 +181,7 @@ class Operator:
                 f"Clear {preview.total} rows older than {visible(age)}?", body,
                 str(preview.total), "Clear"))
             if ok:
-                removed = await self.admin.clear(age)
+                removed = await self.admin.clear(preview)
                 self.app.notify(f"cleared {removed} rows older than {visible(age)}",
                                 title="clear", markup=False)
         self._start(flow)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -312,3 +313,25 @@ async def test_follow_yields_new_events_as_they_happen(dsn: str) -> None:
         await queue.complete(job)
         await asyncio.wait_for(follower, 5)
     assert seen == ["enqueued", "claimed", "completed"]
+
+
+def test_clear_deletes_exactly_what_its_preview_counted(
+    dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    """Issue 11: the cutoff is fixed when the preview is made. A row that was just younger
+    than the cutoff at preview time is still kept after a slow confirmation; live jobs keep
+    their history."""
+    with JobQueue(dsn) as queue:
+        admin = Admin(queue)
+        live = queue.enqueue("t", request_id="live")
+        db.execute("UPDATE svti_jobs_events SET occurred_at = now() - interval '30 days'")
+        db.execute("INSERT INTO svti_jobs_events (occurred_at, job_id, type, event) VALUES "
+                   "(now() - interval '8 days', 9001, 't', 'completed'), "
+                   "(now() - interval '7 days' + interval '1 second', 9002, 't', 'completed')")
+        preview = admin.preview_clear("7d")
+        assert (preview.failed_jobs, preview.history_rows) == (0, 1)
+        time.sleep(1.5)  # the operator reads the prompt; 9002 is now older than "7d ago"
+        assert admin.clear(preview) == preview.total == 1
+        kept = {r[0] for r in db.execute("SELECT DISTINCT job_id FROM svti_jobs_events")}
+        assert kept == {live, 9002}
+        assert admin.clear("7d") == 1  # a new clear, with its own cutoff, takes it

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
+import jobq_core
 from jobq_core import JobQueue, NewJob
 from jobq_tui.cli import app
 
@@ -137,10 +139,34 @@ def test_help_and_exits_are_unchanged(dsn: str) -> None:
     assert missing.returncode == 3 and len(missing.stderr.splitlines()) == 1
 
 
-def test_unknown_ids_exit_3(cli: Any) -> None:
-    for args in (["show", "424242"], ["retry", "--failed", "--yes"]):
+def test_unknown_ids_exit_3(cli: Any, dsn: str) -> None:
+    """One exit-code table: an id that names no live job is 3 for every command; a live job
+    in the wrong state is 4."""
+    for args in (["show", "424242"], ["retry", "--failed", "--yes"], ["retry", "424242", "-y"],
+                 ["extend", "424242", "--by", "1m", "-y"], ["delete", "424242", "-y"]):
         result = cli(*args)
-        assert result.exit_code == 3, result.output
+        assert result.exit_code == 3, (args, result.output)
+    pending = JobQueue(dsn).enqueue("t")
+    result = cli("retry", str(pending), "-y")
+    assert result.exit_code == 4, result.output
+
+
+def test_show_prints_the_payload_on_lines_and_times_with_their_zone(cli: Any, dsn: str) -> None:
+    job_id = JobQueue(dsn).enqueue("t", {"to": "a@example.com", "note": "two\nlines\x1b[2J"})
+    shown = cli("show", str(job_id)).stdout
+    assert '  "to": "a@example.com",\n' in shown  # indented JSON, one key per line
+    assert "\\u001b" in shown or "\\x1b" in shown  # the escape inside a value stays visible
+    assert re.search(r"created: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d\d:\d\d", shown), shown
+
+
+def test_version_and_a_bad_connection_option_exit_codes() -> None:
+    version = subprocess.run([JOBQ, "--version"], capture_output=True, text=True, timeout=60,
+                             check=False)
+    assert version.returncode == 0 and version.stdout == f"jobq {jobq_core.__version__}\n"
+    bogus = subprocess.run([JOBQ, "status", "--dsn", "postgresql://u@127.0.0.1:1/d?sslmode=bogus"],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert bogus.returncode == 2, bogus.stderr  # bad input, not an unreachable server
+    assert bogus.stderr.startswith("jobq: invalid connection string")
 
 
 def test_list_show_trace_status_and_json(cli: Any, dsn: str) -> None:
@@ -282,7 +308,7 @@ def test_entry_point_exit_codes_and_no_password(dsn: str, db: psycopg.Connection
                     f"host=127.0.0.1 port=1 user=alice password={secret} dbname=db",
                     f"postgresql://alice:{secret}@127.0.0.1:1/db?sslmode=bogus"):
         result = run("status", "--dsn", bad_dsn)
-        assert result.returncode in (2, 5), result.stderr
+        assert result.returncode == (2 if "bogus" in bad_dsn else 5), result.stderr
         assert secret not in result.stderr + result.stdout
         assert len(result.stderr.strip().splitlines()) == 1
     assert run("status", "--dsn", f"postgresql://alice:{secret}@127.0.0.1:1/db").returncode == 5

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
 
-from jobq_core import JobQueue, NewJob
+from jobq_core import JobFailedError, JobQueue, NewJob
 
 JOBQ = shutil.which("jobq", path=os.path.dirname(sys.executable)) or "jobq"
 
@@ -29,6 +31,10 @@ TASKS = textwrap.dedent('''
         if payload.get("sleep"):
             time.sleep(payload["sleep"])
         return {"done": payload["n"], "request_id": ctx.request_id}
+
+    @runner.task("boom", max_attempts=1)
+    def boom(payload, ctx):
+        raise ValueError("boom")
 ''')
 
 
@@ -58,7 +64,7 @@ def test_worker_serves_then_stops_on_sigterm(
     finally:
         proc.kill()
     assert proc.returncode == 0, stderr
-    assert "serving work with concurrency 3" in stderr
+    assert "serving boom, work with concurrency 3" in stderr
     # The slow job was handed back, not lost and not charged an attempt.
     assert db.execute("SELECT state, attempts FROM svti_jobs WHERE id = %s",
                       (slow,)).fetchone() == ("pending", 0)
@@ -76,6 +82,30 @@ def test_worker_rejects_a_bad_target(tmp_path: Path, dsn: str) -> None:
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0]
+
+
+def test_worker_logs_its_banner_each_failed_attempt_and_a_summary(
+    tmp_path: Path, dsn: str
+) -> None:
+    """An operator reads what the worker is doing from stderr alone: where it serves (no
+    password), every failed attempt with its job and request id, and what it did at exit."""
+    secret_dsn = make_conninfo(dsn, password="S3cr3tPw")  # trust auth: any password passes
+    queue = JobQueue(dsn)
+    failing = queue.enqueue("boom", {}, request_id="req-boom")
+    proc = _start(tmp_path, secret_dsn)
+    try:
+        with pytest.raises(JobFailedError):
+            queue.wait(failing, timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert "S3cr3tPw" not in stderr
+    banner = next(line for line in stderr.splitlines() if "jobq: serving" in line)
+    assert "password=***" in banner and "table svti_jobs" in banner, banner
+    assert (f"job {failing} (boom, request req-boom): attempt 1 failed, failed for good: "
+            "ValueError: boom") in stderr
+    assert "stopped:" in stderr and "failed 1" in stderr
 
 
 def test_version() -> None:

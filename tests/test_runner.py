@@ -202,6 +202,43 @@ def test_failed_attempts_are_retried_with_backoff_then_fail_with_the_traceback(
     assert runner.counters["retried"] == 2 and runner.counters["failed"] == 1
 
 
+def test_an_operator_retry_of_a_dead_job_runs_its_handler_again(
+    dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    """Issue 11: a job that used its whole attempt budget, retried once the handler is fixed,
+    runs again (a fresh budget) instead of being failed unrun by the crash-loop guard."""
+    from jobq_core.admin import Admin
+
+    queue = JobQueue(dsn)
+    fixed = threading.Event()
+    calls: list[int] = []
+
+    def handler(payload: Any, ctx: Any) -> str:
+        calls.append(1)
+        if not fixed.is_set():
+            raise ValueError("bug")
+        return "ok"
+
+    runner = create_task_runner(queue)
+    runner.register("t", handler, max_attempts=3, backoff=lambda attempt: 0.01)
+    job_id = queue.enqueue("t")
+    runner.serve_forever(until_idle=True)
+    assert row_state(db, job_id) == ("failed", 3) and len(calls) == 3
+    fixed.set()
+    assert Admin(queue).retry([job_id]).changed == 1
+    assert row_state(db, job_id) == ("pending", 0)
+    runner.serve_forever(until_idle=True)
+    assert queue.wait(job_id, timeout=5) == "ok" and len(calls) == 4
+    retried = db.execute("SELECT attempt, reason FROM svti_jobs_events WHERE job_id = %s "
+                         "AND event = 'retried' ORDER BY id DESC LIMIT 1", (job_id,)).fetchone()
+    assert retried == (3, "retried by operator after 3 attempts; a fresh attempt budget")
+
+
+def row_state(db: psycopg.Connection[Any], job_id: int) -> tuple[str, int] | None:
+    found = db.execute("SELECT state, attempts FROM svti_jobs WHERE id = %s", (job_id,)).fetchone()
+    return None if found is None else (found[0], found[1])
+
+
 def test_retry_is_persisted_with_its_delay(dsn: str, db: psycopg.Connection[Any]) -> None:
     queue = JobQueue(dsn)
     runner = create_task_runner(queue)
