@@ -5,6 +5,7 @@ one migration lock. Real Postgres throughout."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import psycopg
@@ -41,6 +42,12 @@ def test_the_longest_name_enqueues_and_a_waited_on_completion_is_heard(
         results: list[Any] = []
         waiter = threading.Thread(target=lambda: results.append(queue.wait(job_id, 10)))
         waiter.start()
+        # Armed first: arming locks the job's row for a moment, and a claim skips locked rows.
+        deadline = time.monotonic() + 10
+        while not db.execute(sql.SQL("SELECT has_waiters FROM {} WHERE id = %s").format(
+                sql.Identifier("s" * 40, "t" * 40)), (job_id,)).fetchone()[0]:
+            assert time.monotonic() < deadline, "the waiter never armed"
+            time.sleep(0.02)
         jobs = queue.claim_many(2)
         assert sorted(j.id for j in jobs) == [job_id, other_id]
         # Completing a job that somebody waits on notifies the done channel, in one ack batch
