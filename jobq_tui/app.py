@@ -22,6 +22,7 @@ from textual import work
 from textual.app import App, ScreenStackError, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
+from textual.markup import escape
 from textual.screen import Screen
 
 from jobq_core import DatabaseUnavailableError, InvalidInputError, JobqError, parse_duration
@@ -125,7 +126,9 @@ class JobqApp(App[None]):
                 try:
                     data = await screen.fetch(self.admin)
                 except (DatabaseUnavailableError, psycopg.OperationalError) as exc:
-                    self._set_down(f"⚠ database unavailable: {exc} · retrying in "
+                    # The cause once: the error's own text already says "unavailable".
+                    cause = str(exc).removeprefix("database unavailable: ")
+                    self._set_down(f"⚠ database unavailable: {cause} · retrying in "
                                    f"{backoff:g}s")
                     wait, backoff = backoff, min(backoff * 2, MAX_BACKOFF)
                 except (JobqError, psycopg.Error) as exc:
@@ -315,14 +318,19 @@ class JobqApp(App[None]):
                             lambda: self.prompt_then("trace"))
         yield SystemCommand("Show a job…", "A job's payload, lease and timeline",
                             lambda: self.prompt_then("job"))
-        yield SystemCommand("Command line (:)", COMMANDS_HELP, self.action_command_line)
+        # The palette reads help as markup: "[filter]" must stay text.
+        yield SystemCommand("Command line (:)", escape(COMMANDS_HELP), self.action_command_line)
         disabled = f" — disabled: {READ_ONLY_REASON}" if self.read_only else ""
         yield SystemCommand("Clear old rows…",
                             "Delete failed jobs and history older than an age" + disabled,
                             lambda: self.prompt_then("clear"))
         if isinstance(screen, JobsScreen | DetailScreen):
             for action, title in screen.ACTION_TITLES.items():
-                yield SystemCommand(title, (disabled or "On the selected jobs").lstrip(" —"),
+                scope = ("Every failed job the filter matches, after a preview"
+                         if action == "retry_all" else "This job"
+                         if isinstance(screen, DetailScreen)
+                         else "The highlighted job, or the marked ones")
+                yield SystemCommand(title, (disabled or scope).lstrip(" —"),
                                     lambda a=action: self.run_screen_action(a))
         yield SystemCommand("Pause or resume refresh", "space",
                             self.action_toggle_pause)

@@ -580,7 +580,9 @@ async def test_database_outage_shows_a_banner_and_the_console_reconnects(
             banner = app.screen.query_one("#banner", Static)
             await until(pilot, lambda: banner.display and "database unavailable"
                         in text_of(app, "#banner"), timeout=30)
-            assert "retrying in" in text_of(app, "#banner")
+            shown = text_of(app, "#banner")
+            assert "retrying in" in shown
+            assert shown.count("database unavailable") == 1, shown  # the cause, said once
             await pilot.press("a")  # the console still works while the database is down
             await until(pilot, lambda: isinstance(app.screen, JobsScreen))
             await pilot.press("escape")
@@ -620,6 +622,10 @@ async def test_command_palette_offers_every_screen_and_action(dsn: str) -> None:
                 "Trace a request id…", "Show a job…", "Clear old rows…",
                 "Retry all failed jobs matching the filter", "Pause or resume refresh",
                 "Help: keys of this screen"} <= titles
+        helps = {c.title: c.help for c in app.get_system_commands(app.screen)}
+        assert helps["Retry all failed jobs matching the filter"].startswith("Every failed job")
+        assert helps["Retry the selected or marked jobs"].startswith("The highlighted job")
+        assert "jobs \\[filter]" in helps["Command line (:)"]  # text, not swallowed as markup
         await pilot.press("colon")
         prompt = await until(pilot, lambda: isinstance(app.screen, PromptScreen) and app.screen)
         prompt.query_one(Input).value = "frobnicate"
@@ -743,3 +749,18 @@ async def test_hostile_filter_and_command_input_never_stops_the_console(
                 await pilot.press("escape")
         await open_jobs(pilot, app, "")
         assert app.is_running
+
+
+async def test_the_summary_keeps_the_tilde_of_an_estimated_total(
+    dsn: str, queue: JobQueue, db: psycopg.Connection[Any]
+) -> None:
+    """Above the exact-count cap a count is the planner's estimate, and so is any total of
+    it: the summary bar says "~", as the table's cells do."""
+    queue.enqueue_many([NewJob("bulk") for _ in range(10_050)])
+    db.execute("ANALYZE svti_jobs")
+    app = JobqApp(dsn, interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        summary = await until(pilot, lambda: "ready" in text_of(app, "#overview-summary")
+                              and text_of(app, "#overview-summary"))
+        assert re.search(r"~\d+ ready", summary), summary
+        assert "0 failed" in summary  # an exact zero stays exact

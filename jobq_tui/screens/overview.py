@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Static
 
-from jobq_core.admin import AsyncAdmin, TypeStats
+from jobq_core.admin import AsyncAdmin, Count, TypeStats
 from jobq_core.filters import JobFilter
 
 from ..format import count, literal, span, sparkline
@@ -82,11 +82,13 @@ class OverviewScreen(LiveScreen):
             summary.append("No jobs yet. Enqueue one with `jobq enqueue <type>` or from your "
                            "service, and it shows here.", style="dim")
         else:
-            totals = {name: sum(getattr(s, name).value for s in data)
+            # A sum of counts is exact only if every count is: an estimate keeps its "~".
+            totals = {name: Count(sum(getattr(s, name).value for s in data),
+                                  all(getattr(s, name).exact for s in data))
                       for name in ("ready", "scheduled", "claimed", "expired", "failed")}
             summary.append(f"{len(data)} types · " + " · ".join(
                 f"{value} {name}" for name, value in totals.items()))
-            if totals["expired"]:
+            if totals["expired"].value:
                 summary.append(f"  ⚠ {totals['expired']} leases expired: their workers are "
                                "gone; the next claim takes them back", style="bold red")
         self.query_one("#overview-summary", Static).update(summary)
