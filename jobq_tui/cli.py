@@ -308,17 +308,21 @@ def _ids_or_filter(ids: list[int] | None, filter_text: str | None, admin: Admin,
 @app.command()
 def status(ctx: typer.Context, dsn: Dsn = None, table: TableName = "svti_jobs",
            as_json: AsJson = False) -> None:
-    """Per job type: ready, scheduled, claimed, expiring, expired, failed, oldest ready age,
-    and completed/failed in the last minute (~ marks an estimate)."""
+    """Per job type: ready, scheduled, claimed, expiring (lease ends within 60 s), expired,
+    failed, oldest ready age, and completed/failed in the last minute (~ marks an estimate)."""
     with connected(ctx, dsn, table, writes=False) as admin:
         stats = admin.stats()
     if as_json:
         emit_json(stats)
         return
-    grid = Table(show_edge=False, header_style="bold")
-    for name in ("TYPE", "READY", "SCHEDULED", "CLAIMED", "EXPIRING", "EXPIRED", "FAILED",
-                 "OLDEST READY", "DONE/MIN", "FAILED/MIN"):
-        grid.add_column(name, justify="left" if name == "TYPE" else "right")
+    # Fits 80 columns, a pipe's width: one space between columns, headers that are never
+    # cut (numbers do not wrap), and a type name that folds onto a second line rather than
+    # being cut short. `--json` is the form for scripts.
+    grid = Table(box=None, header_style="bold", padding=(0, 1, 0, 0))
+    grid.add_column("TYPE", overflow="fold", min_width=12, ratio=1)
+    for name in ("READY", "SCHED", "CLAIMED", "EXPIRING", "EXPIRED", "FAILED", "OLDEST",
+                 "DONE/M", "FAIL/M"):
+        grid.add_column(name, justify="right", no_wrap=True, min_width=len(name))
     for s in stats:
         grid.add_row(cell(s.type, 40), *(Text(str(c)) for c in (
             s.ready, s.scheduled, s.claimed, s.expiring, s.expired, s.failed)),

@@ -159,6 +159,22 @@ def test_show_prints_the_payload_on_lines_and_times_with_their_zone(cli: Any, ds
     assert re.search(r"created: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d\d:\d\d", shown), shown
 
 
+def test_status_fits_80_columns_when_piped(dsn: str) -> None:
+    """Issue 11: at a pipe's 80 columns every header is whole and a long type name folds onto
+    a second line instead of being cut to a few letters."""
+    queue = JobQueue(dsn)
+    queue.enqueue_many([NewJob("send-email-digest-weekly") for _ in range(3)] + [NewJob("sms")])
+    env = {**os.environ, "COLUMNS": "80", "JOBQ_DSN": dsn}
+    shown = subprocess.run([JOBQ, "status"], capture_output=True, text=True, timeout=60,
+                           env=env, check=True).stdout
+    lines = shown.splitlines()
+    assert all(len(line) <= 80 for line in lines), shown
+    assert lines[0].split() == ["TYPE", "READY", "SCHED", "CLAIMED", "EXPIRING", "EXPIRED",
+                                "FAILED", "OLDEST", "DONE/M", "FAIL/M"], shown
+    folded = "".join(line.split(" ", 1)[0] for line in lines[1:3])
+    assert folded == "send-email-digest-weekly" and "…" not in shown, shown
+
+
 def test_version_and_a_bad_connection_option_exit_codes() -> None:
     version = subprocess.run([JOBQ, "--version"], capture_output=True, text=True, timeout=60,
                              check=False)
