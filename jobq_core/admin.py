@@ -205,6 +205,8 @@ def _row(values: Sequence[Any]) -> tuple[JobRow, int]:
 
 
 def _cursor_for(state: str | None, row: JobRow, key: int) -> str:
+    if state in sql.RUN_ORDER_STATES:
+        return f"{row.priority}|{row.run_at.isoformat() if row.run_at else ''}|{key}"
     if state == "failed":
         return f"{row.failed_at.isoformat() if row.failed_at else ''}|{key}"
     if state in ("claimed", "expired"):
@@ -212,8 +214,11 @@ def _cursor_for(state: str | None, row: JobRow, key: int) -> str:
     return str(key)
 
 
-def _parse_cursor(state: str | None, cursor: str) -> tuple[Any, int]:
+def _parse_cursor(state: str | None, cursor: str) -> tuple[Any, ...]:
     try:
+        if state in sql.RUN_ORDER_STATES:
+            priority, at, job_id = cursor.split("|")
+            return int(priority), datetime.fromisoformat(at), int(job_id)
         if state in ("failed", "claimed", "expired"):
             at, _, job_id = cursor.rpartition("|")
             return datetime.fromisoformat(at), int(job_id)

@@ -1019,8 +1019,9 @@ SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'claimed' AND lease_unt
                       LIMIT 10000) s"""
 
 # Each state is listed in the order of the index that serves it, so the first page costs the
-# same however large the backlog: failed by failure time, claimed by lease expiry, history
-# and everything else newest first. The keyset cursor is that order's last key.
+# same however large the backlog: pending jobs in the order they will run (the claim order),
+# failed by failure time, claimed by lease expiry, history and everything else newest first.
+# The keyset cursor is that order's last key.
 _LIST_ORDER = {
     "failed": ("failed_at DESC, id DESC", "(failed_at, id) < (%(c_at)s, %(c_id)s)"),
     "claimed": ("lease_until, id", "(lease_until, id) > (%(c_at)s, %(c_id)s)"),
@@ -1038,7 +1039,7 @@ _ATTEMPTS_OPS = {"=": "=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 
 
 def list_jobs(names: Names, where: dict[str, Any], state: str | None,
-              cursor: tuple[Any, int] | None, limit: int) -> tuple[bytes, dict[str, Any]]:
+              cursor: tuple[Any, ...] | None, limit: int) -> tuple[bytes, dict[str, Any]]:
     """The statement for one page of `admin.list_jobs`.
 
     `where` holds the filter's values: type, request_id, error (substring), age (op, interval)
@@ -1074,20 +1075,51 @@ def list_jobs(names: Names, where: dict[str, Any], state: str | None,
         column = "attempt" if history else "attempts"
         conds.append(f"{column} {_ATTEMPTS_OPS[op]} %(attempts)s")
         params["attempts"] = count
+    if state in RUN_ORDER_STATES:
+        return _list_in_run_order(names, conds, params, cursor)
     order, after = _LIST_ORDER.get(state or "", ("id DESC", "id < %(c_id)s"))
     if history:
         order, after = "id DESC", "id < %(c_id)s"
     if cursor is not None:
         conds.append(after)
-        params["c_at"], params["c_id"] = cursor
+        params["c_at"], params["c_id"] = cursor[-2:]
     query = sql.SQL("SELECT {columns} FROM {source} WHERE {conds} ORDER BY {order} "
                     "LIMIT %(limit)s").format(
-        columns=sql.SQL(_HISTORY_AS_JOBS if history else ADMIN_COLUMNS + ", id, NULL::jsonb"),
+        columns=sql.SQL(_HISTORY_AS_JOBS if history else _LIVE_AS_JOBS),
         source=names.ident("_events") if history else names.ident(),
         conds=sql.SQL(" AND ").join(names.fmt(c) for c in conds or ["true"]),
         order=sql.SQL(order),
     )
     return query.as_bytes(None), params
+
+
+#: States listed in the order their jobs will be claimed: priority first, then run_at, id.
+RUN_ORDER_STATES = ("pending", "ready", "scheduled")
+
+
+def _list_in_run_order(names: Names, conds: list[str], params: dict[str, Any],
+                       cursor: tuple[Any, ...] | None) -> tuple[bytes, dict[str, Any]]:
+    """A page of pending jobs in claim order, from the ready index (priority DESC, run_at,
+    id). Priority descends while the rest ascends, which no row comparison expresses, so a
+    later page is two index ranges, each read in index order: the rest of the cursor's
+    priority, then the lower priorities."""
+    order = "priority DESC, run_at, id"
+    parts = [conds]
+    if cursor is not None:
+        params["c_pri"], params["c_at"], params["c_id"] = cursor
+        parts = [[*conds, "priority = %(c_pri)s", "(run_at, id) > (%(c_at)s, %(c_id)s)"],
+                 [*conds, "priority < %(c_pri)s"]]
+    selects = [sql.SQL("(SELECT {columns} FROM {jobs} WHERE {conds} ORDER BY {order} "
+                       "LIMIT %(limit)s)").format(
+        columns=sql.SQL(_LIVE_AS_JOBS), jobs=names.ident(), order=sql.SQL(order),
+        conds=sql.SQL(" AND ").join(names.fmt(c) for c in part)) for part in parts]
+    query = sql.SQL("SELECT * FROM ({parts}) AS page ORDER BY priority DESC, run_at, list_key "
+                    "LIMIT %(limit)s").format(parts=sql.SQL(" UNION ALL ").join(selects))
+    return query.as_bytes(None), params
+
+
+# A live job as listed: its columns, then the keyset key and the (absent) result.
+_LIVE_AS_JOBS = ADMIN_COLUMNS + ", id AS list_key, NULL::jsonb AS list_result"
 
 
 # A completed job, from its history row, in the shape of a listed job (no payload is kept).

@@ -60,7 +60,7 @@ def test_list_jobs_by_state_with_keyset_pages(setup: Any, db: psycopg.Connection
         after = page.next_cursor
     # 26 enqueued: 7 failed, 1 claimed, 1 completed; the scheduled one is pending too
     assert len(seen) == len(set(seen)) == 17
-    assert seen == sorted(seen, reverse=True)
+    assert seen == sorted(seen) and seen[-1] == later  # run order; the scheduled one last
     assert [r.id for r in admin.list_jobs("state:scheduled").rows] == [later]
     failed = admin.list_jobs("state:failed", limit=3)
     assert len(failed.rows) == 3 and failed.next_cursor
@@ -335,3 +335,26 @@ def test_clear_deletes_exactly_what_its_preview_counted(
         kept = {r[0] for r in db.execute("SELECT DISTINCT job_id FROM svti_jobs_events")}
         assert kept == {live, 9002}
         assert admin.clear("7d") == 1  # a new clear, with its own cutoff, takes it
+
+
+def test_pending_jobs_list_in_the_order_they_will_be_claimed(dsn: str) -> None:
+    """Issue 11: the pending list is the run order (priority, then run_at, then id), page
+    after page across priorities, and a claim takes them in exactly that order."""
+    with JobQueue(dsn) as queue:
+        admin = Admin(queue)
+        now = datetime.now(UTC)
+        for i, priority in enumerate([0, 5, 0, 10, 5, 0, 10, 5, 0, 0, 5]):
+            queue.enqueue("t", {"i": i}, priority=priority, run_at=now - timedelta(seconds=i % 3))
+        listed: list[int] = []
+        after = None
+        while True:
+            page = admin.list_jobs("state:pending", after=after, limit=3)
+            listed += [r.id for r in page.rows]
+            if page.next_cursor is None:
+                break
+            after = page.next_cursor
+        assert len(listed) == 11 == len(set(listed))
+        claimed = [j.id for j in queue.claim_many(11)]
+        assert listed == claimed
+        ready = admin.list_jobs("state:ready type:t", limit=100)
+        assert [r.id for r in ready.rows] == []  # all claimed now

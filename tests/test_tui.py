@@ -120,7 +120,7 @@ async def test_rows_update_in_place_keeping_cursor_scroll_and_marks(
     async with app.run_test(size=(100, 24)) as pilot:
         screen = await open_jobs(pilot, app, "state:pending")
         await until(pilot, lambda: len(table_ids(app)) == 60)
-        assert table_ids(app) == sorted(ids, reverse=True)  # newest first
+        assert table_ids(app) == sorted(ids)  # the order they will run in
         for _ in range(30):
             await pilot.press("down")
         await pilot.press("m", "m")  # marks two rows, the cursor moves on
@@ -319,8 +319,8 @@ async def test_extend_moves_lease_until_by_five_minutes_or_a_typed_amount(
 async def test_delete_makes_you_type_the_count(
     dsn: str, queue: JobQueue, db: psycopg.Connection[Any]
 ) -> None:
+    doomed = queue.enqueue("t", {"doomed": True})  # first in run order: under the cursor
     keep = queue.enqueue("t", {"keep": True})
-    doomed = queue.enqueue("t", {"doomed": True})
     app = JobqApp(dsn, interval=0.2)
     async with app.run_test(size=SIZE) as pilot:
         await open_jobs(pilot, app, "state:pending")
