@@ -233,7 +233,8 @@ class JobqApp(App[None]):
 
     def action_help(self) -> None:
         screen = self.screen
-        rows: list[tuple[str, str, str]] = []
+        ours: list[tuple[str, str, str]] = []
+        widgets: list[tuple[str, str, str]] = []
         seen: set[str] = set()
         for active in screen.active_bindings.values():
             binding = active.binding
@@ -242,8 +243,12 @@ class JobqApp(App[None]):
             seen.add(binding.action)
             state = "" if active.enabled else (
                 "disabled: read-only" if binding.action in MUTATING else "disabled")
-            rows.append((binding.key_display or self.get_key_display(binding), binding.description,
-                         state))
+            # jobq's own keys first; Textual's generic ones (focus, copy, a table's cursor
+            # movement) after them.
+            (ours if binding.action in _jobq_actions(active.node) else widgets).append((
+                binding.key_display or self.get_key_display(binding), binding.description,
+                state))
+        rows = ours + widgets
         notes = ["ctrl+p: command palette (every screen and action) · " + COMMANDS_HELP]
         if self.read_only:
             notes.append(READ_ONLY_REASON)
@@ -356,6 +361,13 @@ class JobqApp(App[None]):
         if value:
             self.run_command(f"{command} {value}")
 
+
+
+def _jobq_actions(node: object) -> set[str]:
+    """The actions that jobq's own classes bind, as opposed to those Textual's define."""
+    return {b.action if isinstance(b, Binding) else b[1]
+            for cls in type(node).__mro__ if cls.__module__.startswith("jobq_tui")
+            for b in vars(cls).get("BINDINGS", [])}
 
 
 # -- the `jobq-tui` command -------------------------------------------------------------------
