@@ -42,6 +42,18 @@ def test_filter_language_round_trips() -> None:
             parse_filter(bad)
 
 
+def _every_page(admin: Admin, flt: str, limit: int) -> list[int]:
+    """The ids of every page of a listing, following its keyset cursor."""
+    ids: list[int] = []
+    after = None
+    while True:
+        page = admin.list_jobs(flt, after=after, limit=limit)
+        ids += [r.id for r in page.rows]
+        if page.next_cursor is None:
+            return ids
+        after = page.next_cursor
+
+
 def test_list_jobs_by_state_with_keyset_pages(setup: Any, db: psycopg.Connection[Any]) -> None:
     queue, admin = setup
     ids = queue.enqueue_many([NewJob("a", i) for i in range(25)])
@@ -50,14 +62,7 @@ def test_list_jobs_by_state_with_keyset_pages(setup: Any, db: psycopg.Connection
         queue.fail(queue.claim(), reason="x")
     held = queue.claim()
     queue.complete(queue.claim(), result={"ok": 1})
-    seen: list[int] = []
-    after = None
-    while True:
-        page = admin.list_jobs("state:pending", after=after, limit=4)
-        seen += [r.id for r in page.rows]
-        if page.next_cursor is None:
-            break
-        after = page.next_cursor
+    seen = _every_page(admin, "state:pending", limit=4)
     # 26 enqueued: 7 failed, 1 claimed, 1 completed; the scheduled one is pending too
     assert len(seen) == len(set(seen)) == 17
     assert seen == sorted(seen) and seen[-1] == later  # run order; the scheduled one last
@@ -345,14 +350,7 @@ def test_pending_jobs_list_in_the_order_they_will_be_claimed(dsn: str) -> None:
         now = datetime.now(UTC)
         for i, priority in enumerate([0, 5, 0, 10, 5, 0, 10, 5, 0, 0, 5]):
             queue.enqueue("t", {"i": i}, priority=priority, run_at=now - timedelta(seconds=i % 3))
-        listed: list[int] = []
-        after = None
-        while True:
-            page = admin.list_jobs("state:pending", after=after, limit=3)
-            listed += [r.id for r in page.rows]
-            if page.next_cursor is None:
-                break
-            after = page.next_cursor
+        listed = _every_page(admin, "state:pending", limit=3)
         assert len(listed) == 11 == len(set(listed))
         claimed = [j.id for j in queue.claim_many(11)]
         assert listed == claimed
