@@ -7,6 +7,7 @@ from .durations import format_duration, parse_duration
 from .errors import (
     DatabaseUnavailableError,
     InvalidInputError,
+    JobCancelledError,
     JobFailedError,
     JobqError,
     JobStateError,
@@ -27,6 +28,7 @@ __all__ = [
     "DatabaseUnavailableError",
     "InvalidInputError",
     "Job",
+    "JobCancelledError",
     "JobFailedError",
     "JobQueue",
     "JobStateError",

@@ -15,6 +15,7 @@ from uuid import UUID
 
 from .errors import (
     InvalidInputError,
+    JobCancelledError,
     JobFailedError,
     JobqError,
     JobStateError,
@@ -169,7 +170,8 @@ def _diagnose(st: Statements, job_id: int, fenced: bool, action: str) -> Op[Exce
     """Why a fenced or unfenced statement matched no row. Runs only on that cold path."""
     rows = yield Stmt(st.job_state, {"id": job_id})
     if fenced:
-        what = "it is gone" if not rows else f"it is now {rows[0][0]} under another lease"
+        what = ("it is gone" if not rows else "an operator cancelled it"
+                if rows[0][0] == "cancelled" else f"it is now {rows[0][0]} under another lease")
         return LeaseLostError(f"cannot {action} job {job_id}: the lease was lost ({what})")
     if not rows:
         return NotFoundError(f"no live job with id {job_id}")
@@ -265,6 +267,47 @@ def release(st: Statements, jobs: Sequence[Job], reason: str) -> Op[list[int]]:
     return [r[0] for r in rows]
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """What a runner tells the registry about itself (`worker_beat`)."""
+
+    id: str
+    name: str
+    host: str
+    pid: int
+    types: list[str]
+    concurrency: int
+    beat_seconds: float
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Orders:
+    """What a beat brings back: operators' wishes for this runner."""
+
+    #: Who asked this runner to drain, if anyone did.
+    drain_by: str | None
+    #: Held jobs an operator cancelled, with the recorded reason.
+    cancelled: dict[int, str]
+    #: Which of the runner's types are paused.
+    paused: set[str]
+
+
+def worker_beat(st: Statements, me: WorkerInfo, held: Sequence[int]) -> Op[Orders]:
+    """Register or refresh this runner in the registry; returns its orders."""
+    rows = yield Stmt(st.worker_beat, {
+        "id": me.id, "name": me.name, "host": me.host, "pid": me.pid, "types": me.types,
+        "concurrency": me.concurrency, "in_flight": len(held), "beat_seconds": me.beat_seconds,
+        "version": me.version, "held": list(held),
+    })
+    drain_by, cancelled, paused = rows[0]
+    return Orders(drain_by, {int(i): why for i, why in cancelled or []}, set(paused or ()))
+
+
+def worker_gone(st: Statements, worker_id: str) -> Op[None]:
+    yield Stmt(st.worker_gone, {"id": worker_id})
+
+
 def claim_job(st: Statements, job_id: int, lease_ms: object, worker: str) -> Op[Job | None]:
     rows = yield Stmt(st.claim_job, {
         "id": validate_id(job_id), "lease_ms": validate_lease_ms(lease_ms),
@@ -283,7 +326,7 @@ class Outcome:
 
     @property
     def finished(self) -> bool:
-        return self.state in ("failed", "completed")
+        return self.state in ("failed", "cancelled", "completed")
 
 
 def outcome(st: Statements, job_id: int, arm: bool = False) -> Op[Outcome]:
@@ -298,7 +341,10 @@ def outcome(st: Statements, job_id: int, arm: bool = False) -> Op[Outcome]:
 
 
 def finished_result(job_id: int, done: Outcome) -> Any:
-    """The result of a completed job, or `JobFailedError` for a failed one."""
+    """The result of a completed job; `JobFailedError` for a failed one, and its subclass
+    `JobCancelledError` for a cancelled one."""
+    if done.state == "cancelled":
+        raise JobCancelledError(job_id, done.error)
     if done.state == "failed":
         raise JobFailedError(job_id, done.error)
     return done.result

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
+import socket
 import sys
 import time
 from collections import deque
@@ -38,6 +40,7 @@ from .models import (
     optional_text,
     validate_id,
     validate_limit,
+    validate_type,
     validate_when,
 )
 from .queue import AsyncJobQueue, JobQueue
@@ -159,20 +162,65 @@ class Count:
 
 
 @dataclass(frozen=True, slots=True)
+class Pause:
+    """A paused type: claims skip it until it is resumed, or until `until` when given."""
+
+    type: str
+    paused_at: datetime
+    until: datetime | None
+    paused_by: str
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class TypeStats:
     type: str
     ready: Count
     scheduled: Count
     claimed: Count
-    #: Claimed jobs whose lease runs out within 60 s.
-    expiring: Count
-    #: Claimed jobs whose lease has run out (the next claim takes them back).
+    #: Claimed jobs with less than half of their own lease left: a heartbeat was missed.
+    late: Count
+    #: Claimed jobs whose lease has run out (a claim of a worker serving the type takes
+    #: them back).
     expired: Count
     failed: Count
+    cancelled: Count
     oldest_ready_age: timedelta | None
     #: Per minute over the last hour, oldest first (60 values).
     completed_per_min: list[int]
     failed_per_min: list[int]
+    #: Set while the type is paused.
+    paused: Pause | None = None
+    #: Whether a live worker (one that beats) serves the type.
+    served: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """A runner in the registry, as its beats left it."""
+
+    id: str
+    name: str
+    host: str
+    pid: int
+    types: list[str]
+    concurrency: int
+    in_flight: int
+    started_at: datetime
+    last_seen: datetime
+    beat_seconds: float
+    drain_requested_at: datetime | None
+    drain_requested_by: str | None
+    version: str | None
+    #: False once three beats were missed: it died, or cannot reach the database.
+    alive: bool
+    silent_for: float
+
+    @property
+    def status(self) -> str:
+        if not self.alive:
+            return "lost"
+        return "draining" if self.drain_requested_at is not None else "running"
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,8 +238,10 @@ COUNT_CAP = 10_000
 
 # -- the operations ------------------------------------------------------------------------
 
-_NEEDS = {"retry": ("failed",), "extend": ("claimed",), "delete": ("pending", "failed"),
-          "delete-force": ("pending", "failed", "claimed")}
+_NEEDS = {"retry": ("failed", "cancelled"), "extend": ("claimed",),
+          "delete": ("pending", "failed", "cancelled"),
+          "delete-force": ("pending", "failed", "cancelled", "claimed"),
+          "cancel": ("pending", "claimed")}
 
 
 #: Why a repair left an id alone that names no live job.
@@ -398,27 +448,80 @@ def _estimate(st: Statements, kind: str, job_type: str) -> Op[int]:
     return int(plan[0]["Plan"]["Plan Rows"])
 
 
+def _pause(values: Sequence[Any]) -> Pause:
+    job_type, at, until, by, reason = values
+    return Pause(job_type, at, until, by, reason)
+
+
 def stats(st: Statements) -> Op[list[TypeStats]]:
-    """Per type: ready, scheduled, claimed, expiring, expired, failed, oldest ready age and
-    completed/failed per minute over the last hour. Cost grows with the number of types, not
-    with the backlog or the history. Runs in one transaction (the caller's)."""
+    """Per type: ready, scheduled, claimed, late, expired, failed, cancelled, oldest ready
+    age, completed/failed per minute over the last hour, whether it is paused and whether a
+    live worker serves it. Cost grows with the number of types, not with the backlog or the
+    history. Runs in one transaction (the caller's)."""
     yield from fold_rates(st)
     types = [r[0] for r in (yield Stmt(st.stats_types))]
+    paused_rows, served = (yield Stmt(st.stats_control))[0]
+    pauses = {row[0]: Pause(row[0], datetime.fromisoformat(row[3]),
+                            datetime.fromisoformat(row[4]) if row[4] else None, row[1],
+                            row[2] or None) for row in paused_rows or []}
     result = []
     for job_type in types:
         row = (yield Stmt(st.stats_type, {"type": job_type, "cap": COUNT_CAP}))[0]
         counts = []
-        for kind, value in zip(("ready", "scheduled", "claimed", None, None, "failed"),
-                               row[:6], strict=True):
+        for kind, value in zip(("ready", "scheduled", "claimed", None, None, "failed",
+                                "cancelled"), row[:7], strict=True):
             if value < COUNT_CAP or kind is None:
                 counts.append(Count(value, value < COUNT_CAP))
             else:
                 estimate = yield from _estimate(st, kind, job_type)
                 counts.append(Count(max(estimate, COUNT_CAP), False))
-        ready, scheduled, claimed, expiring, expired, failed = counts
-        result.append(TypeStats(job_type, ready, scheduled, claimed, expiring, expired, failed,
-                                row[6], list(row[7] or []), list(row[8] or [])))
+        ready, scheduled, claimed, late, expired, failed, cancelled = counts
+        result.append(TypeStats(job_type, ready, scheduled, claimed, late, expired, failed,
+                                cancelled, row[7], list(row[8] or []), list(row[9] or []),
+                                pauses.get(job_type), job_type in set(served or ())))
     return result
+
+
+def pause(st: Statements, types: Sequence[str], until: timedelta | None, by: str,
+          reason: str | None) -> Op[list[Pause]]:
+    """Pause `types` (for `until`, or until resumed); returns the pauses now in force."""
+    checked = _type_list(types)
+    if until is not None and until <= timedelta(0):
+        raise InvalidInputError("a pause's duration must be positive")
+    rows = yield Stmt(st.pause, {"types": checked, "for": until, "by": clean_reason(by),
+                                 "reason": optional_text(reason, "reason")})
+    return [_pause(r) for r in rows]
+
+
+def resume(st: Statements, types: Sequence[str]) -> Op[list[str]]:
+    """Resume `types`; returns those that were paused."""
+    rows = yield Stmt(st.resume, {"types": _type_list(types)})
+    return sorted(r[0] for r in rows)
+
+
+def pauses(st: Statements) -> Op[list[Pause]]:
+    return [_pause(r) for r in (yield Stmt(st.pauses))]
+
+
+def workers(st: Statements) -> Op[list[Worker]]:
+    return [Worker(*r) for r in (yield Stmt(st.workers))]  # text[] arrives as a list
+
+
+def drain(st: Statements, worker_id: str, by: str) -> Op[None]:
+    """Ask worker `worker_id` to stop claiming and exit once its running jobs finish."""
+    if not isinstance(worker_id, str) or not worker_id:
+        raise InvalidInputError("a worker id is a non-empty string (see `jobq workers`)")
+    if not (yield Stmt(st.drain, {"id": worker_id, "by": clean_reason(by)})):
+        raise NotFoundError(f"no worker with id {worker_id!r} (see `jobq workers`)")
+
+
+def _type_list(types: Sequence[str]) -> list[str]:
+    if isinstance(types, str) or not isinstance(types, Sequence):
+        raise InvalidInputError("types must be a list of job type names")
+    checked = sorted({validate_type(t) for t in types})
+    if not checked:
+        raise InvalidInputError("no job types given")
+    return checked
 
 
 #: A session whose transaction began less than this many seconds ago while it runs a
@@ -679,6 +782,8 @@ def repair(st: Statements, action: str, ids: Sequence[int], *, run_at: object = 
         elif action in ("delete", "delete-force"):
             stmt = Stmt(st.delete, {"ids": batch, "force": action == "delete-force",
                                     "reason": note})
+        elif action == "cancel":
+            stmt = Stmt(st.cancel, {"ids": batch, "reason": note})
         else:
             raise InvalidInputError(f"unknown repair {action!r}")
         changed += [r[0] for r in (yield stmt)]
@@ -698,6 +803,24 @@ def matching_ids(st: Statements, flt: JobFilter) -> Op[list[int]]:
         if page.next_cursor is None:
             return ids
         after = page.next_cursor
+
+
+def operator_name() -> str:
+    """Who an operator's action is recorded as, unless they say: user@host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def cancel_reason(by: str | None, reason: str | None) -> str:
+    why = optional_text(reason, "reason")
+    return f"cancelled by {by or operator_name()}" + (f": {why}" if why else "")
+
+
+def _pause_for(until: timedelta | str | None) -> timedelta | None:
+    return None if until is None else parse_duration(until)
 
 
 def as_filter(value: JobFilter | str | None) -> JobFilter:
@@ -837,6 +960,33 @@ class Admin:
         return self._run(repair(self._st, action, ids, reason="deleted by operator",
                                       progress=progress))
 
+    def cancel(self, ids: Sequence[int], *, reason: str | None = None, by: str | None = None,
+               progress: Progress | None = None) -> RepairResult:
+        """End pending and running jobs as `cancelled` (kept, retryable). A running job's
+        holder learns it at its next heartbeat (at once, where it listens): `ctx.cancelled`
+        is set, an async handler is cancelled, a process child is killed, and its result,
+        if any, is refused."""
+        return self._run(repair(self._st, "cancel", ids, reason=cancel_reason(by, reason),
+                                progress=progress))
+
+    def pause(self, types: Sequence[str], *, until: timedelta | str | None = None,
+              reason: str | None = None, by: str | None = None) -> list[Pause]:
+        """Claims skip `types` until they are resumed, or for `until` when given."""
+        return self._run(pause(self._st, types, _pause_for(until), by or operator_name(),
+                               reason))
+
+    def resume(self, types: Sequence[str]) -> list[str]:
+        return self._run(resume(self._st, types))
+
+    def pauses(self) -> list[Pause]:
+        return self._run(pauses(self._st))
+
+    def workers(self) -> list[Worker]:
+        return self._run(workers(self._st))
+
+    def drain(self, worker_id: str, *, by: str | None = None) -> None:
+        self._run(drain(self._st, worker_id, by or operator_name()))
+
     def preview_clear(self, older_than: timedelta | str) -> ClearPreview:
         return self._run(preview_clear(self._st, parse_duration(older_than)))
 
@@ -915,6 +1065,28 @@ class AsyncAdmin:
         action = "delete-force" if force else "delete"
         return await self._run(repair(self._st, action, ids,
                                             reason="deleted by operator", progress=progress))
+
+    async def cancel(self, ids: Sequence[int], *, reason: str | None = None,
+                     by: str | None = None, progress: Progress | None = None) -> RepairResult:
+        return await self._run(repair(self._st, "cancel", ids,
+                                      reason=cancel_reason(by, reason), progress=progress))
+
+    async def pause(self, types: Sequence[str], *, until: timedelta | str | None = None,
+                    reason: str | None = None, by: str | None = None) -> list[Pause]:
+        return await self._run(pause(self._st, types, _pause_for(until),
+                                     by or operator_name(), reason))
+
+    async def resume(self, types: Sequence[str]) -> list[str]:
+        return await self._run(resume(self._st, types))
+
+    async def pauses(self) -> list[Pause]:
+        return await self._run(pauses(self._st))
+
+    async def workers(self) -> list[Worker]:
+        return await self._run(workers(self._st))
+
+    async def drain(self, worker_id: str, *, by: str | None = None) -> None:
+        await self._run(drain(self._st, worker_id, by or operator_name()))
 
     async def preview_clear(self, older_than: timedelta | str) -> ClearPreview:
         return await self._run(preview_clear(self._st, parse_duration(older_than)))

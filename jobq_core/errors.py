@@ -99,6 +99,15 @@ class JobFailedError(JobqError):
         self.reason = reason
 
 
+class JobCancelledError(JobFailedError):
+    """The job ended `cancelled` by an operator; `reason` says who and why."""
+
+    def __init__(self, job_id: int, reason: str | None) -> None:
+        JobqError.__init__(self, f"job {job_id} was {reason or 'cancelled'}")
+        self.job_id = job_id
+        self.reason = reason
+
+
 class WaitTimeoutError(JobqError, TimeoutError):
     """`wait` gave up before the job finished; the job itself is unaffected."""
 

@@ -40,7 +40,7 @@ from .errors import (
     classify,
 )
 from .models import Job, NewJob, job_list, load_json, validate_lease_ms
-from .sql import Names, Statements
+from .sql import PAYLOAD_BYTES, Names, Statements
 
 T = TypeVar("T")
 
@@ -116,10 +116,14 @@ class _QueueCore:
     """What both twins share: names, statements, defaults and the operations they build."""
 
     def __init__(self, table: str, default_lease_ms: int, conninfo: str | None,
-                 auto_migrate: bool = True) -> None:
+                 auto_migrate: bool = True, history_payload_bytes: int = PAYLOAD_BYTES) -> None:
         #: Whether the first writing call creates or migrates the tables (reads never do).
         self.auto_migrate = auto_migrate
-        self.statements = Statements(Names.parse(table))
+        if (not isinstance(history_payload_bytes, int) or isinstance(history_payload_bytes, bool)
+                or not 0 <= history_payload_bytes <= 2**30):
+            raise InvalidInputError("history_payload_bytes must be an int from 0 to 2**30, got "
+                                    f"{history_payload_bytes!r}")
+        self.statements = Statements(Names.parse(table), history_payload_bytes)
         if conninfo:
             dsn.check(conninfo)
         self.default_lease_ms = validate_lease_ms(default_lease_ms, "default_lease_ms")
@@ -283,8 +287,10 @@ class JobQueue(_QueueCore):
     def __init__(
         self, target: SyncTarget, *, table: str = "svti_jobs", default_lease_ms: int = 30_000,
         max_connections: int = 10, pgbouncer: bool = False, auto_migrate: bool = True,
+        history_payload_bytes: int = PAYLOAD_BYTES,
     ) -> None:
-        super().__init__(table, default_lease_ms, _conninfo_of(target), auto_migrate)
+        super().__init__(table, default_lease_ms, _conninfo_of(target), auto_migrate,
+                         history_payload_bytes)
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
         self._pool: ConnectionPool | None = None
@@ -519,6 +525,14 @@ class JobQueue(_QueueCore):
         """Hand claimed jobs back to pending at no attempt cost; returns the ids released."""
         return self._run(_ops.release(self.statements, job_list(jobs), reason))
 
+    def worker_beat(self, me: _ops.WorkerInfo, held: Sequence[int]) -> _ops.Orders:
+        """A runner's entry in the worker registry, refreshed; returns operators' orders."""
+        return self._run(_ops.worker_beat(self.statements, me, held))
+
+    def worker_gone(self, worker_id: str) -> None:
+        """Leave the worker registry (a clean stop)."""
+        self._run(_ops.worker_gone(self.statements, worker_id))
+
     def claim_job(
         self, job_id: int, *, lease_ms: int | None = None, worker: str | None = None
     ) -> Job | None:
@@ -614,8 +628,10 @@ class AsyncJobQueue(_QueueCore):
     def __init__(
         self, target: AsyncTarget, *, table: str = "svti_jobs", default_lease_ms: int = 30_000,
         max_connections: int = 10, pgbouncer: bool = False, auto_migrate: bool = True,
+        history_payload_bytes: int = PAYLOAD_BYTES,
     ) -> None:
-        super().__init__(table, default_lease_ms, _conninfo_of(target), auto_migrate)
+        super().__init__(table, default_lease_ms, _conninfo_of(target), auto_migrate,
+                         history_payload_bytes)
         self._lock = asyncio.Lock()
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._pool: AsyncConnectionPool | None = None
@@ -816,6 +832,12 @@ class AsyncJobQueue(_QueueCore):
     async def release(self, jobs: Sequence[Job], *, reason: str = "released") -> list[int]:
         return await self._run(_ops.release(self.statements, job_list(jobs), reason))
 
+    async def worker_beat(self, me: _ops.WorkerInfo, held: Sequence[int]) -> _ops.Orders:
+        return await self._run(_ops.worker_beat(self.statements, me, held))
+
+    async def worker_gone(self, worker_id: str) -> None:
+        await self._run(_ops.worker_gone(self.statements, worker_id))
+
     async def claim_job(
         self, job_id: int, *, lease_ms: int | None = None, worker: str | None = None
     ) -> Job | None:
@@ -899,16 +921,20 @@ class _AsyncDoneListener:
 def create_job_queue(
     target: SyncTarget, *, table: str = "svti_jobs", default_lease_ms: int = 30_000,
     max_connections: int = 10, pgbouncer: bool = False, auto_migrate: bool = True,
+    history_payload_bytes: int = PAYLOAD_BYTES,
 ) -> JobQueue:
     """Build a `JobQueue` and create or migrate its tables now, so errors surface early.
 
     `pgbouncer=True` suits PgBouncer in transaction mode: no prepared statements and no
     startup options on the queue's own connections (pair it with a poll-only runner).
     `auto_migrate=False` only checks the tables (a role without DDL rights, migrated by an
-    owner with `jobq migrate`): a missing or older schema is a `SchemaError` naming the fix."""
+    owner with `jobq migrate`): a missing or older schema is a `SchemaError` naming the fix.
+    A completed job keeps its payload in history when it is at most `history_payload_bytes`
+    bytes as stored (0 keeps none); a larger one leaves a note of its size."""
     queue = JobQueue(
         target, table=table, default_lease_ms=default_lease_ms,
         max_connections=max_connections, pgbouncer=pgbouncer, auto_migrate=auto_migrate,
+        history_payload_bytes=history_payload_bytes,
     )
     try:
         if auto_migrate:
@@ -924,11 +950,13 @@ def create_job_queue(
 async def create_async_job_queue(
     target: AsyncTarget, *, table: str = "svti_jobs", default_lease_ms: int = 30_000,
     max_connections: int = 10, pgbouncer: bool = False, auto_migrate: bool = True,
+    history_payload_bytes: int = PAYLOAD_BYTES,
 ) -> AsyncJobQueue:
     """The async twin of `create_job_queue`."""
     queue = AsyncJobQueue(
         target, table=table, default_lease_ms=default_lease_ms,
         max_connections=max_connections, pgbouncer=pgbouncer, auto_migrate=auto_migrate,
+        history_payload_bytes=history_payload_bytes,
     )
     try:
         if auto_migrate:

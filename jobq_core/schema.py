@@ -39,6 +39,8 @@ MIGRATIONS: list[tuple[int, str, Callable[[Statements, str | None], list[bytes]]
      lambda st, legacy: st.migration_3()),
     (4, "notify channel from the resolved schema and table, short enough for any name",
      lambda st, legacy: st.migration_4()),
+    (5, "cancelled jobs, lease lengths, kept payloads, paused types and the worker registry",
+     lambda st, legacy: st.migration_5()),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

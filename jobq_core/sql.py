@@ -24,10 +24,12 @@ JOB_COLUMNS = (
     "id, type, payload, priority, run_at, attempts, request_id, idempotency_key, "
     "lease_token, lease_until, claimed_by, created_at"
 )
-STATES = ("pending", "claimed", "failed")
+STATES = ("pending", "claimed", "failed", "cancelled")
+#: States a job rests in until an operator retries, deletes or clears it.
+ENDED_STATES = ("failed", "cancelled")
 EVENTS = (
     "enqueued", "claimed", "completed", "failed", "retried", "extended", "recovered", "released",
-    "deleted",
+    "deleted", "cancelled",
 )
 
 
@@ -106,6 +108,8 @@ class Names:
             events=self.ident("_events"),
             migrations=self.ident("_migrations"),
             rates=self.ident("_rates"),
+            pauses=self.ident("_pauses"),
+            workers=self.ident("_workers"),
             notify_fn=self.ident("_notify"),
             states=sql.SQL(", ").join(sql.Literal(s) for s in STATES),
             events_list=sql.SQL(", ").join(sql.Literal(e) for e in EVENTS),
@@ -128,6 +132,8 @@ _LOCAL_NAMES = {
     "ev_key_idx": "_events_key_idx",
     "ev_completed_idx": "_events_completed_idx",
     "notify_trigger": "_notify_insert",
+    "cancelled_idx": "_cancelled_idx",
+    "ev_event_check": "_events_event_check",
 }
 
 # --- schema ------------------------------------------------------------------------------
@@ -252,7 +258,7 @@ CREATE_COMMON = (
         occurred_at timestamptz NOT NULL DEFAULT now(),
         job_id bigint NOT NULL,
         type text NOT NULL,
-        event text NOT NULL CHECK (event IN ({events_list})),
+        event text NOT NULL CONSTRAINT {ev_event_check} CHECK (event IN ({events_list})),
         request_id text,
         attempt integer NOT NULL DEFAULT 0,
         worker text,
@@ -322,6 +328,52 @@ CREATE_V3 = (
     "DROP INDEX IF EXISTS {ev_idempotency_idx}",
 )
 
+# Version 5: operator control.
+# - A `cancelled` state: terminal like `failed`, kept and retryable, its time in failed_at (the
+#   time a job ended) and who and why in last_error. The widened CHECKs are added NOT VALID:
+#   every existing row already meets them (they only admit more), and validating would scan
+#   the tables under an exclusive lock.
+# - `lease_ms`, the length of the lease a holder keeps renewing, so a lease is judged against
+#   its own length (a missed heartbeat, a bar that is full when fresh).
+# - Completed jobs keep their payload in history (up to a size, see `Statements`).
+# - Paused types, which claims skip, and the registry of running workers.
+CREATE_V5 = (
+    "ALTER TABLE {jobs} DROP CONSTRAINT IF EXISTS {state_check}, "
+    "ADD CONSTRAINT {state_check} CHECK (state IN ({states})) NOT VALID",
+    "ALTER TABLE {jobs} ADD COLUMN IF NOT EXISTS lease_ms integer",
+    "ALTER TABLE {events} DROP CONSTRAINT IF EXISTS {ev_event_check}, "
+    "ADD CONSTRAINT {ev_event_check} CHECK (event IN ({events_list})) NOT VALID",
+    "ALTER TABLE {events} ADD COLUMN IF NOT EXISTS payload jsonb",
+    "CREATE INDEX {concurrently}IF NOT EXISTS {cancelled_idx} ON {jobs} (failed_at, id) "
+    "WHERE state = 'cancelled'",
+    """CREATE TABLE IF NOT EXISTS {pauses} (
+        type text PRIMARY KEY,
+        paused_at timestamptz NOT NULL DEFAULT now(),
+        -- NULL: until resumed; otherwise claims take the type again from then on, unaided
+        until timestamptz,
+        paused_by text NOT NULL,
+        reason text
+    )""",
+    """CREATE TABLE IF NOT EXISTS {workers} (
+        -- unique to one boot of one runner: host:pid:random
+        id text PRIMARY KEY,
+        -- what its claims write to claimed_by
+        name text NOT NULL,
+        host text NOT NULL,
+        pid integer NOT NULL,
+        types text[] NOT NULL,
+        concurrency integer NOT NULL,
+        in_flight integer NOT NULL DEFAULT 0,
+        -- seconds between its beats: it is lost once three are missed
+        beat_seconds real NOT NULL,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        last_seen timestamptz NOT NULL DEFAULT now(),
+        drain_requested_at timestamptz,
+        drain_requested_by text,
+        version text
+    )""",
+)
+
 # An upgrade builds the indexes of its migrations CONCURRENTLY first, outside the
 # migration's transaction, so that writers (older workers, in a rolling deploy) are never
 # blocked while a big table is indexed. Its own IF NOT EXISTS build then finds them done; when
@@ -332,6 +384,7 @@ CREATE_V3 = (
 EARLY_INDEXES: dict[int, tuple[tuple[str, str], ...]] = {
     2: (("failed_type_idx", CREATE_V2[1]),),
     3: (("ev_key_idx", CREATE_V3[1]),),
+    5: (("cancelled_idx", CREATE_V5[4]),),
 }
 EARLY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended(%(key)s, 2))"
 EARLY_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended(%(key)s, 2))"
@@ -448,13 +501,18 @@ SELECT idempotency_key, id FROM {jobs} WHERE idempotency_key = ANY(%(keys)s::tex
 _ASYNC_COMMIT = "(SELECT set_config('synchronous_commit', 'off', true)) AS async_commit"
 
 # A claim takes expired leases first (their jobs were due earlier), then ready jobs in claim
-# order. A reclaimed job gets a new token, so its old holder can no longer ack it. The shape
+# order. A reclaimed job gets a new token, so its old holder can no longer ack it. Paused
+# types are skipped, expired leases included (taking one back would run the job again). The
+# shape
 # (candidate arrays, then UPDATE ... WHERE id = ANY) keeps the generic plan cheap: jobq's own
 # connections run with plan_cache_mode=force_generic_plan, so the claim is never re-planned.
 _CLAIM = """
-WITH expired AS (
+WITH paused AS (
+    SELECT type FROM {pauses} WHERE until IS NULL OR until > now()
+), expired AS (
     SELECT id FROM {jobs}
     WHERE state = 'claimed' AND lease_until < now() __TYPE_FILTER__
+      AND type NOT IN (SELECT type FROM paused)
     ORDER BY lease_until LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), ready AS (
@@ -465,6 +523,7 @@ WITH expired AS (
         attempts = attempts + 1,
         lease_token = gen_random_uuid(),
         lease_until = now() + %(lease_ms)s * interval '1 millisecond',
+        lease_ms = %(lease_ms)s,
         claimed_by = %(worker)s,
         claimed_at = now()
     WHERE id = ANY((ARRAY(SELECT id FROM expired) || ARRAY(SELECT id FROM ready))[1:%(limit)s])
@@ -478,13 +537,18 @@ WITH expired AS (
 )
 SELECT __COLUMNS__ FROM upd, __ASYNC_COMMIT__ ORDER BY priority DESC, run_at, id"""
 
+# Without types, a paused type's jobs are read past (an untyped claim has no list to drop
+# it from); the runner always claims by type.
 _READY_ANY = """SELECT id FROM {jobs}
-    WHERE state = 'pending' AND run_at <= now()
+    WHERE state = 'pending' AND run_at <= now() AND type NOT IN (SELECT type FROM paused)
     ORDER BY priority DESC, run_at, id LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED"""
 
-# One index seek per type, so a claimer for a rare type never scans a backlog of others.
-_READY_TYPED = """SELECT r.id FROM unnest(%(types)s::text[]) AS t(name)
+# One index seek per type, so a claimer for a rare type never scans a backlog of others. A
+# paused type is dropped from the list before any seek: its backlog is never read.
+_READY_TYPED = """SELECT r.id
+    FROM (SELECT name FROM unnest(%(types)s::text[]) AS u(name)
+          WHERE name NOT IN (SELECT type FROM paused)) AS t
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at FROM {jobs}
         WHERE state = 'pending' AND type = t.name AND run_at <= now()
@@ -506,21 +570,27 @@ CLAIM_TYPED = (
 # A fenced call passes its lease token; an operator's bare id passes NULL and may act on any
 # job that is not dead.
 _FENCE = """(lease_token = %(token)s::uuid
-        OR (%(token)s::uuid IS NULL AND state <> 'failed'))"""
+        OR (%(token)s::uuid IS NULL AND state NOT IN ('failed', 'cancelled')))"""
+
+# A completed job's payload stays in its history row when it is at most {keep_bytes} bytes
+# as stored (`Statements.payload_bytes`); a larger one leaves a note of its size instead.
+_KEPT_PAYLOAD = """CASE WHEN payload IS NULL THEN NULL
+            WHEN pg_column_size(payload) <= {keep_bytes} THEN payload
+            ELSE jsonb_build_object('jobq_payload_not_kept', pg_column_size(payload)) END"""
 
 COMPLETE = """
 WITH del AS (
     DELETE FROM {jobs} WHERE id = %(id)s AND __FENCE__
-    RETURNING id, type, request_id, attempts, claimed_by, idempotency_key, has_waiters
+    RETURNING id, type, request_id, attempts, claimed_by, idempotency_key, has_waiters, payload
 ), ev AS (
     INSERT INTO {events} (job_id, type, event, request_id, attempt, worker, result,
-                            idempotency_key)
+                            idempotency_key, payload)
     SELECT id, type, 'completed', request_id, attempts, claimed_by, %(result)s::jsonb,
-           idempotency_key
+           idempotency_key, __KEPT_PAYLOAD__
     FROM del
 )
 SELECT id, CASE WHEN has_waiters THEN pg_notify({done_channel}, id::text)::text END
-FROM del""".replace("__FENCE__", _FENCE)
+FROM del""".replace("__FENCE__", _FENCE).replace("__KEPT_PAYLOAD__", _KEPT_PAYLOAD)
 
 # Multi-row statements lock their rows in id order first (`locked`), so that two of them
 # over the same jobs (an ack and a heartbeat, two operators) can never deadlock.
@@ -535,15 +605,16 @@ WITH acks AS (
     DELETE FROM {jobs} AS j USING acks
     WHERE j.id = acks.id AND j.lease_token = acks.token AND j.id IN (SELECT id FROM locked)
     RETURNING j.id, j.type, j.request_id, j.attempts, j.claimed_by, j.idempotency_key,
-              j.has_waiters, acks.result
+              j.has_waiters, acks.result, j.payload
 ), ev AS (
     INSERT INTO {events} (job_id, type, event, request_id, attempt, worker, result,
-                          idempotency_key)
-    SELECT id, type, 'completed', request_id, attempts, claimed_by, result, idempotency_key
+                          idempotency_key, payload)
+    SELECT id, type, 'completed', request_id, attempts, claimed_by, result, idempotency_key,
+           __KEPT_PAYLOAD__
     FROM del
 )
 SELECT id, CASE WHEN has_waiters THEN pg_notify({done_channel}, id::text)::text END
-FROM del"""
+FROM del""".replace("__KEPT_PAYLOAD__", _KEPT_PAYLOAD)
 
 # retry: back to pending at run_at (now by default); otherwise dead, kept for inspection.
 FAIL = """
@@ -606,7 +677,8 @@ WITH beats AS (
     ORDER BY j.id FOR UPDATE OF j
 ), upd AS (
     UPDATE {jobs} AS j
-    SET lease_until = greatest(j.lease_until, now() + h.ms * interval '1 millisecond')
+    SET lease_until = greatest(j.lease_until, now() + h.ms * interval '1 millisecond'),
+        lease_ms = h.ms
     FROM beats AS h
     WHERE j.id = h.id AND j.lease_token = h.token AND j.id IN (SELECT id FROM locked)
     RETURNING j.id
@@ -649,6 +721,7 @@ WITH cur AS (
         attempts = j.attempts + 1,
         lease_token = gen_random_uuid(),
         lease_until = now() + %(lease_ms)s * interval '1 millisecond',
+        lease_ms = %(lease_ms)s,
         claimed_by = %(worker)s,
         claimed_at = now()
     FROM cur WHERE j.id = cur.id
@@ -706,26 +779,26 @@ CUTOFF = "SELECT now() - %(older_than)s::interval"
 # the queue. Counting it costs what deleting it would (a BRIN range scan), never more.
 CLEAR_PREVIEW = """
 SELECT now() - %(older_than)s::interval,
-  (SELECT count(*) FROM {jobs} WHERE state = 'failed'
+  (SELECT count(*) FROM {jobs} WHERE state IN ('failed', 'cancelled')
       AND failed_at < now() - %(older_than)s::interval),
-  (SELECT array_agg(id) FROM (SELECT id FROM {jobs} WHERE state = 'failed'
+  (SELECT array_agg(id) FROM (SELECT id FROM {jobs} WHERE state IN ('failed', 'cancelled')
       AND failed_at < now() - %(older_than)s::interval ORDER BY failed_at LIMIT 10) s),
   (SELECT count(*) FROM {events} AS e WHERE occurred_at < now() - %(older_than)s::interval
       AND NOT EXISTS (SELECT 1 FROM {jobs} AS j WHERE j.id = e.job_id
-                      AND NOT (j.state = 'failed'
+                      AND NOT (j.state IN ('failed', 'cancelled')
                                AND j.failed_at < now() - %(older_than)s::interval)))"""
 
 # Dead jobs are removed in batches; each removal is itself recorded as history.
 CLEAR_FAILED_BATCH = """
 WITH del AS (
     DELETE FROM {jobs} WHERE id = ANY(ARRAY(
-        SELECT id FROM {jobs} WHERE state = 'failed' AND failed_at < %(cutoff)s
+        SELECT id FROM {jobs} WHERE state IN ('failed', 'cancelled') AND failed_at < %(cutoff)s
         ORDER BY failed_at, id LIMIT %(batch)s FOR UPDATE SKIP LOCKED))
-      AND state = 'failed'
-    RETURNING id, type, request_id, attempts
+      AND state IN ('failed', 'cancelled')
+    RETURNING id, type, request_id, attempts, state
 ), ev AS (
     INSERT INTO {events} (job_id, type, event, request_id, attempt, reason)
-    SELECT id, type, 'deleted', request_id, attempts, 'cleared' FROM del
+    SELECT id, type, 'deleted', request_id, attempts, 'cleared (was ' || state || ')' FROM del
 )
 SELECT count(*) FROM del"""
 
@@ -800,17 +873,20 @@ ORDER BY e.id""".replace("__COLUMNS__", EVENT_COLUMNS)
 # attempts, on the `retried` event.
 RETRY = """
 WITH locked AS (
-    SELECT id, attempts FROM {jobs} WHERE id = ANY(%(ids)s::bigint[]) AND state = 'failed'
+    SELECT id, attempts, state FROM {jobs}
+    WHERE id = ANY(%(ids)s::bigint[]) AND state IN ('failed', 'cancelled')
     ORDER BY id FOR UPDATE
 ), upd AS (
     UPDATE {jobs} AS j SET state = 'pending', run_at = coalesce(%(run_at)s::timestamptz, now()),
-        failed_at = NULL, lease_token = NULL, lease_until = NULL, attempts = 0
-    FROM locked WHERE j.id = locked.id AND j.state = 'failed'
-    RETURNING j.id, j.type, j.request_id, locked.attempts AS spent, j.run_at
+        failed_at = NULL, lease_token = NULL, lease_until = NULL, lease_ms = NULL, attempts = 0
+    FROM locked WHERE j.id = locked.id AND j.state IN ('failed', 'cancelled')
+    RETURNING j.id, j.type, j.request_id, locked.attempts AS spent, locked.state AS was,
+              j.run_at
 ), ev AS (
     INSERT INTO {events} (job_id, type, event, request_id, attempt, reason)
     SELECT id, type, 'retried', request_id, spent,
-           %(reason)s || ' after ' || spent || ' attempts; a fresh attempt budget' FROM upd
+           %(reason)s || ' after ' || spent || ' attempts (was ' || was
+           || '); a fresh attempt budget' FROM upd
 )
 SELECT id, CASE WHEN run_at <= now() THEN pg_notify({channel}, '')::text END FROM upd"""
 
@@ -851,6 +927,94 @@ SELECT id FROM del"""
 
 STATES_OF = "SELECT id, state FROM {jobs} WHERE id = ANY(%(ids)s::bigint[])"
 
+# An operator's cancel: a pending job ends at once; a running one loses its lease token, so
+# its holder can neither complete nor fail it any more (a late result cannot overwrite the
+# cancel). The NOTIFY 'cancel' makes runners beat now, and a beat tells a runner which of its
+# jobs were cancelled (WORKER_BEAT), which stops their handlers.
+CANCEL = """
+WITH locked AS (
+    SELECT id, state FROM {jobs}
+    WHERE id = ANY(%(ids)s::bigint[]) AND state IN ('pending', 'claimed')
+    ORDER BY id FOR UPDATE
+), upd AS (
+    UPDATE {jobs} AS j SET state = 'cancelled', failed_at = now(), last_error = %(reason)s,
+        lease_token = NULL, lease_until = NULL
+    FROM locked WHERE j.id = locked.id AND j.state IN ('pending', 'claimed')
+    RETURNING j.id, j.type, j.request_id, j.attempts, j.claimed_by, locked.state AS was,
+              j.has_waiters
+), ev AS (
+    INSERT INTO {events} (job_id, type, event, request_id, attempt, worker, reason)
+    SELECT id, type, 'cancelled', request_id, attempts,
+           CASE WHEN was = 'claimed' THEN claimed_by END, %(reason)s || ' (was ' || was || ')'
+    FROM upd
+)
+SELECT id, was,
+       CASE WHEN was = 'claimed' THEN pg_notify({channel}, 'cancel')::text END,
+       CASE WHEN has_waiters THEN pg_notify({done_channel}, id::text)::text END
+FROM upd"""
+
+# Paused types: claims skip them (_CLAIM). A pause for a while ends by itself; pausing a
+# paused type again replaces its duration and reason.
+PAUSE = """
+INSERT INTO {pauses} AS p (type, until, paused_by, reason)
+SELECT t, now() + %(for)s::interval, %(by)s, %(reason)s FROM unnest(%(types)s::text[]) AS t
+ON CONFLICT (type) DO UPDATE SET paused_at = now(), until = excluded.until,
+    paused_by = excluded.paused_by, reason = excluded.reason
+RETURNING type, paused_at, until, paused_by, reason"""
+
+# A resume also tidies away pauses that ran out; it wakes runners for the types' backlog.
+RESUME = """
+WITH gone AS (
+    DELETE FROM {pauses}
+    WHERE type = ANY(%(types)s::text[]) OR (until IS NOT NULL AND until <= now())
+    RETURNING type, until IS NULL OR until > now() AS active
+)
+SELECT type, pg_notify({channel}, '')::text FROM gone WHERE active"""
+
+PAUSES = """
+SELECT type, paused_at, until, paused_by, reason FROM {pauses}
+WHERE until IS NULL OR until > now() ORDER BY type"""
+
+# A runner's beat in the registry: it registers on the first, and learns which of the jobs it
+# holds an operator cancelled, whether it is asked to drain, and which of its types are
+# paused. Workers not seen for a day are forgotten (lost ones stay listed until then).
+WORKER_BEAT = """
+WITH me AS (
+    INSERT INTO {workers} AS w (id, name, host, pid, types, concurrency, in_flight,
+                                beat_seconds, version)
+    VALUES (%(id)s, %(name)s, %(host)s, %(pid)s, %(types)s::text[], %(concurrency)s,
+            %(in_flight)s, %(beat_seconds)s, %(version)s)
+    ON CONFLICT (id) DO UPDATE SET last_seen = now(), in_flight = excluded.in_flight,
+        types = excluded.types, concurrency = excluded.concurrency,
+        beat_seconds = excluded.beat_seconds
+    RETURNING drain_requested_at, drain_requested_by
+), forgotten AS (
+    DELETE FROM {workers} WHERE last_seen < now() - interval '1 day' AND id <> %(id)s
+)
+SELECT (SELECT drain_requested_by FROM me WHERE drain_requested_at IS NOT NULL),
+       ARRAY(SELECT ARRAY[id::text, coalesce(last_error, 'cancelled')] FROM {jobs}
+             WHERE id = ANY(%(held)s::bigint[]) AND state = 'cancelled'),
+       ARRAY(SELECT type FROM {pauses}
+             WHERE type = ANY(%(types)s::text[]) AND (until IS NULL OR until > now()))"""
+
+# A runner that stops cleanly leaves the registry at once.
+WORKER_GONE = "DELETE FROM {workers} WHERE id = %(id)s"
+
+# Each worker with its health: alive while it beats, lost after three missed beats.
+WORKERS = """
+SELECT id, name, host, pid, types, concurrency, in_flight, started_at, last_seen,
+       beat_seconds, drain_requested_at, drain_requested_by, version,
+       last_seen > now() - make_interval(secs => 3 * beat_seconds + 5) AS alive,
+       extract(epoch FROM now() - last_seen)::float8 AS silent_for
+FROM {workers} ORDER BY alive DESC, host, pid, id"""
+
+# Ask one worker to drain: stop claiming, finish what it runs, and exit. Beats notice it.
+DRAIN = """
+UPDATE {workers} SET drain_requested_at = coalesce(drain_requested_at, now()),
+    drain_requested_by = coalesce(drain_requested_by, %(by)s)
+WHERE id = %(id)s
+RETURNING id, pg_notify({channel}, 'drain')::text"""
+
 # Every type with live jobs, by loose index scans: the cost grows with the number of types,
 # not of jobs. Claimed jobs are few (bounded by the workers' slots), so they are read as is.
 STATS_TYPES = """
@@ -870,6 +1034,8 @@ WITH RECURSIVE pending_types AS (
 SELECT type FROM pending_types WHERE type IS NOT NULL
 UNION SELECT type FROM failed_types WHERE type IS NOT NULL
 UNION SELECT DISTINCT type FROM {jobs} WHERE state = 'claimed'
+UNION SELECT DISTINCT type FROM {jobs} WHERE state = 'cancelled'
+UNION SELECT type FROM {pauses} WHERE until IS NULL OR until > now()
 UNION SELECT DISTINCT type FROM {rates}
       WHERE type <> '' AND minute >= date_trunc('minute', now()) - interval '1 hour'
 ORDER BY 1"""
@@ -884,11 +1050,17 @@ SELECT
       AND run_at > now() LIMIT %(cap)s) s),
   (SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'claimed' AND type = %(type)s
       LIMIT %(cap)s) s),
+  -- late: less than half of its own lease left, so at least one heartbeat was missed (a
+  -- runner renews every third of a lease)
   (SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'claimed' AND type = %(type)s
-      AND lease_until < now() + interval '60 seconds' AND lease_until >= now() LIMIT %(cap)s) s),
+      AND lease_until >= now()
+      AND lease_until < now() + coalesce(lease_ms, 30000) / 2 * interval '1 millisecond'
+      LIMIT %(cap)s) s),
   (SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'claimed' AND type = %(type)s
       AND lease_until < now() LIMIT %(cap)s) s),
   (SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'failed' AND type = %(type)s
+      LIMIT %(cap)s) s),
+  (SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'cancelled' AND type = %(type)s
       LIMIT %(cap)s) s),
   -- the oldest due job: the first of each priority's run_at order (few priorities)
   (WITH RECURSIVE prio AS (
@@ -912,12 +1084,22 @@ SELECT
                           interval '1 minute') AS m
      LEFT JOIN {rates} r ON r.minute = m AND r.type = %(type)s)"""
 
+# What the overview says beside the counts: paused types, and the types some live worker
+# serves (a type none serves is said so, rather than "the next claim takes them back").
+STATS_CONTROL = """
+SELECT ARRAY(SELECT ARRAY[type, paused_by, coalesce(reason, ''), paused_at::text,
+                          coalesce(until::text, '')]
+             FROM {pauses} WHERE until IS NULL OR until > now()),
+       ARRAY(SELECT DISTINCT unnest(types) FROM {workers}
+             WHERE last_seen > now() - make_interval(secs => 3 * beat_seconds + 5))"""
+
 ESTIMATE = "EXPLAIN (FORMAT JSON) SELECT 1 FROM {jobs} WHERE __CONDITION__ AND type = %(type)s"
 ESTIMATE_CONDITIONS = {
     "ready": "state = 'pending' AND run_at <= now()",
     "scheduled": "state = 'pending' AND run_at > now()",
     "claimed": "state = 'claimed'",
     "failed": "state = 'failed'",
+    "cancelled": "state = 'cancelled'",
 }
 
 # Fold finished minutes of history into the rates table, at most one hour back and never
@@ -1024,6 +1206,7 @@ SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'claimed' AND lease_unt
 # The keyset cursor is that order's last key.
 _LIST_ORDER = {
     "failed": ("failed_at DESC, id DESC", "(failed_at, id) < (%(c_at)s, %(c_id)s)"),
+    "cancelled": ("failed_at DESC, id DESC", "(failed_at, id) < (%(c_at)s, %(c_id)s)"),
     "claimed": ("lease_until, id", "(lease_until, id) > (%(c_at)s, %(c_id)s)"),
     "expired": ("lease_until, id", "(lease_until, id) > (%(c_at)s, %(c_id)s)"),
 }
@@ -1034,6 +1217,7 @@ _LIST_STATE = {
     "claimed": "state = 'claimed'",
     "expired": "state = 'claimed' AND lease_until < now()",
     "failed": "state = 'failed'",
+    "cancelled": "state = 'cancelled'",
 }
 _ATTEMPTS_OPS = {"=": "=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 
@@ -1122,9 +1306,10 @@ def _list_in_run_order(names: Names, conds: list[str], params: dict[str, Any],
 _LIVE_AS_JOBS = ADMIN_COLUMNS + ", id AS list_key, NULL::jsonb AS list_result"
 
 
-# A completed job, from its history row, in the shape of a listed job (no payload is kept).
+# A completed job, from its history row, in the shape of a listed job (with its payload when
+# it was small enough to keep).
 _HISTORY_AS_JOBS = (
-    "job_id, type, 'completed', NULL::jsonb, NULL::smallint, NULL::timestamptz, attempt, "
+    "job_id, type, 'completed', payload, NULL::smallint, NULL::timestamptz, attempt, "
     "request_id, idempotency_key, NULL::timestamptz, worker, NULL::timestamptz, NULL, "
     "NULL::timestamptz, occurred_at, id, result"
 )
@@ -1132,12 +1317,17 @@ _HISTORY_AS_JOBS = (
 
 _RESOLVING = threading.Lock()
 
+#: The largest payload, as stored, that a completed job keeps in its history row.
+PAYLOAD_BYTES = 8192
+
 
 @dataclass(eq=False)
 class Statements:
     """The statements of one queue, rendered once to bytes (after `resolve`)."""
 
     names: Names
+    #: Completed jobs keep payloads of at most this many bytes in history (0: none).
+    payload_bytes: int = PAYLOAD_BYTES
 
     def resolve(self, schema: str, channel: str) -> None:
         """Name everything by the schema the table resolved to; statements rendered before
@@ -1150,6 +1340,7 @@ class Statements:
             self.names = self.names.resolved(schema, channel)
 
     def _render(self, template: str, **extra: sql.Composable) -> bytes:
+        extra.setdefault("keep_bytes", sql.Literal(self.payload_bytes))
         return self.names.fmt(template, **extra).as_bytes(None)
 
     @cached_property
@@ -1274,6 +1465,9 @@ class Statements:
     def migration_4(self) -> list[bytes]:
         return [self._render(NOTIFY_FUNCTION)]
 
+    def migration_5(self) -> list[bytes]:
+        return [self._render(s, concurrently=sql.SQL("")) for s in CREATE_V5]
+
     @cached_property
     def stats_types(self) -> bytes:
         return self._render(STATS_TYPES)
@@ -1321,6 +1515,42 @@ class Statements:
     @cached_property
     def delete(self) -> bytes:
         return self._render(DELETE)
+
+    @cached_property
+    def cancel(self) -> bytes:
+        return self._render(CANCEL)
+
+    @cached_property
+    def pause(self) -> bytes:
+        return self._render(PAUSE)
+
+    @cached_property
+    def resume(self) -> bytes:
+        return self._render(RESUME)
+
+    @cached_property
+    def pauses(self) -> bytes:
+        return self._render(PAUSES)
+
+    @cached_property
+    def worker_beat(self) -> bytes:
+        return self._render(WORKER_BEAT)
+
+    @cached_property
+    def worker_gone(self) -> bytes:
+        return self._render(WORKER_GONE)
+
+    @cached_property
+    def workers(self) -> bytes:
+        return self._render(WORKERS)
+
+    @cached_property
+    def drain(self) -> bytes:
+        return self._render(DRAIN)
+
+    @cached_property
+    def stats_control(self) -> bytes:
+        return self._render(STATS_CONTROL)
 
     @cached_property
     def states_of(self) -> bytes:

@@ -325,7 +325,7 @@ def status(ctx: typer.Context, dsn: Dsn = None, table: TableName = "svti_jobs",
         grid.add_column(name, justify="right", no_wrap=True, min_width=len(name))
     for s in stats:
         grid.add_row(cell(s.type, 40), *(Text(str(c)) for c in (
-            s.ready, s.scheduled, s.claimed, s.expiring, s.expired, s.failed)),
+            s.ready, s.scheduled, s.claimed, s.late, s.expired, s.failed)),
             cell(s.oldest_ready_age), Text(str(s.completed_per_min[-1] if s.completed_per_min
                                                else 0)),
             Text(str(s.failed_per_min[-1] if s.failed_per_min else 0)))

@@ -154,7 +154,7 @@ def test_retry_with_preview(setup: Any, db: psycopg.Connection[Any]) -> None:
     preview = admin.preview("retry", [*dead, alive, 99999])
     assert preview.eligible == 3 and preview.sample_ids == dead
     assert dict(preview.ineligible) == {
-        alive: "is pending, not failed",
+        alive: "is pending, not failed or cancelled",
         99999: "not in the queue (completed, deleted or never existed)"}
     assert db.execute("SELECT * FROM svti_jobs ORDER BY id").fetchall() == before
     progress: list[tuple[int, int]] = []
@@ -189,7 +189,8 @@ def test_extend_and_delete(setup: Any, db: psycopg.Connection[Any]) -> None:
                        "WHERE id = %s", (held.id,)).fetchone()[0]
     assert 295 < lease < 302
     assert admin.preview("delete", [held.id]).ineligible == [(held.id, "is claimed, not "
-                                                                      "pending or failed")]
+                                                                      "pending or failed or "
+                                                                      "cancelled")]
     assert admin.delete([held.id, pending[0]]).changed == 1  # claimed needs force
     assert admin.delete([held.id], force=True).changed == 1
     assert sorted(r[0] for r in db.execute("SELECT id FROM svti_jobs")) == [pending[1]]
@@ -230,10 +231,13 @@ def test_stats_per_type(setup: Any, db: psycopg.Connection[Any]) -> None:
     db.execute("UPDATE svti_jobs_events SET occurred_at = now() - interval '2 minutes' "
                "WHERE event IN ('completed', 'failed')")
     backdate(db, queue.enqueue("email"), run_at="90 seconds")
+    # late: less than half of its own 30 s lease left, so a heartbeat was missed
+    db.execute("UPDATE svti_jobs SET lease_until = now() + interval '10 seconds' WHERE id = %s",
+               (held.id,))
     stats = {s.type: s for s in admin.stats()}
     assert sorted(stats) == ["email", "push", "sms"]
     email = stats["email"]
-    assert (email.ready.value, email.claimed.value, email.expiring.value, email.expired.value,
+    assert (email.ready.value, email.claimed.value, email.late.value, email.expired.value,
             email.failed.value) == (2, 2, 1, 1, 1)
     assert email.ready.exact and str(email.ready) == "2"
     assert 85 < email.oldest_ready_age.total_seconds() < 120

@@ -231,7 +231,8 @@ def test_an_operator_retry_of_a_dead_job_runs_its_handler_again(
     assert queue.wait(job_id, timeout=5) == "ok" and len(calls) == 4
     retried = db.execute("SELECT attempt, reason FROM svti_jobs_events WHERE job_id = %s "
                          "AND event = 'retried' ORDER BY id DESC LIMIT 1", (job_id,)).fetchone()
-    assert retried == (3, "retried by operator after 3 attempts; a fresh attempt budget")
+    assert retried == (3, "retried by operator after 3 attempts (was failed); a fresh attempt "
+                          "budget")
 
 
 def row_state(db: psycopg.Connection[Any], job_id: int) -> tuple[str, int] | None:

@@ -109,7 +109,7 @@ class OverviewScreen(LiveScreen):
             fails.stylize("red")
         return [
             literal(s.type, 20), count(s.ready), count(s.scheduled), claimed,
-            Text(str(s.expiring), style="yellow" if s.expiring.value else "dim",
+            Text(str(s.late), style="yellow" if s.late.value else "dim",
                  justify="right"),
             failed,
             Text(span(s.oldest_ready_age) if s.ready.value and s.oldest_ready_age is not None
