@@ -16,7 +16,8 @@ from .models import optional_text, validate_type
 
 #: What `state:` accepts. pending = ready + scheduled; expired = claimed with a lapsed lease;
 #: completed jobs live in the history only.
-STATES = ("pending", "ready", "scheduled", "claimed", "expired", "failed", "completed")
+STATES = ("pending", "ready", "scheduled", "claimed", "expired", "failed", "cancelled",
+          "completed")
 _COMPARE = re.compile(r"(>=|<=|>|<|=)?(.+)")
 QUALIFIERS = "state, type, req, error, age, attempts"
 

@@ -537,12 +537,37 @@ WITH paused AS (
 )
 SELECT __COLUMNS__ FROM upd, __ASYNC_COMMIT__ ORDER BY priority DESC, run_at, id"""
 
-# Without types, a paused type's jobs are read past (an untyped claim has no list to drop
-# it from); the runner always claims by type.
-_READY_ANY = """SELECT id FROM {jobs}
-    WHERE state = 'pending' AND run_at <= now() AND type NOT IN (SELECT type FROM paused)
-    ORDER BY priority DESC, run_at, id LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED"""
+# Without types: one walk of the ready index while no type is paused. While some type is,
+# reading past its backlog could cost a scan of millions of rows, so the claim instead finds
+# the types with pending jobs by a loose index scan (a seek per type) and seeks each unpaused
+# one, as a typed claim does. Each branch is gated by a one-time filter: only one runs.
+_READY_ANY = """WITH RECURSIVE pending_types AS (
+        (SELECT type FROM {jobs} WHERE state = 'pending' ORDER BY type LIMIT 1)
+        UNION ALL
+        SELECT (SELECT type FROM {jobs} WHERE state = 'pending' AND type > p.type
+                ORDER BY type LIMIT 1)
+        FROM pending_types AS p WHERE p.type IS NOT NULL
+    )
+    SELECT id FROM (
+        SELECT id, priority, run_at FROM (
+            SELECT id, priority, run_at FROM {jobs}
+            WHERE state = 'pending' AND run_at <= now()
+            ORDER BY priority DESC, run_at, id LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED) AS unpaused
+        WHERE NOT EXISTS (SELECT 1 FROM paused)
+        UNION ALL
+        SELECT r.id, r.priority, r.run_at
+        FROM (SELECT type AS name FROM pending_types
+              WHERE type IS NOT NULL AND type NOT IN (SELECT type FROM paused)) AS t
+        CROSS JOIN LATERAL (
+            SELECT id, priority, run_at FROM {jobs}
+            WHERE state = 'pending' AND type = t.name AND run_at <= now()
+            ORDER BY priority DESC, run_at, id LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        ) AS r
+        WHERE EXISTS (SELECT 1 FROM paused)
+    ) AS c
+    ORDER BY priority DESC, run_at, id LIMIT %(limit)s"""
 
 # One index seek per type, so a claimer for a rare type never scans a backlog of others. A
 # paused type is dropped from the list before any seek: its backlog is never read.
@@ -1335,8 +1360,9 @@ class Statements:
         with _RESOLVING:
             if self.names.channel:
                 return
-            for name in [n for n in list(self.__dict__) if n != "names"]:
-                self.__dict__.pop(name, None)
+            for name in list(self.__dict__):
+                if isinstance(getattr(type(self), name, None), cached_property):
+                    del self.__dict__[name]
             self.names = self.names.resolved(schema, channel)
 
     def _render(self, template: str, **extra: sql.Composable) -> bytes:

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from jobq_core import InvalidInputError, JobQueue, SchemaError, create_job_queue, schema
+from jobq_core.admin import Admin
 from jobq_core.sql import Names
 
 
@@ -219,8 +220,47 @@ def test_version_2_keys_stay_held_through_the_migration(dsn: str) -> None:
             schema.LATEST_VERSION,)
 
 
+def _as_version_4(conn: psycopg.Connection[Any]) -> None:
+    """Take a current install back to what version 4 left: no cancelled state, lease lengths,
+    kept payloads, pauses or worker registry."""
+    conn.execute("DROP TABLE svti_jobs_pauses, svti_jobs_workers")
+    conn.execute("DROP INDEX svti_jobs_cancelled_idx")
+    conn.execute("ALTER TABLE svti_jobs DROP COLUMN lease_ms, "
+                 "DROP CONSTRAINT svti_jobs_state_check, ADD CONSTRAINT svti_jobs_state_check "
+                 "CHECK (state IN ('pending', 'claimed', 'failed'))")
+    conn.execute("ALTER TABLE svti_jobs_events DROP COLUMN payload, "
+                 "DROP CONSTRAINT svti_jobs_events_event_check, "
+                 "ADD CHECK (event IN ('enqueued', 'claimed', 'completed', 'failed', 'retried', "
+                 "'extended', 'recovered', 'released', 'deleted'))")
+    conn.execute("DELETE FROM svti_jobs_migrations WHERE version > 4")
+
+
+def test_version_4_is_migrated_forward_keeping_its_rows(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _as_version_4(conn)
+        # PostgreSQL named version 4's unnamed check as version 5 names it explicitly.
+        assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conname = "
+                            "'svti_jobs_events_event_check'").fetchone() == (1,)
+        conn.execute("INSERT INTO svti_jobs (type, state, failed_at, last_error) "
+                     "VALUES ('old', 'failed', now(), 'x')")
+        conn.execute("INSERT INTO svti_jobs (type) VALUES ('old')")
+    with create_job_queue(dsn) as queue:
+        job = queue.claim()
+        assert job is not None and job.type == "old"
+        admin = Admin(queue)
+        assert admin.cancel([job.id]).changed == 1
+        assert [r.state for r in admin.list_jobs("state:cancelled").rows] == ["cancelled"]
+        assert [r.state for r in admin.list_jobs("state:failed").rows] == ["failed"]
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT max(version) FROM svti_jobs_migrations").fetchone() == (
+            schema.LATEST_VERSION,)
+        assert conn.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = "
+                            "'svti_jobs_cancelled_idx'::regclass").fetchone() == (True,)
+
+
 def _as_version_1(conn: psycopg.Connection[Any]) -> None:
     """Take a current install back to what version 1 left (tests of the upgrade path)."""
+    _as_version_4(conn)
     conn.execute("DROP TABLE svti_jobs_rates")
     conn.execute("DROP INDEX svti_jobs_failed_type_idx")
     conn.execute("DROP INDEX svti_jobs_events_key_idx")
@@ -274,7 +314,8 @@ def test_an_upgrade_builds_its_indexes_without_blocking_writers(dsn: str) -> Non
             "SELECT count(*) FILTER (WHERE NOT indisvalid), count(*) FROM pg_index "
             "WHERE indrelid IN ('svti_jobs'::regclass, 'svti_jobs_events'::regclass) "
             "AND indexrelid::regclass::text IN "
-            "('svti_jobs_failed_type_idx', 'svti_jobs_events_key_idx')").fetchone() == (0, 2)
+            "('svti_jobs_failed_type_idx', 'svti_jobs_events_key_idx', "
+            "'svti_jobs_cancelled_idx')").fetchone() == (0, 3)
 
 
 def test_an_invalid_index_left_by_an_interrupted_build_is_rebuilt(dsn: str) -> None:
