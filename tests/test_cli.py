@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 import jobq_core
 from jobq_core import JobQueue, NewJob
+from jobq_core.admin import Admin
 from jobq_tui.cli import app
 
 JOBQ = shutil.which("jobq", path=os.path.dirname(sys.executable)) or "jobq"
@@ -159,20 +160,33 @@ def test_show_prints_the_payload_on_lines_and_times_with_their_zone(cli: Any, ds
     assert re.search(r"created: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d\d:\d\d", shown), shown
 
 
-def test_status_fits_80_columns_when_piped(dsn: str) -> None:
+def test_status_fits_80_columns_when_piped(dsn: str, db: psycopg.Connection[Any]) -> None:
     """Issue 11: at a pipe's 80 columns every header is whole and a long type name folds onto
-    a second line instead of being cut to a few letters."""
+    further lines instead of being cut to a few letters. Under the table: a paused type with
+    who, why and until when (with its zone), and expired leases that no live worker serves."""
     queue = JobQueue(dsn)
-    queue.enqueue_many([NewJob("send-email-digest-weekly") for _ in range(3)] + [NewJob("sms")])
+    queue.enqueue_many([NewJob("send-email-digest-weekly") for _ in range(3)] + [NewJob("sms")]
+                       + [NewJob("orphan")])
+    queue.claim(types=["orphan"], lease_ms=1000)
+    db.execute("UPDATE svti_jobs SET lease_until = now() - interval '1 minute' "
+               "WHERE type = 'orphan'")
+    Admin(queue).pause(["sms"], until="30m", reason="smtp relay down", by="alice@ops")
     env = {**os.environ, "COLUMNS": "80", "JOBQ_DSN": dsn}
     shown = subprocess.run([JOBQ, "status"], capture_output=True, text=True, timeout=60,
                            env=env, check=True).stdout
     lines = shown.splitlines()
     assert all(len(line) <= 80 for line in lines), shown
-    assert lines[0].split() == ["TYPE", "READY", "SCHED", "CLAIMED", "EXPIRING", "EXPIRED",
-                                "FAILED", "OLDEST", "DONE/M", "FAIL/M"], shown
-    folded = "".join(line.split(" ", 1)[0] for line in lines[1:3])
+    assert lines[0].split() == ["TYPE", "READY", "SCHED", "CLAIMED", "LATE", "EXPIRED",
+                                "FAILED", "CANCELLED", "OLDEST", "DONE/M", "FAIL/M"], shown
+    folded = "".join(line.split(" ", 1)[0] for line in lines[1:5]
+                     if not line.startswith(("orphan", "sms")))
     assert folded == "send-email-digest-weekly" and "…" not in shown, shown
+    notes = " ".join(" ".join(lines[lines.index(next(x for x in lines if x.startswith(
+        "orphan: "))):]).split())
+    assert re.search(r"sms: paused by alice@ops until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+                     r"[+-]\d\d:\d\d: smtp relay down", notes), shown
+    assert ("orphan: no live worker serves it, so nothing takes back its 1 expired lease"
+            in notes), shown
 
 
 def test_version_and_a_bad_connection_option_exit_codes() -> None:
@@ -233,21 +247,40 @@ def test_retry_confirmation_dry_run_and_yes(cli: Any, dsn: str,
     assert conflict.exit_code in (3, 4)
 
 
-def test_confirmation_prompt_on_a_terminal(dsn: str, db: psycopg.Connection[Any],
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """With a terminal, the prompt shows the row count and the default is No."""
+def test_one_rule_for_asking_on_a_terminal(dsn: str, db: psycopg.Connection[Any],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The console's rule: retry and extend of given ids run at once; a destructive action
+    (delete, cancel), or any action on jobs a filter chose, asks with the count, default No."""
     queue = JobQueue(dsn)
-    job_id = queue.enqueue("a")
-    queue.fail(queue.claim(), reason="x")
+    first, second = queue.enqueue_many([NewJob("a"), NewJob("a")])
+    for _ in range(2):
+        queue.fail(queue.claim(), reason="x")
     monkeypatch.setenv("JOBQ_DSN", dsn)
     monkeypatch.setattr("jobq_tui.cli.stdin_is_terminal", lambda: True)
     runner = CliRunner()
-    no = runner.invoke(app, ["retry", str(job_id)], input="\n")
-    assert no.exit_code == 1 and "retry 1 rows?" in no.output
-    assert db.execute("SELECT state FROM svti_jobs").fetchone() == ("failed",)
-    yes = runner.invoke(app, ["retry", str(job_id)], input="y\n")
+
+    def state(job_id: int) -> str:
+        return str(db.execute("SELECT state FROM svti_jobs WHERE id = %s",
+                              (job_id,)).fetchone()[0])  # type: ignore[index]
+
+    asked_by_filter = runner.invoke(app, ["retry", "--failed"], input="\n")
+    assert asked_by_filter.exit_code == 1 and "retry 2 jobs?" in asked_by_filter.output
+    assert state(first) == state(second) == "failed"
+    at_once = runner.invoke(app, ["retry", str(first)], input="")
+    assert at_once.exit_code == 0 and "?" not in at_once.output, at_once.output
+    assert state(first) == "pending"
+    held = queue.claim(lease_ms=1000)
+    assert held is not None and held.id == first
+    extended = runner.invoke(app, ["extend", str(first), "--by", "10m"], input="")
+    assert extended.exit_code == 0 and "?" not in extended.output, extended.output
+    for args in (["delete", str(second)], ["cancel", str(first)]):
+        no = runner.invoke(app, args, input="\n")
+        assert no.exit_code == 1 and f"{args[0]} 1 job?" in no.output, no.output
+    assert (state(first), state(second)) == ("claimed", "failed")
+    yes = runner.invoke(app, ["delete", str(second)], input="y\n")
     assert yes.exit_code == 0, yes.output
-    assert db.execute("SELECT state FROM svti_jobs").fetchone() == ("pending",)
+    assert db.execute("SELECT count(*) FROM svti_jobs WHERE id = %s", (second,)).fetchone() == (
+        0,)
 
 
 def test_extend_delete_and_clear(cli: Any, dsn: str, db: psycopg.Connection[Any]) -> None:
@@ -488,5 +521,5 @@ def test_interrupt_exits_130(dsn: str, db: psycopg.Connection[Any]) -> None:
 def test_shell_completion(dsn: str) -> None:
     result = subprocess.run([JOBQ], capture_output=True, text=True, timeout=30, check=False,
                             env={**os.environ, "_JOBQ_COMPLETE": "complete_bash",
-                                 "COMP_WORDS": "jobq re", "COMP_CWORD": "1"})
+                                 "COMP_WORDS": "jobq ret", "COMP_CWORD": "1"})
     assert result.returncode == 0 and result.stdout.split() == ["retry"]
