@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -144,7 +145,8 @@ def test_unknown_ids_exit_3(cli: Any, dsn: str) -> None:
     """One exit-code table: an id that names no live job is 3 for every command; a live job
     in the wrong state is 4."""
     for args in (["show", "424242"], ["retry", "--failed", "--yes"], ["retry", "424242", "-y"],
-                 ["extend", "424242", "--by", "1m", "-y"], ["delete", "424242", "-y"]):
+                 ["extend", "424242", "--by", "1m", "-y"], ["delete", "424242", "-y"],
+                 ["cancel", "424242", "-y"], ["workers", "--drain", "no-such-worker", "-y"]):
         result = cli(*args)
         assert result.exit_code == 3, (args, result.output)
     pending = JobQueue(dsn).enqueue("t")
@@ -498,24 +500,61 @@ def test_every_command_through_the_entry_point(dsn: str, db: psycopg.Connection[
     assert version.returncode == 0 and version.stdout.strip()
 
 
-def test_interrupt_exits_130(dsn: str, db: psycopg.Connection[Any]) -> None:
+def _interrupted_follower(dsn: str, db: psycopg.Connection[Any]
+                          ) -> subprocess.CompletedProcess[str]:
+    """`jobq trace --follow`, sent SIGINT once it follows."""
     import signal
     import time
 
-    proc = subprocess.Popen([JOBQ, "trace", "nothing-here", "--follow"], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    args = [JOBQ, "trace", "nothing-here", "--follow"]
+    proc = subprocess.Popen(args, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "JOBQ_DSN": dsn})
     deadline = time.monotonic() + 60
     # Following, waiting for events: its connection is open (however slow the start was).
     while not db.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                         "current_database() AND application_name LIKE 'jobq%'").fetchone()[0]:
+                         "current_database() AND application_name = 'jobq-cli'").fetchone()[0]:
         assert time.monotonic() < deadline and proc.poll() is None, "the follower never started"
         time.sleep(0.05)
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=20)
-    assert proc.returncode == 130, stderr
-    assert stderr.strip().splitlines()[-1] == "jobq: interrupted"
+    stdout, stderr = proc.communicate(timeout=20)
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+
+
+def test_every_exit_code_of_the_table(dsn: str, db: psycopg.Connection[Any]) -> None:
+    """The README's exit-code table, walked: for each code it documents, a command that
+    produces it through the installed `jobq`, with its error on exactly one stderr line."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("| Code | Meaning |"):].split("\n\n", 1)[0]
+    documented = {int(code) for code in re.findall(r"^\s*\| (\d+) \|", table, re.M)}
+    with JobQueue(dsn) as queue:
+        failed = queue.enqueue("t")
+        queue.fail(queue.claim(), reason="boom")
+    produced = {
+        0: _entry("status", dsn=dsn),
+        1: _entry("status", "--table", "no_queue_here", dsn=dsn),
+        2: _entry("pause", "t", "--for", "7x", dsn=dsn),
+        3: _entry("cancel", "424242", "--yes", dsn=dsn),
+        4: _entry("cancel", str(failed), "--yes", dsn=dsn),
+        5: _entry("status", dsn=CLOSED_PORT),
+        130: _interrupted_follower(dsn, db),
+    }
+    assert set(produced) == documented, documented
+    for code, result in produced.items():
+        assert result.returncode == code, (code, result.stderr)
+        lines = result.stderr.splitlines()
+        if code == 0:
+            assert lines == [] and "t" in result.stdout
+        else:
+            assert len(lines) == 1 and lines[0].startswith("jobq: "), (code, lines)
+    assert "no jobq queue 'no_queue_here'" in produced[1].stderr
+    assert "invalid duration '7x'" in produced[2].stderr
+    assert produced[3].stderr == "jobq: no live job has id 424242\n"
+    assert f"{failed} is failed, not pending or claimed" in produced[4].stderr
+    assert "database unavailable" in produced[5].stderr
+    assert produced[130].stderr == "jobq: interrupted\n"
+    assert db.execute("SELECT state FROM svti_jobs WHERE id = %s", (failed,)).fetchone() == (
+        "failed",)
 
 
 def test_shell_completion(dsn: str) -> None:
