@@ -139,9 +139,8 @@ def refuse_if_read_only(ctx: typer.Context, what: str | None = None) -> None:
     if ctx.meta.get(READ_ONLY):
         previews = any(p.name == "dry_run" for p in ctx.command.params)
         fail(f"refusing to run `{what or ctx.info_name}`: it writes to the database, and "
-             "--read-only "
-             "(or JOBQ_READ_ONLY) is set" + ("; --dry-run previews it" if previews else ""),
-             EXIT_USAGE)
+             "--read-only (or JOBQ_READ_ONLY) is set"
+             + ("; --dry-run previews it" if previews else ""), EXIT_USAGE)
 
 
 def session_conninfo(conninfo: str, read_only: bool) -> str:
@@ -836,7 +835,7 @@ def pause(
         for p in pauses:
             out.print(pause_line(p))
     else:
-        err.print(Text("no type is paused"))
+        out.print(Text("no type is paused"))
 
 
 @app.command()
@@ -859,8 +858,8 @@ def resume(
 
 
 def workers_table(found: list[Worker]) -> Table:
-    """Fits 80 columns: ids, hosts and types fold; times are ages (`--json` has them with
-    their zone)."""
+    """Fits 80 columns: ids, hosts and types fold (a type a line); times are ages on the
+    server's clock (`--json` has them with their zone)."""
     grid = Table(box=None, header_style="bold", padding=(0, 1, 0, 0), pad_edge=False)
     for name in ("ID", "HOST"):
         grid.add_column(name, overflow="fold", min_width=8, ratio=1)
@@ -869,12 +868,13 @@ def workers_table(found: list[Worker]) -> Table:
     for name in ("RUNNING", "STARTED", "LAST BEAT", "STATUS"):
         grid.add_column(name, justify="right" if name == "RUNNING" else "left",
                         no_wrap=True, min_width=len(name))
-    now = time.time()
     for w in found:
         grid.add_row(cell(w.id, 200), cell(w.host, 200), Text(str(w.pid)),
-                     cell(", ".join(w.types) or None, 400),
+                     # One type a line: a long name folds without mixing with the next.
+                     Text("\n".join(visible(t) for t in w.types)) if w.types else cell(None),
                      Text(f"{w.in_flight}/{w.concurrency}"),
-                     Text(ago(now - w.started_at.timestamp())), Text(ago(w.silent_for)),
+                     Text(ago(w.silent_for + (w.last_seen - w.started_at).total_seconds())),
+                     Text(ago(w.silent_for)),
                      Text(w.status, style="red" if w.status == "lost" else ""))
     return grid
 

@@ -4,7 +4,9 @@ the database holds afterwards, not only on what the command printed."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from typing import Any
 
 import psycopg
@@ -14,6 +16,8 @@ from typer.testing import CliRunner
 from jobq_core import JobQueue, LeaseLostError, NewJob
 from jobq_core._ops import WorkerInfo
 from jobq_tui.cli import app
+
+from .test_cli import JOBQ
 
 #: A zoned time as the CLI prints it.
 ZONED = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d\d:\d\d"
@@ -223,11 +227,52 @@ def test_workers_lists_the_registry(cli: Any, queue: JobQueue,
     assert lost["status"] == "lost" and lost["alive"] is False and lost["silent_for"] >= 7200
     table = cli("workers")
     assert table.exit_code == 0
-    rows = {line.split()[0]: line.split() for line in table.stdout.splitlines()[1:]}
-    assert rows["web-1:4242:aa"][-1] == "running" and rows["web-1:4242:aa"][5] == "2/8"
+    rows = {line.split()[0]: line.split() for line in table.stdout.splitlines()[1:]
+            if not line.startswith(" ")}  # not a type's continuation line
+    assert rows["web-1:4242:aa"][2:5] == ["4242", "email", "2/8"]  # id host pid type…
+    assert rows["web-1:4242:aa"][-1] == "running"
     assert " ".join(rows["web-2:4242:bb"][-5:]) == "2d ago 2h ago lost"
     # Served: a live worker takes the type's expired leases back; the lost one counts not.
     assert {s["type"]: s["served"] for s in ok(cli("status", "--json"))} == {"email": True}
+
+
+def test_workers_fit_80_columns_when_piped(queue: JobQueue, dsn: str) -> None:
+    """Long ids, host names and type lists fold; headers and the other columns stay whole."""
+    queue.worker_beat(WorkerInfo("worker-" + "0123456789abcdef" * 2, "w", "ip-10-0-113-42."
+                                 "eu-west-1.compute.internal", 1234567, [
+                                     "send-email-digest-weekly", "render-invoice-pdf"], 64,
+                                 10.0, "test"), [])
+    shown = subprocess.run([JOBQ, "workers"], capture_output=True, text=True, timeout=60,
+                           check=True, env={**os.environ, "COLUMNS": "80", "JOBQ_DSN": dsn})
+    lines = shown.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), shown.stdout
+    assert lines[0].split() == ["ID", "HOST", "PID", "TYPES", "RUNNING", "STARTED", "LAST",
+                                "BEAT", "STATUS"], shown.stdout
+    assert lines[1].split()[2:3] == ["1234567"] and lines[1].split()[-1] == "running"
+    assert "…" not in shown.stdout
+    def column(name: str, end: str) -> str:
+        start, stop = lines[0].index(name), lines[0].index(end)
+        return "".join(line[start:stop].strip() for line in lines[1:])
+
+    assert column("ID", "HOST") == "worker-" + "0123456789abcdef" * 2, shown.stdout
+    assert column("TYPES", "RUNNING") == "send-email-digest-weeklyrender-invoice-pdf"
+
+
+def test_status_json_carries_late_cancelled_paused_and_served(
+    cli: Any, queue: JobQueue, db: psycopg.Connection[Any]
+) -> None:
+    """late: less than half of its own lease left; cancelled; no pause, no live worker."""
+    queue.enqueue_many([NewJob("t")] * 3)
+    late, fresh = queue.claim(lease_ms=60_000), queue.claim(lease_ms=60_000)
+    assert late is not None and fresh is not None
+    db.execute("UPDATE svti_jobs SET lease_until = now() + interval '20 seconds' "
+               "WHERE id = %s", (late.id,))  # 20 s of a 60 s lease left: a beat was missed
+    ok(cli("cancel", str(fresh.id + 1), "--yes", "--json"))
+    [t] = ok(cli("status", "--json"))
+    assert (t["claimed"], t["late"], t["expired"], t["cancelled"]) == (
+        {"value": 2, "exact": True}, {"value": 1, "exact": True},
+        {"value": 0, "exact": True}, {"value": 1, "exact": True})
+    assert t["paused"] is None and t["served"] is False
 
 
 def test_workers_drain(cli: Any, queue: JobQueue, db: psycopg.Connection[Any]) -> None:
