@@ -888,9 +888,11 @@ def workers(
     dsn: Dsn = None, table: TableName = "svti_jobs", yes: Yes = False,
     as_json: AsJson = False,
 ) -> None:
-    """The workers that registered: host, pid, types, running/concurrency, started, last
-    heartbeat and status (running, draining, or lost after three missed beats; lost ones
-    are forgotten after a day). --drain asks one of them to drain."""
+    """Registered workers and their health; --drain ID asks one to finish and exit.
+
+    Per worker: host, pid, types, running/concurrency, started, last heartbeat and status
+    (running, draining, or lost after three missed beats; lost ones are forgotten after a
+    day)."""
     if drain is not None:
         refuse_if_read_only(ctx, "workers --drain")
     with connected(ctx, dsn, table, writes=False) as admin:
