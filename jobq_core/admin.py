@@ -767,7 +767,7 @@ def preview(st: Statements, action: str, ids: Sequence[int]) -> Op[Preview]:
 def repair(st: Statements, action: str, ids: Sequence[int], *, run_at: object = None,
            by: timedelta | None = None, reason: str = "operator",
            progress: Progress | None = None) -> Op[RepairResult]:
-    """Apply `action` (retry, extend, delete, delete-force) to `ids`, in batches."""
+    """Apply `action` (retry, extend, delete, delete-force, cancel) to `ids`, in batches."""
     wanted = _ids(ids)
     changed: list[int] = []
     running: list[int] = []
