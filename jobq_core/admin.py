@@ -15,7 +15,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -145,6 +145,9 @@ class RepairResult:
     changed: int
     #: Ids that were asked for but not changed (their state moved on in the meantime).
     skipped: list[int]
+    #: Of a cancel's changed ids, those that were running: their holders stop them at their
+    #: next heartbeat.
+    running: list[int] = field(default_factory=list)
 
 
 Progress = Callable[[int, int], None]
@@ -764,9 +767,10 @@ def preview(st: Statements, action: str, ids: Sequence[int]) -> Op[Preview]:
 def repair(st: Statements, action: str, ids: Sequence[int], *, run_at: object = None,
            by: timedelta | None = None, reason: str = "operator",
            progress: Progress | None = None) -> Op[RepairResult]:
-    """Apply `action` (retry, extend, delete, delete-force) to `ids`, in batches."""
+    """Apply `action` (retry, extend, delete, delete-force, cancel) to `ids`, in batches."""
     wanted = _ids(ids)
     changed: list[int] = []
+    running: list[int] = []
     when, delay = validate_when(run_at)
     if delay is not None:
         raise InvalidInputError("retry at takes a point in time; use now() + delay yourself")
@@ -786,11 +790,15 @@ def repair(st: Statements, action: str, ids: Sequence[int], *, run_at: object = 
             stmt = Stmt(st.cancel, {"ids": batch, "reason": note})
         else:
             raise InvalidInputError(f"unknown repair {action!r}")
-        changed += [r[0] for r in (yield stmt)]
+        rows = yield stmt
+        changed += [r[0] for r in rows]
+        if action == "cancel":
+            running += [r[0] for r in rows if r[1] == "claimed"]
         if progress is not None:
             progress(min(start + REPAIR_BATCH, len(wanted)), len(wanted))
     done = set(changed)
-    return RepairResult(action, len(done), [i for i in wanted if i not in done])
+    return RepairResult(action, len(done), [i for i in wanted if i not in done],
+                        sorted(set(running)))
 
 
 def matching_ids(st: Statements, flt: JobFilter) -> Op[list[int]]:

@@ -2,9 +2,12 @@
 
 Every command is one `jobq_core.admin` (or queue) call, the same one the TUI makes. Data goes
 to stdout (tables for people, one JSON document with ``--json``), messages to stderr.
-Mutating commands take ``--dry-run`` and ask for confirmation with the row count unless
-``--yes``; without a terminal to ask on, they refuse rather than hang. ``jobq --read-only``
-(or JOBQ_READ_ONLY) refuses them before connecting and opens read-only sessions.
+Commands that change jobs take ``--dry-run``. One rule for asking, the console's too:
+destructive actions (delete, cancel, clear, drain, migrate) and any action on jobs a filter
+chose ask for confirmation with the count unless ``--yes``; the others (retry or extend of
+given ids, pause, resume) do not ask. Without a terminal to ask on, they refuse rather than
+hang. ``jobq --read-only`` (or JOBQ_READ_ONLY) refuses writes before connecting and opens
+read-only sessions.
 
 Exit codes: 0 success, 1 failure, 2 usage or bad input, 3 not found, 4 lease lost or conflict,
 5 database unreachable, 130 interrupted. Errors are one line on stderr, usage errors included.
@@ -21,7 +24,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, is_dataclass, replace
 from datetime import datetime, timedelta
 from typing import Annotated, Any, NoReturn
 from uuid import UUID
@@ -52,13 +55,16 @@ from jobq_core.admin import (
     Admin,
     Event,
     JobRow,
+    Pause,
     Preview,
     RepairResult,
     TraceTail,
+    Worker,
 )
 from jobq_core.dsn import check as check_dsn
 from jobq_core.dsn import refused_option
 from jobq_core.durations import ACCEPTED
+from jobq_core.filters import parse_filter
 from jobq_core.sql import Names
 
 from .connection import resolve_dsn
@@ -127,13 +133,14 @@ def fail(message: str, code: int, dsn: str | None = None) -> NoReturn:
     raise typer.Exit(code)
 
 
-def refuse_if_read_only(ctx: typer.Context) -> None:
-    """Under --read-only, the command (one that writes) stops here, before connecting."""
+def refuse_if_read_only(ctx: typer.Context, what: str | None = None) -> None:
+    """Under --read-only, the command (one that writes; `what` when only some of its forms
+    do) stops here, before connecting."""
     if ctx.meta.get(READ_ONLY):
         previews = any(p.name == "dry_run" for p in ctx.command.params)
-        fail(f"refusing to run `{ctx.info_name}`: it writes to the database, and --read-only "
-             "(or JOBQ_READ_ONLY) is set" + ("; --dry-run previews it" if previews else ""),
-             EXIT_USAGE)
+        fail(f"refusing to run `{what or ctx.info_name}`: it writes to the database, and "
+             "--read-only (or JOBQ_READ_ONLY) is set"
+             + ("; --dry-run previews it" if previews else ""), EXIT_USAGE)
 
 
 def session_conninfo(conninfo: str, read_only: bool) -> str:
@@ -227,8 +234,8 @@ def cell(value: Any, limit: int = 60) -> Text:
     """A table cell: untrusted text shown literally (no markup, no escapes)."""
     if value is None:
         return Text("-", style="dim")
-    if isinstance(value, datetime):  # with its zone: a server's local time is no guess
-        return Text(value.isoformat(sep=" ", timespec="seconds"))
+    if isinstance(value, datetime):
+        return Text(at(value))
     if isinstance(value, timedelta):
         return Text(jobq_core.format_duration(value) or "0s")
     if not isinstance(value, str):
@@ -237,17 +244,41 @@ def cell(value: Any, limit: int = 60) -> Text:
     return Text(visible(first_line, limit))
 
 
+def at(value: datetime) -> str:
+    """A point in time as printed: with its zone, since a server's local time is no guess."""
+    return value.isoformat(sep=" ", timespec="seconds")
+
+
+def coarse(value: timedelta) -> str:
+    """A duration in its largest unit and the next one ("3d4h", "5m12s", "2h"): enough to
+    read at a glance."""
+    seconds = int(value.total_seconds())
+    for size, next_size in ((86400, 3600), (3600, 60), (60, 1)):
+        if seconds >= size:
+            return jobq_core.format_duration(timedelta(
+                seconds=seconds - seconds % next_size))
+    return f"{max(seconds, 0)}s"
+
+
+def ago(seconds: float) -> str:
+    return f"{coarse(timedelta(seconds=seconds))} ago"
+
+
 def stdin_is_terminal() -> bool:
     return sys.stdin.isatty()
 
 
-def confirm(what: str, count: int, yes: bool) -> None:
-    if yes or count == 0:
+#: Actions that destroy, stop or cannot be taken back: they ask even for one given id.
+DESTRUCTIVE = frozenset({"delete", "delete-force", "cancel", "clear", "drain", "migrate"})
+
+
+def confirm(what: str, yes: bool) -> None:
+    """Ask "`what`?" (default No) unless --yes; with no terminal to ask on, refuse."""
+    if yes:
         return
     if not stdin_is_terminal():
-        fail(f"refusing to {what} {count} rows without --yes: no terminal to confirm on",
-             EXIT_USAGE)
-    if not typer.confirm(f"{what} {count} rows?", default=False, err=True):
+        fail(f"refusing to {what} without --yes: no terminal to confirm on", EXIT_USAGE)
+    if not typer.confirm(f"{what}?", default=False, err=True):
         fail("aborted", EXIT_FAILURE)
 
 
@@ -293,14 +324,19 @@ def job_rows_table(rows: list[JobRow]) -> Table:
 
 
 def _ids_or_filter(ids: list[int] | None, filter_text: str | None, admin: Admin,
-                   default_filter: str = "") -> list[int]:
+                   states: Sequence[str] = (), *, need_filter: bool = True) -> list[int]:
+    """The ids given, or those the filter selects; a filter that names no state selects the
+    jobs in `states` (every live job when there are none)."""
     if ids and filter_text:
         raise InvalidInputError("give job ids or a filter, not both")
     if ids:
         return ids
-    if filter_text is None and not default_filter:
+    if filter_text is None and need_filter:
         raise InvalidInputError("give job ids or a filter")
-    return admin.select(" ".join(filter(None, [default_filter, filter_text or ""])))
+    chosen = parse_filter(filter_text or "")
+    if chosen.state is not None or not states:
+        return admin.select(chosen)
+    return sorted({i for state in states for i in admin.select(replace(chosen, state=state))})
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -308,28 +344,47 @@ def _ids_or_filter(ids: list[int] | None, filter_text: str | None, admin: Admin,
 @app.command()
 def status(ctx: typer.Context, dsn: Dsn = None, table: TableName = "svti_jobs",
            as_json: AsJson = False) -> None:
-    """Per job type: ready, scheduled, claimed, expiring (lease ends within 60 s), expired,
-    failed, oldest ready age, and completed/failed in the last minute (~ marks an estimate)."""
+    """Per job type: ready, scheduled, claimed, late (less than half of its lease left: a
+    heartbeat was missed), expired, failed, cancelled, oldest ready age, and completed/failed
+    in the last minute (~ marks an estimate). Under the table: paused types (who, why, until
+    when), and expired leases that no live worker will take back."""
     with connected(ctx, dsn, table, writes=False) as admin:
         stats = admin.stats()
     if as_json:
         emit_json(stats)
         return
+    if not stats:
+        out.print(Text("no jobs"))
+        return
     # Fits 80 columns, a pipe's width: one space between columns, headers that are never
-    # cut (numbers do not wrap), and a type name that folds onto a second line rather than
+    # cut (numbers do not wrap), and a type name that folds onto further lines rather than
     # being cut short. `--json` is the form for scripts.
-    grid = Table(box=None, header_style="bold", padding=(0, 1, 0, 0))
-    grid.add_column("TYPE", overflow="fold", min_width=12, ratio=1)
-    for name in ("READY", "SCHED", "CLAIMED", "EXPIRING", "EXPIRED", "FAILED", "OLDEST",
-                 "DONE/M", "FAIL/M"):
+    grid = Table(box=None, header_style="bold", padding=(0, 1, 0, 0), pad_edge=False)
+    grid.add_column("TYPE", overflow="fold", min_width=9, ratio=1)
+    for name in ("READY", "SCHED", "CLAIMED", "LATE", "EXPIRED", "FAILED", "CANCELLED",
+                 "OLDEST", "DONE/M", "FAIL/M"):
         grid.add_column(name, justify="right", no_wrap=True, min_width=len(name))
     for s in stats:
         grid.add_row(cell(s.type, 40), *(Text(str(c)) for c in (
-            s.ready, s.scheduled, s.claimed, s.late, s.expired, s.failed)),
-            cell(s.oldest_ready_age), Text(str(s.completed_per_min[-1] if s.completed_per_min
-                                               else 0)),
-            Text(str(s.failed_per_min[-1] if s.failed_per_min else 0)))
-    out.print(grid if stats else Text("no jobs"))
+            s.ready, s.scheduled, s.claimed, s.late, s.expired, s.failed, s.cancelled)),
+            cell(None) if s.oldest_ready_age is None else Text(coarse(s.oldest_ready_age)),
+            *(Text(str(rate[-1] if rate else 0))
+              for rate in (s.completed_per_min, s.failed_per_min)))
+    out.print(grid)
+    for s in stats:
+        if s.paused is not None:
+            out.print(pause_line(s.paused))
+        elif s.expired.value and not s.served:
+            leases = f"{s.expired} expired lease" + ("" if str(s.expired) == "1" else "s")
+            out.print(Text(visible(s.type) + f": no live worker serves it, so nothing takes "
+                           f"back its {leases} (start one: jobq worker)"))
+
+
+def pause_line(pause: Pause) -> Text:
+    """Who paused a type, why, and until when."""
+    until = f"until {at(pause.until)}" if pause.until else "until resumed"
+    return Text(visible(f"{pause.type}: paused by {pause.paused_by} {until}"
+                        + (f": {pause.reason}" if pause.reason else "")))
 
 
 @app.command("list")
@@ -603,14 +658,17 @@ def retry(
     dsn: Dsn = None, table: TableName = "svti_jobs", dry_run: DryRun = False, yes: Yes = False,
     as_json: AsJson = False,
 ) -> None:
-    """Put failed jobs back in the queue: by id, or --failed [--filter …]."""
+    """Put failed or cancelled jobs back in the queue with a fresh attempt budget: by id,
+    or --failed [--filter …]."""
     with connected(ctx, dsn, table, writes=not dry_run) as admin:
         if not ids and not failed:
             raise InvalidInputError("give job ids, or --failed to retry every failed job")
-        chosen = _ids_or_filter(ids, filter_text, admin, "state:failed" if failed else "")
+        chosen = _ids_or_filter(ids, filter_text, admin, ("failed",) if failed else (),
+                                need_filter=not failed)
         when = parse_when(at)
         _repair(admin, "retry", chosen, dry_run, yes, as_json,
-                lambda: admin.retry(chosen, run_at=when, progress=progress_line))
+                lambda: admin.retry(chosen, run_at=when, progress=progress_line),
+                by_filter=not ids)
 
 
 @app.command()
@@ -626,10 +684,10 @@ def extend(
     """Lengthen claimed jobs' leases (default by 5m): by id, or --filter."""
     with connected(ctx, dsn, table, writes=not dry_run) as admin:
         amount = parse_duration(by)
-        chosen = _ids_or_filter(ids, filter_text, admin,
-                                "state:claimed" if filter_text is not None else "")
+        chosen = _ids_or_filter(ids, filter_text, admin, ("claimed",))
         _repair(admin, "extend", chosen, dry_run, yes, as_json,
-                lambda: admin.extend(chosen, amount, progress=progress_line))
+                lambda: admin.extend(chosen, amount, progress=progress_line),
+                by_filter=not ids)
 
 
 @app.command()
@@ -641,16 +699,54 @@ def delete(
     dsn: Dsn = None, table: TableName = "svti_jobs", dry_run: DryRun = False, yes: Yes = False,
     as_json: AsJson = False,
 ) -> None:
-    """Delete pending or failed jobs (claimed ones only with --force)."""
+    """Delete pending, failed or cancelled jobs (claimed ones only with --force)."""
     with connected(ctx, dsn, table, writes=not dry_run) as admin:
         chosen = _ids_or_filter(ids, filter_text, admin)
         action = "delete-force" if force else "delete"
         _repair(admin, action, chosen, dry_run, yes, as_json,
-                lambda: admin.delete(chosen, force=force, progress=progress_line))
+                lambda: admin.delete(chosen, force=force, progress=progress_line),
+                by_filter=not ids)
+
+
+@app.command()
+def cancel(
+    ctx: typer.Context,
+    ids: Annotated[list[int] | None, typer.Argument(metavar="[ID]...")] = None,
+    filter_text: Annotated[str | None, typer.Option(
+        "--filter", help="jobs to cancel, e.g. type:report (pending and claimed ones unless "
+        "it names a state)")] = None,
+    reason: Annotated[str | None, typer.Option(help="why, kept with who cancelled")] = None,
+    dsn: Dsn = None, table: TableName = "svti_jobs", dry_run: DryRun = False, yes: Yes = False,
+    as_json: AsJson = False,
+) -> None:
+    """End pending and running jobs as `cancelled` (kept, and retryable with `jobq retry`):
+    by id, or --filter. A running job's worker stops it at its next heartbeat."""
+    with connected(ctx, dsn, table, writes=not dry_run) as admin:
+        chosen = _ids_or_filter(ids, filter_text, admin, ("pending", "claimed"))
+        _repair(admin, "cancel", chosen, dry_run, yes, as_json,
+                lambda: admin.cancel(chosen, reason=reason, progress=progress_line),
+                by_filter=not ids)
+
+
+#: How each repair's summary names what it did.
+DONE = {"retry": "retried", "extend": "extended", "delete": "deleted",
+        "delete-force": "deleted", "cancel": "cancelled"}
+#: At most this many ids are named in a line.
+NAMED_IDS = 20
+
+
+def _jobs(count: int) -> str:
+    return f"{count} job" + ("" if count == 1 else "s")
+
+
+def _id_list(ids: Sequence[int]) -> str:
+    return ", ".join(map(str, ids[:NAMED_IDS])) + (" …" if len(ids) > NAMED_IDS else "")
 
 
 def _repair(admin: Admin, action: str, ids: list[int], dry_run: bool, yes: bool,
-            as_json: bool, apply: Callable[[], RepairResult]) -> None:
+            as_json: bool, apply: Callable[[], RepairResult], *, by_filter: bool) -> None:
+    """Preview, ask when the rule says so (`DESTRUCTIVE`, or jobs chosen `by_filter`), apply.
+    When nothing is eligible, the error line alone says why."""
     if not ids:
         raise NotFoundError("no job matches")
     preview = admin.preview(action, ids)
@@ -660,20 +756,27 @@ def _repair(admin: Admin, action: str, ids: list[int], dry_run: bool, yes: bool,
         else:
             show_preview(preview)
         return
-    if not as_json:
-        show_preview(preview)
     if preview.eligible == 0:
         if all(reason == NOT_IN_QUEUE for _, reason in preview.ineligible):
-            raise NotFoundError(f"no live job has id {', '.join(map(str, ids[:10]))}"
-                                + (" …" if len(ids) > 10 else ""))
-        raise JobStateError(f"no job is eligible to {action}")
-    confirm(action.replace("-force", " (forced)"), preview.eligible, yes)
+            raise NotFoundError(f"no live job has id {_id_list(ids)}")
+        raise JobStateError(f"no job is eligible to {action}: " + "; ".join(
+            f"{job_id} {reason}" for job_id, reason in preview.ineligible[:3])
+            + (" …" if len(preview.ineligible) > 3 else ""))
+    if not as_json:
+        show_preview(preview)
+    if action in DESTRUCTIVE or by_filter:
+        confirm(f"{action.replace('-force', ' (forced)')} {_jobs(preview.eligible)}", yes)
     result = apply()
     if as_json:
         emit_json({"dry_run": False, "result": result})
-    else:
-        out.print(Text(f"{action}: {result.changed} changed"
-                       + (f", {len(result.skipped)} skipped" if result.skipped else "")))
+        return
+    line = f"{DONE[action]} {_jobs(result.changed)}"
+    if result.running:
+        line += (f", {len(result.running)} of them running (their workers stop them at their "
+                 "next heartbeat)")
+    if result.skipped:
+        line += f"; skipped {_id_list(result.skipped)}"
+    out.print(Text(line))
 
 
 @app.command()
@@ -692,17 +795,130 @@ def clear(
             if as_json:
                 emit_json({"dry_run": True, "preview": preview})
             else:
-                cutoff = preview.cutoff.isoformat(sep=" ", timespec="seconds")
-                err.print(Text(f"clear before {cutoff}: "
+                err.print(Text(f"clear before {at(preview.cutoff)}: "
                                f"{preview.failed_jobs} failed jobs, {preview.history_rows} "
                                "history rows"))
             return
-        confirm("clear", preview.total, yes)
+        if preview.total:
+            confirm(f"clear {preview.total} rows", yes)
         removed = admin.clear(preview, progress=None if as_json else progress_line)
     if as_json:
         emit_json({"dry_run": False, "removed": removed})
     else:
         out.print(Text(f"clear: {removed} rows removed"))
+
+
+@app.command()
+def pause(
+    ctx: typer.Context,
+    types: Annotated[list[str] | None, typer.Argument(
+        metavar="[TYPE]...", help="job types to pause; none: list the pauses in force")] = None,
+    for_: Annotated[str | None, typer.Option(
+        "--for", help=f"resume by itself after this long: {ACCEPTED} (default: until "
+        "`jobq resume`)")] = None,
+    reason: Annotated[str | None, typer.Option(help="why, shown with the pause")] = None,
+    dsn: Dsn = None, table: TableName = "svti_jobs", as_json: AsJson = False,
+) -> None:
+    """Stop claims of job types (running jobs go on), until `jobq resume` or for --for.
+    Without types, list the pauses in force (`jobq status` shows them too)."""
+    with connected(ctx, dsn, table, writes=bool(types)) as admin:
+        if not types:
+            if for_ is not None or reason is not None:
+                raise InvalidInputError("--for and --reason need the types to pause")
+            pauses = admin.pauses()
+        else:
+            until = None if for_ is None else parse_duration(for_)
+            pauses = admin.pause(types, until=until, reason=reason)
+    if as_json:
+        emit_json({"paused": pauses})
+    elif pauses:
+        for p in pauses:
+            out.print(pause_line(p))
+    else:
+        out.print(Text("no type is paused"))
+
+
+@app.command()
+def resume(
+    ctx: typer.Context,
+    types: Annotated[list[str], typer.Argument(metavar="TYPE...", help="job types to resume")],
+    dsn: Dsn = None, table: TableName = "svti_jobs", as_json: AsJson = False,
+) -> None:
+    """Let workers claim paused job types again."""
+    with connected(ctx, dsn, table, writes=True) as admin:
+        resumed = admin.resume(types)
+    not_paused = sorted(set(types) - set(resumed))
+    if as_json:
+        emit_json({"resumed": resumed, "not_paused": not_paused})
+        return
+    if resumed:
+        out.print(Text(visible(f"resumed {', '.join(resumed)}")))
+    if not_paused:
+        err.print(Text(visible(f"not paused: {', '.join(not_paused)}")))
+
+
+def workers_table(found: list[Worker]) -> Table:
+    """Fits 80 columns: ids, hosts and types fold (a type a line); times are ages on the
+    server's clock (`--json` has them with their zone)."""
+    grid = Table(box=None, header_style="bold", padding=(0, 1, 0, 0), pad_edge=False)
+    for name in ("ID", "HOST"):
+        grid.add_column(name, overflow="fold", min_width=8, ratio=1)
+    grid.add_column("PID", justify="right", no_wrap=True)
+    grid.add_column("TYPES", overflow="fold", min_width=8, ratio=1)
+    for name in ("RUNNING", "STARTED", "LAST BEAT", "STATUS"):
+        grid.add_column(name, justify="right" if name == "RUNNING" else "left",
+                        no_wrap=True, min_width=len(name))
+    for w in found:
+        grid.add_row(cell(w.id, 200), cell(w.host, 200), Text(str(w.pid)),
+                     # One type a line: a long name folds without mixing with the next.
+                     Text("\n".join(visible(t) for t in w.types)) if w.types else cell(None),
+                     Text(f"{w.in_flight}/{w.concurrency}"),
+                     Text(ago(w.silent_for + (w.last_seen - w.started_at).total_seconds())),
+                     Text(ago(w.silent_for)),
+                     Text(w.status, style="red" if w.status == "lost" else ""))
+    return grid
+
+
+@app.command()
+def workers(
+    ctx: typer.Context,
+    drain: Annotated[str | None, typer.Option(
+        "--drain", metavar="ID", help="ask this worker to stop claiming and exit once its "
+        "running jobs finish")] = None,
+    dsn: Dsn = None, table: TableName = "svti_jobs", yes: Yes = False,
+    as_json: AsJson = False,
+) -> None:
+    """Registered workers and their health; --drain ID asks one to finish and exit.
+
+    Per worker: host, pid, types, running/concurrency, started, last heartbeat and status
+    (running, draining, or lost after three missed beats; lost ones are forgotten after a
+    day)."""
+    if drain is not None:
+        refuse_if_read_only(ctx, "workers --drain")
+    with connected(ctx, dsn, table, writes=False) as admin:
+        found = admin.workers()
+        if drain is not None:
+            target = next((w for w in found if w.id == drain), None)
+            if target is None:
+                raise NotFoundError(f"no worker with id {drain!r} (see `jobq workers`)")
+            confirm(visible(f"drain worker {drain} ({target.host} pid {target.pid}, "
+                            f"{target.in_flight} running)"), yes)
+            admin.drain(drain)
+            found = [next((w for w in admin.workers() if w.id == drain), target)]
+    if as_json:
+        shown = [{**_plain(w), "status": w.status} for w in found]
+        emit_json({"drained": shown[0]} if drain is not None else shown)
+    elif drain is not None:
+        out.print(Text(visible(f"asked worker {drain} to drain: it stops claiming and exits "
+                               "once its running jobs finish" + (
+                                   "" if found[0].alive else " (it is lost: only if it "
+                                   "comes back)"))))
+    else:
+        out.print(workers_table(found) if found else Text("no worker has registered"))
+        for w in found:
+            if w.drain_requested_at is not None:
+                out.print(Text(visible(f"{w.id}: drain asked by {w.drain_requested_by} at "
+                                       f"{at(w.drain_requested_at)}")))
 
 
 @app.command()
@@ -715,7 +931,7 @@ def migrate(
     with connected(ctx, dsn, table, writes=not dry_run) as admin:
         plan = admin.migrate(dry_run=True)
         if not dry_run and plan:
-            confirm("apply migration statements to", len(plan), yes)
+            confirm(f"apply {len(plan)} migration statements", yes)
             # On a queue with a DSN of its own: an upgrade then builds its indexes
             # CONCURRENTLY, as a worker's first use would.
             with JobQueue(resolve_dsn(dsn), table=table, auto_migrate=False) as queue:

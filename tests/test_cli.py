@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 
 import jobq_core
 from jobq_core import JobQueue, NewJob
+from jobq_core.admin import Admin
 from jobq_tui.cli import app
 
 JOBQ = shutil.which("jobq", path=os.path.dirname(sys.executable)) or "jobq"
@@ -143,7 +145,8 @@ def test_unknown_ids_exit_3(cli: Any, dsn: str) -> None:
     """One exit-code table: an id that names no live job is 3 for every command; a live job
     in the wrong state is 4."""
     for args in (["show", "424242"], ["retry", "--failed", "--yes"], ["retry", "424242", "-y"],
-                 ["extend", "424242", "--by", "1m", "-y"], ["delete", "424242", "-y"]):
+                 ["extend", "424242", "--by", "1m", "-y"], ["delete", "424242", "-y"],
+                 ["cancel", "424242", "-y"], ["workers", "--drain", "no-such-worker", "-y"]):
         result = cli(*args)
         assert result.exit_code == 3, (args, result.output)
     pending = JobQueue(dsn).enqueue("t")
@@ -159,20 +162,33 @@ def test_show_prints_the_payload_on_lines_and_times_with_their_zone(cli: Any, ds
     assert re.search(r"created: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d\d:\d\d", shown), shown
 
 
-def test_status_fits_80_columns_when_piped(dsn: str) -> None:
+def test_status_fits_80_columns_when_piped(dsn: str, db: psycopg.Connection[Any]) -> None:
     """Issue 11: at a pipe's 80 columns every header is whole and a long type name folds onto
-    a second line instead of being cut to a few letters."""
+    further lines instead of being cut to a few letters. Under the table: a paused type with
+    who, why and until when (with its zone), and expired leases that no live worker serves."""
     queue = JobQueue(dsn)
-    queue.enqueue_many([NewJob("send-email-digest-weekly") for _ in range(3)] + [NewJob("sms")])
+    queue.enqueue_many([NewJob("send-email-digest-weekly") for _ in range(3)] + [NewJob("sms")]
+                       + [NewJob("orphan")])
+    queue.claim(types=["orphan"], lease_ms=1000)
+    db.execute("UPDATE svti_jobs SET lease_until = now() - interval '1 minute' "
+               "WHERE type = 'orphan'")
+    Admin(queue).pause(["sms"], until="30m", reason="smtp relay down", by="alice@ops")
     env = {**os.environ, "COLUMNS": "80", "JOBQ_DSN": dsn}
     shown = subprocess.run([JOBQ, "status"], capture_output=True, text=True, timeout=60,
                            env=env, check=True).stdout
     lines = shown.splitlines()
     assert all(len(line) <= 80 for line in lines), shown
-    assert lines[0].split() == ["TYPE", "READY", "SCHED", "CLAIMED", "EXPIRING", "EXPIRED",
-                                "FAILED", "OLDEST", "DONE/M", "FAIL/M"], shown
-    folded = "".join(line.split(" ", 1)[0] for line in lines[1:3])
+    assert lines[0].split() == ["TYPE", "READY", "SCHED", "CLAIMED", "LATE", "EXPIRED",
+                                "FAILED", "CANCELLED", "OLDEST", "DONE/M", "FAIL/M"], shown
+    folded = "".join(line.split(" ", 1)[0] for line in lines[1:5]
+                     if not line.startswith(("orphan", "sms")))
     assert folded == "send-email-digest-weekly" and "…" not in shown, shown
+    notes = " ".join(" ".join(lines[lines.index(next(x for x in lines if x.startswith(
+        "orphan: "))):]).split())
+    assert re.search(r"sms: paused by alice@ops until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+                     r"[+-]\d\d:\d\d: smtp relay down", notes), shown
+    assert ("orphan: no live worker serves it, so nothing takes back its 1 expired lease"
+            in notes), shown
 
 
 def test_version_and_a_bad_connection_option_exit_codes() -> None:
@@ -233,21 +249,40 @@ def test_retry_confirmation_dry_run_and_yes(cli: Any, dsn: str,
     assert conflict.exit_code in (3, 4)
 
 
-def test_confirmation_prompt_on_a_terminal(dsn: str, db: psycopg.Connection[Any],
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """With a terminal, the prompt shows the row count and the default is No."""
+def test_one_rule_for_asking_on_a_terminal(dsn: str, db: psycopg.Connection[Any],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The console's rule: retry and extend of given ids run at once; a destructive action
+    (delete, cancel), or any action on jobs a filter chose, asks with the count, default No."""
     queue = JobQueue(dsn)
-    job_id = queue.enqueue("a")
-    queue.fail(queue.claim(), reason="x")
+    first, second = queue.enqueue_many([NewJob("a"), NewJob("a")])
+    for _ in range(2):
+        queue.fail(queue.claim(), reason="x")
     monkeypatch.setenv("JOBQ_DSN", dsn)
     monkeypatch.setattr("jobq_tui.cli.stdin_is_terminal", lambda: True)
     runner = CliRunner()
-    no = runner.invoke(app, ["retry", str(job_id)], input="\n")
-    assert no.exit_code == 1 and "retry 1 rows?" in no.output
-    assert db.execute("SELECT state FROM svti_jobs").fetchone() == ("failed",)
-    yes = runner.invoke(app, ["retry", str(job_id)], input="y\n")
+
+    def state(job_id: int) -> str:
+        return str(db.execute("SELECT state FROM svti_jobs WHERE id = %s",
+                              (job_id,)).fetchone()[0])  # type: ignore[index]
+
+    asked_by_filter = runner.invoke(app, ["retry", "--failed"], input="\n")
+    assert asked_by_filter.exit_code == 1 and "retry 2 jobs?" in asked_by_filter.output
+    assert state(first) == state(second) == "failed"
+    at_once = runner.invoke(app, ["retry", str(first)], input="")
+    assert at_once.exit_code == 0 and "?" not in at_once.output, at_once.output
+    assert state(first) == "pending"
+    held = queue.claim(lease_ms=1000)
+    assert held is not None and held.id == first
+    extended = runner.invoke(app, ["extend", str(first), "--by", "10m"], input="")
+    assert extended.exit_code == 0 and "?" not in extended.output, extended.output
+    for args in (["delete", str(second)], ["cancel", str(first)]):
+        no = runner.invoke(app, args, input="\n")
+        assert no.exit_code == 1 and f"{args[0]} 1 job?" in no.output, no.output
+    assert (state(first), state(second)) == ("claimed", "failed")
+    yes = runner.invoke(app, ["delete", str(second)], input="y\n")
     assert yes.exit_code == 0, yes.output
-    assert db.execute("SELECT state FROM svti_jobs").fetchone() == ("pending",)
+    assert db.execute("SELECT count(*) FROM svti_jobs WHERE id = %s", (second,)).fetchone() == (
+        0,)
 
 
 def test_extend_delete_and_clear(cli: Any, dsn: str, db: psycopg.Connection[Any]) -> None:
@@ -465,28 +500,65 @@ def test_every_command_through_the_entry_point(dsn: str, db: psycopg.Connection[
     assert version.returncode == 0 and version.stdout.strip()
 
 
-def test_interrupt_exits_130(dsn: str, db: psycopg.Connection[Any]) -> None:
+def _interrupted_follower(dsn: str, db: psycopg.Connection[Any]
+                          ) -> subprocess.CompletedProcess[str]:
+    """`jobq trace --follow`, sent SIGINT once it follows."""
     import signal
     import time
 
-    proc = subprocess.Popen([JOBQ, "trace", "nothing-here", "--follow"], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    args = [JOBQ, "trace", "nothing-here", "--follow"]
+    proc = subprocess.Popen(args, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "JOBQ_DSN": dsn})
     deadline = time.monotonic() + 60
     # Following, waiting for events: its connection is open (however slow the start was).
     while not db.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                         "current_database() AND application_name LIKE 'jobq%'").fetchone()[0]:
+                         "current_database() AND application_name = 'jobq-cli'").fetchone()[0]:
         assert time.monotonic() < deadline and proc.poll() is None, "the follower never started"
         time.sleep(0.05)
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=20)
-    assert proc.returncode == 130, stderr
-    assert stderr.strip().splitlines()[-1] == "jobq: interrupted"
+    stdout, stderr = proc.communicate(timeout=20)
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+
+
+def test_every_exit_code_of_the_table(dsn: str, db: psycopg.Connection[Any]) -> None:
+    """The README's exit-code table, walked: for each code it documents, a command that
+    produces it through the installed `jobq`, with its error on exactly one stderr line."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("| Code | Meaning |"):].split("\n\n", 1)[0]
+    documented = {int(code) for code in re.findall(r"^\s*\| (\d+) \|", table, re.M)}
+    with JobQueue(dsn) as queue:
+        failed = queue.enqueue("t")
+        queue.fail(queue.claim(), reason="boom")
+    produced = {
+        0: _entry("status", dsn=dsn),
+        1: _entry("status", "--table", "no_queue_here", dsn=dsn),
+        2: _entry("pause", "t", "--for", "7x", dsn=dsn),
+        3: _entry("cancel", "424242", "--yes", dsn=dsn),
+        4: _entry("cancel", str(failed), "--yes", dsn=dsn),
+        5: _entry("status", dsn=CLOSED_PORT),
+        130: _interrupted_follower(dsn, db),
+    }
+    assert set(produced) == documented, documented
+    for code, result in produced.items():
+        assert result.returncode == code, (code, result.stderr)
+        lines = result.stderr.splitlines()
+        if code == 0:
+            assert lines == [] and "t" in result.stdout
+        else:
+            assert len(lines) == 1 and lines[0].startswith("jobq: "), (code, lines)
+    assert "no jobq queue 'no_queue_here'" in produced[1].stderr
+    assert "invalid duration '7x'" in produced[2].stderr
+    assert produced[3].stderr == "jobq: no live job has id 424242\n"
+    assert f"{failed} is failed, not pending or claimed" in produced[4].stderr
+    assert "database unavailable" in produced[5].stderr
+    assert produced[130].stderr == "jobq: interrupted\n"
+    assert db.execute("SELECT state FROM svti_jobs WHERE id = %s", (failed,)).fetchone() == (
+        "failed",)
 
 
 def test_shell_completion(dsn: str) -> None:
     result = subprocess.run([JOBQ], capture_output=True, text=True, timeout=30, check=False,
                             env={**os.environ, "_JOBQ_COMPLETE": "complete_bash",
-                                 "COMP_WORDS": "jobq re", "COMP_CWORD": "1"})
+                                 "COMP_WORDS": "jobq ret", "COMP_CWORD": "1"})
     assert result.returncode == 0 and result.stdout.split() == ["retry"]
