@@ -65,6 +65,7 @@ from jobq_core.dsn import check as check_dsn
 from jobq_core.dsn import refused_option
 from jobq_core.durations import ACCEPTED
 from jobq_core.filters import parse_filter
+from jobq_core.models import parse_id
 from jobq_core.sql import Names
 
 from .connection import resolve_dsn
@@ -126,6 +127,14 @@ def session(
 
 
 # -- plumbing ---------------------------------------------------------------------------------
+
+def job_id_arg(text: str) -> int:
+    """A job id as typed: ASCII digits only. Typer alone would take "1.0" as job 1."""
+    try:
+        return parse_id(text)
+    except InvalidInputError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
 
 def fail(message: str, code: int, dsn: str | None = None) -> NoReturn:
     """One line on stderr, then exit with `code`."""
@@ -409,7 +418,8 @@ def list_cmd(
 
 
 @app.command()
-def show(ctx: typer.Context, job_id: Annotated[int, typer.Argument(help="job id")],
+def show(ctx: typer.Context,
+         job_id: Annotated[int, typer.Argument(help="job id", parser=job_id_arg)],
          dsn: Dsn = None, table: TableName = "svti_jobs", as_json: AsJson = False) -> None:
     """A job (live or finished) and its full history."""
     with connected(ctx, dsn, table, writes=False) as admin:
@@ -650,7 +660,7 @@ def _read_payload(text: str | None) -> Any:
 @app.command()
 def retry(
     ctx: typer.Context,
-    ids: Annotated[list[int] | None, typer.Argument(metavar="[ID]...")] = None,
+    ids: Annotated[list[int] | None, typer.Argument(metavar="[ID]...", parser=job_id_arg)] = None,
     failed: Annotated[bool, typer.Option("--failed", help="every failed job (and --filter)")]
     = False,
     filter_text: Annotated[str | None, typer.Option("--filter", help="narrow --failed")] = None,
@@ -674,7 +684,7 @@ def retry(
 @app.command()
 def extend(
     ctx: typer.Context,
-    ids: Annotated[list[int] | None, typer.Argument(metavar="[ID]...")] = None,
+    ids: Annotated[list[int] | None, typer.Argument(metavar="[ID]...", parser=job_id_arg)] = None,
     by: Annotated[str, typer.Option("--by", help=f"how much longer: {ACCEPTED}")] = "5m",
     filter_text: Annotated[str | None, typer.Option(
         "--filter", help="claimed jobs to extend, e.g. type:report")] = None,
@@ -693,7 +703,7 @@ def extend(
 @app.command()
 def delete(
     ctx: typer.Context,
-    ids: Annotated[list[int] | None, typer.Argument(metavar="[ID]...")] = None,
+    ids: Annotated[list[int] | None, typer.Argument(metavar="[ID]...", parser=job_id_arg)] = None,
     filter_text: Annotated[str | None, typer.Option("--filter", help="jobs to delete")] = None,
     force: Annotated[bool, typer.Option(help="also delete claimed jobs")] = False,
     dsn: Dsn = None, table: TableName = "svti_jobs", dry_run: DryRun = False, yes: Yes = False,
@@ -711,7 +721,7 @@ def delete(
 @app.command()
 def cancel(
     ctx: typer.Context,
-    ids: Annotated[list[int] | None, typer.Argument(metavar="[ID]...")] = None,
+    ids: Annotated[list[int] | None, typer.Argument(metavar="[ID]...", parser=job_id_arg)] = None,
     filter_text: Annotated[str | None, typer.Option(
         "--filter", help="jobs to cancel, e.g. type:report (pending and claimed ones unless "
         "it names a state)")] = None,
