@@ -83,10 +83,12 @@ def test_bad_input_exits_2_with_one_line(cli: Any, args: list[str], message: str
 
 
 @pytest.mark.parametrize("args, message", [
-    (["show", "abc"], "invalid value for 'job_id': Input should be a valid integer, unable to "
-     "parse string as an integer, got 'abc' (see jobq show --help)"),
+    (["show", "abc"], "invalid value for 'job_id': invalid job id 'abc': expected a positive "
+     "whole number (see jobq show --help)"),
+    (["show", "1.0"], "invalid job id '1.0'"),
     (["show", "-1"], "no such option: -1 (see jobq show --help)"),
-    (["show", "1e9"], "got '1e9' (see jobq show --help)"),
+    (["show", "1e9"], "invalid job id '1e9': expected a positive whole number (see jobq show "
+     "--help)"),
     (["list", "--limit", "0"], "invalid value for '--limit': Input should be greater than or "
      "equal to 1, got '0' (see jobq list --help)"),
     (["list", "--bogus"], "no such option: --bogus (see jobq list --help)"),
@@ -95,9 +97,10 @@ def test_bad_input_exits_2_with_one_line(cli: Any, args: list[str], message: str
     (["lst"], "no such command 'lst'. Did you mean 'list'?"),
     (["show"], "missing argument 'job_id' (see jobq show --help)"),
     (["status", "--dsn"], "option '--dsn' requires an argument"),
-    (["retry", "1", "x"], "got 'x' (see jobq retry --help)"),
+    (["retry", "1", "x"], "invalid job id 'x': expected a positive whole number (see jobq "
+     "retry --help)"),
     # Shown literally: an escape in the refused value reaches no terminal.
-    (["show", "\x1b[31mred"], "got '\\x1b[31mred'"),
+    (["show", "\x1b[31mred"], "invalid job id '\\x1b[31mred'"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
     """Typer's usage errors, through the installed entry point: one line, not a usage block
