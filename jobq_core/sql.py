@@ -796,12 +796,17 @@ SELECT c.cutoff,
                       AND NOT (j.state IN ('failed', 'cancelled') AND j.failed_at < c.cutoff)))
 FROM c"""  # noqa: S608
 
-# Dead jobs are removed in batches; each removal is itself recorded as history.
+# Dead jobs are removed in batches; each removal is itself recorded as history. Each ended
+# state is read from its own partial index (one IN list would scan the whole hot table for
+# every batch), up to a batch of each: a statement that removes fewer than a batch found
+# both exhausted.
 CLEAR_FAILED_BATCH = """
 WITH del AS (
-    DELETE FROM {jobs} WHERE id = ANY(ARRAY(
-        SELECT id FROM {jobs} WHERE state IN ('failed', 'cancelled') AND failed_at < %(cutoff)s
-        ORDER BY failed_at, id LIMIT %(batch)s FOR UPDATE SKIP LOCKED))
+    DELETE FROM {jobs} WHERE id = ANY(
+        ARRAY(SELECT id FROM {jobs} WHERE state = 'failed' AND failed_at < %(cutoff)s
+              ORDER BY failed_at, id LIMIT %(batch)s FOR UPDATE SKIP LOCKED)
+        || ARRAY(SELECT id FROM {jobs} WHERE state = 'cancelled' AND failed_at < %(cutoff)s
+                 ORDER BY failed_at, id LIMIT %(batch)s FOR UPDATE SKIP LOCKED))
       AND state IN ('failed', 'cancelled')
     RETURNING id, type, request_id, attempts, state
 ), ev AS (
@@ -819,13 +824,19 @@ SELECT pg_relation_size(%(events)s::regclass) / current_setting('block_size')::b
 # Range Scan of just those blocks, with no sort and no index, so that the walk reads each page
 # once and its cost grows with the table's size, not with its square. (The history is mostly
 # in time order but freed space is reused, so no range can be skipped by age.) Live jobs keep
-# their history: the probe is the jobs' primary key, one lookup per old row. At 10M rows and
-# 1M jobs, one range of 128 blocks (about 8,000 rows) takes 10-20 ms: benchmarks/README.md.
+# their history: their ids are looked up in the jobs' primary key, once per job of the range,
+# and the rest is deleted by ctid. Written so because the generic plan (jobq's connections
+# force it) cannot size a TID range: a NOT EXISTS was planned as a hash of all 1M jobs for
+# each range (0.8 s against 10 ms), or with JIT compiling for 25 ms (benchmarks/README.md).
 CLEAR_EVENTS_BATCH = """
-WITH del AS (
-    DELETE FROM {events} AS e
-    WHERE e.ctid >= %(lo)s::tid AND e.ctid < %(hi)s::tid AND e.occurred_at < %(cutoff)s
-      AND NOT EXISTS (SELECT 1 FROM {jobs} AS j WHERE j.id = e.job_id)
+WITH old AS MATERIALIZED (
+    SELECT ctid, job_id FROM {events}
+    WHERE ctid >= %(lo)s::tid AND ctid < %(hi)s::tid AND occurred_at < %(cutoff)s
+), live AS MATERIALIZED (
+    SELECT id FROM {jobs} WHERE id = ANY(ARRAY(SELECT DISTINCT job_id FROM old))
+), del AS (
+    DELETE FROM {events} WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM old WHERE job_id NOT IN (SELECT id FROM live)))
     RETURNING 1
 )
 SELECT count(*) FROM del"""

@@ -226,3 +226,30 @@ def test_a_role_that_may_not_write_the_rates_still_clears(
     finally:
         db.execute(sql.SQL("DROP OWNED BY {}").format(ident))
         db.execute(sql.SQL("DROP ROLE {}").format(ident))
+
+
+def test_failed_and_cancelled_jobs_are_cleared_batch_by_batch(
+    setup: tuple[JobQueue, Admin], db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each ended state comes from its own index, a batch of each per statement: the clear
+    goes on until both are exhausted, whichever runs out first."""
+    queue, admin = setup
+    monkeypatch.setattr(_ops, "CLEAR_BATCH", 2)
+    failed = []
+    for _ in range(3):
+        job = queue.claim_job(queue.enqueue("t"))
+        assert job is not None
+        queue.fail(job, reason="x")
+        failed.append(job.id)
+    cancelled = [queue.enqueue("t") for _ in range(7)]
+    assert admin.cancel(cancelled).changed == 7
+    kept = queue.enqueue("t")
+    db.execute("UPDATE svti_jobs SET failed_at = now() - interval '8 days'")
+    db.execute("UPDATE svti_jobs_events SET occurred_at = now() - interval '8 days'")
+    preview = admin.preview_clear("7d")
+    assert preview.failed_jobs == 10
+    assert admin.clear(preview) == preview.total
+    assert db.execute("SELECT array_agg(id) FROM svti_jobs").fetchone()[0] == [kept]
+    deleted = db.execute("SELECT job_id FROM svti_jobs_events WHERE event = 'deleted' "
+                         "ORDER BY job_id").fetchall()
+    assert [r[0] for r in deleted] == sorted(failed + cancelled)
