@@ -57,7 +57,8 @@ Op = Generator[Stmt, Rows, T]
 #: How many times an enqueue retries when the job holding its idempotency key vanishes
 #: between the conflicting insert and the lookup (it completed in that instant).
 _KEY_RACE_RETRIES = 10
-#: Failed jobs per statement when clearing, so no statement holds many row locks for long.
+#: Failed jobs, and as many cancelled ones, per statement when clearing: no statement holds
+#: many row locks for long.
 CLEAR_BATCH = 5000
 #: History blocks per statement when clearing: 1 MB, about 8,000 rows (benchmarks/README.md).
 CLEAR_BLOCKS = 128

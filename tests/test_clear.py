@@ -5,7 +5,9 @@ per-minute rates are folded before the history they come from is deleted."""
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -253,3 +255,29 @@ def test_failed_and_cancelled_jobs_are_cleared_batch_by_batch(
     deleted = db.execute("SELECT job_id FROM svti_jobs_events WHERE event = 'deleted' "
                          "ORDER BY job_id").fetchall()
     assert [r[0] for r in deleted] == sorted(failed + cancelled)
+
+
+def test_a_clear_waits_for_a_fold_in_progress_rather_than_skip_it(
+    setup: tuple[JobQueue, Admin], db: psycopg.Connection[Any], dsn: str
+) -> None:
+    """Another session folding holds the folders' lock; a clear does not skip its own fold
+    (that session's fold may not see the history about to go): it waits, then folds."""
+    queue, _ = setup
+    _complete(queue, db, "mail", [180, 180])
+    with psycopg.connect(dsn) as folder:
+        folder.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 1))",
+                       (queue.statements.names.lock_key,))
+        with ThreadPoolExecutor(1) as pool:
+            clearing = pool.submit(queue.clear, older_than="1m")
+            deadline = time.monotonic() + 30
+            while not db.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                    "AND database = (SELECT oid FROM pg_database "
+                    "                WHERE datname = current_database())").fetchone()[0]:
+                assert time.monotonic() < deadline, "the clear never waited for the lock"
+                time.sleep(0.05)
+            assert db.execute("SELECT count(*) FROM svti_jobs_events").fetchone()[0] == 6
+            folder.rollback()
+            assert clearing.result(timeout=30) == 6
+    assert db.execute("SELECT sum(completed) FROM svti_jobs_rates "
+                      "WHERE type = 'mail'").fetchone()[0] == 2
