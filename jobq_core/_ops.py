@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
+from . import sql
 from .errors import (
     InvalidInputError,
     JobCancelledError,
@@ -56,8 +57,11 @@ Op = Generator[Stmt, Rows, T]
 #: How many times an enqueue retries when the job holding its idempotency key vanishes
 #: between the conflicting insert and the lookup (it completed in that instant).
 _KEY_RACE_RETRIES = 10
-#: Rows per statement when clearing, so no statement holds many row locks for long.
+#: Failed jobs, and as many cancelled ones, per statement when clearing: no statement holds
+#: many row locks for long.
 CLEAR_BATCH = 5000
+#: History blocks per statement when clearing: 1 MB, about 8,000 rows (benchmarks/README.md).
+CLEAR_BLOCKS = 128
 
 
 def job_from_row(row: Sequence[Any]) -> Job:
@@ -358,11 +362,23 @@ def pending(st: Statements, types: object) -> Op[int]:
     return count
 
 
+def fold_rates(st: Statements, *, wait: bool = False) -> Op[int]:
+    """Fold finished minutes of history into the rates table; returns the rows added. One
+    folder at a time: others skip, or with `wait` wait their turn. A session that may not
+    write the rates (read-only, or a role without INSERT and DELETE on them) skips it."""
+    if not (yield Stmt(sql.MAY_FOLD.encode(), {
+            "key": st.names.lock_key, "rates": st.names.regclass("_rates"), "wait": wait}))[0][0]:
+        return 0
+    folded: int = (yield Stmt(st.fold_rates))[0][0]
+    return folded
+
+
 def clear(st: Statements, older_than: timedelta | datetime,
           progress: Callable[[int], None] | None = None) -> Op[int]:
-    """Batch by batch, each its own transaction: no lock is held between batches, so claims
-    go on while a large history is cleared. `progress` gets the running total. A datetime
-    is the cutoff itself: the one a preview fixed, so that what was confirmed is cleared."""
+    """Statement by statement, each its own transaction: no lock is held between them, so
+    claims go on while a large history is cleared. `progress` gets the running total. A
+    datetime is the cutoff itself: the one a preview fixed, so that what was confirmed is
+    cleared. The rates are folded first, so the history deleted is counted in them."""
     if isinstance(older_than, datetime):
         if older_than.tzinfo is None:
             raise InvalidInputError("a clear's cutoff must be timezone-aware")
@@ -371,6 +387,7 @@ def clear(st: Statements, older_than: timedelta | datetime,
         raise InvalidInputError("older_than must be a positive duration")
     else:
         cutoff = (yield Stmt(st.cutoff, {"older_than": older_than}))[0][0]
+    yield from fold_rates(st, wait=True)
     removed = 0
     while True:
         count: int = (yield Stmt(st.clear_failed_batch,
@@ -380,13 +397,12 @@ def clear(st: Statements, older_than: timedelta | datetime,
             progress(removed)
         if count < CLEAR_BATCH:
             break
-    after = "(0,0)"
-    while True:
-        scanned, count, last = (yield Stmt(
-            st.clear_events_batch, {"cutoff": cutoff, "batch": CLEAR_BATCH, "after": after}))[0]
+    blocks: int = (yield Stmt(st.clear_events_blocks,
+                              {"events": st.names.regclass("_events")}))[0][0]
+    for lo in range(0, blocks, CLEAR_BLOCKS):
+        count = (yield Stmt(st.clear_events_batch, {
+            "cutoff": cutoff, "lo": f"({lo},0)", "hi": f"({lo + CLEAR_BLOCKS},0)"}))[0][0]
         removed += count
         if progress is not None and count:
             progress(removed)
-        if scanned < CLEAR_BATCH:
-            return removed
-        after = last
+    return removed

@@ -436,16 +436,6 @@ def _transient(exc: BaseException) -> JobqError:
     return error
 
 
-def fold_rates(st: Statements) -> Op[int]:
-    """Fold finished minutes of history into the rates table (one folder at a time; a
-    read-only session skips this and shows what was folded before)."""
-    if not (yield Stmt(sql.MAY_FOLD.encode(), {"key": st.names.lock_key,
-                                                "rates": st.names.regclass("_rates")}))[0][0]:
-        return 0
-    folded: int = (yield Stmt(st.fold_rates))[0][0]
-    return folded
-
-
 def _estimate(st: Statements, kind: str, job_type: str) -> Op[int]:
     plan = (yield Stmt(st.estimate(kind), {"type": job_type}))[0][0]
     return int(plan[0]["Plan"]["Plan Rows"])
@@ -461,7 +451,7 @@ def stats(st: Statements) -> Op[list[TypeStats]]:
     age, completed/failed per minute over the last hour, whether it is paused and whether a
     live worker serves it. Cost grows with the number of types, not with the backlog or the
     history. Runs in one transaction (the caller's)."""
-    yield from fold_rates(st)
+    yield from _ops.fold_rates(st)
     types = [r[0] for r in (yield Stmt(st.stats_types))]
     paused_rows, served = (yield Stmt(st.stats_control))[0]
     pauses = {row[0]: Pause(row[0], datetime.fromisoformat(row[3]),

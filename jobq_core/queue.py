@@ -515,6 +515,12 @@ class JobQueue(_QueueCore):
         in batches. Pending and claimed jobs are never touched. Returns rows deleted."""
         return self._run(self._clear_op(older_than))
 
+    def fold_rates(self) -> int:
+        """Fold finished minutes of history into the per-minute rates (`jobq status`); a task
+        runner calls it once a minute. Skipped while another session folds, and by a role
+        that may not write the rates. Returns the rows added."""
+        return self._run(_ops.fold_rates(self.statements), atomic=True)
+
     def heartbeat(
         self, jobs: Sequence[Job], lease_ms: int | Sequence[int] | None = None
     ) -> set[int]:
@@ -823,6 +829,9 @@ class AsyncJobQueue(_QueueCore):
 
     async def clear(self, *, older_than: timedelta | str) -> int:
         return await self._run(self._clear_op(older_than))
+
+    async def fold_rates(self) -> int:
+        return await self._run(_ops.fold_rates(self.statements), atomic=True)
 
     async def heartbeat(
         self, jobs: Sequence[Job], lease_ms: int | Sequence[int] | None = None

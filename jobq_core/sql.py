@@ -798,27 +798,40 @@ SELECT (SELECT count(*) FROM {jobs}
 PENDING_ANY = PENDING.replace("__TYPE_FILTER__", "")
 PENDING_TYPED = PENDING.replace("__TYPE_FILTER__", "AND type = ANY(%(types)s::text[])")
 
-CUTOFF = "SELECT now() - %(older_than)s::interval"
+# The end of the last minute that `FOLD_RATES` folds now: it never folds the minute of the last
+# 10 seconds, whose events may not all be committed yet.
+_FOLDED_UNTIL = "date_trunc('minute', now() - interval '10 seconds')"
+
+# A clear's cutoff: its age ago, but never later than the end of the last foldable minute,
+# so that every history row it deletes lies in a minute that the fold before its deletes
+# counts (a `clear --older-than 30s` keeps the current minute's completions for the rates).
+_CUTOFF_OF = f"least(now() - %(older_than)s::interval, {_FOLDED_UNTIL})"
+CUTOFF = "SELECT " + _CUTOFF_OF
 
 # What clear would remove: old failed jobs, and old history except that of jobs that stay in
 # the queue. Counting it costs what deleting it would (a BRIN range scan), never more.
-CLEAR_PREVIEW = """
-SELECT now() - %(older_than)s::interval,
-  (SELECT count(*) FROM {jobs} WHERE state IN ('failed', 'cancelled')
-      AND failed_at < now() - %(older_than)s::interval),
+# (Composed of constants only.)
+CLEAR_PREVIEW = "WITH c AS (SELECT " + _CUTOFF_OF + """ AS cutoff)
+SELECT c.cutoff,
+  (SELECT count(*) FROM {jobs} WHERE state IN ('failed', 'cancelled') AND failed_at < c.cutoff),
   (SELECT array_agg(id) FROM (SELECT id FROM {jobs} WHERE state IN ('failed', 'cancelled')
-      AND failed_at < now() - %(older_than)s::interval ORDER BY failed_at LIMIT 10) s),
-  (SELECT count(*) FROM {events} AS e WHERE occurred_at < now() - %(older_than)s::interval
+      AND failed_at < c.cutoff ORDER BY failed_at LIMIT 10) s),
+  (SELECT count(*) FROM {events} AS e WHERE occurred_at < c.cutoff
       AND NOT EXISTS (SELECT 1 FROM {jobs} AS j WHERE j.id = e.job_id
-                      AND NOT (j.state IN ('failed', 'cancelled')
-                               AND j.failed_at < now() - %(older_than)s::interval)))"""
+                      AND NOT (j.state IN ('failed', 'cancelled') AND j.failed_at < c.cutoff)))
+FROM c"""  # noqa: S608
 
-# Dead jobs are removed in batches; each removal is itself recorded as history.
+# Dead jobs are removed in batches; each removal is itself recorded as history. Each ended
+# state is read from its own partial index (one IN list would scan the whole hot table for
+# every batch), up to a batch of each: a statement that removes fewer than a batch found
+# both exhausted.
 CLEAR_FAILED_BATCH = """
 WITH del AS (
-    DELETE FROM {jobs} WHERE id = ANY(ARRAY(
-        SELECT id FROM {jobs} WHERE state IN ('failed', 'cancelled') AND failed_at < %(cutoff)s
-        ORDER BY failed_at, id LIMIT %(batch)s FOR UPDATE SKIP LOCKED))
+    DELETE FROM {jobs} WHERE id = ANY(
+        ARRAY(SELECT id FROM {jobs} WHERE state = 'failed' AND failed_at < %(cutoff)s
+              ORDER BY failed_at, id LIMIT %(batch)s FOR UPDATE SKIP LOCKED)
+        || ARRAY(SELECT id FROM {jobs} WHERE state = 'cancelled' AND failed_at < %(cutoff)s
+                 ORDER BY failed_at, id LIMIT %(batch)s FOR UPDATE SKIP LOCKED))
       AND state IN ('failed', 'cancelled')
     RETURNING id, type, request_id, attempts, state
 ), ev AS (
@@ -827,21 +840,31 @@ WITH del AS (
 )
 SELECT count(*) FROM del"""
 
-# History is walked once in physical order (a TID range scan from the last batch's end),
-# deleting by ctid: no index is needed and no batch rescans the dead rows of earlier ones.
+# The history's size in blocks when a clear starts; rows added later are younger than its
+# cutoff (wherever freed space puts them, they are new).
+CLEAR_EVENTS_BLOCKS = """
+SELECT pg_relation_size(%(events)s::regclass) / current_setting('block_size')::bigint"""
+
+# History is walked once in physical order, one fixed range of blocks per statement: a TID
+# Range Scan of just those blocks, with no sort and no index, so that the walk reads each page
+# once and its cost grows with the table's size, not with its square. (The history is mostly
+# in time order but freed space is reused, so no range can be skipped by age.) Live jobs keep
+# their history: their ids are looked up in the jobs' primary key, once per job of the range,
+# and the rest is deleted by ctid. Written so because the generic plan (jobq's connections
+# force it) cannot size a TID range: a NOT EXISTS was planned as a hash of all 1M jobs for
+# each range (0.8 s against 10 ms), or with JIT compiling for 25 ms (benchmarks/README.md).
 CLEAR_EVENTS_BATCH = """
-WITH batch AS (
+WITH old AS MATERIALIZED (
     SELECT ctid, job_id FROM {events}
-    WHERE ctid > %(after)s::tid AND occurred_at < %(cutoff)s
-    ORDER BY ctid LIMIT %(batch)s
+    WHERE ctid >= %(lo)s::tid AND ctid < %(hi)s::tid AND occurred_at < %(cutoff)s
+), live AS MATERIALIZED (
+    SELECT id FROM {jobs} WHERE id = ANY(ARRAY(SELECT DISTINCT job_id FROM old))
 ), del AS (
     DELETE FROM {events} WHERE ctid = ANY(ARRAY(
-        SELECT ctid FROM batch
-        WHERE NOT EXISTS (SELECT 1 FROM {jobs} WHERE id = batch.job_id)))
-    RETURNING ctid
+        SELECT ctid FROM old WHERE job_id NOT IN (SELECT id FROM live)))
+    RETURNING 1
 )
-SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM del),
-       (SELECT max(ctid) FROM batch)::text"""
+SELECT count(*) FROM del"""
 
 
 # --- operations (jobq_core.admin) ---------------------------------------------------------
@@ -1129,11 +1152,13 @@ ESTIMATE_CONDITIONS = {
 
 # Fold finished minutes of history into the rates table, at most one hour back and never
 # the last 10 seconds' minute (its events may not all be committed). Idempotent: a minute is
-# folded once, recorded in the table itself by a row with type ''.
+# folded once, recorded in the table itself by a row with type '', and two folders at once
+# count the same rows (the second's inserts wait for the first's, then do nothing).
+# (Composed of constants only.)
 FOLD_RATES = """
 WITH todo AS (
     SELECT m FROM generate_series(date_trunc('minute', now()) - interval '60 minutes',
-                                  date_trunc('minute', now() - interval '70 seconds'),
+                                  """ + _FOLDED_UNTIL + """ - interval '1 minute',
                                   interval '1 minute') AS m
     WHERE NOT EXISTS (SELECT 1 FROM {rates} WHERE minute = m AND type = '')
 ), counted AS (
@@ -1155,14 +1180,18 @@ WITH todo AS (
 ), trim AS (
     DELETE FROM {rates} WHERE minute < date_trunc('minute', now()) - interval '2 hours'
 )
-SELECT count(*) FROM ins"""
+SELECT count(*) FROM ins"""  # noqa: S608
 
 # Whether this call folds: not in a read-only session, not by a role that may not write the
-# rates (a SELECT-only role reads status all the same), and only one folder at a time.
+# rates (a SELECT-only role reads status all the same), and only one folder at a time. A
+# folder that must not skip (`wait`: a clear, about to delete what the fold counts) waits for
+# the one folding now to commit, and then folds what is left.
 MAY_FOLD = """
 SELECT CASE WHEN current_setting('transaction_read_only') = 'on'
               OR NOT (has_table_privilege(%(rates)s, 'INSERT')
                       AND has_table_privilege(%(rates)s, 'DELETE')) THEN false
+            WHEN %(wait)s
+                THEN (SELECT true FROM pg_advisory_xact_lock(hashtextextended(%(key)s, 1)))
             ELSE pg_try_advisory_xact_lock(hashtextextended(%(key)s, 1)) END"""
 
 # doctor: sizes, bloat and vacuum of the queue's tables, what holds back the xmin horizon,
@@ -1605,6 +1634,10 @@ class Statements:
     @cached_property
     def clear_failed_batch(self) -> bytes:
         return self._render(CLEAR_FAILED_BATCH)
+
+    @cached_property
+    def clear_events_blocks(self) -> bytes:
+        return self._render(CLEAR_EVENTS_BLOCKS)
 
     @cached_property
     def clear_events_batch(self) -> bytes:
