@@ -18,6 +18,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from jobq_core import JobFailedError, JobQueue, NewJob
+from jobq_core.admin import Admin
 
 JOBQ = shutil.which("jobq", path=os.path.dirname(sys.executable)) or "jobq"
 
@@ -71,6 +72,30 @@ def test_worker_serves_then_stops_on_sigterm(
     # The slow job was handed back, not lost and not charged an attempt.
     assert db.execute("SELECT state, attempts FROM svti_jobs WHERE id = %s",
                       (slow,)).fetchone() == ("pending", 0)
+
+
+def test_a_drained_worker_exits_with_status_0_once_its_jobs_finish(
+    tmp_path: Path, dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    queue = JobQueue(dsn)
+    running = queue.enqueue("work", {"n": 1, "sleep": 2})
+    proc = _start(tmp_path, dsn)
+    try:
+        deadline = time.monotonic() + 20
+        while db.execute("SELECT count(*) FROM svti_jobs WHERE state = 'claimed'"
+                         ).fetchone()[0] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (worker_id,) = db.execute("SELECT id FROM svti_jobs_workers").fetchone()
+        Admin(queue).drain(worker_id, by="ops@desk")
+        _, stderr = proc.communicate(timeout=30)  # no signal: the drain ends it
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert queue.wait(running, timeout=1) == {"done": 1, "request_id": None}
+    assert "draining at the request of ops@desk" in stderr
+    assert "completed 1," in stderr and "handed back 0" in stderr
+    assert db.execute("SELECT count(*) FROM svti_jobs_workers").fetchone()[0] == 0
 
 
 def test_worker_rejects_a_bad_target(tmp_path: Path, dsn: str) -> None:

@@ -188,6 +188,29 @@ def test_a_drained_runner_finishes_its_jobs_and_exits_by_itself(
     assert runner.health()["draining_for"] == "ops@desk"
 
 
+def test_a_stop_asked_for_during_a_drain_still_hands_back_at_once(
+    dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    """A drain waits for its jobs however long they take; an operator who then needs the
+    worker gone sends the usual signals, and the second stops it at once."""
+    queue = JobQueue(dsn)
+    runner = runner_tasks.make_runner(dsn, concurrency=2, shutdown_timeout=60, **SLOW_BEAT)
+    ids = [queue.enqueue("slow", {"sleep": 120, "n": i}) for i in range(2)]
+    thread = threading.Thread(target=lambda: asyncio.run(runner.serve()), daemon=True)
+    thread.start()
+    wait_until(lambda: db.execute("SELECT count(*) FROM svti_jobs WHERE state = 'claimed'"
+                                  ).fetchone()[0] == 2, what="two claims")
+    Admin(queue).drain(runner.worker_id, by="ops@desk")
+    wait_until(lambda: runner.health()["draining_for"], what="the drain order")
+    runner.request_stop()  # graceful: the drain's jobs now have shutdown_timeout
+    runner.request_stop()  # the second: at once
+    thread.join(30)
+    assert not thread.is_alive()
+    assert db.execute("SELECT state, attempts FROM svti_jobs WHERE id = ANY(%s) ORDER BY id",
+                      (ids,)).fetchall() == [("pending", 0), ("pending", 0)]
+    assert runner.counters["handed_back"] == 2
+
+
 # -- the registry ------------------------------------------------------------------------------
 
 def test_a_serving_runner_is_listed_with_what_it_runs_and_leaves_on_stop(
