@@ -26,7 +26,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from datetime import datetime
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import JobqError
 from .models import Job
@@ -84,7 +84,8 @@ class HandlerError(Exception):
 
 
 class AttemptCancelledError(Exception):
-    """The attempt was abandoned: its lease was lost, or the runner is shutting down."""
+    """The attempt was abandoned: its lease was lost, an operator cancelled it, or the runner
+    is shutting down."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ class LineFormatter(logging.Formatter):
             timespec="milliseconds")
 
 
-class FallbackHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class FallbackHandler(logging.StreamHandler[TextIO]):
     """jobq's records on stderr for as long as the application has configured no logging of
     its own; once the root logger has a handler, that handler shows them instead."""
 
@@ -245,6 +246,8 @@ class _Worker:
     def call(self, fn: Callable[..., Any], payload: Any, job: Job, timeout: float | None,
              abandon: threading.Event) -> Any:
         """Run one job; blocks (call it in a thread). Raises on crash, timeout or abandon."""
+        if abandon.is_set():  # cancelled while it waited for a free process
+            raise AttemptCancelledError("abandoned before it started")
         self.cancelled.clear()
         self.conn.send((fn, payload, job))
         deadline = None if timeout is None else time.monotonic() + timeout

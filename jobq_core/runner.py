@@ -210,8 +210,8 @@ class Context:
 
     @property
     def cancelled(self) -> threading.Event:
-        """Set when the lease is lost, on timeout and on shutdown: stop, the result will be
-        discarded."""
+        """Set when the lease is lost, an operator cancels the job, on timeout and on
+        shutdown: stop, the result will be discarded."""
         return self._state.cancelled
 
     @functools.cached_property
