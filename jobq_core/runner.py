@@ -530,7 +530,8 @@ class TaskRunner:
 
     def request_stop(self, *, immediately: bool = False) -> None:
         """Stop claiming and shut down gracefully; safe from any thread or a signal handler.
-        A second request (or `immediately`) hands unfinished jobs back at once."""
+        A second request (or `immediately`) hands unfinished jobs back at once. During a
+        drain, the first request gives the running jobs `shutdown_timeout` from then."""
         loop, stop, hard = self._loop, self._stop, self._hard_stop
         if loop is None or stop is None or hard is None:
             return
