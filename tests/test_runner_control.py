@@ -8,6 +8,9 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -282,3 +285,36 @@ def test_a_runner_logs_once_when_its_types_are_paused_and_once_when_resumed(
     resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed")]
     assert paused == ["paused by an operator, not claimed until resumed: slow"]
     assert resumed == ["resumed: slow"]
+
+
+# -- logs without logging configured -----------------------------------------------------------
+
+def test_without_logging_configured_handler_records_still_reach_stderr(dsn: str) -> None:
+    """A program that configures no logging still sees its handlers' ctx.logger.info (Python's
+    last resort would show warnings only), until it configures logging of its own."""
+    script = textwrap.dedent('''
+        import logging, sys
+        from jobq_core import JobQueue, create_task_runner
+
+        queue = JobQueue(sys.argv[1])
+        runner = create_task_runner(queue)
+
+        @runner.task("say")
+        def say(payload, ctx):
+            ctx.logger.info("said %s", payload)
+
+        queue.enqueue("say", "first", request_id="req-unconfigured")
+        runner.serve_forever(until_idle=True)
+        logging.basicConfig(format="APP %(message)s", level=logging.WARNING)
+        queue.enqueue("say", "second")
+        runner.serve_forever(until_idle=True)
+    ''')
+    result = subprocess.run([sys.executable, "-c", script, dsn], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    said = [line for line in lines if "said" in line]
+    assert len(said) == 1 and " INFO jobq.task.say: [job 1 req req-unconfigured] said first" \
+        in said[0], result.stderr
+    # Once the application configured logging, its handlers and levels decide.
+    assert not [line for line in lines if "second" in line or "APP" in line], result.stderr
