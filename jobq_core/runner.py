@@ -333,6 +333,8 @@ class TaskRunner:
         self._hard_stop: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
         self._beat_now: asyncio.Event | None = None
+        #: Set once the first registry beat was tried: a runner is listed before it claims.
+        self._registered: asyncio.Event | None = None
         #: Set when an explicit stop (a signal, `request_stop`) comes, as opposed to a drain.
         self._asked: asyncio.Event | None = None
         self._asked_at = 0.0
@@ -663,7 +665,10 @@ class TaskRunner:
 
     async def _claim_loop(self, attempts: set[asyncio.Task[Any]], until_idle: bool) -> None:
         assert self._stop is not None and self._wake is not None
+        assert self._registered is not None
         wake = self._wake
+        # Listed before it holds a job (a failing first beat holds claims up no longer).
+        await self._wait_for(self._registered, self.heartbeat_interval)
         while not self._stop.is_set():
             free = self.concurrency - len(self._running) - self._stuck_threads
             self._wake.clear()
@@ -720,6 +725,7 @@ class TaskRunner:
         self._hard_stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._beat_now = asyncio.Event()
+        self._registered = asyncio.Event()
         self._asked = asyncio.Event()
         self._leaving = False
         self._draining = None
@@ -863,6 +869,8 @@ class TaskRunner:
                     self._db_ok("registry")
                 except Exception as exc:
                     pause = min(pause, await self._recover("registry", exc, sleep=False))
+                assert self._registered is not None
+                self._registered.set()
             for attempt in lost:
                 # A cancelled job's lease is gone too: the beat that follows the lease
                 # renewal tells which of the leases an operator took away.

@@ -82,11 +82,13 @@ def test_a_drained_worker_exits_with_status_0_once_its_jobs_finish(
     proc = _start(tmp_path, dsn)
     try:
         deadline = time.monotonic() + 20
+        # Claimed, and registered (the first beat and the first claim run side by side).
         while db.execute("SELECT count(*) FROM svti_jobs WHERE state = 'claimed'"
-                         ).fetchone()[0] == 0:
+                         ).fetchone()[0] == 0 or not (
+                worker := db.execute("SELECT id FROM svti_jobs_workers").fetchone()):
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        (worker_id,) = db.execute("SELECT id FROM svti_jobs_workers").fetchone()
+        (worker_id,) = worker
         Admin(queue).drain(worker_id, by="ops@desk")
         _, stderr = proc.communicate(timeout=30)  # no signal: the drain ends it
     finally:
@@ -127,7 +129,11 @@ def test_worker_logs_its_banner_each_failed_attempt_and_a_summary(
         with pytest.raises(JobFailedError):
             queue.wait(failing, timeout=30)
         queue.wait(done, timeout=30)
-        worker_id = db.execute("SELECT id FROM svti_jobs_workers").fetchone()[0]
+        deadline = time.monotonic() + 20
+        while not (worker := db.execute("SELECT id FROM svti_jobs_workers").fetchone()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (worker_id,) = worker
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=20)
     finally:

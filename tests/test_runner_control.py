@@ -175,6 +175,7 @@ def test_a_drained_runner_finishes_its_jobs_and_exits_by_itself(
         wait_until(lambda: db.execute("SELECT count(*) FROM svti_jobs WHERE state = 'claimed'"
                                       ).fetchone()[0] == 3, what="three claims")
         waiting = queue.enqueue("noop", {"n": "not claimed"})
+        wait_until(Admin(queue).workers, what="registration")
         Admin(queue).drain(runner.worker_id, by="ops@desk")
         thread.join(60)  # no request_stop: the drain alone ends serve()
         assert not thread.is_alive()
@@ -203,6 +204,7 @@ def test_a_stop_asked_for_during_a_drain_still_hands_back_at_once(
     thread.start()
     wait_until(lambda: db.execute("SELECT count(*) FROM svti_jobs WHERE state = 'claimed'"
                                   ).fetchone()[0] == 2, what="two claims")
+    wait_until(Admin(queue).workers, what="registration")
     Admin(queue).drain(runner.worker_id, by="ops@desk")
     wait_until(lambda: runner.health()["draining_for"], what="the drain order")
     runner.request_stop()  # graceful: the drain's jobs now have shutdown_timeout
