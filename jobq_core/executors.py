@@ -17,14 +17,16 @@ import os
 import pickle
 import queue
 import signal
+import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
+from datetime import datetime
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import JobqError
 from .models import Job
@@ -82,7 +84,8 @@ class HandlerError(Exception):
 
 
 class AttemptCancelledError(Exception):
-    """The attempt was abandoned: its lease was lost, or the runner is shutting down."""
+    """The attempt was abandoned: its lease was lost, an operator cancelled it, or the runner
+    is shutting down."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,9 @@ class ChildSettings:
     conninfo: str | None
     table: str
     pgbouncer: bool = False
+    #: The level from which the parent shows `ctx.logger` records: a spawned child starts
+    #: with no logging configured, and shows them on the stderr it shares with the parent.
+    log_level: int = logging.WARNING
 
 
 class ProcessContext:
@@ -136,6 +142,39 @@ def _child_queue(settings: ChildSettings) -> JobQueue:
                     pgbouncer=settings.pgbouncer)
 
 
+class LineFormatter(logging.Formatter):
+    """One line per record (a traceback, if any, follows it): the time with its zone, level,
+    logger and message. Bound loggers put the job and request id into the message."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return datetime.fromtimestamp(record.created).astimezone().isoformat(
+            timespec="milliseconds")
+
+
+class FallbackHandler(logging.StreamHandler[TextIO]):
+    """jobq's records on stderr for as long as the application has configured no logging of
+    its own; once the root logger has a handler, that handler shows them instead."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.setFormatter(LineFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not logging.root.handlers:
+            super().emit(record)
+
+
+def log_to_stderr(level: int | str) -> None:
+    """Show jobq's records at `level` and above on stderr, one line each (`jobq worker`
+    --log-level; worker processes inherit their parent's level this way)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LineFormatter())
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
 def bound_logger(job: Job) -> JobLogger:
     """A logger whose records carry the job id, attempt and request id."""
     return JobLogger(logging.getLogger(f"jobq.task.{job.type}"),
@@ -163,6 +202,7 @@ def _child_main(conn: Connection, cancelled: Any, settings: ChildSettings,
                 parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides about shutdown
     _die_with_parent(parent)
+    log_to_stderr(settings.log_level)
     while True:
         try:
             fn, payload, job = conn.recv()
@@ -206,6 +246,8 @@ class _Worker:
     def call(self, fn: Callable[..., Any], payload: Any, job: Job, timeout: float | None,
              abandon: threading.Event) -> Any:
         """Run one job; blocks (call it in a thread). Raises on crash, timeout or abandon."""
+        if abandon.is_set():  # cancelled while it waited for a free process
+            raise AttemptCancelledError("abandoned before it started")
         self.cancelled.clear()
         self.conn.send((fn, payload, job))
         deadline = None if timeout is None else time.monotonic() + timeout

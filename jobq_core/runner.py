@@ -24,7 +24,9 @@ import json
 import logging
 import os
 import random
+import secrets
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -37,7 +39,8 @@ from typing import Any, Literal, TypedDict, Unpack
 import psycopg
 from psycopg import sql
 
-from ._ops import finished_result
+from ._ops import Orders, WorkerInfo, finished_result
+from .dsn import redact
 from .errors import (
     DRIVER_ERRORS,
     DatabaseUnavailableError,
@@ -54,6 +57,7 @@ from .executors import (
     AttemptCancelledError,
     ChildSettings,
     DaemonThreadPool,
+    FallbackHandler,
     ProcessCrashedError,
     ProcessPool,
     bound_logger,
@@ -81,6 +85,8 @@ PERMANENT_FAILURES, PERMANENT_SECONDS = 5, 30.0
 STOP_GRACE = 1.0
 #: Backoff of a failing loop: from this many seconds, doubling, jittered, up to the cap.
 BACKOFF_BASE, BACKOFF_CAP = 0.1, 5.0
+#: Seconds a stopping runner waits for its last beat to end and its registry entry to go.
+LEAVE_GRACE = 5.0
 #: Seconds a loop's database call may take before it is reported as hung and retried.
 CALL_TIMEOUT = 60.0
 #: Threads for a sync queue's calls from the background loops (claim, heartbeat, acks), kept
@@ -137,7 +143,8 @@ class Task:
 class RunnerEvent:
     """What `on_event` callbacks receive, once per transition this runner makes.
 
-    `kind` is one of claimed, completed, retried, failed, lease_lost, released, timed_out."""
+    `kind` is one of claimed, completed, retried, failed, cancelled (by an operator),
+    lease_lost, released, timed_out."""
 
     kind: str
     job: Job
@@ -203,8 +210,8 @@ class Context:
 
     @property
     def cancelled(self) -> threading.Event:
-        """Set when the lease is lost, on timeout and on shutdown: stop, the result will be
-        discarded."""
+        """Set when the lease is lost, an operator cancels the job, on timeout and on
+        shutdown: stop, the result will be discarded."""
         return self._state.cancelled
 
     @functools.cached_property
@@ -244,6 +251,8 @@ class _Attempt:
     lease_ms: int
     deadline: float
     cancel_reason: str | None = None
+    #: Who cancelled the job and why, when an operator did (then its outcome is dropped).
+    operator: str | None = None
     handler: asyncio.Task[Any] | None = None
     #: Finished and handed to the acker: a beat that misses it is no proof of a lost lease.
     acking: bool = False
@@ -306,6 +315,8 @@ class TaskRunner:
         self.shutdown_timeout = shutdown_timeout
         self.health_file = os.fspath(health_file) if health_file is not None else None
         self.worker_name = worker_name or default_worker_name()
+        #: This runner's entry in the worker registry, unique to its boot.
+        self.worker_id = f"{default_worker_name()}:{secrets.token_hex(4)}"
         self.process_workers = process_workers or concurrency
         self.counters: Counter[str] = Counter()
         self._listeners: list[Callable[[RunnerEvent], None]] = [on_event] if on_event else []
@@ -321,6 +332,15 @@ class TaskRunner:
         self._stop: asyncio.Event | None = None
         self._hard_stop: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
+        self._beat_now: asyncio.Event | None = None
+        #: Set once the first registry beat was tried: a runner is listed before it claims.
+        self._registered: asyncio.Event | None = None
+        #: Set when an explicit stop (a signal, `request_stop`) comes, as opposed to a drain.
+        self._asked: asyncio.Event | None = None
+        self._asked_at = 0.0
+        self._leaving = False
+        self._draining: str | None = None
+        self._paused: set[str] = set()
         self._acks: asyncio.Queue[tuple[_Attempt, Any, float]] | None = None
         self._loops: dict[str, LoopHealth] = {}
         self._status = "stopped"
@@ -400,8 +420,9 @@ class TaskRunner:
 
     def health(self) -> dict[str, Any]:
         """What a supervisor needs: `status` is ok, degraded (a loop is failing and retrying),
-        failed (the runner stopped on an error) or stopped; per loop, failures in a row and
-        the last success and error. `health_file` holds the same, rewritten at every beat."""
+        failed (the runner stopped on an error) or stopped; the registry id, who asked it to
+        drain, if anyone; per loop, failures in a row and the last success and error.
+        `health_file` holds the same, rewritten at every beat."""
         status = self._status
         if status == "ok" and any(h.failures for h in self._loops.values()):
             status = "degraded"
@@ -409,6 +430,8 @@ class TaskRunner:
             "status": status,
             "updated": time.time(),
             "worker": self.worker_name,
+            "worker_id": self.worker_id,
+            "draining_for": self._draining,
             "pid": os.getpid(),
             "in_flight": len(self._running),
             "free_slots": max(self.concurrency - len(self._running) - self._stuck_threads, 0),
@@ -509,14 +532,19 @@ class TaskRunner:
 
     def request_stop(self, *, immediately: bool = False) -> None:
         """Stop claiming and shut down gracefully; safe from any thread or a signal handler.
-        A second request (or `immediately`) hands unfinished jobs back at once."""
+        A second request (or `immediately`) hands unfinished jobs back at once. During a
+        drain, the first request gives the running jobs `shutdown_timeout` from then."""
         loop, stop, hard = self._loop, self._stop, self._hard_stop
         if loop is None or stop is None or hard is None:
             return
 
         def trip() -> None:
-            if stop.is_set() or immediately:
+            asked = self._asked
+            if immediately or (asked is not None and asked.is_set()):
                 hard.set()
+            if asked is not None and not asked.is_set():
+                self._asked_at = loop.time()  # a drain has no deadline; a stop asked has
+                asked.set()
             stop.set()
             self._wake_up()
 
@@ -549,14 +577,19 @@ class TaskRunner:
                 loop.add_signal_handler(sig, self.request_stop)
         self._fatal = None
         self._status = "ok"
-        self._loops = {name: LoopHealth() for name in ("claim", "heartbeat", "ack")}
-        background = [self._side_task(self._heartbeats(), "heartbeat"),
-                      self._side_task(self._acker(), "ack")]
+        started = time.monotonic()
+        undo_logging = _log_somewhere()
+        self._loops = {name: LoopHealth() for name in ("claim", "heartbeat", "registry", "ack")}
+        beats = self._side_task(self._heartbeats(register=True), "heartbeat")
+        background = [beats, self._side_task(self._acker(), "ack")]
         if self.notify and self.queue.listens:
             background.append(self._side_task(self._listen(), "listener"))
-        log.info("serving %s with concurrency %d as %s (heartbeat every %.1fs)",
-                 ", ".join(self.task_types), self.concurrency, self.worker_name,
-                 self.heartbeat_interval)
+        conninfo = self.queue.conninfo
+        log.info("serving %s with concurrency %d as worker %s (claims as %s) on %s, table %s; "
+                 "heartbeat every %.1fs", ", ".join(self.task_types), self.concurrency,
+                 self.worker_id, self.worker_name,
+                 redact(conninfo, conninfo) if conninfo else "the pool it was given",
+                 self.queue.table, self.heartbeat_interval)
         attempts: set[asyncio.Task[Any]] = set()
         claiming = asyncio.create_task(self._claim_loop(attempts, until_idle),
                                        name="jobq-claim")
@@ -566,6 +599,7 @@ class TaskRunner:
             self._fatal = exc
         finally:
             await self._shutdown(attempts)
+            await self._leave(beats)
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -575,13 +609,21 @@ class TaskRunner:
             self._close_executors()
             self._status = "failed" if self._fatal is not None else "stopped"
             self._write_health()
-            log.info("stopped: %s", ", ".join(f"{k} {v}" for k, v in sorted(
-                self.counters.items())) or "no jobs run")
+            log.info("stopped: %s; up %.1fs", self._summary(), time.monotonic() - started)
+            undo_logging()
         if self._fatal is not None:
             log.critical("runner stopped: %s", self._fatal)
             if isinstance(self._fatal, RunnerFailedError):
                 raise self._fatal
             raise RunnerFailedError(str(self._fatal)) from self._fatal
+
+    def _summary(self) -> str:
+        """The shutdown line's counts: the outcomes always, anything else that happened."""
+        shown = ("completed", "retried", "failed", "cancelled", "discarded", "handed_back")
+        counts = [f"{k.replace('_', ' ')} {self.counters[k]}" for k in shown]
+        counts += [f"{k} {v}" for k, v in sorted(self.counters.items())
+                   if v and k not in shown and k != "claimed"]
+        return ", ".join(counts)
 
     def _side_task(self, body: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A supervised background loop: if it ever ends, other than by being cancelled at
@@ -589,8 +631,9 @@ class TaskRunner:
         task = asyncio.create_task(body, name=f"jobq-{name}")
 
         def ended(done: asyncio.Task[None]) -> None:
-            if done.cancelled() or (self._stop is not None and self._stop.is_set()
-                                    and self._fatal is None and done.exception() is None):
+            stopping = self._leaving or (self._stop is not None and self._stop.is_set())
+            if done.cancelled() or (stopping and self._fatal is None
+                                    and done.exception() is None):
                 return
             error = done.exception()
             if self._fatal is None:
@@ -622,7 +665,10 @@ class TaskRunner:
 
     async def _claim_loop(self, attempts: set[asyncio.Task[Any]], until_idle: bool) -> None:
         assert self._stop is not None and self._wake is not None
+        assert self._registered is not None
         wake = self._wake
+        # Listed before it holds a job (a failing first beat holds claims up no longer).
+        await self._wait_for(self._registered, self.heartbeat_interval)
         while not self._stop.is_set():
             free = self.concurrency - len(self._running) - self._stuck_threads
             self._wake.clear()
@@ -678,6 +724,12 @@ class TaskRunner:
         self._stop = asyncio.Event()
         self._hard_stop = asyncio.Event()
         self._wake = asyncio.Event()
+        self._beat_now = asyncio.Event()
+        self._registered = asyncio.Event()
+        self._asked = asyncio.Event()
+        self._leaving = False
+        self._draining = None
+        self._paused = set()
         self._acks = asyncio.Queue()
 
     @staticmethod
@@ -687,20 +739,36 @@ class TaskRunner:
 
     async def _shutdown(self, attempts: set[asyncio.Task[Any]]) -> None:
         """Let running jobs finish within the deadline, then hand the rest back at no attempt
-        cost; their late results are refused by the lease fence."""
-        assert self._hard_stop is not None
+        cost; their late results are refused by the lease fence. A drain has no deadline of
+        its own: its jobs run until their own timeouts, or until a stop is asked for."""
+        assert self._hard_stop is not None and self._asked is not None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.shutdown_timeout
+        if self._draining is None and not self._asked.is_set():  # idle, or a loop failed
+            self._asked_at = loop.time()
+            self._asked.set()
         hard = asyncio.create_task(self._hard_stop.wait())
+        asked = asyncio.create_task(self._asked.wait())
         waiting = set(attempts)
-        while waiting and not self._hard_stop.is_set() and loop.time() < deadline:
-            _, waiting = await asyncio.wait(waiting | {hard}, timeout=deadline - loop.time(),
+        while waiting and not self._hard_stop.is_set():
+            wake = {hard}
+            timeout: float | None = None
+            if self._asked.is_set():
+                timeout = self._asked_at + self.shutdown_timeout - loop.time()
+                if timeout <= 0:
+                    break
+            else:
+                wake.add(asked)  # a stop asked for during a drain sets the deadline
+            _, waiting = await asyncio.wait(waiting | wake, timeout=timeout,
                                             return_when=asyncio.FIRST_COMPLETED)
-            waiting.discard(hard)
+            waiting -= {hard, asked}
         hard.cancel()
+        asked.cancel()
         if self._acks is not None:  # finished jobs are acked, never handed back
+            # The acker retries until the leases run out, so a drain waits that long at most.
+            left = (self._asked_at + self.shutdown_timeout - loop.time() if self._asked.is_set()
+                    else self.lease_ms / 1000)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._acks.join(), max(deadline - loop.time(), 5.0))
+                await asyncio.wait_for(self._acks.join(), max(left, 5.0))
         unfinished = list(self._running.values())
         for attempt in unfinished:
             attempt.cancel("shutdown")
@@ -713,6 +781,7 @@ class TaskRunner:
                 log.error("could not hand back %d jobs (their leases will expire): %s",
                           len(unfinished), exc)
                 released = []
+            self.counters["handed_back"] += len(released)
             for attempt in unfinished:
                 if attempt.job.id in released:
                     self._emit("released", attempt.job)
@@ -736,8 +805,10 @@ class TaskRunner:
 
     async def _listen(self) -> None:
         """LISTEN for new work; reconnects with backoff. Each wakeup triggers a claim, and
-        ends a claim loop's backoff."""
+        ends a claim loop's backoff; an operator's cancel or drain triggers a beat instead,
+        which tells whether it concerns this runner."""
         assert self.queue.conninfo is not None and self._wake is not None
+        assert self._beat_now is not None
         health = self._loops.setdefault("listener", LoopHealth())
         while True:
             try:
@@ -750,7 +821,10 @@ class TaskRunner:
                     await conn.execute(channel)
                     self._db_ok("listener")
                     self._wake.set()  # catch up on anything enqueued while not listening
-                    async for _ in conn.notifies():
+                    async for notice in conn.notifies():
+                        if notice.payload in ("cancel", "drain"):
+                            self._beat_now.set()
+                            continue
                         claim = self._loops.get("claim")
                         if claim is not None:
                             claim.reset_backoff()
@@ -763,41 +837,120 @@ class TaskRunner:
                             "reconnecting in %.1fs", error, pause)
                 await asyncio.sleep(pause)
 
-    async def _heartbeats(self) -> None:
+    async def _heartbeats(self, *, register: bool = False) -> None:
         """One statement per beat extends every held lease. A lease that did not hold, or
         whose local deadline passed while the database was unreachable, cancels its attempt:
-        another worker may own the job by then."""
-        pause = self.heartbeat_interval
-        while True:
-            await asyncio.sleep(min(pause, self.heartbeat_interval))
+        another worker may own the job by then.
+
+        With `register`, each beat also refreshes this runner in the worker registry (from
+        the start, holding jobs or not), which brings back operators' orders: cancelled jobs,
+        a drain, paused types. A NOTIFY 'cancel' or 'drain' makes the next beat come now. On
+        leaving, the runner's entry goes with it; only this loop writes it, so no beat in
+        flight can bring the entry back afterwards."""
+        assert self._beat_now is not None
+        pause = 0.0 if register else self.heartbeat_interval
+        while not self._leaving:
+            await self._wait_for(self._beat_now, min(pause, self.heartbeat_interval))
+            self._beat_now.clear()
+            if self._leaving:
+                break
             self._write_health()
             pause = self.heartbeat_interval
             held = list(self._running.values())
-            if not held:
-                continue
-            started = time.monotonic()
-            try:
-                # A beat that hangs is given up in time to judge the leases it was renewing.
-                kept: set[int] | None = await self._loop_call(
-                    "heartbeat", "heartbeat", [a.job for a in held], [a.lease_ms for a in held],
-                    timeout=max(1.0, 2 * self.heartbeat_interval))
-                self._db_ok("heartbeat")
-            except Exception as exc:
-                # Judge the leases now, then try again soon: they run out while we wait.
-                pause = await self._recover("heartbeat", exc, wait=None, sleep=False)
-                kept = None
-            for attempt in held:
-                if self._running.get(attempt.job.id) is not attempt:
-                    continue  # finished while the beat was in flight
-                if kept is not None and attempt.job.id in kept:
-                    attempt.deadline = started + attempt.lease_ms / 1000
-                elif attempt.cancel_reason is not None or attempt.acking:
-                    # An ack in flight may have just deleted the row; the ack itself tells.
-                    continue
-                elif kept is not None:
+            lost: list[_Attempt] = []
+            if held:
+                pause = min(pause, await self._renew(held, lost))
+            orders: Orders | None = None
+            if register:
+                try:
+                    orders = await self._loop_call(
+                        "registry", "worker_beat", self._me(), [a.job.id for a in held],
+                        timeout=max(1.0, 2 * self.heartbeat_interval))
+                    self._db_ok("registry")
+                except Exception as exc:
+                    pause = min(pause, await self._recover("registry", exc, sleep=False))
+                assert self._registered is not None
+                self._registered.set()
+            for attempt in lost:
+                # A cancelled job's lease is gone too: the beat that follows the lease
+                # renewal tells which of the leases an operator took away.
+                if orders is None or attempt.job.id not in orders.cancelled:
                     self._lose(attempt, "lease lost (reclaimed or removed)")
-                elif time.monotonic() > attempt.deadline:
-                    self._lose(attempt, "lease expired while the database was unreachable")
+            if orders is not None:
+                self._obey(orders)
+        if register:
+            try:
+                await self._loop_call("registry", "worker_gone", self.worker_id, timeout=5.0)
+            except Exception as exc:
+                log.warning("could not leave the worker registry (the entry ages out): %s", exc)
+
+    async def _renew(self, held: list[_Attempt], lost: list[_Attempt]) -> float:
+        """Renew the held leases; adds to `lost` those that did not hold. Returns the pause
+        before the next beat."""
+        started = time.monotonic()
+        pause = self.heartbeat_interval
+        try:
+            # A beat that hangs is given up in time to judge the leases it was renewing.
+            kept: set[int] | None = await self._loop_call(
+                "heartbeat", "heartbeat", [a.job for a in held], [a.lease_ms for a in held],
+                timeout=max(1.0, 2 * self.heartbeat_interval))
+            self._db_ok("heartbeat")
+        except Exception as exc:
+            # Judge the leases now, then try again soon: they run out while we wait.
+            pause = await self._recover("heartbeat", exc, wait=None, sleep=False)
+            kept = None
+        for attempt in held:
+            if self._running.get(attempt.job.id) is not attempt:
+                continue  # finished while the beat was in flight
+            if kept is not None and attempt.job.id in kept:
+                attempt.deadline = started + attempt.lease_ms / 1000
+            elif attempt.cancel_reason is not None or attempt.acking:
+                # An ack in flight may have just deleted the row; the ack itself tells.
+                continue
+            elif kept is not None:
+                lost.append(attempt)
+            elif time.monotonic() > attempt.deadline:
+                self._lose(attempt, "lease expired while the database was unreachable")
+        return pause
+
+    def _me(self) -> WorkerInfo:
+        from . import __version__  # the package imports this module first
+
+        return WorkerInfo(self.worker_id, self.worker_name, socket.gethostname(), os.getpid(),
+                          self.task_types, self.concurrency, self.heartbeat_interval,
+                          __version__)
+
+    def _obey(self, orders: Orders) -> None:
+        """Carry out what a registry beat brought back."""
+        for job_id, reason in orders.cancelled.items():
+            attempt = self._running.get(job_id)
+            if attempt is None or attempt.operator is not None:
+                continue
+            attempt.operator = reason
+            attempt.cancel(reason)
+            log.warning("job %s (%s, request %s): %s; stopping its handler", job_id,
+                        attempt.job.type, attempt.job.request_id, reason)
+        if orders.paused != self._paused:
+            if orders.paused - self._paused:
+                log.warning("paused by an operator, not claimed until resumed: %s",
+                            ", ".join(sorted(orders.paused - self._paused)))
+            if self._paused - orders.paused:
+                log.info("resumed: %s", ", ".join(sorted(self._paused - orders.paused)))
+            self._paused = orders.paused
+        if orders.drain_by is not None and self._draining is None:
+            self._draining = orders.drain_by
+            log.warning("draining at the request of %s: no more claims; exiting once the %d "
+                        "running jobs finish", orders.drain_by, len(self._running))
+            assert self._stop is not None
+            self._stop.set()
+            self._wake_up()
+
+    async def _leave(self, beats: asyncio.Task[None]) -> None:
+        """Stop beating and leave the registry (the heartbeat loop does, as its last act)."""
+        self._leaving = True
+        if self._beat_now is not None:
+            self._beat_now.set()
+        await asyncio.wait({beats}, timeout=LEAVE_GRACE)
 
     def _lose(self, attempt: _Attempt, reason: str) -> None:
         attempt.cancel(reason)
@@ -921,6 +1074,11 @@ class TaskRunner:
 
     def _discard(self, attempt: _Attempt, started: float,
                  reason: str | None = None) -> tuple[str, Any]:
+        if attempt.operator is not None:  # its lease went with the cancel: no lease lost
+            self.counters["cancelled"] += 1
+            self._emit("cancelled", attempt.job, error=attempt.operator,
+                       duration=time.monotonic() - started)
+            return _Outcome.DISCARDED, None
         why = reason or attempt.cancel_reason or "cancelled"
         self.counters["discarded"] += 1
         log.info("job %s: result discarded (%s)", attempt.job.id, why)
@@ -966,7 +1124,8 @@ class TaskRunner:
         if task.executor == "process":
             if self._processes is None:
                 self._processes = ProcessPool(self.process_workers, ChildSettings(
-                    self.queue.conninfo, self.queue.table, self.queue.pgbouncer))
+                    self.queue.conninfo, self.queue.table, self.queue.pgbouncer,
+                    logging.getLogger("jobq.task").getEffectiveLevel()))
             return await self._processes.run(task.fn, job.payload, job, task.timeout,
                                              attempt.cancelled)
         ctx = Context(self, attempt)
@@ -1073,6 +1232,25 @@ class TaskRunner:
     def run(self, type: str, payload: Any = None, **options: Any) -> Any:
         """The sync form of `arun`, for code without an event loop."""
         return asyncio.run(self.arun(type, payload, **options))
+
+
+def _log_somewhere() -> Callable[[], None]:
+    """With no logging configured at all, show jobq's records (the runner's and
+    `ctx.logger`'s) from INFO on stderr while serving: Python's last resort shows warnings
+    only, so a handler's `ctx.logger.info` would vanish. The handler steps aside as soon as
+    the application configures logging. Returns how to undo it."""
+    jobq = logging.getLogger("jobq")
+    if logging.root.handlers or jobq.handlers or jobq.level != logging.NOTSET:
+        return lambda: None
+    handler = FallbackHandler()
+    jobq.addHandler(handler)
+    jobq.setLevel(logging.INFO)
+
+    def undo() -> None:
+        jobq.removeHandler(handler)
+        jobq.setLevel(logging.NOTSET)
+
+    return undo
 
 
 def _describe(exc: BaseException) -> str:

@@ -64,6 +64,7 @@ from jobq_core.admin import (
 from jobq_core.dsn import check as check_dsn
 from jobq_core.dsn import refused_option
 from jobq_core.durations import ACCEPTED
+from jobq_core.executors import log_to_stderr
 from jobq_core.filters import parse_filter
 from jobq_core.models import parse_id
 from jobq_core.sql import Names
@@ -977,7 +978,7 @@ def load_runner(target: str) -> TaskRunner:
     return found
 
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 @app.command()
@@ -988,30 +989,30 @@ def worker(
     health_file: Annotated[str | None, typer.Option(
         help="rewrite this file with the runner's health (JSON) at every heartbeat")] = None,
     log_level: Annotated[str, typer.Option(
-        help="debug, info, warning or error; records go to stderr")] = "info",
+        envvar="JOBQ_LOG_LEVEL", show_default=True,
+        help="DEBUG, INFO, WARNING or ERROR: the runner's and handlers' (ctx.logger) records "
+        "from this level go to stderr, one line each")] = "INFO",
 ) -> None:
-    """Run a task runner until SIGTERM or SIGINT.
+    """Run a task runner until SIGTERM or SIGINT, or until an operator drains it.
 
     Running jobs may finish within the runner's shutdown timeout; the rest are handed back
-    to the queue at no attempt cost. A second signal stops at once. If a loop of the runner
-    cannot go on, the worker stops and exits with status 1: it never hangs silently.
+    to the queue at no attempt cost. A second signal stops at once. A drain (`jobq workers
+    --drain`) stops claiming and exits with status 0 once the running jobs finish. If a loop
+    of the runner cannot go on, the worker stops and exits with status 1: it never hangs
+    silently. The log starts with a banner (types, concurrency, worker id, database without
+    its password) and ends with a summary of what the worker did.
     """
     refuse_if_read_only(ctx)
-    if log_level.lower() not in LOG_LEVELS:
-        fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}",
+    if log_level.upper() not in LOG_LEVELS:
+        fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {visible(log_level)!r}",
              EXIT_USAGE)
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_stderr(log_level.upper())
     try:
         runner = load_runner(target)
         if concurrency is not None:
             runner.concurrency = concurrency
         if health_file is not None:
             runner.health_file = health_file
-        where = redact(runner.queue.conninfo or "its own connection", runner.queue.conninfo)
-        typer.echo(f"jobq: serving {', '.join(runner.task_types) or 'nothing'} with "
-                   f"concurrency {runner.concurrency} as {runner.worker_name} on "
-                   f"{visible(where)}, table {runner.queue.table}", err=True)
         runner.serve_forever()
     except JobqError as exc:
         fail(str(exc), exit_code_for(exc))

@@ -336,9 +336,9 @@ class WorkerSet:
         return started
 
     def wait_serving(self, timeout: float = 30.0) -> bool:
-        """Until every worker printed its "serving" line (or died)."""
+        """Until every worker logged its "serving" banner (or died)."""
         def ready() -> bool:
-            return all("jobq: serving" in w.output() or not w.alive for w in self.workers)
+            return all("jobq.runner: serving" in w.output() or not w.alive for w in self.workers)
         return wait_until(ready, timeout, 0.1)
 
     def unexpected_exits(self) -> list[WorkerProc]:
