@@ -85,6 +85,8 @@ PERMANENT_FAILURES, PERMANENT_SECONDS = 5, 30.0
 STOP_GRACE = 1.0
 #: Backoff of a failing loop: from this many seconds, doubling, jittered, up to the cap.
 BACKOFF_BASE, BACKOFF_CAP = 0.1, 5.0
+#: Seconds between a runner's folds of the per-minute rates from history.
+FOLD_EVERY = 60
 #: Seconds a stopping runner waits for its last beat to end and its registry entry to go.
 LEAVE_GRACE = 5.0
 #: Seconds a loop's database call may take before it is reported as hung and retried.
@@ -341,6 +343,8 @@ class TaskRunner:
         self._leaving = False
         self._draining: str | None = None
         self._paused: set[str] = set()
+        #: When this runner next folds the per-minute rates (monotonic seconds).
+        self._next_fold = 0.0
         self._acks: asyncio.Queue[tuple[_Attempt, Any, float]] | None = None
         self._loops: dict[str, LoopHealth] = {}
         self._status = "stopped"
@@ -878,11 +882,24 @@ class TaskRunner:
                     self._lose(attempt, "lease lost (reclaimed or removed)")
             if orders is not None:
                 self._obey(orders)
+            if register and time.monotonic() >= self._next_fold:
+                self._next_fold = time.monotonic() + FOLD_EVERY
+                await self._fold_rates()
         if register:
             try:
                 await self._loop_call("registry", "worker_gone", self.worker_id, timeout=5.0)
             except Exception as exc:
                 log.warning("could not leave the worker registry (the entry ages out): %s", exc)
+
+    async def _fold_rates(self) -> None:
+        """Fold the per-minute rates, so that they are counted while runners run and not only
+        while someone watches `jobq status` or the console. One folder at a time across the
+        fleet (the others skip), so a fleet costs the same as one runner."""
+        try:
+            await self._loop_call("registry", "fold_rates")
+        except Exception as exc:  # the rates are a view: never a reason to stop serving
+            log.warning("could not fold the per-minute rates, trying again in %d s: %s",
+                        FOLD_EVERY, exc)
 
     async def _renew(self, held: list[_Attempt], lost: list[_Attempt]) -> float:
         """Renew the held leases; adds to `lost` those that did not hold. Returns the pause

@@ -773,11 +773,15 @@ UNION ALL
  ORDER BY id DESC LIMIT 1)"""
 
 # The same for a waiter: a live job is also marked so that its completion or final failure
-# sends a NOTIFY. The mark is written once; later calls only read.
+# sends a NOTIFY. The mark is written once; later calls only read. Marking locks the row, and a
+# claim meanwhile skips it (SKIP LOCKED) and may find nothing else: so marking a due job
+# NOTIFYs the queue's channel, as its enqueue did, and claimers look again.
 OUTCOME_ARMED = """
 WITH armed AS (
     UPDATE {jobs} SET has_waiters = true WHERE id = %(id)s AND NOT has_waiters
-    RETURNING state, last_error
+    RETURNING state, last_error,
+              CASE WHEN state = 'pending' AND run_at <= now()
+                   THEN pg_notify({channel}, '') END AS woke
 ), live AS (
     SELECT state, last_error FROM armed
     UNION ALL

@@ -320,3 +320,50 @@ def test_without_logging_configured_handler_records_still_reach_stderr(dsn: str)
         in said[0], result.stderr
     # Once the application configured logging, its handlers and levels decide.
     assert not [line for line in lines if "second" in line or "APP" in line], result.stderr
+
+
+def test_a_runner_folds_the_rates_while_nobody_watches(dsn: str,
+                                                       db: psycopg.Connection[Any]) -> None:
+    """Per-minute rates come from history folded by whoever runs: a runner does it once a
+    minute, so they are counted even when no console or `jobq status` ever looked."""
+    queue = JobQueue(dsn)
+    for _ in range(3):
+        queue.enqueue("noop")
+        job = queue.claim()
+        assert job is not None
+        queue.complete(job)
+    db.execute("UPDATE svti_jobs_events SET occurred_at = now() - interval '3 minutes'")
+    runner = runner_tasks.make_runner(dsn, concurrency=1, heartbeat_interval=0.2)
+    with serving(runner):
+        wait_until(lambda: db.execute("SELECT coalesce(sum(completed), 0) FROM svti_jobs_rates "
+                                      "WHERE type = 'noop'").fetchone()[0] == 3,
+                   what="the runner's fold")
+    queue.close()
+
+
+def test_a_claim_that_skipped_a_job_being_armed_for_a_waiter_is_woken_again(
+    dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    """`wait()` marks its job with an UPDATE, which locks the row: a claim at that moment
+    skips it (SKIP LOCKED) and finds nothing. The mark NOTIFYs, so the runner looks again
+    instead of sleeping until its next poll (30 s here)."""
+    queue = JobQueue(dsn)
+    admin = Admin(queue)
+    runner = runner_tasks.make_runner(dsn, poll_interval=30, heartbeat_interval=0.2)
+    with serving(runner), psycopg.connect(dsn) as locker:
+        wait_until(lambda: admin.workers(), what="the runner's first beat")
+        admin.pause(["noop"])
+        job_id = queue.enqueue("noop", {"n": 7})
+        locker.execute("SELECT id FROM svti_jobs WHERE id = %s FOR UPDATE", (job_id,))
+        admin.resume(["noop"])  # its NOTIFY: a claim that skips the locked row
+        time.sleep(1.0)
+        result: list[Any] = []
+        waiter = threading.Thread(target=lambda: result.append(queue.wait(job_id, timeout=10)))
+        waiter.start()
+        wait_until(lambda: db.execute("SELECT count(*) FROM pg_stat_activity WHERE "
+                                      "wait_event_type = 'Lock'").fetchone()[0],
+                   what="the waiter's mark blocked on the lock")
+        locker.commit()
+        waiter.join(15)
+    assert result == [{"n": 7}]
+    queue.close()
