@@ -244,10 +244,12 @@ COUNT_CAP = 10_000
 
 # -- the operations ------------------------------------------------------------------------
 
-_NEEDS = {"retry": ("failed", "cancelled"), "extend": ("claimed",),
-          "delete": ("pending", "failed", "cancelled"),
-          "delete-force": ("pending", "failed", "cancelled", "claimed"),
-          "cancel": ("pending", "claimed")}
+#: The states each repair changes (`preview` names the others; the console hides an
+#: action that applies to none of the jobs in hand).
+ELIGIBLE = {"retry": ("failed", "cancelled"), "extend": ("claimed",),
+            "delete": ("pending", "failed", "cancelled"),
+            "delete-force": ("pending", "failed", "cancelled", "claimed"),
+            "cancel": ("pending", "claimed")}
 
 
 #: Why a repair left an id alone that names no live job.
@@ -815,7 +817,7 @@ def preview(st: Statements, action: str, ids: Sequence[int]) -> Op[Preview]:
     """Which of `ids` the action would change, and why the others would be left alone."""
     wanted = _ids(ids)
     states: dict[int, str] = dict((yield Stmt(st.states_of, {"ids": wanted})))
-    needs = _NEEDS[action]
+    needs = ELIGIBLE[action]
     eligible = [i for i in wanted if states.get(i, "") in needs]
     ineligible = [
         (i, NOT_IN_QUEUE if i not in states else f"is {states[i]}, not {' or '.join(needs)}")
