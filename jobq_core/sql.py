@@ -1429,7 +1429,9 @@ class Statements:
         with _RESOLVING:
             if self.names.channel:
                 return
-            for name in [n for n in list(self.__dict__) if n != "names"]:
+            # Only the rendered statements: `payload_bytes` is the queue's setting.
+            for name in [n for n in list(self.__dict__)
+                         if isinstance(getattr(type(self), n, None), cached_property)]:
                 self.__dict__.pop(name, None)
             self.names = self.names.resolved(schema, channel)
 

@@ -73,7 +73,7 @@ class ReasonConfirmScreen(ModalScreen[str | None]):
         with Vertical(id="dialog"):
             yield Static(Text(self._title), id="dialog-title")
             yield Static(self._body, id="dialog-body")
-            yield Input(placeholder="reason (optional; tab here, enter confirms)",
+            yield Input(placeholder="reason (optional; enter here confirms)",
                         id="dialog-input")
             with Horizontal(id="dialog-buttons"):
                 yield Button("Back", id="back", variant="primary")

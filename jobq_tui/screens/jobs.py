@@ -10,6 +10,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import ClassVar
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual import events, on
 from textual.app import ComposeResult
@@ -57,8 +58,8 @@ def _payload(row: JobRow, now: datetime) -> Text:
 
 _STATE_STYLE = {"failed": "red", "claimed": "yellow", "pending": "", "completed": "green",
                 "cancelled": "magenta"}
-#: How much of a long text a cell holds; the column's width (what the screen leaves it)
-#: shows what fits, with an ellipsis.
+#: How much of a long text the last column reads; it shows what fits its width (what the
+#: other columns leave it), with an ellipsis.
 FLEX_LIMIT = 300
 #: The narrowest the last column gets.
 FLEX_MIN = 12
@@ -162,6 +163,10 @@ class JobsScreen(JobActionsScreen):
         self.sort: str | None = None
         #: The tab and the last column's width the table's columns were made for.
         self._columns_of: tuple[str, int] | None = None
+        #: The last column's width per tab, from the table's width at the last draw.
+        self._flex: dict[str, int] = {}
+        #: The other columns' widths at the last draw: their widest cell or label.
+        self._widths: dict[str, int] = {}
         self._edit_on_mount = edit_filter
         #: The state each marked job had when marked, for one no longer on the page.
         self._marked_states: dict[int, str] = {}
@@ -194,7 +199,7 @@ class JobsScreen(JobActionsScreen):
     def on_resize(self, event: events.Resize) -> None:
         """The last column takes the width the others leave: worked out again once the
         table has its new size."""
-        self.call_after_refresh(self._redraw)
+        self.call_after_refresh(self._fit_last_column)
 
     # -- data -------------------------------------------------------------------------------
 
@@ -221,11 +226,11 @@ class JobsScreen(JobActionsScreen):
         self.order = [row.id for row in page.rows]
         self._redraw()
 
-    def _flex_width(self, table: DataTable[Text], flex: str) -> int:
-        """What the other columns, the cell padding and the scrollbar leave the last one."""
-        others = sum(c.get_render_width(table) for c in table.columns.values()
-                     if c.key.value != flex)
-        return max(FLEX_MIN, table.size.width - others - 2 * table.cell_padding - 1)
+    def _flex_width(self, table: DataTable[Text]) -> int:
+        """What the other columns (as wide as their widest cell), the cell padding and the
+        scrollbar leave the last one."""
+        others = sum(self._widths.values()) + 2 * table.cell_padding * (len(self._widths) + 1)
+        return max(FLEX_MIN, table.size.width - others - table.scrollbar_size_vertical)
 
     def _redraw(self) -> None:
         table: DataTable[Text] = self.query_one(DataTable)
@@ -234,8 +239,7 @@ class JobsScreen(JobActionsScreen):
         flex = columns[-1][0]
         cursor_key = self._cursor_id()
         offset = table.cursor_row - round(table.scroll_y)
-        width = self._columns_of[1] if self._columns_of and self._columns_of[0] == self.tab \
-            else FLEX_MIN
+        width = self._flex.get(self.tab, FLEX_MIN)
         if self._columns_of != (self.tab, width):
             table.clear(columns=True)
             table.add_column(" ", key="mark", width=1)
@@ -246,18 +250,23 @@ class JobsScreen(JobActionsScreen):
             self._columns_of = (self.tab, width)
         ids = self.order
         wanted = set(ids)
+        names = ["mark", "id", "type"] + [c[0] for c in columns]
+        self._widths = {"mark": 1, "id": 2, "type": 4} | {
+            key: cell_len(label) for key, label, _, _ in columns[:-1]}
         for row_key in [k for k in table.rows if int(k.value or 0) not in wanted]:
             table.remove_row(row_key)
         for job_id in ids:
             row = self.rows[job_id]
             cells = [_mark(job_id in self.marked), Text(str(job_id), justify="right"),
                      literal(row.type, 20)] + [cell(row, now) for _, _, cell, _ in columns]
-            for cell in cells:
+            for column, cell in zip(names, cells, strict=True):
                 cell.no_wrap, cell.overflow = True, "ellipsis"
+                if column in self._widths:
+                    self._widths[column] = max(self._widths[column], cell.cell_len)
+            cells[-1].truncate(width, overflow="ellipsis")  # what the last column shows
             key = str(job_id)
             if key in table.rows:
-                for column, cell in zip(["mark", "id", "type"] + [c[0] for c in columns],
-                                        cells, strict=True):
+                for column, cell in zip(names, cells, strict=True):
                     if table.get_cell(key, column) != cell:
                         table.update_cell(key, column, cell)
             else:
@@ -272,8 +281,15 @@ class JobsScreen(JobActionsScreen):
             table.scroll_to(y=max(0, index - offset), animate=False, immediate=True)
         self._show_info()
         self.refresh_bindings()
-        if table.size.width and self._flex_width(table, flex) != width:
-            self._columns_of = (self.tab, self._flex_width(table, flex))
+        self._fit_last_column()
+
+    def _fit_last_column(self) -> None:
+        if not self.is_attached or not self.rows:
+            return
+        table: DataTable[Text] = self.query_one(DataTable)
+        width = self._flex_width(table)
+        if table.size.width and width != self._flex.get(self.tab, FLEX_MIN):
+            self._flex[self.tab] = width
             self._redraw()
 
     def filter_text(self) -> str:
@@ -322,10 +338,13 @@ class JobsScreen(JobActionsScreen):
 
     # -- the view ---------------------------------------------------------------------------
 
-    def _reset_view(self) -> None:
+    def _reset_view(self, *, keep_marks: bool = False) -> None:
+        """A new listing (tab, filter or sort): from its first page and first row."""
         self.pages = [None]
-        self.marked.clear()
+        if not keep_marks:
+            self.marked.clear()
         self.rows, self.order, self.total = {}, [], None
+        self.query_one(DataTable).clear()
         self._show_info()
         self.jobq.poke()
 
@@ -442,10 +461,7 @@ class JobsScreen(JobActionsScreen):
 
     def _sort_by(self, sort: str | None) -> None:
         self.sort = sort
-        self.pages = [None]
-        self.rows, self.order = {}, []
-        self._show_info()
-        self.jobq.poke()
+        self._reset_view(keep_marks=True)
 
     @on(DataTable.HeaderSelected)
     def _header(self, event: DataTable.HeaderSelected) -> None:
