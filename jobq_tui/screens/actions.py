@@ -5,7 +5,11 @@ and its key says why in one line instead of opening a dialog that could only ref
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import ClassVar
+
 from textual import events
+from textual.dom import DOMNode
 
 from jobq_core.admin import ELIGIBLE
 
@@ -26,6 +30,9 @@ _INSTEAD = {("delete", "claimed"): " (cancel it first: c)",
 class JobActionsScreen(LiveScreen):
     """A screen whose actions act on some jobs: the highlighted one, the marked ones, or the
     one shown."""
+
+    #: What the command palette calls each action.
+    ACTION_TITLES: ClassVar[dict[str, str]] = {}
 
     def in_hand(self) -> dict[int, str]:
         """The jobs an action would act on, with their states as last shown."""
@@ -68,15 +75,23 @@ class JobActionsScreen(LiveScreen):
             return False
         return allowed
 
+    def _say_why(self, action: str, what: str) -> bool:
+        """Whether `action` cannot apply, after saying why in one line (a read-only
+        session's keys are answered by `LiveScreen.on_key`)."""
+        reason = None if self.jobq.read_only else self.refusal(action)
+        if reason is not None:
+            self.notify(f"{what}: {reason}", title="not applicable", severity="warning",
+                        markup=False)
+        return reason is not None
+
     def on_key(self, event: events.Key) -> None:
-        """The key of an action that cannot apply says why (a read-only session's keys are
-        answered by `LiveScreen.on_key`)."""
-        if self.jobq.read_only:
-            return
         for binding in self._bindings.key_to_bindings.get(event.key, ()):
-            reason = self.refusal(binding.action)
-            if reason is not None:
-                self.notify(f"{binding.description}: {reason}", title="not applicable",
-                            severity="warning", markup=False)
+            if self._say_why(binding.action, binding.description):
                 event.stop()
                 return
+
+    async def run_action(self, action: str,
+                         namespaces: Mapping[str, DOMNode] | None = None) -> None:
+        """The command palette's way in answers as the key does."""
+        if not self._say_why(action, self.ACTION_TITLES.get(action, action)):
+            await super().run_action(action, namespaces)
