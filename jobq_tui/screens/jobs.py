@@ -284,6 +284,8 @@ class JobsScreen(JobActionsScreen):
         self._fit_last_column()
 
     def _fit_last_column(self) -> None:
+        """Draw again when the last column's share of the width changed (a resize, a wider
+        cell in another column)."""
         if not self.is_attached or not self.rows:
             return
         table: DataTable[Text] = self.query_one(DataTable)
