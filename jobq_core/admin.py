@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import json
 import socket
 import sys
 import time
@@ -64,7 +65,8 @@ TRACE_PAGE = 1000
 
 @dataclass(frozen=True, slots=True)
 class JobRow:
-    """A job as operators see it; completed jobs come from history (no payload is kept)."""
+    """A job as operators see it; completed jobs come from history, with their payload when
+    it was kept (`{"jobq_payload_not_kept": <bytes>}` when it was larger than the limit)."""
 
     id: int
     type: str
@@ -81,7 +83,20 @@ class JobRow:
     last_error: str | None
     failed_at: datetime | None
     created_at: datetime
+    #: The length of the lease its holder renews (None before schema 5 and in history).
+    lease_ms: int | None = None
     result: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """A count that is exact up to `COUNT_CAP`; above it, the planner's estimate."""
+
+    value: int
+    exact: bool
+
+    def __str__(self) -> str:
+        return str(self.value) if self.exact else f"~{self.value}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +118,8 @@ class Page:
     rows: list[JobRow]
     #: Pass back as `after` for the next page; None on the last page.
     next_cursor: str | None
+    #: Every row the listing has, over all pages (when asked for with `total=True`).
+    total: Count | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,17 +169,6 @@ class RepairResult:
 
 Progress = Callable[[int, int], None]
 _ROW_FIELDS = [name for name in JobRow.__dataclass_fields__ if name != "result"]
-
-@dataclass(frozen=True, slots=True)
-class Count:
-    """A count that is exact up to `COUNT_CAP`; above it, the planner's estimate."""
-
-    value: int
-    exact: bool
-
-    def __str__(self) -> str:
-        return str(self.value) if self.exact else f"~{self.value}"
-
 
 @dataclass(frozen=True, slots=True)
 class Pause:
@@ -241,10 +247,12 @@ COUNT_CAP = 10_000
 
 # -- the operations ------------------------------------------------------------------------
 
-_NEEDS = {"retry": ("failed", "cancelled"), "extend": ("claimed",),
-          "delete": ("pending", "failed", "cancelled"),
-          "delete-force": ("pending", "failed", "cancelled", "claimed"),
-          "cancel": ("pending", "claimed")}
+#: The states each repair changes (`preview` names the others; the console hides an
+#: action that applies to none of the jobs in hand).
+ELIGIBLE = {"retry": ("failed", "cancelled"), "extend": ("claimed",),
+            "delete": ("pending", "failed", "cancelled"),
+            "delete-force": ("pending", "failed", "cancelled", "claimed"),
+            "cancel": ("pending", "claimed")}
 
 
 #: Why a repair left an id alone that names no live job.
@@ -257,7 +265,11 @@ def _row(values: Sequence[Any]) -> tuple[JobRow, int]:
         values[-2]
 
 
-def _cursor_for(state: str | None, row: JobRow, key: int) -> str:
+def _cursor_for(state: str | None, row: JobRow, key: int, sort: str | None) -> str:
+    if sort is not None:
+        value = _sort_value(row, sort)
+        shown = value.isoformat() if isinstance(value, datetime) else value
+        return json.dumps([sort, shown, key])
     if state in sql.RUN_ORDER_STATES:
         return f"{row.priority}|{row.run_at.isoformat() if row.run_at else ''}|{key}"
     if state == "failed":
@@ -267,7 +279,43 @@ def _cursor_for(state: str | None, row: JobRow, key: int) -> str:
     return str(key)
 
 
-def _parse_cursor(state: str | None, cursor: str) -> tuple[Any, ...]:
+def _sort_value(row: JobRow, sort: str) -> Any:
+    """The row's value of the sorted column (each sort is named after its JobRow field)."""
+    return getattr(row, sort.removeprefix("-"))
+
+
+def validate_sort(sort: object, state: str | None) -> str | None:
+    """A sort name from `sql.SORTS` ("-" first for descending) that the listing has."""
+    if sort is None:
+        return None
+    if isinstance(sort, str):
+        with contextlib.suppress(KeyError):
+            sql.sort_column(sort, state == "completed")
+            return sort
+    listing = "completed jobs" if state == "completed" else "live jobs"
+    names = [n for n in sql.SORTS if sql.SORTS[n][1 if state == "completed" else 0]]
+    raise InvalidInputError(f"cannot sort {listing} by {sort!r}: use one of "
+                            f"{', '.join(names)} (- first for descending)")
+
+
+def _parse_sorted_cursor(sort: str, cursor: str) -> tuple[Any, ...]:
+    try:
+        named, value, key = json.loads(cursor)
+    except (ValueError, TypeError):
+        raise InvalidInputError(f"invalid cursor {cursor!r}") from None
+    if named != sort or not isinstance(key, int) or isinstance(key, bool):
+        raise InvalidInputError(f"cursor {cursor!r} is not one of a listing sorted by {sort}")
+    if sort.removeprefix("-") in sql.TIME_SORTS and value is not None:
+        try:
+            value = datetime.fromisoformat(value)
+        except (ValueError, TypeError):
+            raise InvalidInputError(f"invalid cursor {cursor!r}") from None
+    return value, key
+
+
+def _parse_cursor(state: str | None, cursor: str, sort: str | None) -> tuple[Any, ...]:
+    if sort is not None:
+        return _parse_sorted_cursor(sort, cursor)
     try:
         if state in sql.RUN_ORDER_STATES:
             priority, at, job_id = cursor.split("|")
@@ -282,22 +330,39 @@ def _parse_cursor(state: str | None, cursor: str) -> tuple[Any, ...]:
 
 def _where(flt: JobFilter) -> dict[str, Any]:
     where: dict[str, Any] = {}
-    for name in ("type", "request_id", "error", "age", "attempts"):
+    for name in ("job_id", "type", "request_id", "error", "age", "attempts"):
         value = getattr(flt, name)
         if value is not None:
             where[name] = value
     return where
 
 
-def list_jobs(st: Statements, flt: JobFilter, after: str | None, limit: int) -> Op[Page]:
+def list_jobs(st: Statements, flt: JobFilter, after: str | None, limit: int, *,
+              sort: str | None = None, total: bool = False) -> Op[Page]:
+    """One page of a listing: in the state's own order (by its index), or sorted by a
+    column of `sql.SORTS` across every row the filter selects; with the listing's total
+    (exact up to `COUNT_CAP`, the planner's estimate above) when `total`."""
     limit = validate_limit(limit, maximum=1000)
-    cursor = _parse_cursor(flt.state, after) if after else None
-    query, params = sql.list_jobs(st.names, _where(flt), flt.state, cursor, limit)
+    sort = validate_sort(sort, flt.state)
+    cursor = _parse_cursor(flt.state, after, sort) if after else None
+    where = _where(flt)
+    query, params = sql.list_jobs(st.names, where, flt.state, cursor, limit, sort=sort)
     keyed = [_row(r) for r in (yield Stmt(query, params))]
     next_cursor = None
     if len(keyed) == limit:
-        next_cursor = _cursor_for(flt.state, *keyed[-1])
-    return Page([row for row, _ in keyed], next_cursor)
+        next_cursor = _cursor_for(flt.state, *keyed[-1], sort)
+    count = None
+    if total:
+        count = yield from _total(st, where, flt.state)
+    return Page([row for row, _ in keyed], next_cursor, count)
+
+
+def _total(st: Statements, where: dict[str, Any], state: str | None) -> Op[Count]:
+    counted: int = (yield Stmt(*sql.count_jobs(st.names, where, state, COUNT_CAP)))[0][0]
+    if counted < COUNT_CAP:
+        return Count(counted, True)
+    plan = (yield Stmt(*sql.estimate_jobs(st.names, where, state)))[0][0]
+    return Count(max(int(plan[0]["Plan"]["Plan Rows"]), COUNT_CAP), False)
 
 
 def show(st: Statements, job_id: int) -> Op[JobDetail]:
@@ -745,7 +810,7 @@ def preview(st: Statements, action: str, ids: Sequence[int]) -> Op[Preview]:
     """Which of `ids` the action would change, and why the others would be left alone."""
     wanted = _ids(ids)
     states: dict[int, str] = dict((yield Stmt(st.states_of, {"ids": wanted})))
-    needs = _NEEDS[action]
+    needs = ELIGIBLE[action]
     eligible = [i for i in wanted if states.get(i, "") in needs]
     ineligible = [
         (i, NOT_IN_QUEUE if i not in states else f"is {states[i]}, not {' or '.join(needs)}")
@@ -842,8 +907,10 @@ class Admin:
         return self.queue._run(op, atomic=atomic, may_migrate=False)
 
     def list_jobs(self, filter: JobFilter | str | None = None, *, after: str | None = None,
-                  limit: int = 50) -> Page:
-        return self._run(list_jobs(self._st, as_filter(filter), after, limit))
+                  limit: int = 50, sort: str | None = None, total: bool = False) -> Page:
+        """A page of jobs; see `list_jobs` (the operation) for `sort` and `total`."""
+        return self._run(list_jobs(self._st, as_filter(filter), after, limit, sort=sort,
+                                   total=total))
 
     def show(self, job_id: int) -> JobDetail:
         return self._run(show(self._st, job_id))
@@ -1020,8 +1087,10 @@ class AsyncAdmin:
         return await self.queue._run(op, atomic=atomic, may_migrate=False)
 
     async def list_jobs(self, filter: JobFilter | str | None = None, *,
-                        after: str | None = None, limit: int = 50) -> Page:
-        return await self._run(list_jobs(self._st, as_filter(filter), after, limit))
+                        after: str | None = None, limit: int = 50, sort: str | None = None,
+                        total: bool = False) -> Page:
+        return await self._run(list_jobs(self._st, as_filter(filter), after, limit,
+                                         sort=sort, total=total))
 
     async def show(self, job_id: int) -> JobDetail:
         return await self._run(show(self._st, job_id))

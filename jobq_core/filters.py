@@ -12,14 +12,14 @@ from datetime import timedelta
 
 from .durations import parse_duration
 from .errors import InvalidInputError
-from .models import optional_text, validate_type
+from .models import optional_text, parse_id, validate_id, validate_type
 
 #: What `state:` accepts. pending = ready + scheduled; expired = claimed with a lapsed lease;
 #: completed jobs live in the history only.
 STATES = ("pending", "ready", "scheduled", "claimed", "expired", "failed", "cancelled",
           "completed")
 _COMPARE = re.compile(r"(>=|<=|>|<|=)?(.+)")
-QUALIFIERS = "state, type, req, error, age, attempts"
+QUALIFIERS = "state, id, type, req, error, age, attempts"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,11 +32,15 @@ class JobFilter:
     age: tuple[str, timedelta] | None = None
     #: (operator, count), operator one of = < <= > >=.
     attempts: tuple[str, int] | None = None
+    #: One job, by id (a completed job's history row has its payload).
+    job_id: int | None = None
 
     def __post_init__(self) -> None:
         if self.state is not None and self.state not in STATES:
             raise InvalidInputError(
                 f"unknown state {self.state!r}: use one of {', '.join(STATES)}")
+        if self.job_id is not None:
+            validate_id(self.job_id)
         if self.type is not None:
             validate_type(self.type)
         optional_text(self.request_id, "request id")
@@ -45,8 +49,8 @@ class JobFilter:
     def describe(self) -> str:
         """The filter in its text form, round-trippable through `parse_filter`."""
         parts = [f"{key}:{value}" for key, value in (
-            ("state", self.state), ("type", self.type), ("req", self.request_id),
-            ("error", self.error)) if value]
+            ("state", self.state), ("id", self.job_id), ("type", self.type),
+            ("req", self.request_id), ("error", self.error)) if value]
         if self.age:
             parts.append(f"age:{self.age[0]}{int(self.age[1].total_seconds())}s")
         if self.attempts:
@@ -64,10 +68,13 @@ def parse_filter(text: str) -> JobFilter:
                 f"cannot read {word!r}: use qualifier:value with one of {QUALIFIERS}")
         key = key.lower()
         # req, request and request_id are one field: a second of them is "given twice" too.
-        if ("request_id" if key in ("req", "request", "request_id") else key) in values:
+        field = {"req": "request_id", "request": "request_id", "id": "job_id"}.get(key, key)
+        if field in values:
             raise InvalidInputError(f"{key}: given twice")
         if key == "state":
             values["state"] = value.lower()
+        elif key == "id":
+            values["job_id"] = parse_id(value)
         elif key == "type":
             values["type"] = value
         elif key in ("req", "request", "request_id"):

@@ -61,18 +61,40 @@ def clock(when: datetime | None) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.") + f"{when.microsecond // 1000:03d}"
 
 
-def lease_left(lease_until: datetime | None, now: datetime, full: float = 60.0,
+def stamp(when: datetime | None, *, millis: bool = False) -> str:
+    """A point in time as the console shows it, with its zone: 2026-12-06 14:03:07 UTC."""
+    if when is None:
+        return "—"
+    shown = clock(when)
+    return f"{shown if millis else shown[:19]} UTC"
+
+
+#: The lease a job without a recorded length is judged by: the queue's default.
+DEFAULT_LEASE = 30.0
+
+
+def late(left: float, lease_ms: int | None) -> bool:
+    """Less than half of its own lease left: its holder missed a heartbeat (a runner renews
+    every third of a lease), as the overview's `late` count says."""
+    return left < (lease_ms / 1000 if lease_ms else DEFAULT_LEASE) / 2
+
+
+def lease_left(lease_until: datetime | None, now: datetime, lease_ms: int | None = None,
                width: int = 8) -> Text:
-    """Time left on a lease as a bar; a lapsed lease stands out in reverse red."""
+    """Time left on a lease as a bar scaled to the job's own lease (full when fresh, and when
+    an operator extended it beyond); a late lease is yellow and says so, a lapsed one stands
+    out in reverse red."""
     if lease_until is None:
         return Text("—")
     left = (lease_until - now).total_seconds()
     if left <= 0:
         return Text(f" EXPIRED {span(-left)} ago ", style="bold reverse red")
+    full = lease_ms / 1000 if lease_ms else DEFAULT_LEASE
     filled = max(1, min(width, round(width * left / full)))
-    style = "red" if left < 10 else "yellow" if left < 60 else "green"
+    behind = late(left, lease_ms)
+    style = "yellow" if behind else "green"
     return Text.assemble(("█" * filled, style), ("░" * (width - filled), "dim"),
-                         f" {span(left)}")
+                         f" {span(left)}", (" late", "bold yellow") if behind else "")
 
 
 def sparkline(values: list[int], width: int = 20) -> Text:
@@ -90,6 +112,27 @@ def pretty_json(value: Any) -> Text:
     return Text("\n".join(visible(line) for line in
                           json.dumps(value, indent=2, ensure_ascii=False,
                                      sort_keys=False, default=str).splitlines()))
+
+
+#: What a completed job's history row holds instead of a payload larger than the queue's
+#: `history_payload_bytes` (its size as stored).
+NOT_KEPT = "jobq_payload_not_kept"
+
+
+def not_kept(payload: Any) -> str | None:
+    """What to say instead of a payload that history did not keep; None when it did."""
+    if isinstance(payload, dict) and list(payload) == [NOT_KEPT]:
+        return f"payload of {visible(payload[NOT_KEPT])} bytes not kept (history_payload_bytes)"
+    return None
+
+
+def payload_line(payload: Any, limit: int) -> Text:
+    """A payload on one line, as compact JSON."""
+    note = not_kept(payload)
+    if note is not None:
+        return Text(note, style="dim")
+    return literal(json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str),
+                   limit)
 
 
 def multiline(value: object, indent: str = "") -> Text:

@@ -1,9 +1,12 @@
 """What the console's actions do: the same `AsyncAdmin` calls as `jobq retry`, `extend`,
-`delete` and `clear`, with a preview and a confirmation sized to the risk.
+`cancel`, `delete` and `clear`, with a preview and a confirmation by one rule (the `jobq`
+command line follows it too):
 
-- one retry or extend runs at once, with a toast;
-- a bulk retry or extend shows the preview and asks y/N with the count;
-- delete and clear show the preview and make you type the count.
+- a destructive action confirms: cancel asks y/N naming the job(s), with an optional
+  reason; delete and clear show the preview and make you type the count;
+- a non-destructive one (retry, extend) on the one highlighted job runs at once, with a
+  toast; on marked jobs, or on all matching the filter, it shows the preview and asks y/N
+  with the count.
 """
 
 from __future__ import annotations
@@ -21,17 +24,23 @@ from jobq_core.durations import ACCEPTED, format_duration
 from jobq_core.errors import DatabaseError
 from jobq_core.filters import JobFilter
 
-from .format import clock
+from .format import stamp
 from .safe import redact, visible
 from .screens.base import READ_ONLY_REASON
-from .screens.dialogs import ConfirmScreen, PromptScreen, TypeToConfirmScreen
+from .screens.dialogs import (
+    ConfirmScreen,
+    PromptScreen,
+    ReasonConfirmScreen,
+    TypeToConfirmScreen,
+)
 
 if TYPE_CHECKING:
     from .app import JobqApp
 
 #: What `e` adds to a lease.
 DEFAULT_EXTEND = "5m"
-_VERBS = {"retry": "re-enqueued", "extend": "extended", "delete": "deleted"}
+_VERBS = {"retry": "re-enqueued", "extend": "extended", "delete": "deleted",
+          "cancel": "cancelled"}
 
 
 def preview_text(preview: Preview, noun: str) -> Text:
@@ -101,8 +110,8 @@ class Operator:
 
     # -- retry ------------------------------------------------------------------------------
 
-    def start_retry(self, ids: Sequence[int]) -> None:
-        self._start(lambda: self._retry(list(ids)))
+    def start_retry(self, ids: Sequence[int], *, marked: bool = False) -> None:
+        self._start(lambda: self._retry(list(ids), bulk=marked))
 
     def start_retry_matching(self, flt: JobFilter) -> None:
         async def flow() -> None:
@@ -122,24 +131,49 @@ class Operator:
 
     # -- extend -----------------------------------------------------------------------------
 
-    def start_extend(self, ids: Sequence[int], by: str = DEFAULT_EXTEND) -> None:
-        self._start(lambda: self._extend(list(ids), by))
+    def start_extend(self, ids: Sequence[int], by: str = DEFAULT_EXTEND, *,
+                     marked: bool = False) -> None:
+        self._start(lambda: self._extend(list(ids), by, bulk=marked))
 
-    def start_extend_by(self, ids: Sequence[int]) -> None:
+    def start_extend_by(self, ids: Sequence[int], subject: str, *, marked: bool = False
+                        ) -> None:
+        """`subject` names the jobs in the prompt: "job 4242 (email)", "3 marked jobs"."""
         async def flow() -> None:
             by = await self.app.push_screen_wait(PromptScreen(
-                f"Extend {len(ids)} lease{'s' if len(ids) != 1 else ''} by how long?",
-                value=DEFAULT_EXTEND, validate=parse_duration, hint=ACCEPTED))
+                f"Extend {visible(subject)} by how long?", value=DEFAULT_EXTEND,
+                validate=parse_duration, hint=ACCEPTED))
             if by:
-                await self._extend(list(ids), by)
+                await self._extend(list(ids), by, bulk=marked)
         self._start(flow)
 
-    async def _extend(self, ids: list[int], by: str) -> None:
+    async def _extend(self, ids: list[int], by: str, *, bulk: bool = False) -> None:
         amount = format_duration(parse_duration(by))
         await self._one_or_confirmed(
             "extend", ids, lambda: self.admin.extend(ids, by),
-            done=f"lease of job {ids[0]} extended by {amount}",
+            done=f"lease of job {ids[0]} extended by {amount}", bulk=bulk,
             noun="lease", label=f"Extend by {amount}", what="lease")
+
+    # -- cancel -----------------------------------------------------------------------------
+
+    def start_cancel(self, ids: Sequence[int], subject: str) -> None:
+        """Cancel, after a y/N that names the jobs and takes an optional reason (CLI twin:
+        `jobq cancel`)."""
+        async def flow() -> None:
+            preview = await self.admin.preview("cancel", list(ids))
+            if preview.eligible == 0:
+                await self._explain("cancel", list(ids), preview)
+                return
+            body = preview_text(preview, "job")
+            body.append("A running job's handler is stopped at its next heartbeat. Cancelled "
+                        "jobs are kept, and can be retried (R) or deleted.", style="dim")
+            what = visible(subject) if len(ids) == 1 else \
+                f"{preview.eligible} job{'s' if preview.eligible != 1 else ''}"
+            reason = await self.app.push_screen_wait(ReasonConfirmScreen(
+                f"Cancel {what}?", body, "Cancel " + ("job" if len(ids) == 1 else what)))
+            if reason is not None:
+                self._done(await self.admin.cancel(list(ids), reason=reason or None), "job",
+                           ids)
+        self._start(flow)
 
     # -- delete and clear -------------------------------------------------------------------
 
@@ -172,7 +206,7 @@ class Operator:
                 return
             body = Text()
             body.append(f"{preview.failed_jobs} failed jobs and {preview.history_rows} history "
-                        f"rows finished before {clock(preview.cutoff)}.\n", style="bold")
+                        f"rows finished before {stamp(preview.cutoff)}.\n", style="bold")
             if preview.sample_ids:
                 body.append("failed ids: " + ", ".join(map(str, preview.sample_ids)) + "\n")
             body.append("Pending and claimed jobs are never cleared. ", style="dim")

@@ -351,7 +351,7 @@ def test_a_claim_that_skipped_a_job_being_armed_for_a_waiter_is_woken_again(
     admin = Admin(queue)
     runner = runner_tasks.make_runner(dsn, poll_interval=30, heartbeat_interval=0.2)
     with serving(runner), psycopg.connect(dsn) as locker:
-        wait_until(lambda: admin.workers(), what="the runner's first beat")
+        wait_until(admin.workers, what="the runner's first beat")
         admin.pause(["noop"])
         job_id = queue.enqueue("noop", {"n": 7})
         locker.execute("SELECT id FROM svti_jobs WHERE id = %s FOR UPDATE", (job_id,))

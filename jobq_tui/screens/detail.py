@@ -1,4 +1,5 @@
-"""One job: its state, lease holder and live countdown, payload, result and timeline."""
+"""One job: its state, lease holder and live countdown, payload (kept in history once it
+completed), result and timeline."""
 
 from __future__ import annotations
 
@@ -12,31 +13,47 @@ from textual.containers import VerticalScroll
 from textual.widgets import Footer, Static
 
 from jobq_core import NotFoundError
-from jobq_core.admin import AsyncAdmin, JobDetail
+from jobq_core.admin import AsyncAdmin, JobDetail, JobRow
+from jobq_core.filters import JobFilter
 
-from ..format import clock, first_line, lease_left, literal, multiline, pretty_json, relative
+from ..format import (
+    first_line,
+    lease_left,
+    literal,
+    multiline,
+    not_kept,
+    pretty_json,
+    relative,
+    stamp,
+)
 from ..widgets.status import Banner, Crumbs, StatusBar
-from .base import LiveScreen
+from .actions import JobActionsScreen
+
+#: A job's detail, and its history row when it completed (which holds what it ran).
+Shown = tuple[JobDetail, JobRow | None]
 
 
-class DetailScreen(LiveScreen):
+class DetailScreen(JobActionsScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("t", "trace", "Trace request"),
         Binding("R", "retry", "Retry"),
         Binding("e", "extend", "Extend +5m"),
         Binding("E", "extend_by", "Extend by…", show=False),
+        Binding("c", "cancel", "Cancel…"),
         Binding("D", "delete", "Delete…"),
         Binding("escape", "app.back", "Back"),
     ]
     ACTION_TITLES: ClassVar[dict[str, str]] = {
         "retry": "Retry this job", "extend": "Extend this job's lease by 5m",
-                     "extend_by": "Extend this job's lease by…", "delete": "Delete this job…"}
+        "extend_by": "Extend this job's lease by…", "cancel": "Cancel this job…",
+        "delete": "Delete this job…"}
 
     def __init__(self, job_id: int) -> None:
         super().__init__()
         self.job_id = job_id
         self.crumb = f"job {job_id}"
         self.detail: JobDetail | None = None
+        self.completed: JobRow | None = None
 
     def compose(self) -> ComposeResult:
         yield Crumbs(id="crumbs")
@@ -55,15 +72,23 @@ class DetailScreen(LiveScreen):
         self.query_one("#banner", Banner).show(None)
         self.query_one("#detail", VerticalScroll).focus()
 
-    async def fetch(self, admin: AsyncAdmin) -> JobDetail | None:
+    async def fetch(self, admin: AsyncAdmin) -> Shown | None:
         try:
-            return await admin.show(self.job_id)
+            detail = await admin.show(self.job_id)
         except NotFoundError:
             return None
+        completed = None
+        if detail.job is None and detail.state == "completed":
+            page = await admin.list_jobs(JobFilter(state="completed", job_id=self.job_id),
+                                         limit=1)
+            completed = page.rows[0] if page.rows else None
+        return detail, completed
 
-    def show(self, data: JobDetail | None) -> None:
-        self.detail = data
+    def show(self, shown: Shown | None) -> None:
+        self.detail, self.completed = shown or (None, None)
+        self.refresh_bindings()
         summary = self.query_one("#detail-summary", Static)
+        data = self.detail
         if data is None:
             summary.update(Text(f"Job {self.job_id} no longer exists: it was deleted, or "
                                 "cleared from the history.", style="bold red"))
@@ -83,22 +108,32 @@ class DetailScreen(LiveScreen):
             now = self.jobq.now()
             grid.add_row("attempts", Text(str(job.attempts)))
             grid.add_row("priority", Text(str(job.priority)))
-            grid.add_row("run at", Text(f"{clock(job.run_at)} ({relative(job.run_at, now)})"))
-            grid.add_row("created", Text(f"{clock(job.created_at)}"))
+            grid.add_row("run at", Text(f"{stamp(job.run_at)} ({relative(job.run_at, now)})"))
+            grid.add_row("created", Text(stamp(job.created_at)))
+            if job.failed_at is not None:
+                grid.add_row(f"{job.state} at", Text(
+                    f"{stamp(job.failed_at)} ({relative(job.failed_at, now)})"))
             if job.idempotency_key:
                 grid.add_row("idempotency key", literal(job.idempotency_key))
             if job.last_error:
                 grid.add_row("last error", first_line(job.last_error, 200))
         summary.update(grid)
-        payload = self.query_one("#detail-payload", Static)
-        if job is not None:
-            payload.update(pretty_json(job.payload))
-        else:
-            result = next((e.result for e in reversed(events) if e.event == "completed"), None)
-            payload.update(Text.assemble(("payloads are not kept after completion; result:\n",
-                                          "dim"), pretty_json(result)))
+        self.query_one("#detail-payload", Static).update(self._payload(data))
         self.query_one("#detail-timeline", Static).update(self._timeline(data))
         self.tick()
+
+    def _payload(self, data: JobDetail) -> Text:
+        """The payload; once completed, the one its history kept, and the result."""
+        if data.job is not None:
+            return pretty_json(data.job.payload)
+        done = next((e for e in reversed(data.events) if e.event == "completed"), None)
+        if done is None:
+            return Text("the payload left with the job", style="dim")
+        kept = self.completed.payload if self.completed else None
+        note = not_kept(kept)
+        shown = Text(note or "no payload kept in history", style="dim") \
+            if note or kept is None else pretty_json(kept)
+        return Text.assemble(shown, ("\nresult:\n", "bold"), pretty_json(done.result))
 
     def _timeline(self, data: JobDetail) -> Table:
         table = Table(box=None, padding=(0, 1), show_header=True, header_style="dim",
@@ -116,7 +151,7 @@ class DetailScreen(LiveScreen):
                     detail.append("\n")
                 detail.append_text(multiline(event.reason))
                 detail.stylize("red" if event.event in ("failed", "retried") else "")
-            table.add_row(Text(clock(event.occurred_at)),
+            table.add_row(Text(stamp(event.occurred_at, millis=True)),
                           Text(event.event, style=_STATE_STYLE.get(event.event, "")),
                           Text(str(event.attempt)), detail)
         return table
@@ -131,10 +166,10 @@ class DetailScreen(LiveScreen):
         lease.display = True
         now = self.jobq.now()
         lease.update(Text.assemble(
-            ("lease  ", "dim"), lease_left(job.lease_until, now, width=20),
+            ("lease  ", "dim"), lease_left(job.lease_until, now, job.lease_ms, width=20),
             ("  held by ", "dim"), literal(job.claimed_by or "?", 40),
             ("  claimed ", "dim"), relative(job.claimed_at, now),
-            ("  until ", "dim"), clock(job.lease_until)[11:19], (" UTC", "dim")))
+            ("  until ", "dim"), stamp(job.lease_until)[11:]))
 
     def request_id(self) -> str | None:
         if self.detail is None:
@@ -153,6 +188,15 @@ class DetailScreen(LiveScreen):
             self.notify(f"job {self.job_id} has no request id", severity="warning",
                         markup=False)
 
+    def in_hand(self) -> dict[int, str]:
+        return {} if self.detail is None else {self.job_id: self.detail.state}
+
+    def job_types(self) -> dict[int, str]:
+        job = self.detail.job if self.detail else None
+        first = self.detail.events[0] if self.detail and self.detail.events else None
+        job_type = job.type if job else first.type if first else None
+        return {self.job_id: job_type} if job_type else {}
+
     def action_retry(self) -> None:
         self.jobq.operator.start_retry([self.job_id])
 
@@ -160,7 +204,10 @@ class DetailScreen(LiveScreen):
         self.jobq.operator.start_extend([self.job_id])
 
     def action_extend_by(self) -> None:
-        self.jobq.operator.start_extend_by([self.job_id])
+        self.jobq.operator.start_extend_by([self.job_id], self.subject())
+
+    def action_cancel(self) -> None:
+        self.jobq.operator.start_cancel([self.job_id], self.subject())
 
     def action_delete(self) -> None:
         self.jobq.operator.start_delete([self.job_id])
@@ -168,4 +215,5 @@ class DetailScreen(LiveScreen):
 
 _STATE_STYLE = {"failed": "bold red", "retried": "yellow", "claimed": "bold yellow",
                 "completed": "bold green", "pending": "bold", "enqueued": "",
-                "extended": "cyan", "released": "yellow", "deleted": "red"}
+                "extended": "cyan", "released": "yellow", "deleted": "red",
+                "cancelled": "bold magenta"}

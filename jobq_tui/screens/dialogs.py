@@ -54,6 +54,44 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(False)
 
 
+class ReasonConfirmScreen(ModalScreen[str | None]):
+    """A y/N question that also takes an optional reason (for cancel, whose reason is
+    recorded with the job). Back has the focus; the answer is the reason ("" for none), or
+    None for back."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "confirm", "Yes", show=True), Binding("n", "back", "No"),
+        Binding("escape", "back", "Back")]
+
+    def __init__(self, title: str, body: Text, confirm_label: str) -> None:
+        super().__init__(classes="dialog")
+        self._title = title
+        self._body = body
+        self._confirm_label = confirm_label
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(Text(self._title), id="dialog-title")
+            yield Static(self._body, id="dialog-body")
+            yield Input(placeholder="reason (optional; enter here confirms)",
+                        id="dialog-input")
+            with Horizontal(id="dialog-buttons"):
+                yield Button("Back", id="back", variant="primary")
+                yield Button(f"{self._confirm_label} (y)", id="confirm", variant="error")
+
+    def on_mount(self) -> None:
+        self.query_one("#back", Button).focus()
+
+    @on(Input.Submitted)
+    @on(Button.Pressed, "#confirm")
+    def action_confirm(self) -> None:
+        self.dismiss(self.query_one(Input).value.strip())
+
+    @on(Button.Pressed, "#back")
+    def action_back(self) -> None:
+        self.dismiss(None)
+
+
 class TypeToConfirmScreen(ModalScreen[bool]):
     """For deletes and clears: the operator types the number of rows to go ahead."""
 
