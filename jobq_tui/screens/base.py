@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from ..app import JobqApp
 
 #: Actions that change the database; a read-only console shows them disabled.
-MUTATING = frozenset({"retry", "retry_all", "extend", "extend_by", "delete", "clear"})
+MUTATING = frozenset({"retry", "retry_all", "extend", "extend_by", "delete", "clear",
+                      "pause_type", "drain"})
 READ_ONLY_REASON = "read-only session (--read-only): the database refuses writes"
 
 
