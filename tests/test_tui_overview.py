@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -18,7 +19,7 @@ from textual.widgets._toast import Toast
 
 from jobq_core import JobQueue
 from jobq_core._ops import WorkerInfo
-from jobq_core.admin import operator_name
+from jobq_core.admin import Admin, TypeStats, Worker, operator_name
 from jobq_tui.app import JobqApp
 from jobq_tui.screens.base import READ_ONLY_REASON
 from jobq_tui.screens.dialogs import ConfirmScreen, PromptScreen
@@ -26,6 +27,7 @@ from jobq_tui.screens.jobs import JobsScreen
 from jobq_tui.screens.overview import NARROW, SPARK_WIDTH, OverviewScreen
 from jobq_tui.screens.workers import EMPTY, WorkersScreen
 
+from .test_tui_render import FROZEN, FrozenAgeAdmin, frozen_app, goto, overview, seed
 from .tui_helpers import text_of, until
 
 SIZE = (110, 32)
@@ -362,3 +364,58 @@ async def test_toasts_leave_the_status_bar_readable_at_80x24(
         footer = app.screen.query_one("Footer").region
         assert all(not t.region.overlaps(footer) for t in toasts)
 
+
+
+# -- what it looks like ----------------------------------------------------------------------
+
+class PinnedAdmin(FrozenAgeAdmin):
+    """The real admin; what the server derives from its own clock for workers is pinned."""
+
+    async def workers(self) -> list[Worker]:
+        return [replace(w, silent_for=3.0 if w.alive else 300.0)
+                for w in await super().workers()]
+
+    async def stats(self) -> list[TypeStats]:
+        """A pause's end as the frozen clock sees it (the server's runs on)."""
+        return [replace(s, paused=replace(s.paused, until=FROZEN + timedelta(minutes=45)))
+                if s.paused is not None and s.paused.until is not None else s
+                for s in await super().stats()]
+
+
+def pinned_app(dsn: str) -> JobqApp:
+    app = frozen_app(dsn)
+    app.admin = PinnedAdmin(app.admin)
+    return app
+
+
+def seed_control(dsn: str) -> None:
+    """Two paused types (one for a while, one until resumed) and two runners, one lost."""
+    seed(dsn)
+    with JobQueue(dsn) as q:
+        for worker_id, host, pid, types, held in (
+                ("ops-1-4242-7f3a9c", "ops-1.example.net", 4242, ["send-email", "charge-card"],
+                 [1, 2]),
+                ("ops-2-77-1b2c3d", "ops-2.example.net", 77, ["resize-image"], [])):
+            q.worker_beat(WorkerInfo(worker_id, "runner", host, pid, types, 8, 10.0, "0.5"),
+                          held)
+        admin = Admin(q)
+        admin.pause(["send-email"], until="45m", reason="SMTP provider incident #4411",
+                    by="alice@ops-1")
+        admin.pause(["nightly-report"], by="bob@ops-2")
+    with psycopg.connect(dsn, autocommit=True) as db:
+        db.execute("UPDATE svti_jobs_pauses SET paused_at = %(t)s", {"t": FROZEN})
+        db.execute("UPDATE svti_jobs_workers SET started_at = %(t)s - interval '2 hours'",
+                   {"t": FROZEN})
+        db.execute("UPDATE svti_jobs_workers SET last_seen = now() - interval '5 minutes' "
+                   "WHERE id = 'ops-2-77-1b2c3d'")
+
+
+def test_snapshot_paused_types_at_80x24(dsn: str, snap_compare: Any) -> None:
+    seed_control(dsn)
+    assert snap_compare(pinned_app(dsn), terminal_size=(80, 24), run_before=overview)
+
+
+def test_snapshot_workers_screen(dsn: str, snap_compare: Any) -> None:
+    seed_control(dsn)
+    assert snap_compare(pinned_app(dsn), terminal_size=(100, 24),
+                        run_before=goto("workers", WorkersScreen))

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 from jobq_core import JobQueue
 
 from .helpers import events, row
-from .test_tui_tmux import JOBQ_TUI, Terminal, start
+from .test_tui_tmux import Terminal, terminal  # noqa: F401 - the fixture: the console in tmux
 
 JOBQ = shutil.which("jobq", path=os.path.dirname(sys.executable)) or "jobq"
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
@@ -54,9 +53,9 @@ def eventually(check: Callable[[], Any], what: str, timeout: float = 30.0) -> An
     return value
 
 
-def overview_row(console: Terminal, job_type: str) -> list[str]:
+def overview_row(term: Terminal, job_type: str) -> list[str]:
     """The cells of the overview's row for `job_type`, as the operator reads them."""
-    return next((line.split() for line in console.screen().splitlines()
+    return next((line.split() for line in term.screen().splitlines()
                  if line.split()[:1] == [job_type]), [])
 
 
@@ -80,18 +79,9 @@ def worker(tmp_path: Path, dsn: str) -> Iterator[tuple[Path, Path]]:
             proc.kill()
 
 
-@pytest.fixture
-def console(dsn: str) -> Iterator[Terminal]:
-    name = f"jobq-repair-{uuid.uuid4().hex[:8]}"
-    start(name, f"TERM=xterm-256color JOBQ_DSN='{dsn}' {JOBQ_TUI} --refresh 0.5")
-    try:
-        yield Terminal(name)
-    finally:
-        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True, check=False)
-
-
 def test_a_dead_job_is_found_fixed_retried_and_completes(
-    worker: tuple[Path, Path], console: Terminal, dsn: str, db: psycopg.Connection[Any]
+    worker: tuple[Path, Path], terminal: Terminal,  # noqa: F811 - that fixture
+    dsn: str, db: psycopg.Connection[Any],
 ) -> None:
     broken, calls = worker
     with JobQueue(dsn) as queue:
@@ -104,18 +94,18 @@ def test_a_dead_job_is_found_fixed_retried_and_completes(
     assert events(db, job_id)[-1] == "failed"
 
     # The overview: the dead job's type, with its failure counted.
-    console.wait_for("audit-log", "charge-card", "failed", "updated")
-    assert eventually(lambda: overview_row(console, "charge-card")[:6] == [
+    terminal.wait_for("audit-log", "charge-card", "failed", "updated")
+    assert eventually(lambda: overview_row(terminal, "charge-card")[:6] == [
         "charge-card", "0", "0", "0", "0", "1"], "the overview counted the failure")
 
-    console.keys("f")  # every failed job, whatever type is highlighted
-    screen = console.wait_for("CardProcessorDown", str(job_id))
+    terminal.keys("f")  # every failed job, whatever type is highlighted
+    screen = terminal.wait_for("CardProcessorDown", str(job_id))
     assert "/ failed" in screen and "charge-card" in screen
 
     broken.unlink()  # the fix is deployed
 
-    console.keys("R")  # one job: retried at once, with a toast
-    console.wait_for("re-enqueued")
+    terminal.keys("R")  # one job: retried at once, with a toast
+    terminal.wait_for("re-enqueued")
     eventually(lambda: "completed" in events(db, job_id), "the retried job completed")
     assert row(db, job_id) is None  # done: it left the queue
     assert calls.read_text().split() == [str(job_id)] * 2  # the handler really ran again
@@ -125,8 +115,8 @@ def test_a_dead_job_is_found_fixed_retried_and_completes(
     assert completed == ({"invoice": 4242},)
 
     # The failed list no longer shows it; back on the overview, nothing has failed.
-    eventually(lambda: "CardProcessorDown" not in console.screen(), "the failed list emptied")
-    console.keys("Escape")
-    console.wait_for("fail/min", "charge-card")
-    assert eventually(lambda: overview_row(console, "charge-card")[1:6] == ["0"] * 5,
+    eventually(lambda: "CardProcessorDown" not in terminal.screen(), "the failed list emptied")
+    terminal.keys("Escape")
+    terminal.wait_for("fail/min", "charge-card")
+    assert eventually(lambda: overview_row(terminal, "charge-card")[1:6] == ["0"] * 5,
                       "the overview shows nothing failed, waiting or running")

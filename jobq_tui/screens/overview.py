@@ -43,7 +43,7 @@ def zoned(when: datetime, now: datetime) -> str:
 
 def pause_line(p: Pause, now: datetime) -> Text:
     """⏸ email paused by alice@host until 14:30 UTC (in 25m): deploy"""
-    text = Text(no_wrap=True, overflow="ellipsis")
+    text = Text()
     text.append(PAUSED, style="bold yellow")
     text.append(literal(p.type, 40, style="bold"))
     text.append(" paused by ")

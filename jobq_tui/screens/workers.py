@@ -23,7 +23,7 @@ from .overview import add_columns, sync_table, zoned
 #: The most useful first: an 80-column terminal cuts the id and types, which the line under
 #: the table shows in full for the highlighted worker.
 COLUMNS = [("status", "status"), ("host", "host"), ("pid", "pid"), ("busy", "in flight"),
-           ("beat", "last beat"), ("started", "started"), ("types", "types"), ("id", "id")]
+           ("beat", "last beat"), ("started", "started"), ("id", "id"), ("types", "types")]
 EMPTY = "no runner has registered (runners register when they start)"
 _STATUS_STYLE = {"running": "green", "draining": "yellow", "lost": "bold red"}
 
@@ -37,8 +37,8 @@ def _cells(w: Worker, now: datetime) -> list[Text]:
         Text(f"{span(w.silent_for)} ago", justify="right",
              style="bold red" if not w.alive else ""),
         Text(zoned(w.started_at, now)),
-        literal(", ".join(w.types) or "every type", 30),
         literal(w.id, 40),
+        literal(", ".join(w.types) or "every type", 30),
     ]
 
 
