@@ -1,10 +1,7 @@
 """What the console's actions do: the same `AsyncAdmin` calls as `jobq retry`, `extend`,
-`delete`, `clear`, `pause`, `resume` and `workers --drain`, with a preview and a confirmation
-sized to the risk.
+`delete` and `clear`, with a preview and a confirmation sized to the risk.
 
-- one retry or extend runs at once, with a toast; so do pause (after asking for how long and
-  why) and resume, which delete nothing;
-- a drain names the worker and asks y/N;
+- one retry or extend runs at once, with a toast;
 - a bulk retry or extend shows the preview and asks y/N with the count;
 - delete and clear show the preview and make you type the count.
 """
@@ -29,7 +26,6 @@ from .format import clock
 from .safe import redact, visible
 from .screens.base import READ_ONLY_REASON
 from .screens.dialogs import ConfirmScreen, PromptScreen, TypeToConfirmScreen
-from .screens.overview import zoned
 
 if TYPE_CHECKING:
     from .app import JobqApp
@@ -191,10 +187,14 @@ class Operator:
                                 title="clear", markup=False)
         self._start(flow)
 
-    # -- pause, resume and drain -----------------------------------------------------------
+    # -- pause, resume and drain: `jobq pause`, `resume` and `workers --drain` -------------
+    # Pause and resume delete nothing: they run at once (a pause after asking how long and
+    # why). A drain stops a worker: it asks y/N, naming the worker and its host.
 
     def start_pause(self, job_type: str) -> None:
         async def flow() -> None:
+            from .screens.overview import zoned
+
             shown = visible(job_type, 40)
             duration = await self.app.push_screen_wait(PromptScreen(
                 f"Pause {shown} for how long? (empty: until resumed)", placeholder="30m",
