@@ -58,13 +58,13 @@ def pause_line(p: Pause, now: datetime) -> Text:
     return text
 
 
+#: Columns of text, here and on the workers screen; the others hold numbers and sparklines.
+_LEFT = {"type", "status", "host", "started", "types", "id"}
+
+
 def add_columns(table: DataTable[Text], columns: list[tuple[str, str]]) -> None:
     for key, label in columns:
         table.add_column(Text(label, justify="left" if key in _LEFT else "right"), key=key)
-
-
-#: Columns of text; the others hold numbers, and sparklines aligned with them.
-_LEFT = {"type", "status", "host", "started", "types", "id"}
 
 
 def sync_table(table: DataTable[Text], columns: list[tuple[str, str]],
