@@ -1067,8 +1067,9 @@ UPDATE {workers} SET drain_requested_at = coalesce(drain_requested_at, now()),
 WHERE id = %(id)s
 RETURNING id, pg_notify({channel}, 'drain')::text"""
 
-# Every type with live jobs, by loose index scans: the cost grows with the number of types,
-# not of jobs. Claimed jobs are few (bounded by the workers' slots), so they are read as is.
+# Every type with live jobs, a pause, or ends in the last hour, by loose index scans: the cost
+# grows with the number of types, not of jobs. Claimed jobs are few (bounded by the workers'
+# slots), so they are read as is.
 STATS_TYPES = """
 WITH RECURSIVE pending_types AS (
     (SELECT type FROM {jobs} WHERE state = 'pending' ORDER BY type LIMIT 1)
@@ -1090,6 +1091,11 @@ UNION SELECT DISTINCT type FROM {jobs} WHERE state = 'cancelled'
 UNION SELECT type FROM {pauses} WHERE until IS NULL OR until > now()
 UNION SELECT DISTINCT type FROM {rates}
       WHERE type <> '' AND minute >= date_trunc('minute', now()) - interval '1 hour'
+-- ends the fold has not reached yet (it leaves the last minute or two): without them a type
+-- whose jobs all finished moments ago would drop out until its minute is folded, and return
+UNION SELECT DISTINCT type FROM {events}
+      WHERE occurred_at >= date_trunc('minute', now() - interval '70 seconds')
+        AND event IN ('completed', 'failed')
 ORDER BY 1"""
 
 # One type's figures. Counts stop at %(cap)s so that a huge backlog costs no more than a

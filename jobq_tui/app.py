@@ -39,6 +39,7 @@ from .screens.dialogs import HelpScreen, PromptScreen
 from .screens.jobs import JobsScreen
 from .screens.overview import OverviewScreen
 from .screens.trace import TraceScreen
+from .screens.workers import WorkersScreen
 from .usage import OneLineCommand
 from .widgets.status import Banner, Crumbs, Freshness, StatusBar
 
@@ -47,7 +48,7 @@ INTERVALS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 #: The longest wait between reconnection attempts, in seconds.
 MAX_BACKOFF = 30.0
 COMMANDS_HELP = ("commands: trace <request-id> · job <id> · jobs [filter] · failed · "
-                 "overview · clear <age> · refresh <seconds> · quit")
+                 "overview · workers · clear <age> · refresh <seconds> · quit")
 
 
 class JobqApp(App[None]):
@@ -250,6 +251,8 @@ class JobqApp(App[None]):
                 state))
         rows = ours + widgets
         notes = ["ctrl+p: command palette (every screen and action) · " + COMMANDS_HELP]
+        if note := getattr(screen, "help_note", ""):
+            notes.insert(0, note)
         if self.read_only:
             notes.append(READ_ONLY_REASON)
         title = getattr(screen, "crumb", "") or "jobq"
@@ -288,6 +291,8 @@ class JobqApp(App[None]):
                 return lambda: self.open(JobsScreen(parse_filter("state:failed")))
             case "overview" | "o":
                 return self._to_overview
+            case "workers" | "w":
+                return lambda: self.open(WorkersScreen())
             case "clear" if rest:
                 parse_duration(rest)
                 return lambda: self.operator.start_clear(rest)
@@ -310,8 +315,10 @@ class JobqApp(App[None]):
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        yield SystemCommand("Overview", "Per-type counts, lease expiries and rates",
-                            lambda: self.run_command("overview"))
+        yield SystemCommand("Overview", "Per-type counts, late and expired leases, pauses, "
+                            "rates", lambda: self.run_command("overview"))
+        yield SystemCommand("Workers", "Every runner: host, in flight, last heartbeat; drain",
+                            lambda: self.run_command("workers"))
         for state in ("pending", "claimed", "failed", "completed"):
             yield SystemCommand(f"Jobs: {state}", f"List {state} jobs",
                                 lambda s=state: self.open(JobsScreen(parse_filter(f"state:{s}"))))
@@ -337,6 +344,14 @@ class JobqApp(App[None]):
                          else "The highlighted job, or the marked ones")
                 yield SystemCommand(title, (disabled or scope).lstrip(" —"),
                                     lambda a=action: self.run_screen_action(a))
+        if isinstance(screen, OverviewScreen):
+            yield SystemCommand("Pause or resume the highlighted type",
+                                (disabled or "p; a pause asks for how long and why").lstrip(" —"),
+                                lambda: self.run_screen_action("pause_type"))
+        if isinstance(screen, WorkersScreen):
+            yield SystemCommand("Drain the highlighted worker…",
+                                (disabled or "d; it finishes its jobs, then exits").lstrip(" —"),
+                                lambda: self.run_screen_action("drain"))
         yield SystemCommand("Pause or resume refresh", "space",
                             self.action_toggle_pause)
         yield SystemCommand("Refresh faster", "+", self.action_faster)

@@ -19,10 +19,11 @@ import psycopg
 from rich.text import Text
 
 from jobq_core import DatabaseUnavailableError, JobqError, parse_duration
-from jobq_core.admin import SAMPLE, AsyncAdmin, ClearPreview, Preview, RepairResult
+from jobq_core.admin import SAMPLE, AsyncAdmin, ClearPreview, Preview, RepairResult, Worker
 from jobq_core.durations import ACCEPTED, format_duration
 from jobq_core.errors import DatabaseError
 from jobq_core.filters import JobFilter
+from jobq_core.models import optional_text
 
 from .format import stamp
 from .safe import redact, visible
@@ -218,6 +219,61 @@ class Operator:
                 removed = await self.admin.clear(preview)
                 self.app.notify(f"cleared {removed} rows older than {visible(age)}",
                                 title="clear", markup=False)
+        self._start(flow)
+
+    # -- pause, resume and drain: `jobq pause`, `resume` and `workers --drain` -------------
+    # Pause and resume delete nothing: they run at once (a pause after asking how long and
+    # why). A drain stops a worker: it asks y/N, naming the worker and its host.
+
+    def start_pause(self, job_type: str) -> None:
+        async def flow() -> None:
+            from .screens.overview import zoned
+
+            shown = visible(job_type, 40)
+            duration = await self.app.push_screen_wait(PromptScreen(
+                f"Pause {shown} for how long? (empty: until resumed)", placeholder="30m",
+                validate=lambda v: v and parse_duration(v),
+                hint=f"{ACCEPTED}; empty: until someone resumes it (p, or jobq resume)"))
+            if duration is None:
+                return
+            reason = await self.app.push_screen_wait(PromptScreen(
+                f"Why is {shown} paused? (optional; other operators see it)",
+                placeholder="deploy in progress",
+                validate=lambda v: optional_text(v, "reason")))
+            if reason is None:
+                return
+            [pause] = await self.admin.pause([job_type], until=duration or None,
+                                             reason=reason or None)
+            until = "until resumed" if pause.until is None else \
+                f"until {zoned(pause.until, self.app.now())}"
+            self.app.notify(f"{job_type} paused {until}: claims skip it", title="pause",
+                            markup=False)
+        self._start(flow)
+
+    def start_resume(self, job_type: str) -> None:
+        async def flow() -> None:
+            if await self.admin.resume([job_type]):
+                self.app.notify(f"{job_type} resumed: runners claim it again", title="resume",
+                                markup=False)
+            else:
+                self.app.notify(f"{job_type} was not paused (its pause may have run out)",
+                                title="nothing changed", severity="warning", markup=False)
+        self._start(flow)
+
+    def start_drain(self, worker: Worker) -> None:
+        async def flow() -> None:
+            body = Text()
+            body.append(f"Worker {visible(worker.id, 60)} on {visible(worker.host, 60)} "
+                        f"(pid {worker.pid}) stops claiming, finishes its {worker.in_flight} "
+                        "running jobs, then exits.\n", style="bold")
+            body.append("Its types stay served only if other workers run them.", style="dim")
+            ok = await self.app.push_screen_wait(ConfirmScreen(
+                f"Drain worker {visible(worker.id, 40)} on {visible(worker.host, 30)}?", body,
+                "Drain"))
+            if ok:
+                await self.admin.drain(worker.id)
+                self.app.notify(f"worker {worker.id} on {worker.host} asked to drain",
+                                title="drain", markup=False)
         self._start(flow)
 
     # -- shared -----------------------------------------------------------------------------

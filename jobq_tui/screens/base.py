@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 #: Actions that change the database; a read-only console shows them disabled.
 MUTATING = frozenset({"retry", "retry_all", "extend", "extend_by", "delete", "clear",
-                      "cancel"})
+                      "cancel", "pause_type", "drain"})
 READ_ONLY_REASON = "read-only session (--read-only): the database refuses writes"
 
 

@@ -1,122 +1,230 @@
-"""The overview: one row per job type, with what is waiting, running, expiring and failing."""
+"""The overview: one row per job type, with what is waiting, running, late and failing, and
+which types are paused.
+
+Rows are keyed by type and the cursor follows its type, not its index, across refreshes."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import ClassVar
 
 from rich.text import Text
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Static
 
-from jobq_core.admin import AsyncAdmin, Count, TypeStats
+from jobq_core.admin import AsyncAdmin, Count, Pause, TypeStats
 from jobq_core.filters import JobFilter
 
-from ..format import count, literal, span, sparkline
+from ..format import count, literal, relative, span, sparkline
 from ..widgets.status import Banner, Crumbs, StatusBar
 from .base import LiveScreen
 
 #: Sparkline width bounds: wide terminals get an hour's shape, 80 columns still fit.
-SPARK_WIDTH = (6, 20)
+SPARK_WIDTH = (8, 20)
+#: Below this width the two rate columns become one: completions, red where jobs failed.
+NARROW = 90
 COLUMNS = (("type", "type"), ("ready", "ready"), ("scheduled", "sched"),
-           ("claimed", "claimed"), ("expiring", "<60s"), ("failed", "failed"),
-           ("oldest", "oldest"), ("done", "done/min"), ("fails", "fail/min"))
+           ("claimed", "claimed"), ("late", "late"), ("failed", "failed"),
+           ("cancelled", "cancl"), ("oldest", "oldest"), ("done", "done/min"),
+           ("fails", "fail/min"))
+#: What the paused lines under the table may take; more paused types are counted.
+PAUSED_LINES = 3
+PAUSED = "⏸ "
+
+
+def zoned(when: datetime, now: datetime) -> str:
+    """A time with its zone (UTC, as servers log): 14:30 UTC today, else with the date."""
+    utc = when.astimezone(UTC)
+    day = "" if utc.date() == now.astimezone(UTC).date() else utc.strftime("%Y-%m-%d ")
+    return f"{day}{utc:%H:%M} UTC"
+
+
+def pause_line(p: Pause, now: datetime) -> Text:
+    """⏸ email paused by alice@host until 14:30 UTC (in 25m): deploy"""
+    text = Text()
+    text.append(PAUSED, style="bold yellow")
+    text.append(literal(p.type, 40, style="bold"))
+    text.append(" paused by ")
+    text.append(literal(p.paused_by, 40))
+    if p.until is None:
+        text.append(" until resumed")
+    else:
+        text.append(f" until {zoned(p.until, now)} ({relative(p.until, now)})")
+    if p.reason:
+        text.append(": ")
+        text.append(literal(p.reason, 120))
+    return text
+
+
+#: Columns of text, here and on the workers screen; the others hold numbers and sparklines.
+_LEFT = {"type", "status", "host", "started", "types", "id"}
+
+
+def add_columns(table: DataTable[Text], columns: list[tuple[str, str]]) -> None:
+    for key, label in columns:
+        table.add_column(Text(label, justify="left" if key in _LEFT else "right"), key=key)
+
+
+def sync_table(table: DataTable[Text], columns: list[tuple[str, str]],
+               rows: dict[str, list[Text]]) -> None:
+    """Show `rows` (keyed, in order) in `table`. The cursor stays on its row's key across
+    refreshes; if that row is gone, at the same place. A row that came or went, or a change of
+    columns, rebuilds the table (a few rows), so every column is measured afresh."""
+    selected = None
+    if table.row_count:
+        selected = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+    index = table.cursor_row
+    if [c.key.value for c in table.ordered_columns] != [k for k, _ in columns] or \
+            [r.key.value for r in table.ordered_rows] != list(rows):
+        table.clear(columns=True)
+        add_columns(table, columns)
+        for key, cells in rows.items():
+            table.add_row(*cells, key=key)
+    else:
+        for key, cells in rows.items():
+            for (column, _), cell in zip(columns, cells, strict=True):
+                if table.get_cell(key, column) != cell:
+                    table.update_cell(key, column, cell, update_width=True)
+    if rows:
+        at = list(rows).index(selected) if selected in rows else min(index, len(rows) - 1)
+        if at != table.cursor_row:
+            table.move_cursor(row=at, animate=False)
 
 
 class OverviewScreen(LiveScreen):
     crumb = "overview"
+    help_note = ("late: under half its lease left (a missed heartbeat) · n✗: leases "
+                 f"expired · cancl: cancelled · {PAUSED}paused: claims skip the type")
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open_type", "Jobs of type"),
         Binding("a", "all_jobs", "All jobs"),
         Binding("f", "failed_jobs", "Failed"),
+        Binding("p", "pause_type", "Pause/resume type"),
+        Binding("w", "workers", "Workers"),
         Binding("slash", "filter", "Filter"),
         Binding("C", "clear", "Clear old…"),
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stats: dict[str, TypeStats] = {}
+        self._data: list[TypeStats] | None = None
 
     def compose(self) -> ComposeResult:
         yield Crumbs(id="crumbs")
         yield Banner(id="banner")
         table: DataTable[Text] = DataTable(id="overview", cursor_type="row", zebra_stripes=True)
         yield table
+        yield Static(id="overview-paused")
         yield Static(id="overview-summary")
         yield StatusBar(id="status")
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
-        for key, label in COLUMNS:
-            table.add_column(Text(label, justify="left" if key == "type" else "right"), key=key)
         self.query_one("#banner", Banner).show(None)
+        self.query_one("#overview-paused", Static).display = False
+        table: DataTable[Text] = self.query_one(DataTable)
+        if not table.columns:  # a refresh may have drawn it already
+            add_columns(table, self._columns())
         table.focus()
 
     async def fetch(self, admin: AsyncAdmin) -> list[TypeStats]:
         return await admin.stats()
 
+    def _columns(self) -> list[tuple[str, str]]:
+        return list(COLUMNS if self.app.size.width >= NARROW else COLUMNS[:-1])
+
     def show(self, data: list[TypeStats]) -> None:
+        self._data = data
+        self.stats = {s.type: s for s in data}
         table: DataTable[Text] = self.query_one(DataTable)
-        wanted = [s.type for s in data]
-        rows = {s.type: self._cells(s) for s in data}
-        present = [row.key.value for row in table.ordered_rows]
-        kept = [t for t in present if t in rows]
-        if kept + [t for t in wanted if t not in present] != wanted:
-            # A type arrived out of order: rebuild in order (a few rows), keeping the cursor
-            # on its type.
-            selected = self._selected_type()
-            table.clear()
-            for job_type in wanted:
-                table.add_row(*rows[job_type], key=job_type)
-            if selected in rows:
-                table.move_cursor(row=wanted.index(selected), animate=False)
-        for key in [k for k in table.rows if k.value not in rows]:
-            table.remove_row(key)
-        for job_type, cells in rows.items():
-            if job_type not in table.rows:
-                table.add_row(*cells, key=job_type)
-                continue
-            for (column, _), cell in zip(COLUMNS, cells, strict=True):
-                if table.get_cell(job_type, column) != cell:
-                    table.update_cell(job_type, column, cell)
+        columns = self._columns()
+        rows = {s.type: self._cells(s, len(columns)) for s in data}
+        sync_table(table, columns, rows)
+        self._show_paused(data)
+        self._show_summary(data)
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self._data is not None:
+            self.show(self._data)
+
+    def _show_paused(self, data: list[TypeStats]) -> None:
+        paused = [s.paused for s in data if s.paused is not None]
+        field = self.query_one("#overview-paused", Static)
+        field.display = bool(paused)
+        if not paused:
+            return
+        now = self.jobq.now()
+        lines = [pause_line(p, now) for p in paused[:PAUSED_LINES]]
+        if len(paused) > PAUSED_LINES:
+            lines.append(Text(f"… and {len(paused) - PAUSED_LINES} more paused types",
+                              style="dim"))
+        field.update(Text("\n").join(lines))
+
+    def _show_summary(self, data: list[TypeStats]) -> None:
         summary = Text()
         if not data:
             summary.append("No jobs yet. Enqueue one with `jobq enqueue <type>` or from your "
                            "service, and it shows here.", style="dim")
-        else:
-            # A sum of counts is exact only if every count is: an estimate keeps its "~".
-            totals = {name: Count(sum(getattr(s, name).value for s in data),
-                                  all(getattr(s, name).exact for s in data))
-                      for name in ("ready", "scheduled", "claimed", "expired", "failed")}
-            summary.append(f"{len(data)} types · " + " · ".join(
-                f"{value} {name}" for name, value in totals.items()))
-            if totals["expired"].value:
-                summary.append(f"  ⚠ {totals['expired']} leases expired: their workers are "
-                               "gone; the next claim takes them back", style="bold red")
+            self.query_one("#overview-summary", Static).update(summary)
+            return
+        # A sum of counts is exact only if every count is: an estimate keeps its "~".
+        totals = {name: Count(sum(getattr(s, name).value for s in data),
+                              all(getattr(s, name).exact for s in data))
+                  for name in ("ready", "scheduled", "claimed", "late", "expired", "failed",
+                               "cancelled")}
+        summary.append(f"{len(data)} types · " + " · ".join(
+            f"{value} {name}" for name, value in totals.items()))
+        expired = [s for s in data if s.expired.value]
+        taken_back = sum(s.expired.value for s in expired if s.served and s.paused is None)
+        if taken_back:
+            summary.append(f"\n⚠ {taken_back} leases expired: their workers are gone; the "
+                           "next claim takes them back", style="bold red")
+        for s in expired:
+            if s.paused is not None:
+                why = "paused: they are taken back once it is resumed"
+            elif not s.served:
+                why = "no live worker serves this type"
+            else:
+                continue
+            summary.append(f"\n⚠ {s.type}: {s.expired} leases expired; {why}",
+                           style="bold red")
         self.query_one("#overview-summary", Static).update(summary)
 
     def _spark_width(self) -> int:
-        return max(SPARK_WIDTH[0], min(SPARK_WIDTH[1], (self.size.width - 70) // 2))
+        return max(SPARK_WIDTH[0], min(SPARK_WIDTH[1], (self.app.size.width - 74) // 2))
 
-    def _cells(self, s: TypeStats) -> list[Text]:
+    def _cells(self, s: TypeStats, n_columns: int) -> list[Text]:
         width = self._spark_width()
+        name = literal(s.type, 20)
+        if s.paused is not None:
+            name = Text.assemble((PAUSED, "bold yellow"), name)
         claimed = count(s.claimed)
         if s.expired.value:
             claimed = Text(f"{s.claimed} ({s.expired}✗)", style="bold red", justify="right")
         failed = count(s.failed)
-        fails = sparkline(s.failed_per_min, width)
         if s.failed.value:
             failed.stylize("red")
+        done = sparkline(s.completed_per_min, width)
+        fails = sparkline(s.failed_per_min, width)
         if any(s.failed_per_min[-width:]):
             fails.stylize("red")
-        return [
-            literal(s.type, 20), count(s.ready), count(s.scheduled), claimed,
-            Text(str(s.late), style="yellow" if s.late.value else "dim",
-                 justify="right"),
-            failed,
+        cells = [
+            name, count(s.ready), count(s.scheduled), claimed,
+            Text(str(s.late), style="yellow" if s.late.value else "dim", justify="right"),
+            failed, count(s.cancelled),
             Text(span(s.oldest_ready_age) if s.ready.value and s.oldest_ready_age is not None
                  else "—", justify="right"),
-            sparkline(s.completed_per_min, width),
-            fails,
+            done, fails,
         ]
+        if n_columns < len(COLUMNS):
+            # One rate column: the minutes in which jobs failed are red.
+            for i, failures in enumerate(s.failed_per_min[-width:]):
+                if failures:
+                    done.stylize("bold red", i, i + 1)
+        return cells[:n_columns]
 
     def _selected_type(self) -> str | None:
         table: DataTable[Text] = self.query_one(DataTable)
@@ -139,9 +247,26 @@ class OverviewScreen(LiveScreen):
         self.jobq.open(JobsScreen(JobFilter()))
 
     def action_failed_jobs(self) -> None:
+        """Every failed job, of every type: a type's own are under enter."""
         from .jobs import JobsScreen
 
-        self.jobq.open(JobsScreen(JobFilter(state="failed", type=self._selected_type())))
+        self.jobq.open(JobsScreen(JobFilter(state="failed")))
+
+    def action_pause_type(self) -> None:
+        """Pause the highlighted type (asking for how long and why), or resume it."""
+        job_type = self._selected_type()
+        if job_type is None:
+            return
+        stats = self.stats.get(job_type)
+        if stats is not None and stats.paused is not None:
+            self.jobq.operator.start_resume(job_type)
+        else:
+            self.jobq.operator.start_pause(job_type)
+
+    def action_workers(self) -> None:
+        from .workers import WorkersScreen
+
+        self.jobq.open(WorkersScreen())
 
     def action_filter(self) -> None:
         from .jobs import JobsScreen
