@@ -117,6 +117,19 @@ async def test_f_opens_the_failed_jobs_of_every_type(dsn: str, queue: JobQueue) 
         assert {r.type for r in jobs.rows.values()} == {"alpha", "beta"}
 
 
+async def test_x_opens_the_cancelled_jobs_of_every_type(dsn: str, queue: JobQueue) -> None:
+    cancelled = [queue.enqueue(job_type, {}) for job_type in ("alpha", "beta")]
+    queue.enqueue("aardvark", {})
+    Admin(queue).cancel(cancelled, reason="duplicate order")
+    app = JobqApp(dsn, interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        await overview_with(pilot, app, "aardvark", "alpha", "beta")
+        await pilot.press("x")
+        jobs = await until(pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen)
+        assert jobs.current_filter().state == "cancelled"
+        await until(pilot, lambda: sorted(jobs.rows) == sorted(cancelled))
+
+
 # -- pause and resume ------------------------------------------------------------------------
 
 async def test_p_pauses_a_type_until_resumed_and_p_again_resumes_it(
@@ -142,17 +155,17 @@ async def test_p_pauses_a_type_until_resumed_and_p_again_resumes_it(
         other = queue.claim()
         assert other is not None and other.type == "report"
 
-        await until(pilot, lambda: cell(table, "email", "type").startswith("⏸"))
+        await until(pilot, lambda: cell(table, "email", "type").startswith("‖"))
         paused = text_of(app, "#overview-paused")
         assert f"email paused by {operator_name()} until resumed: deploy [v2]" in paused
-        assert not cell(table, "report", "type").startswith("⏸")
+        assert not cell(table, "report", "type").startswith("‖")
 
         await pilot.press("p")  # paused: resumes at once, no question
         await until(pilot, lambda: pause_row(db, "email") is None)
         assert not isinstance(app.screen, PromptScreen)
         job = queue.claim(types=["email"])
         assert job is not None and job.id == job_id
-        await until(pilot, lambda: not cell(table, "email", "type").startswith("⏸"))
+        await until(pilot, lambda: not cell(table, "email", "type").startswith("‖"))
         assert not app.screen.query_one("#overview-paused").display
 
 
@@ -181,7 +194,7 @@ async def test_a_pause_for_a_duration_runs_out_by_itself(
         assert any("paused until" in n and "UTC" in n for n in notifications(app))
 
         db.execute("UPDATE svti_jobs_pauses SET until = now() - interval '1 second'")
-        await until(pilot, lambda: not cell(table, "email", "type").startswith("⏸"))
+        await until(pilot, lambda: not cell(table, "email", "type").startswith("‖"))
         screen = app.screen
         assert isinstance(screen, OverviewScreen)
         assert screen.stats["email"].paused is None

@@ -31,7 +31,7 @@ COLUMNS = (("type", "type"), ("ready", "ready"), ("scheduled", "sched"),
            ("fails", "fail/min"))
 #: What the paused lines under the table may take; more paused types are counted.
 PAUSED_LINES = 3
-PAUSED = "⏸ "
+PAUSED = "‖ "
 
 
 def zoned(when: datetime, now: datetime) -> str:
@@ -42,7 +42,7 @@ def zoned(when: datetime, now: datetime) -> str:
 
 
 def pause_line(p: Pause, now: datetime) -> Text:
-    """⏸ email paused by alice@host until 14:30 UTC (in 25m): deploy"""
+    """‖ email paused by alice@host until 14:30 UTC (in 25m): deploy"""
     text = Text()
     text.append(PAUSED, style="bold yellow")
     text.append(literal(p.type, 40, style="bold"))
@@ -101,6 +101,7 @@ class OverviewScreen(LiveScreen):
         Binding("enter", "open_type", "Jobs of type"),
         Binding("a", "all_jobs", "All jobs"),
         Binding("f", "failed_jobs", "Failed"),
+        Binding("x", "cancelled_jobs", "Cancelled", show=False),
         Binding("p", "pause_type", "Pause/resume type"),
         Binding("w", "workers", "Workers"),
         Binding("slash", "filter", "Filter"),
@@ -251,6 +252,12 @@ class OverviewScreen(LiveScreen):
         from .jobs import JobsScreen
 
         self.jobq.open(JobsScreen(JobFilter(state="failed")))
+
+    def action_cancelled_jobs(self) -> None:
+        """Every cancelled job, of every type (kept, and retryable, like failed ones)."""
+        from .jobs import JobsScreen
+
+        self.jobq.open(JobsScreen(JobFilter(state="cancelled")))
 
     def action_pause_type(self) -> None:
         """Pause the highlighted type (asking for how long and why), or resume it."""
