@@ -308,6 +308,14 @@ def worker_beat(st: Statements, me: WorkerInfo, held: Sequence[int]) -> Op[Order
     return Orders(drain_by, {int(i): why for i, why in cancelled or []}, set(paused or ()))
 
 
+def cancelled(st: Statements, ids: Sequence[int]) -> Op[dict[int, str]]:
+    """Which of these jobs an operator cancelled, with the recorded reason."""
+    if not ids:
+        return {}
+    rows = yield Stmt(st.cancelled_of, {"ids": [validate_id(i) for i in ids]})
+    return {int(job_id): reason for job_id, reason in rows}
+
+
 def worker_gone(st: Statements, worker_id: str) -> Op[None]:
     yield Stmt(st.worker_gone, {"id": worker_id})
 

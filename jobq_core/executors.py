@@ -156,15 +156,24 @@ class LineFormatter(logging.Formatter):
 
 class FallbackHandler(logging.StreamHandler[TextIO]):
     """jobq's records on stderr for as long as the application has configured no logging of
-    its own; once the root logger has a handler, that handler shows them instead."""
+    its own; once the root logger has a handler, that handler shows them instead, and this
+    one leaves `logger` as it found it (no handler of jobq's, its level unset)."""
 
-    def __init__(self) -> None:
+    def __init__(self, logger: logging.Logger) -> None:
         super().__init__(sys.stderr)
         self.setFormatter(LineFormatter())
+        self._logger = logger
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not logging.root.handlers:
+        if logging.root.handlers:
+            self.step_aside()
+        else:
             super().emit(record)
+
+    def step_aside(self) -> None:
+        if self in self._logger.handlers:
+            self._logger.removeHandler(self)
+            self._logger.setLevel(logging.NOTSET)
 
 
 def log_to_stderr(level: int | str) -> None:

@@ -539,6 +539,10 @@ class JobQueue(_QueueCore):
         """Leave the worker registry (a clean stop)."""
         self._run(_ops.worker_gone(self.statements, worker_id))
 
+    def cancelled(self, ids: Sequence[int]) -> dict[int, str]:
+        """Which of these jobs an operator cancelled, with who and why."""
+        return self._run(_ops.cancelled(self.statements, ids))
+
     def claim_job(
         self, job_id: int, *, lease_ms: int | None = None, worker: str | None = None
     ) -> Job | None:
@@ -846,6 +850,9 @@ class AsyncJobQueue(_QueueCore):
 
     async def worker_gone(self, worker_id: str) -> None:
         await self._run(_ops.worker_gone(self.statements, worker_id))
+
+    async def cancelled(self, ids: Sequence[int]) -> dict[int, str]:
+        return await self._run(_ops.cancelled(self.statements, ids))
 
     async def claim_job(
         self, job_id: int, *, lease_ms: int | None = None, worker: str | None = None

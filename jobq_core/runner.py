@@ -85,8 +85,9 @@ PERMANENT_FAILURES, PERMANENT_SECONDS = 5, 30.0
 STOP_GRACE = 1.0
 #: Backoff of a failing loop: from this many seconds, doubling, jittered, up to the cap.
 BACKOFF_BASE, BACKOFF_CAP = 0.1, 5.0
-#: Seconds between a runner's folds of the per-minute rates from history.
-FOLD_EVERY = 60
+#: Seconds between a runner's folds of the per-minute rates from history, and the longest
+#: a fold may take (it never holds up anything that matters: the next minute tries again).
+FOLD_EVERY, FOLD_TIMEOUT = 60, 10.0
 #: Seconds a stopping runner waits for its last beat to end and its registry entry to go.
 LEAVE_GRACE = 5.0
 #: Seconds a loop's database call may take before it is reported as hung and retried.
@@ -246,7 +247,7 @@ class Context:
         return job_id
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: one object per attempt
 class _Attempt:
     job: Job
     task: Task
@@ -323,7 +324,12 @@ class TaskRunner:
         self.counters: Counter[str] = Counter()
         self._listeners: list[Callable[[RunnerEvent], None]] = [on_event] if on_event else []
         self._tasks: dict[str, Task] = {}
+        #: The attempts that hold their job's lease, by job id.
         self._running: dict[int, _Attempt] = {}
+        #: Attempts whose job was taken from them (an operator's cancel, a lost lease) while
+        #: their handler still runs: it keeps its slot until it ends, but the job is no longer
+        #: theirs, and the same job may run here again meanwhile.
+        self._retired: set[_Attempt] = set()
         self._stuck_threads = 0
         self._retries_due: list[float] = []
         self._waiting_for_slot = False
@@ -438,7 +444,7 @@ class TaskRunner:
             "draining_for": self._draining,
             "pid": os.getpid(),
             "in_flight": len(self._running),
-            "free_slots": max(self.concurrency - len(self._running) - self._stuck_threads, 0),
+            "free_slots": max(self._free_slots(), 0),
             "error": None if self._fatal is None else str(self._fatal),
             "loops": {name: {"failures": h.failures, "last_ok": h.last_ok,
                              "last_error": h.last_error} for name, h in self._loops.items()},
@@ -584,8 +590,9 @@ class TaskRunner:
         started = time.monotonic()
         undo_logging = _log_somewhere()
         self._loops = {name: LoopHealth() for name in ("claim", "heartbeat", "registry", "ack")}
-        beats = self._side_task(self._heartbeats(register=True), "heartbeat")
-        background = [beats, self._side_task(self._acker(), "ack")]
+        beats = self._side_task(self._registry(), "registry")
+        background = [beats, self._side_task(self._heartbeats(), "heartbeat"),
+                      self._side_task(self._acker(), "ack")]
         if self.notify and self.queue.listens:
             background.append(self._side_task(self._listen(), "listener"))
         conninfo = self.queue.conninfo
@@ -674,7 +681,7 @@ class TaskRunner:
         # Listed before it holds a job (a failing first beat holds claims up no longer).
         await self._wait_for(self._registered, self.heartbeat_interval)
         while not self._stop.is_set():
-            free = self.concurrency - len(self._running) - self._stuck_threads
+            free = self._free_slots()
             self._wake.clear()
             self._waiting_for_slot = free <= 0
             if self._waiting_for_slot:
@@ -841,62 +848,79 @@ class TaskRunner:
                             "reconnecting in %.1fs", error, pause)
                 await asyncio.sleep(pause)
 
-    async def _heartbeats(self, *, register: bool = False) -> None:
-        """One statement per beat extends every held lease. A lease that did not hold, or
-        whose local deadline passed while the database was unreachable, cancels its attempt:
-        another worker may own the job by then.
-
-        With `register`, each beat also refreshes this runner in the worker registry (from
-        the start, holding jobs or not), which brings back operators' orders: cancelled jobs,
-        a drain, paused types. A NOTIFY 'cancel' or 'drain' makes the next beat come now. On
-        leaving, the runner's entry goes with it; only this loop writes it, so no beat in
-        flight can bring the entry back afterwards."""
-        assert self._beat_now is not None
-        pause = 0.0 if register else self.heartbeat_interval
-        while not self._leaving:
-            await self._wait_for(self._beat_now, min(pause, self.heartbeat_interval))
-            self._beat_now.clear()
-            if self._leaving:
-                break
+    async def _heartbeats(self) -> None:
+        """One statement per beat extends every held lease; nothing else is awaited here, so
+        nothing slower can make a lease run out. A lease that did not hold, or whose local
+        deadline passed while the database was unreachable, ends its attempt: another worker
+        may own the job by then, or an operator cancelled it."""
+        pause = self.heartbeat_interval
+        while True:
+            await asyncio.sleep(pause)
             self._write_health()
             pause = self.heartbeat_interval
             held = list(self._running.values())
+            if not held:
+                continue
             lost: list[_Attempt] = []
-            if held:
-                pause = min(pause, await self._renew(held, lost))
-            orders: Orders | None = None
-            if register:
-                try:
-                    orders = await self._loop_call(
-                        "registry", "worker_beat", self._me(), [a.job.id for a in held],
-                        timeout=max(1.0, 2 * self.heartbeat_interval))
-                    self._db_ok("registry")
-                except Exception as exc:
-                    pause = min(pause, await self._recover("registry", exc, sleep=False))
-                assert self._registered is not None
-                self._registered.set()
+            pause = min(pause, await self._renew(held, lost))
+            await self._note_cancels(lost)
             for attempt in lost:
-                # A cancelled job's lease is gone too: the beat that follows the lease
-                # renewal tells which of the leases an operator took away.
-                if orders is None or attempt.job.id not in orders.cancelled:
+                if attempt.operator is None:
                     self._lose(attempt, "lease lost (reclaimed or removed)")
-            if orders is not None:
+
+    async def _note_cancels(self, attempts: list[_Attempt]) -> None:
+        """Of these attempts whose job was refused to them (a lease that did not hold, an
+        ack or a failure the fence turned down), mark those an operator cancelled: a cancel,
+        not a lost lease, even before a registry beat brought the news."""
+        if not attempts:
+            return
+        try:
+            cancelled: dict[int, str] = await self._loop_call(
+                "heartbeat", "cancelled", [a.job.id for a in attempts])
+        except Exception as exc:
+            log.warning("could not tell cancelled jobs from lost leases: %s", exc)
+            return
+        for attempt in attempts:
+            if attempt.job.id in cancelled:
+                self._cancelled_by_operator(attempt, cancelled[attempt.job.id])
+
+    async def _registry(self) -> None:
+        """This runner's entry in the worker registry, refreshed every heartbeat interval from
+        the start, holding jobs or not; each beat brings back operators' orders: cancelled
+        jobs, a drain, paused types. A NOTIFY 'cancel' or 'drain' makes the next beat come
+        now. Once a minute it folds the per-minute rates. On leaving, the entry goes with it;
+        only this loop writes it, so no beat in flight can bring the entry back afterwards."""
+        assert self._beat_now is not None and self._registered is not None
+        pause = 0.0
+        while not self._leaving:
+            await self._wait_for(self._beat_now, pause)
+            self._beat_now.clear()
+            if self._leaving:
+                break
+            pause = self.heartbeat_interval
+            try:
+                orders: Orders = await self._loop_call(
+                    "registry", "worker_beat", self._me(), list(self._running),
+                    timeout=max(1.0, 2 * self.heartbeat_interval))
+                self._db_ok("registry")
                 self._obey(orders)
-            if register and time.monotonic() >= self._next_fold:
+            except Exception as exc:
+                pause = min(pause, await self._recover("registry", exc, sleep=False))
+            self._registered.set()
+            if time.monotonic() >= self._next_fold:
                 self._next_fold = time.monotonic() + FOLD_EVERY
                 await self._fold_rates()
-        if register:
-            try:
-                await self._loop_call("registry", "worker_gone", self.worker_id, timeout=5.0)
-            except Exception as exc:
-                log.warning("could not leave the worker registry (the entry ages out): %s", exc)
+        try:
+            await self._loop_call("registry", "worker_gone", self.worker_id, timeout=5.0)
+        except Exception as exc:
+            log.warning("could not leave the worker registry (the entry ages out): %s", exc)
 
     async def _fold_rates(self) -> None:
         """Fold the per-minute rates, so that they are counted while runners run and not only
         while someone watches `jobq status` or the console. One folder at a time across the
         fleet (the others skip), so a fleet costs the same as one runner."""
         try:
-            await self._loop_call("registry", "fold_rates")
+            await self._loop_call("registry", "fold_rates", timeout=FOLD_TIMEOUT)
         except Exception as exc:  # the rates are a view: never a reason to stop serving
             log.warning("could not fold the per-minute rates, trying again in %d s: %s",
                         FOLD_EVERY, exc)
@@ -937,16 +961,37 @@ class TaskRunner:
                           self.task_types, self.concurrency, self.heartbeat_interval,
                           __version__)
 
+    def _free_slots(self) -> int:
+        return (self.concurrency - len(self._running) - len(self._retired)
+                - self._stuck_threads)
+
+    def _retire(self, attempt: _Attempt) -> None:
+        """The job is no longer this attempt's: stop renewing it, keep its slot until the
+        handler ends, and let the job run again (here too) without mixing the two up."""
+        if self._running.get(attempt.job.id) is attempt:
+            del self._running[attempt.job.id]
+            self._retired.add(attempt)
+
+    def _release_slot(self, attempt: _Attempt) -> None:
+        if self._running.get(attempt.job.id) is attempt:
+            del self._running[attempt.job.id]
+        self._retired.discard(attempt)
+
+    def _cancelled_by_operator(self, attempt: _Attempt, reason: str) -> None:
+        if attempt.operator is not None:
+            return
+        attempt.operator = reason
+        attempt.cancel(reason)
+        self._retire(attempt)
+        log.warning("job %s (%s, request %s): %s; stopping its handler", attempt.job.id,
+                    attempt.job.type, attempt.job.request_id, reason)
+
     def _obey(self, orders: Orders) -> None:
         """Carry out what a registry beat brought back."""
         for job_id, reason in orders.cancelled.items():
             attempt = self._running.get(job_id)
-            if attempt is None or attempt.operator is not None:
-                continue
-            attempt.operator = reason
-            attempt.cancel(reason)
-            log.warning("job %s (%s, request %s): %s; stopping its handler", job_id,
-                        attempt.job.type, attempt.job.request_id, reason)
+            if attempt is not None:
+                self._cancelled_by_operator(attempt, reason)
         if orders.paused != self._paused:
             if orders.paused - self._paused:
                 log.warning("paused by an operator, not claimed until resumed: %s",
@@ -963,7 +1008,7 @@ class TaskRunner:
             self._wake_up()
 
     async def _leave(self, beats: asyncio.Task[None]) -> None:
-        """Stop beating and leave the registry (the heartbeat loop does, as its last act)."""
+        """Stop beating and leave the registry (the registry loop does, as its last act)."""
         self._leaving = True
         if self._beat_now is not None:
             self._beat_now.set()
@@ -971,6 +1016,7 @@ class TaskRunner:
 
     def _lose(self, attempt: _Attempt, reason: str) -> None:
         attempt.cancel(reason)
+        self._retire(attempt)
         self.counters["lease_lost"] += 1
         log.warning("job %s (%s, request %s): %s", attempt.job.id, attempt.job.type,
                     attempt.job.request_id, reason)
@@ -987,8 +1033,10 @@ class TaskRunner:
             while not self._acks.empty() and len(batch) < 1000:
                 batch.append(self._acks.get_nowait())
             kept = await self._ack(batch)
+            await self._note_cancels(
+                [a for a, _, _ in batch if a.job.id not in kept and a.operator is None])
             for attempt, result, started in batch:
-                self._running.pop(attempt.job.id, None)
+                self._release_slot(attempt)
                 if attempt.job.id in kept:
                     self.counters["completed"] += 1
                     self._emit("completed", attempt.job, duration=time.monotonic() - started,
@@ -1081,13 +1129,14 @@ class TaskRunner:
             try:
                 await self._queue_call("complete", job, result=result)
             except LeaseLostError:
+                await self._note_cancels([attempt])
                 return self._discard(attempt, started, "lease lost before the ack")
             self.counters["completed"] += 1
             self._emit("completed", job, duration=time.monotonic() - started, result=result)
             return _Outcome.COMPLETED, result
         finally:
             if not handed_over:
-                self._running.pop(job.id, None)
+                self._release_slot(attempt)
 
     def _discard(self, attempt: _Attempt, started: float,
                  reason: str | None = None) -> tuple[str, Any]:
@@ -1114,6 +1163,7 @@ class TaskRunner:
             await self._queue_call("fail", job, reason=reason, retry=retry,
                                    run_at=timedelta(seconds=delay) if retry else None)
         except LeaseLostError:
+            await self._note_cancels([attempt])
             return self._discard(attempt, started, "lease lost before the failure was recorded")
         log.warning("job %s (%s, request %s): attempt %d failed, %s: %s", job.id, job.type,
                     job.request_id, job.attempts,
@@ -1251,21 +1301,35 @@ class TaskRunner:
         return asyncio.run(self.arun(type, payload, **options))
 
 
+#: The fallback handler runners share while no logging is configured, and how many use it.
+_FALLBACK_LOCK = threading.Lock()
+_fallback: dict[str, Any] = {"handler": None, "users": 0}  # FallbackHandler | None, int
+
+
 def _log_somewhere() -> Callable[[], None]:
     """With no logging configured at all, show jobq's records (the runner's and
     `ctx.logger`'s) from INFO on stderr while serving: Python's last resort shows warnings
-    only, so a handler's `ctx.logger.info` would vanish. The handler steps aside as soon as
-    the application configures logging. Returns how to undo it."""
+    only, so a handler's `ctx.logger.info` would vanish. As soon as the application
+    configures logging the handler steps aside for good, and gives the `jobq` logger's level
+    back, so the application's own configuration decides. Runners in one process share it;
+    the last to stop removes it. Returns how to undo it."""
     jobq = logging.getLogger("jobq")
-    if logging.root.handlers or jobq.handlers or jobq.level != logging.NOTSET:
-        return lambda: None
-    handler = FallbackHandler()
-    jobq.addHandler(handler)
-    jobq.setLevel(logging.INFO)
+    with _FALLBACK_LOCK:
+        if _fallback["handler"] is None:
+            if logging.root.handlers or jobq.handlers or jobq.level != logging.NOTSET:
+                return lambda: None
+            handler = FallbackHandler(jobq)
+            _fallback["handler"] = handler
+            jobq.addHandler(handler)
+            jobq.setLevel(logging.INFO)
+        _fallback["users"] += 1
 
     def undo() -> None:
-        jobq.removeHandler(handler)
-        jobq.setLevel(logging.NOTSET)
+        with _FALLBACK_LOCK:
+            _fallback["users"] -= 1
+            if _fallback["users"] == 0 and _fallback["handler"] is not None:
+                _fallback["handler"].step_aside()
+                _fallback["handler"] = None
 
     return undo
 

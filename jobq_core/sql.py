@@ -133,6 +133,7 @@ _LOCAL_NAMES = {
     "ev_completed_idx": "_events_completed_idx",
     "notify_trigger": "_notify_insert",
     "cancelled_idx": "_cancelled_idx",
+    "cancelled_type_idx": "_cancelled_type_idx",
     "ev_event_check": "_events_event_check",
 }
 
@@ -346,6 +347,10 @@ CREATE_V5 = (
     "ALTER TABLE {events} ADD COLUMN IF NOT EXISTS payload jsonb",
     "CREATE INDEX {concurrently}IF NOT EXISTS {cancelled_idx} ON {jobs} (failed_at, id) "
     "WHERE state = 'cancelled'",
+    # Like failed_type_idx: status finds and counts each type's cancelled jobs by seeks, so a
+    # mass cancel of a runaway backlog does not make every refresh read all of it.
+    "CREATE INDEX {concurrently}IF NOT EXISTS {cancelled_type_idx} ON {jobs} (type) "
+    "WHERE state = 'cancelled'",
     """CREATE TABLE IF NOT EXISTS {pauses} (
         type text PRIMARY KEY,
         paused_at timestamptz NOT NULL DEFAULT now(),
@@ -384,7 +389,7 @@ CREATE_V5 = (
 EARLY_INDEXES: dict[int, tuple[tuple[str, str], ...]] = {
     2: (("failed_type_idx", CREATE_V2[1]),),
     3: (("ev_key_idx", CREATE_V3[1]),),
-    5: (("cancelled_idx", CREATE_V5[4]),),
+    5: (("cancelled_idx", CREATE_V5[4]), ("cancelled_type_idx", CREATE_V5[5])),
 }
 EARLY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended(%(key)s, 2))"
 EARLY_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended(%(key)s, 2))"
@@ -1005,6 +1010,12 @@ SELECT id, was,
        CASE WHEN has_waiters THEN pg_notify({done_channel}, id::text)::text END
 FROM upd"""
 
+# Which of these jobs an operator cancelled, and why: a runner whose lease or ack was refused
+# tells a cancel from a lost lease by it.
+CANCELLED_OF = """
+SELECT id, coalesce(last_error, 'cancelled') FROM {jobs}
+WHERE id = ANY(%(ids)s::bigint[]) AND state = 'cancelled'"""
+
 # Paused types: claims skip them (_CLAIM). A pause for a while ends by itself; pausing a
 # paused type again replaces its duration and reason.
 PAUSE = """
@@ -1083,11 +1094,17 @@ WITH RECURSIVE pending_types AS (
     SELECT (SELECT type FROM {jobs} WHERE state = 'failed' AND type > f.type
             ORDER BY type LIMIT 1)
     FROM failed_types f WHERE f.type IS NOT NULL
+), cancelled_types AS (
+    (SELECT type FROM {jobs} WHERE state = 'cancelled' ORDER BY type LIMIT 1)
+    UNION ALL
+    SELECT (SELECT type FROM {jobs} WHERE state = 'cancelled' AND type > c.type
+            ORDER BY type LIMIT 1)
+    FROM cancelled_types c WHERE c.type IS NOT NULL
 )
 SELECT type FROM pending_types WHERE type IS NOT NULL
 UNION SELECT type FROM failed_types WHERE type IS NOT NULL
+UNION SELECT type FROM cancelled_types WHERE type IS NOT NULL
 UNION SELECT DISTINCT type FROM {jobs} WHERE state = 'claimed'
-UNION SELECT DISTINCT type FROM {jobs} WHERE state = 'cancelled'
 UNION SELECT type FROM {pauses} WHERE until IS NULL OR until > now()
 UNION SELECT DISTINCT type FROM {rates}
       WHERE type <> '' AND minute >= date_trunc('minute', now()) - interval '1 hour'
@@ -1678,6 +1695,10 @@ class Statements:
     @cached_property
     def cancel(self) -> bytes:
         return self._render(CANCEL)
+
+    @cached_property
+    def cancelled_of(self) -> bytes:
+        return self._render(CANCELLED_OF)
 
     @cached_property
     def pause(self) -> bytes:

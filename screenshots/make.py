@@ -30,6 +30,7 @@ from jobq_tui.screens.detail import DetailScreen
 from jobq_tui.screens.dialogs import ConfirmScreen
 from jobq_tui.screens.jobs import JobsScreen
 from jobq_tui.screens.trace import TraceScreen
+from jobq_tui.screens.workers import WorkersScreen
 
 HERE = Path(__file__).resolve().parent
 SIZE = (110, 32)
@@ -87,11 +88,26 @@ def latest_claimed_slow_job(dsn: str) -> int:
     return max(rows, key=lambda r: (r.claimed_at, r.id)).id
 
 
+def pause_scheduled(dsn: str) -> None:
+    """An operator paused one type for a while: the overview says who, why and until when."""
+    from jobq_core.admin import Admin
+
+    with JobQueue(dsn) as queue:
+        Admin(queue).pause(["scheduled"], until="2h", reason="holiday freeze",
+                           by="alice@ops-1")
+
+
 async def capture(dsn: str) -> None:
+    pause_scheduled(dsn)
     app = JobqApp(dsn, interval=1.0, label="demo")
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         await wait(pilot, lambda: app.refreshes >= 2)
         await shoot(pilot, "overview")
+
+        await pilot.press("w")
+        await wait(pilot, lambda: isinstance(app.screen, WorkersScreen) and app.screen.listed)
+        await shoot(pilot, "workers")
+        await pilot.press("escape")
 
         app.run_command("jobs state:failed")
         await wait(pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen.rows)

@@ -167,27 +167,29 @@ def test_a_drained_runner_finishes_its_jobs_and_exits_by_itself(
     dsn: str, db: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     queue = JobQueue(dsn)
-    runner = runner_tasks.make_runner(dsn, concurrency=3, **SLOW_BEAT)
-    running = [queue.enqueue("slow", {"sleep": 2, "n": i}) for i in range(3)]
+    # A free slot: a runner that still claimed would take the job enqueued during the drain.
+    runner = runner_tasks.make_runner(dsn, concurrency=4, **SLOW_BEAT)
+    running = [queue.enqueue("slow", {"sleep": 3, "n": i}) for i in range(3)]
     thread = threading.Thread(target=lambda: asyncio.run(runner.serve()), daemon=True)
     with caplog.at_level(logging.INFO, logger="jobq"):
         thread.start()
         wait_until(lambda: db.execute("SELECT count(*) FROM svti_jobs WHERE state = 'claimed'"
                                       ).fetchone()[0] == 3, what="three claims")
-        waiting = queue.enqueue("noop", {"n": "not claimed"})
         wait_until(Admin(queue).workers, what="registration")
         Admin(queue).drain(runner.worker_id, by="ops@desk")
+        wait_until(lambda: runner.health()["draining_for"] == "ops@desk", what="the drain")
+        waiting = queue.enqueue("noop", {"n": "not claimed"})
         thread.join(60)  # no request_stop: the drain alone ends serve()
         assert not thread.is_alive()
     assert [queue.wait(i, timeout=1)["attempt"] for i in running] == [1, 1, 1]
     assert db.execute("SELECT count(*) FROM svti_jobs_events WHERE event = 'released'"
                       ).fetchone()[0] == 0
-    assert runner.counters["handed_back"] == 0 and runner.counters["completed"] >= 3
+    assert runner.counters["handed_back"] == 0 and runner.counters["completed"] == 3
     assert db.execute("SELECT count(*) FROM svti_jobs_workers").fetchone()[0] == 0
-    # The job enqueued after the drain stays for another worker (or was done before the
-    # drain arrived), never held by a runner that is leaving.
-    assert db.execute("SELECT state FROM svti_jobs WHERE id = %s", (waiting,)).fetchone() in (
-        ("pending",), None)
+    # The job enqueued during the drain stays for another worker: a draining runner, with a
+    # slot free, claims nothing more.
+    assert db.execute("SELECT state, attempts FROM svti_jobs WHERE id = %s", (waiting,)
+                      ).fetchone() == ("pending", 0)
     assert "draining at the request of ops@desk" in caplog.text
     assert runner.health()["draining_for"] == "ops@desk"
 
@@ -366,4 +368,67 @@ def test_a_claim_that_skipped_a_job_being_armed_for_a_waiter_is_woken_again(
         locker.commit()
         waiter.join(15)
     assert result == [{"n": 7}]
+    queue.close()
+
+
+def test_a_job_cancelled_and_retried_while_its_old_thread_still_runs_runs_once_more(
+    dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    """A thread cannot be killed: after a cancel its handler may run on, ignoring
+    ctx.cancelled, while the operator's retry runs the job again here. The old attempt keeps
+    its slot until it ends, but must not take the new attempt's bookkeeping with it: the new
+    one keeps its lease renewed, so the job is not taken back and run a third time."""
+    queue = JobQueue(dsn)
+    admin = Admin(queue)
+    calls: list[int] = []
+    runner = create_task_runner(queue, concurrency=2, lease_ms=2000, heartbeat_interval=0.5,
+                                poll_interval=0.1)
+
+    @runner.task("stubborn", max_attempts=5)
+    def stubborn(payload: Any, ctx: Any) -> int:
+        calls.append(len(calls) + 1)
+        time.sleep(2.5 if len(calls) == 1 else 4.0)  # ignores ctx.cancelled on purpose
+        return len(calls)
+
+    job_id = queue.enqueue("stubborn")
+    with serving(runner):
+        wait_until(lambda: calls, what="the first run")
+        admin.cancel([job_id], reason="wrong input")
+        wait_until(lambda: runner.counters["claimed"] == 1 and runner.health()["in_flight"] == 0,
+                   what="the cancel reaching the runner")
+        assert runner.health()["free_slots"] == 1  # the old thread still holds its slot
+        assert admin.retry([job_id]).changed == 1
+        wait_until(lambda: len(calls) == 2, what="the rerun")
+        wait_until(lambda: db.execute("SELECT count(*) FROM svti_jobs WHERE id = %s",
+                                      (job_id,)).fetchone()[0] == 0, timeout=20,
+                   what="the rerun's completion")
+        time.sleep(1.0)  # a third run would have started by now had the lease lapsed
+    assert calls == [1, 2]
+    assert events(db, job_id).count("completed") == 1
+    assert runner.counters["cancelled"] == 1 and runner.counters["lease_lost"] == 0
+    queue.close()
+
+
+def test_a_blocked_fold_never_holds_up_the_leases(dsn: str, db: psycopg.Connection[Any]) -> None:
+    """The rates table locked by someone else (a VACUUM FULL, a DBA's ALTER): the runner's
+    fold waits, but lease renewal goes on in its own loop, so a job is not run twice."""
+    queue = JobQueue(dsn)
+    calls: list[int] = []
+    # A free slot: a lapsed lease would be taken back, and the job run again, right here.
+    runner = create_task_runner(queue, concurrency=2, lease_ms=2000, heartbeat_interval=0.5,
+                                poll_interval=0.1)
+
+    @runner.task("steady")
+    def steady(payload: Any, ctx: Any) -> str:
+        calls.append(1)
+        time.sleep(5)
+        return "done"
+
+    job_id = queue.enqueue("steady")
+    with psycopg.connect(dsn) as dba:
+        dba.execute("LOCK TABLE svti_jobs_rates IN ACCESS EXCLUSIVE MODE")
+        with serving(runner):
+            assert queue.wait(job_id, timeout=20) == "done"
+        dba.rollback()
+    assert calls == [1] and events(db, job_id).count("claimed") == 1
     queue.close()

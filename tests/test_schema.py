@@ -224,7 +224,7 @@ def _as_version_4(conn: psycopg.Connection[Any]) -> None:
     """Take a current install back to what version 4 left: no cancelled state, lease lengths,
     kept payloads, pauses or worker registry."""
     conn.execute("DROP TABLE svti_jobs_pauses, svti_jobs_workers")
-    conn.execute("DROP INDEX svti_jobs_cancelled_idx")
+    conn.execute("DROP INDEX svti_jobs_cancelled_idx, svti_jobs_cancelled_type_idx")
     conn.execute("ALTER TABLE svti_jobs DROP COLUMN lease_ms, "
                  "DROP CONSTRAINT svti_jobs_state_check, ADD CONSTRAINT svti_jobs_state_check "
                  "CHECK (state IN ('pending', 'claimed', 'failed'))")
@@ -315,7 +315,7 @@ def test_an_upgrade_builds_its_indexes_without_blocking_writers(dsn: str) -> Non
             "WHERE indrelid IN ('svti_jobs'::regclass, 'svti_jobs_events'::regclass) "
             "AND indexrelid::regclass::text IN "
             "('svti_jobs_failed_type_idx', 'svti_jobs_events_key_idx', "
-            "'svti_jobs_cancelled_idx')").fetchone() == (0, 3)
+            "'svti_jobs_cancelled_idx', 'svti_jobs_cancelled_type_idx')").fetchone() == (0, 4)
 
 
 def test_an_invalid_index_left_by_an_interrupted_build_is_rebuilt(dsn: str) -> None:
