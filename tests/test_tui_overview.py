@@ -342,8 +342,9 @@ async def test_column_widths_follow_a_resize(dsn: str, queue: JobQueue) -> None:
     async with app.run_test(size=(140, 30)) as pilot:
         table = await overview_with(pilot, app, "email")
         screen = app.screen
-        wide = table.columns[next(k for k in table.columns if k.value == "done")]
-        assert wide.content_width == SPARK_WIDTH[1]
+        # The first draw may come before the terminal's size is known: wait for the fit.
+        await until(pilot, lambda: table.columns[next(
+            k for k in table.columns if k.value == "done")].content_width == SPARK_WIDTH[1])
         assert "fails" in [c.key.value for c in table.ordered_columns]
 
         await pilot.resize_terminal(80, 24)
