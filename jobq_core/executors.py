@@ -26,7 +26,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from datetime import datetime
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from .errors import JobqError
 from .models import Job
@@ -154,21 +154,28 @@ class LineFormatter(logging.Formatter):
             timespec="milliseconds")
 
 
-class FallbackHandler(logging.StreamHandler[TextIO]):
+class FallbackHandler(logging.Handler):
     """jobq's records on stderr for as long as the application has configured no logging of
     its own; once the root logger has a handler, that handler shows them instead, and this
     one leaves `logger` as it found it (no handler of jobq's, its level unset)."""
 
     def __init__(self, logger: logging.Logger) -> None:
-        super().__init__(sys.stderr)
+        super().__init__()
         self.setFormatter(LineFormatter())
         self._logger = logger
 
     def emit(self, record: logging.LogRecord) -> None:
         if logging.root.handlers:
             self.step_aside()
-        else:
-            super().emit(record)
+            return
+        # Whatever sys.stderr is now, as Python's last resort does: a console app (Textual,
+        # curses) that captures stderr while it draws captures these records too, instead
+        # of having them written over its screen.
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
 
     def step_aside(self) -> None:
         if self in self._logger.handlers:

@@ -432,3 +432,39 @@ def test_a_blocked_fold_never_holds_up_the_leases(dsn: str, db: psycopg.Connecti
         dba.rollback()
     assert calls == [1] and events(db, job_id).count("claimed") == 1
     queue.close()
+
+
+def test_the_fallback_log_follows_stderr_as_a_console_app_swaps_it(dsn: str) -> None:
+    """jobq-tui --demo runs a runner beside a Textual app, which takes sys.stderr over while
+    it draws: the runner's records must go where sys.stderr points then, never straight to
+    the terminal under the app's screen."""
+    script = textwrap.dedent('''
+        import asyncio, io, sys, threading, time
+        from jobq_core import JobQueue, create_task_runner
+
+        queue = JobQueue(sys.argv[1])
+        runner = create_task_runner(queue, poll_interval=0.1)
+        done = threading.Event()
+
+        @runner.task("say")
+        def say(payload, ctx):
+            ctx.logger.info("drawn over? %s", payload)
+            done.set()
+
+        thread = threading.Thread(target=lambda: asyncio.run(runner.serve()), daemon=True)
+        thread.start()
+        time.sleep(1.0)
+        terminal, sys.stderr = sys.stderr, io.StringIO()  # what a console app does
+        queue.enqueue("say", "no")
+        done.wait(20)
+        time.sleep(0.2)
+        captured, sys.stderr = sys.stderr.getvalue(), terminal
+        runner.request_stop()
+        thread.join(20)
+        print(captured)
+    ''')
+    result = subprocess.run([sys.executable, "-c", script, dsn], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "drawn over? no" in result.stdout, result
+    assert "drawn over?" not in result.stderr
