@@ -511,8 +511,9 @@ class JobQueue(_QueueCore):
         return self._run(_ops.pending(self.statements, types))
 
     def clear(self, *, older_than: timedelta | str) -> int:
-        """Delete failed jobs and history older than `older_than` ("7d", "12h", a timedelta),
-        in batches. Pending and claimed jobs are never touched. Returns rows deleted."""
+        """Delete failed and cancelled jobs and history older than `older_than` ("7d", "12h",
+        a timedelta), in batches. Jobs still in the queue keep their whole history; pending,
+        scheduled and claimed jobs are never touched. Returns rows deleted."""
         return self._run(self._clear_op(older_than))
 
     def fold_rates(self) -> int:

@@ -797,8 +797,9 @@ def clear(
     dsn: Dsn = None, table: TableName = "svti_jobs", dry_run: DryRun = False, yes: Yes = False,
     as_json: AsJson = False,
 ) -> None:
-    """Delete failed jobs and history older than the cutoff, in small batches (no lock is
-    held between them, so workers keep claiming). Pending and claimed jobs are never touched."""
+    """Delete failed and cancelled jobs and history older than the cutoff, in small batches
+    (no lock is held between them, so workers keep claiming). Pending, scheduled and claimed
+    jobs, and their whole history, are never touched."""
     with connected(ctx, dsn, table, writes=not dry_run) as admin:
         age = parse_duration(older_than)
         preview = admin.preview_clear(age)
@@ -807,7 +808,8 @@ def clear(
                 emit_json({"dry_run": True, "preview": preview})
             else:
                 err.print(Text(f"clear before {at(preview.cutoff)}: "
-                               f"{preview.failed_jobs} failed jobs, {preview.history_rows} "
+                               f"{preview.failed_jobs} failed or cancelled jobs, "
+                               f"{preview.history_rows} "
                                "history rows"))
             return
         if preview.total:

@@ -197,7 +197,7 @@ class Operator:
     def start_clear(self, older_than: str | None = None) -> None:
         async def flow() -> None:
             age = older_than or await self.app.push_screen_wait(PromptScreen(
-                "Clear failed jobs and history older than?", value="7d",
+                "Clear failed and cancelled jobs, and history, older than?", value="7d",
                 validate=parse_duration, hint=ACCEPTED))
             if not age:
                 return
@@ -206,11 +206,13 @@ class Operator:
                 self.app.notify(f"nothing is older than {visible(age)}", markup=False)
                 return
             body = Text()
-            body.append(f"{preview.failed_jobs} failed jobs and {preview.history_rows} history "
-                        f"rows finished before {stamp(preview.cutoff)}.\n", style="bold")
+            body.append(f"{preview.failed_jobs} failed or cancelled jobs and "
+                        f"{preview.history_rows} history rows finished before "
+                        f"{stamp(preview.cutoff)}.\n", style="bold")
             if preview.sample_ids:
-                body.append("failed ids: " + ", ".join(map(str, preview.sample_ids)) + "\n")
-            body.append("Pending and claimed jobs are never cleared. ", style="dim")
+                body.append("job ids: " + ", ".join(map(str, preview.sample_ids)) + "\n")
+            body.append("Pending, scheduled and claimed jobs and their whole history are "
+                        "never cleared. ", style="dim")
             body.append("This cannot be undone.", style="bold red")
             ok = await self.app.push_screen_wait(TypeToConfirmScreen(
                 f"Clear {preview.total} rows older than {visible(age)}?", body,

@@ -375,7 +375,7 @@ async def test_clear_deletes_only_rows_older_than_the_cutoff(
         dialog = await until(pilot, lambda: isinstance(app.screen, TypeToConfirmScreen)
                              and app.screen)
         body = text_of(app, "#dialog-body")
-        assert "1 failed jobs and 3 history rows" in body
+        assert "1 failed or cancelled jobs and 3 history rows" in body
         dialog.query_one(Input).value = dialog.expected
         await pilot.press("enter")
         await until(pilot, lambda: row(db, old) is None)
