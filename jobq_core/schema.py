@@ -41,6 +41,8 @@ MIGRATIONS: list[tuple[int, str, Callable[[Statements, str | None], list[bytes]]
      lambda st, legacy: st.migration_4()),
     (5, "cancelled jobs, lease lengths, kept payloads, paused types and the worker registry",
      lambda st, legacy: st.migration_5()),
+    (6, "claimed jobs by type and lease end, for typed claims' expired-lease seeks",
+     lambda st, legacy: st.migration_6()),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

@@ -151,8 +151,10 @@ class Deployment:
             result = self.cli("migrate", "--yes", dsn=self.owner)
             assert result.exit_code == 0, result.output
         grants = _readme_sql(GRANTS_SQL)
-        if behind:  # an older jobq's grants: without the tables that migration 5 creates
-            grants = re.sub(r",\s*\w+\.svti_jobs_(pauses|workers)\b", "", grants)
+        if behind:  # an older jobq's grants: only the tables its migrations created
+            for name in re.findall(r"\w+\.svti_jobs_\w+", grants):
+                if self.sql("SELECT to_regclass(%s)", name) == [(None,)]:
+                    grants = re.sub(rf",\s*{re.escape(name)}\b", "", grants)
         self.run(self.owner, grants)
 
     def version(self) -> int:

@@ -224,7 +224,8 @@ def _as_version_4(conn: psycopg.Connection[Any]) -> None:
     """Take a current install back to what version 4 left: no cancelled state, lease lengths,
     kept payloads, pauses or worker registry."""
     conn.execute("DROP TABLE svti_jobs_pauses, svti_jobs_workers")
-    conn.execute("DROP INDEX svti_jobs_cancelled_idx, svti_jobs_cancelled_type_idx")
+    conn.execute("DROP INDEX svti_jobs_cancelled_idx, svti_jobs_cancelled_type_idx, "
+                 "svti_jobs_lease_type_idx")
     conn.execute("ALTER TABLE svti_jobs DROP COLUMN lease_ms, "
                  "DROP CONSTRAINT svti_jobs_state_check, ADD CONSTRAINT svti_jobs_state_check "
                  "CHECK (state IN ('pending', 'claimed', 'failed'))")
