@@ -226,6 +226,8 @@ def _as_version_4(conn: psycopg.Connection[Any]) -> None:
     conn.execute("DROP TABLE svti_jobs_pauses, svti_jobs_workers")
     conn.execute("DROP INDEX svti_jobs_cancelled_idx, svti_jobs_cancelled_type_idx, "
                  "svti_jobs_lease_type_idx")
+    conn.execute("CREATE INDEX svti_jobs_lease_idx ON svti_jobs (lease_until, id) "
+                 "WHERE state = 'claimed'")
     conn.execute("ALTER TABLE svti_jobs DROP COLUMN lease_ms, "
                  "DROP CONSTRAINT svti_jobs_state_check, ADD CONSTRAINT svti_jobs_state_check "
                  "CHECK (state IN ('pending', 'claimed', 'failed'))")
@@ -257,6 +259,10 @@ def test_version_4_is_migrated_forward_keeping_its_rows(dsn: str) -> None:
             schema.LATEST_VERSION,)
         assert conn.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = "
                             "'svti_jobs_cancelled_idx'::regclass").fetchone() == (True,)
+        # migration 6: the claimed jobs' index leads with the type, in place of the old one
+        assert conn.execute("SELECT to_regclass('svti_jobs_lease_idx'), "
+                            "to_regclass('svti_jobs_lease_type_idx') IS NOT NULL"
+                            ).fetchone() == (None, True)
 
 
 def _as_version_1(conn: psycopg.Connection[Any]) -> None:
