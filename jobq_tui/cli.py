@@ -370,8 +370,10 @@ def status(ctx: typer.Context, dsn: Dsn = None, table: TableName = "svti_jobs",
     # cut (numbers do not wrap), and a type name that folds onto further lines rather than
     # being cut short. `--json` is the form for scripts.
     grid = Table(box=None, header_style="bold", padding=(0, 1, 0, 0), pad_edge=False)
-    grid.add_column("TYPE", overflow="fold", min_width=9, ratio=1)
-    for name in ("READY", "SCHED", "CLAIMED", "LATE", "EXPIRED", "FAILED", "CANCELLED",
+    # CANCL as the console writes it: the four columns it saves let common type names
+    # ("send-email", "long-report") fit on one line at 80.
+    grid.add_column("TYPE", overflow="fold", min_width=13, ratio=1)
+    for name in ("READY", "SCHED", "CLAIMED", "LATE", "EXPIRED", "FAILED", "CANCL",
                  "OLDEST", "DONE/M", "FAIL/M"):
         grid.add_column(name, justify="right", no_wrap=True, min_width=len(name))
     for s in stats:
