@@ -551,6 +551,25 @@ WITH paused AS (
 )
 SELECT __COLUMNS__ FROM upd, __ASYNC_COMMIT__ ORDER BY priority DESC, run_at, id"""
 
+# The claimed types a typed claim was given, less the paused ones: dropped before any seek,
+# so a paused backlog is never read.
+_GIVEN_TYPES = """(SELECT name FROM unnest(%(types)s::text[]) AS u(name)
+          WHERE name NOT IN (SELECT type FROM paused)) AS t"""
+
+# One type's due jobs, in claim order: a seek the planner cannot turn into a walk of other
+# types' backlog, whatever the statistics. The type reaches the planner through unnest (or
+# a loose index scan), so it cannot see how rare a type is, and with `ORDER BY priority DESC,
+# run_at, id` it may walk ready_idx in claim order, filtering on type: behind a backlog of
+# other types that read 1M rows per claim (194 ms, tests/test_claim_plan.py). An equality on
+# type would make ordering by type redundant to the planner, so type is bounded as a closed
+# range and ordered first: an order only ready_type_idx gives.
+_READY_SEEK = """CROSS JOIN LATERAL (
+            SELECT id, priority, run_at FROM {jobs}
+            WHERE state = 'pending' AND type >= t.name AND type <= t.name AND run_at <= now()
+            ORDER BY type, priority DESC, run_at, id LIMIT __READY_LIMIT__
+            FOR UPDATE SKIP LOCKED
+        ) AS r"""
+
 # Without types: one walk of the ready index while no type is paused. While some type is,
 # reading past its backlog could cost a scan of millions of rows, so the claim instead finds
 # the types with pending jobs by a loose index scan (a seek per type) and seeks each unpaused
@@ -573,33 +592,17 @@ _READY_ANY = """WITH RECURSIVE pending_types AS (
         SELECT r.id, r.priority, r.run_at
         FROM (SELECT type AS name FROM pending_types
               WHERE type IS NOT NULL AND type NOT IN (SELECT type FROM paused)) AS t
-        CROSS JOIN LATERAL (
-            SELECT id, priority, run_at FROM {jobs}
-            WHERE state = 'pending' AND type >= t.name AND type <= t.name AND run_at <= now()
-            ORDER BY type, priority DESC, run_at, id LIMIT __READY_LIMIT__
-            FOR UPDATE SKIP LOCKED
-        ) AS r
+        __SEEK__
         WHERE EXISTS (SELECT 1 FROM paused)
     ) AS c
-    ORDER BY priority DESC, run_at, id LIMIT %(limit)s"""
+    ORDER BY priority DESC, run_at, id LIMIT %(limit)s""".replace("__SEEK__", _READY_SEEK)
 
-# One index seek per claimed type, so a claimer never reads a backlog of other types, whatever
-# the statistics say. The type reaches the planner through unnest, so it cannot see how rare
-# a type is, and with `ORDER BY priority DESC, run_at, id` it may walk ready_idx in claim
-# order, filtering on type: with a backlog of other types ahead that read 1M rows per claim
-# (194 ms, tests/test_claim_plan.py). Ordering by `type` first, constant within the seek, is
-# an order only ready_type_idx gives, so no plan can take that walk. A paused type is dropped
-# from the list before any seek: its backlog is never read.
+# One seek per claimed type: a claimer never reads a backlog of other types.
 _READY_TYPED = """SELECT r.id
-    FROM (SELECT name FROM unnest(%(types)s::text[]) AS u(name)
-          WHERE name NOT IN (SELECT type FROM paused)) AS t
-    CROSS JOIN LATERAL (
-        SELECT id, priority, run_at FROM {jobs}
-        WHERE state = 'pending' AND type >= t.name AND type <= t.name AND run_at <= now()
-        ORDER BY type, priority DESC, run_at, id LIMIT __READY_LIMIT__
-        FOR UPDATE SKIP LOCKED
-    ) AS r
-    ORDER BY r.priority DESC, r.run_at, r.id LIMIT __READY_LIMIT__"""
+    FROM __TYPES__
+    __SEEK__
+    ORDER BY r.priority DESC, r.run_at, r.id LIMIT __READY_LIMIT__""".replace(
+    "__TYPES__", _GIVEN_TYPES).replace("__SEEK__", _READY_SEEK)
 
 # Expired leases are taken back first (their jobs were due earlier): a seek per type on
 # lease_type_idx, the only index of claimed jobs, so expired leases of types nobody serves
@@ -627,9 +630,8 @@ _EXPIRED_ANY = """WITH RECURSIVE claimed_types AS (
           WHERE type IS NOT NULL AND type NOT IN (SELECT type FROM paused)) AS t
     __SEEK__""".replace("__SEEK__", _EXPIRED_SEEK)
 _EXPIRED_TYPED = """SELECT e.id
-    FROM (SELECT name FROM unnest(%(types)s::text[]) AS u(name)
-          WHERE name NOT IN (SELECT type FROM paused)) AS t
-    __SEEK__""".replace("__SEEK__", _EXPIRED_SEEK)
+    FROM __TYPES__
+    __SEEK__""".replace("__TYPES__", _GIVEN_TYPES).replace("__SEEK__", _EXPIRED_SEEK)
 
 # What expired leases left of the batch: a batch they fill locks no ready row.
 _READY_LIMIT = "(%(limit)s - (SELECT count(*) FROM expired))"
