@@ -518,10 +518,8 @@ def stats(st: Statements) -> Op[list[TypeStats]]:
     history. Runs in one transaction (the caller's)."""
     yield from _ops.fold_rates(st)
     types = [r[0] for r in (yield Stmt(st.stats_types))]
-    paused_rows, served = (yield Stmt(st.stats_control))[0]
-    pauses = {row[0]: Pause(row[0], datetime.fromisoformat(row[3]),
-                            datetime.fromisoformat(row[4]) if row[4] else None, row[1],
-                            row[2] or None) for row in paused_rows or []}
+    paused = {p.type: p for p in (yield from pauses(st))}
+    served = {r[0] for r in (yield Stmt(st.stats_served))}
     result = []
     for job_type in types:
         row = (yield Stmt(st.stats_type, {"type": job_type, "cap": COUNT_CAP}))[0]
@@ -536,7 +534,7 @@ def stats(st: Statements) -> Op[list[TypeStats]]:
         ready, scheduled, claimed, late, expired, failed, cancelled = counts
         result.append(TypeStats(job_type, ready, scheduled, claimed, late, expired, failed,
                                 cancelled, row[7], list(row[8] or []), list(row[9] or []),
-                                pauses.get(job_type), job_type in set(served or ())))
+                                paused.get(job_type), job_type in served))
     return result
 
 

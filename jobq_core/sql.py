@@ -1114,12 +1114,13 @@ SELECT (SELECT drain_requested_by FROM me WHERE drain_requested_at IS NOT NULL),
 WORKER_GONE = "DELETE FROM {workers} WHERE id = %(id)s"
 
 # Each worker with its health: alive while it beats, lost after three missed beats.
+_ALIVE = "last_seen > now() - make_interval(secs => 3 * beat_seconds + 5)"
 WORKERS = """
 SELECT id, name, host, pid, types, concurrency, in_flight, started_at, last_seen,
        beat_seconds, drain_requested_at, drain_requested_by, version,
-       last_seen > now() - make_interval(secs => 3 * beat_seconds + 5) AS alive,
+       __ALIVE__ AS alive,
        extract(epoch FROM now() - last_seen)::float8 AS silent_for
-FROM {workers} ORDER BY alive DESC, host, pid, id"""
+FROM {workers} ORDER BY alive DESC, host, pid, id""".replace("__ALIVE__", _ALIVE)
 
 # Ask one worker to drain: stop claiming, finish what it runs, and exit. Beats notice it.
 DRAIN = """
@@ -1209,14 +1210,10 @@ SELECT
                           interval '1 minute') AS m
      LEFT JOIN {rates} r ON r.minute = m AND r.type = %(type)s)"""
 
-# What the overview says beside the counts: paused types, and the types some live worker
-# serves (a type none serves is said so, rather than "the next claim takes them back").
-STATS_CONTROL = """
-SELECT ARRAY(SELECT ARRAY[type, paused_by, coalesce(reason, ''), paused_at::text,
-                          coalesce(until::text, '')]
-             FROM {pauses} WHERE until IS NULL OR until > now()),
-       ARRAY(SELECT DISTINCT unnest(types) FROM {workers}
-             WHERE last_seen > now() - make_interval(secs => 3 * beat_seconds + 5))"""
+# The types some live worker serves: the overview says when none serves a type, rather than
+# "the next claim takes them back".
+STATS_SERVED = """
+SELECT DISTINCT unnest(types) FROM {workers} WHERE __ALIVE__""".replace("__ALIVE__", _ALIVE)
 
 ESTIMATE = "EXPLAIN (FORMAT JSON) SELECT 1 FROM {jobs} WHERE __CONDITION__ AND type = %(type)s"
 ESTIMATE_CONDITIONS = {
@@ -1782,8 +1779,8 @@ class Statements:
         return self._render(DRAIN)
 
     @cached_property
-    def stats_control(self) -> bytes:
-        return self._render(STATS_CONTROL)
+    def stats_served(self) -> bytes:
+        return self._render(STATS_SERVED)
 
     @cached_property
     def states_of(self) -> bytes:
