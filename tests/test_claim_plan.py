@@ -42,12 +42,15 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _nodes(child)
 
 
-def executed_plan(db: psycopg.Connection[Any], queue: JobQueue, types: list[str],
+def executed_plan(db: psycopg.Connection[Any], queue: JobQueue, types: list[str] | None,
                   limit: int = 10) -> list[dict[str, Any]]:
-    """The claim as the queue runs it (a generic plan), executed and rolled back."""
+    """The claim (untyped when `types` is None) as the queue runs it (a generic plan),
+    executed and rolled back: nothing is claimed."""
+    st = queue.statements
+    query = st.claim_any if types is None else st.claim_typed
     db.execute("SET plan_cache_mode = force_generic_plan")
     with db.transaction(force_rollback=True):
-        row = db.execute(b"EXPLAIN (ANALYZE, FORMAT JSON) " + queue.statements.claim_typed,
+        row = db.execute(b"EXPLAIN (ANALYZE, FORMAT JSON) " + query,
                          {"limit": limit, "types": types, "lease_ms": 30_000,
                           "worker": "w"}).fetchone()
     assert row is not None

@@ -17,31 +17,13 @@ from jobq_core.admin import Admin, AsyncAdmin
 from jobq_core.queue import AsyncJobQueue
 
 from .helpers import backdate
+from .test_claim_plan import executed_plan
 
 
 @pytest.fixture
 def admin(dsn: str) -> Iterator[Admin]:
     with JobQueue(dsn) as queue:
         yield Admin(queue)
-
-
-def _plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from _plan_nodes(child)
-
-
-def _claim_plan(db: psycopg.Connection[Any], queue: JobQueue,
-                types: list[str] | None) -> list[dict[str, Any]]:
-    """The executed plan of one claim, rolled back (nothing is claimed)."""
-    st = queue.statements
-    query = st.claim_any if types is None else st.claim_typed
-    with db.transaction(force_rollback=True):
-        row = db.execute(b"EXPLAIN (ANALYZE, FORMAT JSON) " + query,
-                         {"limit": 10, "types": types, "lease_ms": 30_000, "worker": "w"}
-                         ).fetchone()
-    assert row is not None
-    return list(_plan_nodes(row[0][0]["Plan"]))
 
 
 @pytest.mark.parametrize("types", [["big", "small"], None], ids=["typed", "untyped"])
@@ -55,7 +37,7 @@ def test_claims_skip_a_paused_type_without_reading_its_backlog(
     queue.enqueue_many([NewJob("small")] * 3)
     db.execute("ANALYZE svti_jobs")
     admin.pause(["big"], reason="deploy")
-    nodes = _claim_plan(db, queue, types)
+    nodes = executed_plan(db, queue, types)
     # A filter applied after reading would remove the 5,000 rows it read.
     assert sum(n.get("Rows Removed by Filter", 0) for n in nodes) < 10
     read = sum(n["Actual Rows"] * n["Actual Loops"] for n in nodes

@@ -87,6 +87,18 @@ def pid_exists(pid: int) -> bool:
     return True
 
 
+def assert_handler_stopped(db: psycopg.Connection[Any], job_id: int, executor: str) -> None:
+    """What each executor's cancelled handler left in control_log: the thread saw
+    ctx.cancelled, the coroutine got CancelledError, the process child is gone."""
+    (_, pid), *rest = noted(db, job_id)
+    if executor == "thread":
+        assert rest == [("saw ctx.cancelled", os.getpid())]
+    elif executor == "async":
+        assert rest == [("CancelledError", os.getpid())]
+    else:
+        assert pid != os.getpid() and not pid_exists(pid), "the process child still runs"
+
+
 # -- cancel ------------------------------------------------------------------------------------
 
 def test_a_cancelled_pending_job_never_runs(dsn: str, db: psycopg.Connection[Any]) -> None:
@@ -130,13 +142,7 @@ def test_cancelling_a_running_job_stops_its_handler_and_frees_the_slot(
     assert ended(db, victim) == ("cancelled", "cancelled by tester: stop it")
     history = events(db, victim)
     assert history == ["enqueued", "claimed", "cancelled"], history
-    (_, pid), *rest = noted(db, victim)
-    if executor == "thread":
-        assert rest == [("saw ctx.cancelled", os.getpid())]
-    elif executor == "async":
-        assert rest == [("CancelledError", os.getpid())]
-    else:
-        assert pid != os.getpid() and not pid_exists(pid), "the child still runs"
+    assert_handler_stopped(db, victim, executor)
     assert runner.counters["lease_lost"] == 0 and runner.counters["completed"] == 1
     assert [(e.kind, e.job.id, e.error) for e in seen if e.kind == "cancelled"] == [
         ("cancelled", victim, "cancelled by tester: stop it")]

@@ -61,6 +61,17 @@ async def open_jobs(pilot: Pilot[Any], app: JobqApp, flt: str) -> JobsScreen:
     return screen  # type: ignore[no-any-return]
 
 
+async def clear_preview(pilot: Pilot[Any], app: JobqApp, age: str) -> TypeToConfirmScreen:
+    """`C`, then the age: the clear's preview, waiting for the typed count."""
+    await pilot.press("C")
+    prompt = await until(pilot, lambda: isinstance(app.screen, PromptScreen) and app.screen)
+    prompt.query_one(Input).value = age
+    await pilot.press("enter")
+    dialog: TypeToConfirmScreen = await until(
+        pilot, lambda: isinstance(app.screen, TypeToConfirmScreen) and app.screen)
+    return dialog
+
+
 def failed_jobs(queue: JobQueue, job_type: str, n: int) -> list[int]:
     ids = [queue.enqueue(job_type, {"n": i}) for i in range(n)]
     for _ in ids:
@@ -368,12 +379,7 @@ async def test_clear_deletes_only_rows_older_than_the_cutoff(
     backdate(db, pending, created_at="30 days")
     app = JobqApp(dsn, interval=0.2)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("C")
-        prompt = await until(pilot, lambda: isinstance(app.screen, PromptScreen) and app.screen)
-        prompt.query_one(Input).value = "7d"
-        await pilot.press("enter")
-        dialog = await until(pilot, lambda: isinstance(app.screen, TypeToConfirmScreen)
-                             and app.screen)
+        dialog = await clear_preview(pilot, app, "7d")
         body = text_of(app, "#dialog-body")
         assert "1 failed or cancelled jobs and 3 history rows" in body
         dialog.query_one(Input).value = dialog.expected

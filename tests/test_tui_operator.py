@@ -3,7 +3,6 @@ a running job in each executor, and `C` deletes exactly what its preview counted
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -14,21 +13,21 @@ from textual.widgets import Input
 from jobq_core import JobQueue, create_task_runner
 from jobq_core.admin import Admin
 from jobq_tui.app import JobqApp
-from jobq_tui.screens.dialogs import PromptScreen, ReasonConfirmScreen, TypeToConfirmScreen
+from jobq_tui.screens.dialogs import ReasonConfirmScreen
 
 from .helpers import backdate, events, row
 from .test_runner import serving
 from .test_runner_control import (
     SLOW_BEAT,
+    assert_handler_stopped,
     ended,
     log_table,  # noqa: F401 (a fixture)
     noted,
-    pid_exists,
     sleeps_in_a_child,
     sleeps_until_cancelled,
     until_cancelled,
 )
-from .test_tui import SIZE, notifications, open_jobs, table_ids
+from .test_tui import SIZE, clear_preview, notifications, open_jobs, table_ids
 from .tui_helpers import text_of, until
 
 
@@ -61,13 +60,7 @@ async def test_c_stops_a_running_job_in_every_executor(
     state, reason = ended(db, victim) or ("", "")
     assert state == "cancelled" and reason.endswith(": runaway import")
     assert events(db, victim) == ["enqueued", "claimed", "cancelled"]
-    (_, pid), *rest = noted(db, victim)
-    if executor == "thread":
-        assert rest == [("saw ctx.cancelled", os.getpid())]
-    elif executor == "async":
-        assert rest == [("CancelledError", os.getpid())]
-    else:
-        assert not pid_exists(pid), "the process child still runs"
+    assert_handler_stopped(db, victim, executor)
     queue.close()
 
 
@@ -98,12 +91,7 @@ async def test_clear_deletes_what_its_preview_counted_and_keeps_live_history(
                "+ interval '2 seconds' WHERE job_id = %s", (crossing,))
     app = JobqApp(dsn, interval=0.2)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("C")
-        prompt = await until(pilot, lambda: isinstance(app.screen, PromptScreen) and app.screen)
-        prompt.query_one(Input).value = "7d"
-        await pilot.press("enter")
-        dialog = await until(pilot, lambda: isinstance(app.screen, TypeToConfirmScreen)
-                             and app.screen)
+        dialog = await clear_preview(pilot, app, "7d")
         # dead: its job and 3 events; done: 3 events; the waiting job's enqueued event stays
         assert "1 failed or cancelled jobs and 6 history rows" in text_of(app, "#dialog-body")
         time.sleep(3)  # the operator reads; `crossing` is now older than 7 days
