@@ -69,6 +69,13 @@ def stamp(when: datetime | None, *, millis: bool = False) -> str:
     return f"{shown if millis else shown[:19]} UTC"
 
 
+def zoned(when: datetime, now: datetime) -> str:
+    """A time with its zone (UTC, as servers log): 14:30 UTC today, else with the date."""
+    utc = when.astimezone(UTC)
+    day = "" if utc.date() == now.astimezone(UTC).date() else utc.strftime("%Y-%m-%d ")
+    return f"{day}{utc:%H:%M} UTC"
+
+
 #: The lease a job without a recorded length is judged by: the queue's default.
 DEFAULT_LEASE = 30.0
 

@@ -25,7 +25,7 @@ from jobq_core.errors import DatabaseError
 from jobq_core.filters import JobFilter
 from jobq_core.models import optional_text
 
-from .format import stamp
+from .format import stamp, zoned
 from .safe import redact, visible
 from .screens.base import READ_ONLY_REASON
 from .screens.dialogs import (
@@ -229,8 +229,6 @@ class Operator:
 
     def start_pause(self, job_type: str) -> None:
         async def flow() -> None:
-            from .screens.overview import zoned
-
             shown = visible(job_type, 40)
             duration = await self.app.push_screen_wait(PromptScreen(
                 f"Pause {shown} for how long? (empty: until resumed)", placeholder="30m",

@@ -5,7 +5,7 @@ Rows are keyed by type and the cursor follows its type, not its index, across re
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import ClassVar
 
 from rich.text import Text
@@ -17,8 +17,9 @@ from textual.widgets import DataTable, Footer, Static
 from jobq_core.admin import AsyncAdmin, Count, Pause, TypeStats
 from jobq_core.filters import JobFilter
 
-from ..format import count, literal, relative, span, sparkline
+from ..format import count, literal, relative, span, sparkline, zoned
 from ..widgets.status import Banner, Crumbs, StatusBar
+from ..widgets.table import add_columns, sync_table
 from .base import LiveScreen
 
 #: Sparkline width bounds: wide terminals get an hour's shape, 80 columns still fit.
@@ -32,13 +33,6 @@ COLUMNS = (("type", "type"), ("ready", "ready"), ("scheduled", "sched"),
 #: What the paused lines under the table may take; more paused types are counted.
 PAUSED_LINES = 3
 PAUSED = "‖ "
-
-
-def zoned(when: datetime, now: datetime) -> str:
-    """A time with its zone (UTC, as servers log): 14:30 UTC today, else with the date."""
-    utc = when.astimezone(UTC)
-    day = "" if utc.date() == now.astimezone(UTC).date() else utc.strftime("%Y-%m-%d ")
-    return f"{day}{utc:%H:%M} UTC"
 
 
 def pause_line(p: Pause, now: datetime) -> Text:
@@ -56,41 +50,6 @@ def pause_line(p: Pause, now: datetime) -> Text:
         text.append(": ")
         text.append(literal(p.reason, 120))
     return text
-
-
-#: Columns of text, here and on the workers screen; the others hold numbers and sparklines.
-_LEFT = {"type", "status", "host", "started", "types", "id"}
-
-
-def add_columns(table: DataTable[Text], columns: list[tuple[str, str]]) -> None:
-    for key, label in columns:
-        table.add_column(Text(label, justify="left" if key in _LEFT else "right"), key=key)
-
-
-def sync_table(table: DataTable[Text], columns: list[tuple[str, str]],
-               rows: dict[str, list[Text]]) -> None:
-    """Show `rows` (keyed, in order) in `table`. The cursor stays on its row's key across
-    refreshes; if that row is gone, at the same place. A row that came or went, or a change of
-    columns, rebuilds the table (a few rows), so every column is measured afresh."""
-    selected = None
-    if table.row_count:
-        selected = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-    index = table.cursor_row
-    if [c.key.value for c in table.ordered_columns] != [k for k, _ in columns] or \
-            [r.key.value for r in table.ordered_rows] != list(rows):
-        table.clear(columns=True)
-        add_columns(table, columns)
-        for key, cells in rows.items():
-            table.add_row(*cells, key=key)
-    else:
-        for key, cells in rows.items():
-            for (column, _), cell in zip(columns, cells, strict=True):
-                if table.get_cell(key, column) != cell:
-                    table.update_cell(key, column, cell, update_width=True)
-    if rows:
-        at = list(rows).index(selected) if selected in rows else min(index, len(rows) - 1)
-        if at != table.cursor_row:
-            table.move_cursor(row=at, animate=False)
 
 
 class OverviewScreen(LiveScreen):

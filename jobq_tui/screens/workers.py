@@ -15,10 +15,10 @@ from textual.widgets import DataTable, Footer, Static
 
 from jobq_core.admin import AsyncAdmin, Worker
 
-from ..format import literal, span
+from ..format import literal, span, zoned
 from ..widgets.status import Banner, Crumbs, StatusBar
+from ..widgets.table import add_columns, sync_table
 from .base import LiveScreen
-from .overview import add_columns, sync_table, zoned
 
 #: The most useful first: an 80-column terminal cuts the id and types, which the line under
 #: the table shows in full for the highlighted worker.
