@@ -1301,9 +1301,17 @@ class TaskRunner:
         return asyncio.run(self.arun(type, payload, **options))
 
 
-#: The fallback handler runners share while no logging is configured, and how many use it.
-_FALLBACK_LOCK = threading.Lock()
-_fallback: dict[str, Any] = {"handler": None, "users": 0}  # FallbackHandler | None, int
+@dataclass
+class _Fallback:
+    """The fallback handler runners in one process share while no logging is configured,
+    and how many of them use it."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    handler: FallbackHandler | None = None
+    users: int = 0
+
+
+_FALLBACK = _Fallback()
 
 
 def _log_somewhere() -> Callable[[], None]:
@@ -1314,22 +1322,21 @@ def _log_somewhere() -> Callable[[], None]:
     back, so the application's own configuration decides. Runners in one process share it;
     the last to stop removes it. Returns how to undo it."""
     jobq = logging.getLogger("jobq")
-    with _FALLBACK_LOCK:
-        if _fallback["handler"] is None:
+    with _FALLBACK.lock:
+        if _FALLBACK.handler is None:
             if logging.root.handlers or jobq.handlers or jobq.level != logging.NOTSET:
                 return lambda: None
-            handler = FallbackHandler(jobq)
-            _fallback["handler"] = handler
-            jobq.addHandler(handler)
+            _FALLBACK.handler = FallbackHandler(jobq)
+            jobq.addHandler(_FALLBACK.handler)
             jobq.setLevel(logging.INFO)
-        _fallback["users"] += 1
+        _FALLBACK.users += 1
 
     def undo() -> None:
-        with _FALLBACK_LOCK:
-            _fallback["users"] -= 1
-            if _fallback["users"] == 0 and _fallback["handler"] is not None:
-                _fallback["handler"].step_aside()
-                _fallback["handler"] = None
+        with _FALLBACK.lock:
+            _FALLBACK.users -= 1
+            if _FALLBACK.users == 0 and _FALLBACK.handler is not None:
+                _FALLBACK.handler.step_aside()
+                _FALLBACK.handler = None
 
     return undo
 
