@@ -25,8 +25,6 @@ JOB_COLUMNS = (
     "lease_token, lease_until, claimed_by, created_at"
 )
 STATES = ("pending", "claimed", "failed", "cancelled")
-#: States a job rests in until an operator retries, deletes or clears it.
-ENDED_STATES = ("failed", "cancelled")
 EVENTS = (
     "enqueued", "claimed", "completed", "failed", "retried", "extended", "recovered", "released",
     "deleted", "cancelled",
