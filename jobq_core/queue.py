@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import socket
@@ -130,6 +131,8 @@ class _QueueCore:
         #: Where a listener connects for LISTEN; None when built on a bare connection.
         self.conninfo = conninfo
         self._ready = False
+        #: Advanced by every claim: the claimed types take turns to come first (fairness).
+        self._turns = itertools.count()
 
     @property
     def names(self) -> Names:
@@ -176,7 +179,7 @@ class _QueueCore:
         return _ops.claim_many(
             self.statements, limit, types,
             self.default_lease_ms if lease_ms is None else lease_ms,
-            worker or default_worker_name(),
+            worker or default_worker_name(), turn=next(self._turns),
         )
 
     def _enqueue_op(
@@ -468,7 +471,8 @@ class JobQueue(_QueueCore):
         self, *, types: Sequence[str] | None = None, lease_ms: int | None = None,
         worker: str | None = None,
     ) -> Job | None:
-        """Claim the next job (highest priority, then earliest run_at, then id), or None."""
+        """Claim the next job (highest priority, then earliest run_at, then id, within a type;
+        the types given take turns), or None."""
         jobs = self._run(self._claim_op(1, types, lease_ms, worker))
         return jobs[0] if jobs else None
 

@@ -516,20 +516,20 @@ SELECT idempotency_key, id FROM {jobs} WHERE idempotency_key = ANY(%(keys)s::tex
 # setting is local to the statement's own transaction.
 _ASYNC_COMMIT = "(SELECT set_config('synchronous_commit', 'off', true)) AS async_commit"
 
-# A claim takes expired leases first (their jobs were due earlier), then ready jobs in claim
-# order. A reclaimed job gets a new token, so its old holder can no longer ack it. Paused
-# types are skipped, expired leases included (taking one back would run the job again). The
-# shape
-# (candidate arrays, then UPDATE ... WHERE id = ANY) keeps the generic plan cheap: jobq's own
-# connections run with plan_cache_mode=force_generic_plan, so the claim is never re-planned.
+# A claim takes expired leases first (their jobs were due earlier), then ready jobs. A
+# reclaimed job gets a new token, so its old holder can no longer ack it. Paused types are
+# skipped, expired leases included (taking one back would run the job again). A claim locks
+# no row it does not take: a row locked and left is hidden from every concurrent claimer
+# until the claim commits (with 4 types, a per-type LIMIT locked 20 rows for a batch of 5).
+# The shape (candidate arrays, then UPDATE ... WHERE id = ANY) keeps the generic plan cheap:
+# jobq's own connections run with plan_cache_mode=force_generic_plan, so the claim is never
+# re-planned.
 _CLAIM = """
 WITH paused AS (
     SELECT type FROM {pauses} WHERE until IS NULL OR until > now()
-), expired AS (
+), __TYPES__, expired AS (
     __EXPIRED__
-), ready AS (
-    __READY__
-), upd AS (
+), __READY__, upd AS (
     UPDATE {jobs} SET
         state = 'claimed',
         attempts = attempts + 1,
@@ -549,100 +549,142 @@ WITH paused AS (
 )
 SELECT __COLUMNS__ FROM upd, __ASYNC_COMMIT__ ORDER BY priority DESC, run_at, id"""
 
-# The claimed types a typed claim was given, less the paused ones: dropped before any seek,
-# so a paused backlog is never read.
-_GIVEN_TYPES = """(SELECT name FROM unnest(%(types)s::text[]) AS u(name)
-          WHERE name NOT IN (SELECT type FROM paused)) AS t"""
+# The claimed types a typed claim was given, less the paused ones (so a paused backlog is
+# never read), each with its turn: the caller rotates the list from claim to claim.
+_GIVEN_TYPES = """given AS (
+    SELECT name, row_number() OVER (ORDER BY ord) - 1 AS turn
+    FROM unnest(%(types)s::text[]) WITH ORDINALITY AS u(name, ord)
+    WHERE name NOT IN (SELECT type FROM paused)
+)"""
 
-# One type's due jobs, in claim order: a seek the planner cannot turn into a walk of other
-# types' backlog, whatever the statistics. The type reaches the planner through unnest (or
-# a loose index scan), so it cannot see how rare a type is, and with `ORDER BY priority DESC,
-# run_at, id` it may walk ready_idx in claim order, filtering on type: behind a backlog of
-# other types that read 1M rows per claim (194 ms, tests/test_claim_plan.py). An equality on
-# type would make ordering by type redundant to the planner, so type is bounded as a closed
-# range and ordered first: an order only ready_type_idx gives.
-_READY_SEEK = """CROSS JOIN LATERAL (
-            SELECT id, priority, run_at FROM {jobs}
-            WHERE state = 'pending' AND type >= t.name AND type <= t.name AND run_at <= now()
-            ORDER BY type, priority DESC, run_at, id LIMIT __READY_LIMIT__
-            FOR UPDATE SKIP LOCKED
-        ) AS r"""
-
-# Without types: one walk of the ready index while no type is paused. While some type is,
-# reading past its backlog could cost a scan of millions of rows, so the claim instead finds
-# the types with pending jobs by a loose index scan (a seek per type) and seeks each unpaused
-# one, as a typed claim does. Each branch is gated by a one-time filter: only one runs.
-_READY_ANY = """WITH RECURSIVE pending_types AS (
-        (SELECT type FROM {jobs} WHERE state = 'pending' ORDER BY type LIMIT 1)
-        UNION ALL
-        SELECT (SELECT type FROM {jobs} WHERE state = 'pending' AND type > p.type
-                ORDER BY type LIMIT 1)
-        FROM pending_types AS p WHERE p.type IS NOT NULL
-    )
-    SELECT id FROM (
-        SELECT id, priority, run_at FROM (
-            SELECT id, priority, run_at FROM {jobs}
-            WHERE state = 'pending' AND run_at <= now()
-            ORDER BY priority DESC, run_at, id LIMIT __READY_LIMIT__
-            FOR UPDATE SKIP LOCKED) AS unpaused
-        WHERE NOT EXISTS (SELECT 1 FROM paused)
-        UNION ALL
-        SELECT r.id, r.priority, r.run_at
-        FROM (SELECT type AS name FROM pending_types
-              WHERE type IS NOT NULL AND type NOT IN (SELECT type FROM paused)) AS t
-        __SEEK__
-        WHERE EXISTS (SELECT 1 FROM paused)
-    ) AS c
-    ORDER BY priority DESC, run_at, id LIMIT %(limit)s""".replace("__SEEK__", _READY_SEEK)
-
-# One seek per claimed type: a claimer never reads a backlog of other types.
-_READY_TYPED = """SELECT r.id
-    FROM __TYPES__
-    __SEEK__
-    ORDER BY r.priority DESC, r.run_at, r.id LIMIT __READY_LIMIT__""".replace(
-    "__TYPES__", _GIVEN_TYPES).replace("__SEEK__", _READY_SEEK)
-
-# Expired leases are taken back first (their jobs were due earlier): a seek per type on
-# lease_type_idx, the only index of claimed jobs, so expired leases of types nobody serves
-# any more (a renamed task, a retired fleet) are never read by the claims of other types. The
-# type is an equality here, unlike the ready seek's range: with no other index to fall back
-# on there is no plan to steer away from, and the equality lets the seek start at the
-# type's oldest lease instead of walking every claimed entry of the type. An untyped claim
-# finds the claimed types by a loose index scan first.
-_EXPIRED_SEEK = """CROSS JOIN LATERAL (
-        SELECT id, lease_until FROM {jobs}
-        WHERE state = 'claimed' AND type = t.name AND lease_until < now()
-        ORDER BY lease_until, id LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-    ) AS e
-    ORDER BY e.lease_until, e.id LIMIT %(limit)s"""
-_EXPIRED_ANY = """WITH RECURSIVE claimed_types AS (
+# Without types: the claimed types found by a loose index scan (a seek per type), less the
+# paused ones, for the expired-lease seeks.
+_CLAIMED_TYPES = """given AS (
+    WITH RECURSIVE claimed_types AS (
         (SELECT type FROM {jobs} WHERE state = 'claimed' ORDER BY type LIMIT 1)
         UNION ALL
         SELECT (SELECT type FROM {jobs} WHERE state = 'claimed' AND type > c.type
                 ORDER BY type LIMIT 1)
         FROM claimed_types AS c WHERE c.type IS NOT NULL
     )
-    SELECT e.id
-    FROM (SELECT type AS name FROM claimed_types
-          WHERE type IS NOT NULL AND type NOT IN (SELECT type FROM paused)) AS t
-    __SEEK__""".replace("__SEEK__", _EXPIRED_SEEK)
-_EXPIRED_TYPED = """SELECT e.id
-    FROM __TYPES__
-    __SEEK__""".replace("__TYPES__", _GIVEN_TYPES).replace("__SEEK__", _EXPIRED_SEEK)
+    SELECT type AS name FROM claimed_types
+    WHERE type IS NOT NULL AND type NOT IN (SELECT type FROM paused)
+)"""
+
+# Expired leases: a seek per type on lease_type_idx, the only index of claimed jobs, so
+# expired leases of types nobody serves any more (a renamed task, a retired fleet) are never
+# read by the claims of other types. The type is an equality here, unlike the ready seek's
+# range: with no other index to fall back on there is no plan to steer away from, and the
+# equality lets the seek start at the type's oldest lease. The seeks only choose; the batch's
+# oldest are then locked by id, so no other expired lease is locked for nothing. A lease that
+# a concurrent claimer took meanwhile is skipped, and ready jobs fill its place.
+_EXPIRED = """SELECT j.id
+    FROM (SELECT e.id, e.lease_token FROM given AS t CROSS JOIN LATERAL (
+              SELECT id, lease_until, lease_token FROM {jobs}
+              WHERE state = 'claimed' AND type = t.name AND lease_until < now()
+              ORDER BY lease_until, id LIMIT %(limit)s) AS e
+          ORDER BY e.lease_until, e.id LIMIT %(limit)s) AS c
+    __TAKE__
+        WHERE id = c.id AND lease_token = c.lease_token AND state = 'claimed'
+          AND lease_until < now()
+        FOR UPDATE SKIP LOCKED) AS j"""
+
+# Chosen rows are locked one by one, each by its primary key: an equality that no partial
+# index of a state serves, so no plan walks one, whatever the statistics. (A claim never
+# waits for a lock, SKIP LOCKED, so the order it locks in cannot deadlock.) The conditions
+# that chose a row are checked again on its newest version once locked: a row a concurrent
+# claimer took after this statement's snapshot is left alone.
+_TAKE = """CROSS JOIN LATERAL (
+        SELECT id FROM {jobs}"""
 
 # What expired leases left of the batch: a batch they fill locks no ready row.
-_READY_LIMIT = "(%(limit)s - (SELECT count(*) FROM expired))"
+_WANTED = "(%(limit)s - (SELECT count(*) FROM expired))"
+
+# One type's due jobs, in claim order, the first `__LIMIT__` of them that no one else holds:
+# a seek the planner cannot turn into a walk of other types' backlog, whatever the
+# statistics. The type reaches the planner through unnest (or a loose index scan), so it
+# cannot see how rare a type is, and with `ORDER BY priority DESC, run_at, id` it may walk
+# ready_idx in claim order, filtering on type: behind a backlog of other types that read 1M
+# rows per claim (194 ms, tests/test_claim_plan.py). An equality on type would make ordering
+# by type redundant to the planner, so type is bounded as a closed range and ordered first:
+# an order only ready_type_idx gives.
+_READY_SEEK = """CROSS JOIN LATERAL (
+            SELECT id, priority, run_at FROM {jobs}
+            WHERE state = 'pending' AND type >= t.name AND type <= t.name AND run_at <= now()
+              __SKIP__
+            ORDER BY type, priority DESC, run_at, id LIMIT __LIMIT__
+            __LOCK__
+        ) AS r"""
+
+# A typed claim shares its batch fairly between the types it names. First each type with
+# due work gets an equal share, the odd slots going to the first types in turn (the caller
+# rotates the turn from claim to claim, so one type's backlog cannot starve another's, even
+# one job at a time). What types leave of their share then goes to the others' next jobs,
+# type after type in turn order. Within a type, jobs go in claim order. Both rounds seek
+# each type's range and lock rows as they are taken: no sort sits above a lock, so the rest
+# round stops locking once the batch is full, and no more rows are locked than are taken.
+_READY_TYPED = """share AS (
+    SELECT r.id FROM (
+        SELECT name, w.n / k.n + (turn < w.n %% k.n)::int AS quota
+        FROM given, (SELECT __WANTED__ AS n) AS w, (SELECT count(*) AS n FROM given) AS k
+        WHERE turn < w.n
+    ) AS t
+    __SHARE_SEEK__
+), rest AS (
+    SELECT r.id FROM given AS t
+    __REST_SEEK__
+    LIMIT __WANTED__ - (SELECT count(*) FROM share)
+), ready AS (
+    SELECT id FROM share UNION ALL SELECT id FROM rest
+)""".replace("__SHARE_SEEK__", _READY_SEEK.replace("__LIMIT__", "t.quota")
+             .replace("__LOCK__", "FOR UPDATE SKIP LOCKED")
+             .replace("__SKIP__", "")).replace(
+    "__REST_SEEK__", _READY_SEEK.replace("__LIMIT__", "__WANTED__ - (SELECT count(*) FROM share)")
+    .replace("__LOCK__", "FOR UPDATE SKIP LOCKED")
+    .replace("__SKIP__", "AND id <> ALL(ARRAY(SELECT id FROM share))"))
+
+# Without types, jobs go in claim order across all types: one walk of the ready index while
+# no type is paused. While some type is, reading past its backlog could cost a scan of
+# millions of rows, so the claim instead finds the types with pending jobs by a loose index
+# scan and seeks each unpaused one, as a typed claim does; the seeks only choose, and the
+# batch is then locked by id. Each branch is gated by a one-time filter: only one runs.
+_READY_ANY = """ready_unpaused AS (
+    SELECT id FROM {jobs}
+    WHERE state = 'pending' AND run_at <= now() AND NOT EXISTS (SELECT 1 FROM paused)
+    ORDER BY priority DESC, run_at, id LIMIT __WANTED__
+    FOR UPDATE SKIP LOCKED
+), ready_around_paused AS (
+    WITH RECURSIVE pending_types AS (
+        (SELECT type FROM {jobs} WHERE state = 'pending' ORDER BY type LIMIT 1)
+        UNION ALL
+        SELECT (SELECT type FROM {jobs} WHERE state = 'pending' AND type > p.type
+                ORDER BY type LIMIT 1)
+        FROM pending_types AS p WHERE p.type IS NOT NULL
+    )
+    SELECT j.id
+    FROM (SELECT r.id
+          FROM (SELECT type AS name FROM pending_types
+                WHERE type IS NOT NULL AND type NOT IN (SELECT type FROM paused)) AS t
+          __SEEK__
+          WHERE EXISTS (SELECT 1 FROM paused)
+          ORDER BY r.priority DESC, r.run_at, r.id LIMIT __WANTED__) AS c
+    __TAKE__
+        WHERE id = c.id AND state = 'pending' AND run_at <= now()
+        FOR UPDATE SKIP LOCKED) AS j
+), ready AS (
+    SELECT id FROM ready_unpaused UNION ALL SELECT id FROM ready_around_paused
+)""".replace("__SEEK__", _READY_SEEK.replace("__LIMIT__", "__WANTED__")
+             .replace("__LOCK__", "").replace("__SKIP__", ""))
 
 CLAIM_ANY = (
-    _CLAIM.replace("__EXPIRED__", _EXPIRED_ANY).replace("__READY__", _READY_ANY)
-    .replace("__READY_LIMIT__", _READY_LIMIT)
+    _CLAIM.replace("__TYPES__", _CLAIMED_TYPES).replace("__EXPIRED__", _EXPIRED)
+    .replace("__READY__", _READY_ANY).replace("__TAKE__", _TAKE).replace("__WANTED__", _WANTED)
     .replace("__COLUMNS__", JOB_COLUMNS).replace("__ASYNC_COMMIT__", _ASYNC_COMMIT)
 )
 CLAIM_TYPED = (
-    _CLAIM.replace("__EXPIRED__", _EXPIRED_TYPED).replace("__READY__", _READY_TYPED)
-    .replace("__READY_LIMIT__", _READY_LIMIT).replace("__COLUMNS__", JOB_COLUMNS)
-    .replace("__ASYNC_COMMIT__", _ASYNC_COMMIT)
+    _CLAIM.replace("__TYPES__", _GIVEN_TYPES).replace("__EXPIRED__", _EXPIRED)
+    .replace("__READY__", _READY_TYPED).replace("__TAKE__", _TAKE).replace("__WANTED__", _WANTED)
+    .replace("__COLUMNS__", JOB_COLUMNS).replace("__ASYNC_COMMIT__", _ASYNC_COMMIT)
 )
 
 # A fenced call passes its lease token; an operator's bare id passes NULL and may act on any
