@@ -243,7 +243,7 @@ class Finding:
 
 
 #: Counts above this come from the planner, so a refresh costs the same for any backlog.
-COUNT_CAP = 10_000
+COUNT_CAP = 1_000
 
 # -- the operations ------------------------------------------------------------------------
 
@@ -501,11 +501,6 @@ def _transient(exc: BaseException) -> JobqError:
     return error
 
 
-def _estimate(st: Statements, kind: str, job_type: str) -> Op[int]:
-    plan = (yield Stmt(st.estimate(kind), {"type": job_type}))[0][0]
-    return int(plan[0]["Plan"]["Plan Rows"])
-
-
 def _pause(values: Sequence[Any]) -> Pause:
     job_type, at, until, by, reason = values
     return Pause(job_type, at, until, by, reason)
@@ -520,22 +515,55 @@ def stats(st: Statements) -> Op[list[TypeStats]]:
     types = [r[0] for r in (yield Stmt(st.stats_types))]
     paused = {p.type: p for p in (yield from pauses(st))}
     served = {r[0] for r in (yield Stmt(st.stats_served))}
-    result = []
+    done_per_minute: dict[str, list[int]] = {}
+    failed_per_minute: dict[str, list[int]] = {}
+    for job_type, minute, done, dead in (yield Stmt(st.stats_rates)):
+        done_per_minute.setdefault(job_type, [0] * 60)[minute] = done
+        failed_per_minute.setdefault(job_type, [0] * 60)[minute] = dead
+    rows = []
     for job_type in types:
-        row = (yield Stmt(st.stats_type, {"type": job_type, "cap": COUNT_CAP}))[0]
-        counts = []
-        for kind, value in zip(("ready", "scheduled", "claimed", None, None, "failed",
-                                "cancelled"), row[:7], strict=True):
-            if value < COUNT_CAP or kind is None:
-                counts.append(Count(value, value < COUNT_CAP))
-            else:
-                estimate = yield from _estimate(st, kind, job_type)
-                counts.append(Count(max(estimate, COUNT_CAP), False))
+        rows.append((yield Stmt(st.stats_type, {"type": job_type, "cap": COUNT_CAP}))[0])
+    states = ("pending", "pending", "claimed", None, None, "failed", "cancelled")
+    capped = sorted({(job_type, state) for job_type, row in zip(types, rows, strict=True)
+                     for state, value in zip(states, row[:7], strict=True)
+                     if state is not None and value >= COUNT_CAP})
+    estimates: dict[tuple[str, str], int] = {}
+    due = 0.5
+    if capped:
+        found = yield Stmt(st.stats_estimates, {
+            "jobs_name": st.names.regclass(), "types": [t for t, _ in capped],
+            "states": [s for _, s in capped]})
+        estimates = {(job_type, state): n for job_type, state, n, _ in found}
+        due = found[0][3] if found else due
+    result = []
+    for job_type, row in zip(types, rows, strict=True):
+        counts = [Count(value, value < COUNT_CAP) for value in row[:7]]
+        for i in (2, 5, 6):  # claimed, failed, cancelled
+            if not counts[i].exact:
+                counts[i] = Count(max(estimates.get((job_type, states[i] or ""), 0), COUNT_CAP),
+                                  False)
+        counts[0], counts[1] = _split_pending(counts[0], counts[1],
+                                              estimates.get((job_type, "pending"), 0), due)
         ready, scheduled, claimed, late, expired, failed, cancelled = counts
         result.append(TypeStats(job_type, ready, scheduled, claimed, late, expired, failed,
-                                cancelled, row[7], list(row[8] or []), list(row[9] or []),
-                                paused.get(job_type), job_type in served))
+                                cancelled, row[7], done_per_minute.get(job_type, [0] * 60),
+                                failed_per_minute.get(job_type, [0] * 60), paused.get(job_type),
+                                job_type in served))
     return result
+
+
+def _split_pending(ready: Count, scheduled: Count, pending: int, due: float
+                   ) -> tuple[Count, Count]:
+    """Due and scheduled counts beyond the cap, from the estimate of the type's pending jobs:
+    less the exact other count when there is one, else split by the share of run_at due."""
+    if ready.exact and scheduled.exact:
+        return ready, scheduled
+    if ready.exact:
+        return ready, Count(max(pending - ready.value, COUNT_CAP), False)
+    if scheduled.exact:
+        return Count(max(pending - scheduled.value, COUNT_CAP), False), scheduled
+    return (Count(max(round(pending * due), COUNT_CAP), False),
+            Count(max(round(pending * (1 - due)), COUNT_CAP), False))
 
 
 def pause(st: Statements, types: Sequence[str], until: timedelta | None, by: str,

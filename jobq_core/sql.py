@@ -1207,13 +1207,26 @@ UNION SELECT DISTINCT type FROM {events}
 ORDER BY 1"""
 
 # One type's figures. Counts stop at %(cap)s so that a huge backlog costs no more than a
-# small one; beyond it the caller shows the planner's estimate, marked as such.
+# small one; beyond it the caller shows the planner's estimate, marked as such. Due and
+# scheduled jobs are counted per priority (few), where run_at is a range of ready_type_idx:
+# counted across priorities, a type whose jobs are all due read its whole backlog to find no
+# scheduled one.
 STATS_TYPE = """
+WITH RECURSIVE prio AS (
+    (SELECT priority FROM {jobs} WHERE state = 'pending' AND type = %(type)s
+     ORDER BY priority DESC LIMIT 1)
+    UNION ALL
+    SELECT (SELECT priority FROM {jobs} WHERE state = 'pending' AND type = %(type)s
+            AND priority < prio.priority ORDER BY priority DESC LIMIT 1)
+    FROM prio WHERE prio.priority IS NOT NULL
+)
 SELECT
-  (SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'pending' AND type = %(type)s
-      AND run_at <= now() LIMIT %(cap)s) s),
-  (SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'pending' AND type = %(type)s
-      AND run_at > now() LIMIT %(cap)s) s),
+  (SELECT count(*) FROM (SELECT 1 FROM prio CROSS JOIN LATERAL (
+      SELECT 1 FROM {jobs} WHERE state = 'pending' AND type = %(type)s
+      AND priority = prio.priority AND run_at <= now() LIMIT %(cap)s) AS j LIMIT %(cap)s) s),
+  (SELECT count(*) FROM (SELECT 1 FROM prio CROSS JOIN LATERAL (
+      SELECT 1 FROM {jobs} WHERE state = 'pending' AND type = %(type)s
+      AND priority = prio.priority AND run_at > now() LIMIT %(cap)s) AS j LIMIT %(cap)s) s),
   (SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'claimed' AND type = %(type)s
       LIMIT %(cap)s) s),
   -- late: less than half of its own lease left, so at least one heartbeat was missed (a
@@ -1228,41 +1241,70 @@ SELECT
       LIMIT %(cap)s) s),
   (SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'cancelled' AND type = %(type)s
       LIMIT %(cap)s) s),
-  -- the oldest due job: the first of each priority's run_at order (few priorities)
-  (WITH RECURSIVE prio AS (
-      (SELECT priority FROM {jobs} WHERE state = 'pending' AND type = %(type)s
-       ORDER BY priority DESC LIMIT 1)
-      UNION ALL
-      SELECT (SELECT priority FROM {jobs} WHERE state = 'pending' AND type = %(type)s
-              AND priority < prio.priority ORDER BY priority DESC LIMIT 1)
-      FROM prio WHERE prio.priority IS NOT NULL)
-   SELECT now() - min((SELECT run_at FROM {jobs} WHERE state = 'pending' AND type = %(type)s
+  -- the oldest due job: the first of each priority's run_at order
+  (SELECT now() - min((SELECT run_at FROM {jobs} WHERE state = 'pending' AND type = %(type)s
                        AND priority = prio.priority ORDER BY run_at LIMIT 1))
-   FROM prio WHERE prio.priority IS NOT NULL),
-  (SELECT array_agg(coalesce(r.completed, 0) ORDER BY m)
-     FROM generate_series(date_trunc('minute', now()) - interval '60 minutes',
-                          date_trunc('minute', now()) - interval '1 minute',
-                          interval '1 minute') AS m
-     LEFT JOIN {rates} r ON r.minute = m AND r.type = %(type)s),
-  (SELECT array_agg(coalesce(r.failed, 0) ORDER BY m)
-     FROM generate_series(date_trunc('minute', now()) - interval '60 minutes',
-                          date_trunc('minute', now()) - interval '1 minute',
-                          interval '1 minute') AS m
-     LEFT JOIN {rates} r ON r.minute = m AND r.type = %(type)s)"""
+   FROM prio WHERE prio.priority IS NOT NULL)"""
+
+# Completions and failures per type and minute over the last hour (minute 0 the oldest of
+# 60), for every type at once: one range of the rollup's primary key.
+STATS_RATES = """
+WITH h AS (SELECT date_trunc('minute', now()) - interval '60 minutes' AS start)
+SELECT type, (extract(epoch FROM minute - h.start) / 60)::int, completed, failed
+FROM {rates}, h
+WHERE minute >= h.start AND minute < h.start + interval '60 minutes' AND type <> ''"""
 
 # The types some live worker serves: the overview says when none serves a type, rather than
 # "the next claim takes them back".
 STATS_SERVED = """
 SELECT DISTINCT unnest(types) FROM {workers} WHERE __ALIVE__""".replace("__ALIVE__", _ALIVE)
 
-ESTIMATE = "EXPLAIN (FORMAT JSON) SELECT 1 FROM {jobs} WHERE __CONDITION__ AND type = %(type)s"
-ESTIMATE_CONDITIONS = {
-    "ready": "state = 'pending' AND run_at <= now()",
-    "scheduled": "state = 'pending' AND run_at > now()",
-    "claimed": "state = 'claimed'",
-    "failed": "state = 'failed'",
-    "cancelled": "state = 'cancelled'",
-}
+# Row estimates for counts beyond the cap, for many (type, state) pairs in one statement,
+# worked out from the column statistics as the planner does (columns taken as independent:
+# the share of rows in the state times the type's share), and the share of run_at at or
+# before now, which splits a type's pending jobs into due and scheduled where neither count
+# is exact. An EXPLAIN per count cost more than the counting it replaced (1.5 ms each). No
+# rows when the table was never analyzed.
+STATS_ESTIMATES = """
+WITH t AS (
+    SELECT c.reltuples, n.nspname, c.relname FROM pg_class AS c
+    JOIN pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE c.oid = %(jobs_name)s::regclass AND c.reltuples > 0
+), col AS (
+    SELECT s.attname, s.null_frac,
+           CASE WHEN s.n_distinct < 0 THEN -s.n_distinct * t.reltuples
+                ELSE s.n_distinct END AS distinct_values,
+           coalesce(s.most_common_vals::text::text[], '{{}}') AS vals,
+           coalesce(s.most_common_freqs, '{{}}') AS freqs,
+           (SELECT coalesce(sum(f), 0) FROM unnest(s.most_common_freqs) AS f) AS common,
+           s.histogram_bounds::text::text[] AS bounds
+    FROM pg_stats AS s, t
+    WHERE s.schemaname = t.nspname AND s.tablename = t.relname
+      AND s.attname IN ('type', 'state', 'run_at')
+), share AS (
+    -- a value's share: its own frequency when it is a common value, otherwise an even split
+    -- of what the common values leave
+    SELECT q.type, q.state,
+           coalesce(col.freqs[array_position(col.vals, CASE col.attname WHEN 'type' THEN q.type
+                                                                        ELSE q.state END)],
+                    greatest(1 - col.null_frac - col.common, 0)
+                    / greatest(col.distinct_values - cardinality(col.vals), 1)) AS part
+    FROM unnest(%(types)s::text[], %(states)s::text[]) AS q(type, state)
+    JOIN col ON col.attname IN ('type', 'state')
+), due AS (
+    -- the common values at or before now, and of the rest the histogram's share
+    SELECT (SELECT coalesce(sum(f), 0) FROM unnest(col.vals, col.freqs) AS m(v, f)
+            WHERE v::timestamptz <= now())
+           + greatest(1 - col.null_frac - col.common, 0)
+             * coalesce((SELECT count(*) FILTER (WHERE b::timestamptz <= now())::float8
+                                / nullif(count(*), 0) FROM unnest(col.bounds) AS b),
+                        0.5) AS part
+    FROM col WHERE col.attname = 'run_at'
+)
+SELECT s.type, s.state, round(t.reltuples * exp(sum(ln(greatest(s.part, 1e-12)))))::bigint,
+       coalesce((SELECT part FROM due), 0.5)
+FROM share AS s, t
+GROUP BY s.type, s.state, t.reltuples"""
 
 # Fold finished minutes of history into the rates table, at most one hour back and never
 # the last 10 seconds' minute (its events may not all be committed). Idempotent: a minute is
@@ -1746,9 +1788,9 @@ class Statements:
         """A statement of this queue that is not a named property (cold paths)."""
         return self._render(template)
 
-    def estimate(self, kind: str) -> bytes:
-        """EXPLAIN of one count, for the planner's row estimate beyond the counting cap."""
-        return self._render(ESTIMATE.replace("__CONDITION__", ESTIMATE_CONDITIONS[kind]))
+    @cached_property
+    def stats_estimates(self) -> bytes:
+        return self._render(STATS_ESTIMATES)
 
     @cached_property
     def fold_rates(self) -> bytes:
@@ -1817,6 +1859,10 @@ class Statements:
     @cached_property
     def drain(self) -> bytes:
         return self._render(DRAIN)
+
+    @cached_property
+    def stats_rates(self) -> bytes:
+        return self._render(STATS_RATES)
 
     @cached_property
     def stats_served(self) -> bytes:
