@@ -241,7 +241,18 @@ def _conninfo_of(target: object) -> str | None:
     return None
 
 
-def _run_sync(conn: psycopg.Connection[Any], op: Op[T]) -> T:
+def _own_json(conn: psycopg.Connection[Any]) -> None:
+    """A connection of the queue's own pool reads json as jobq does once, not per cursor."""
+    set_json_loads(load_json, conn)
+
+
+async def _own_json_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    set_json_loads(load_json, conn)
+
+
+def _run_sync(conn: psycopg.Connection[Any], op: Op[T], *, own: bool = False) -> T:
+    """Drive `op` on `conn`. On a connection not of the queue's own pool (`own`), json is
+    read jobq's way per cursor, so the caller's own reads keep their loaders."""
     try:
         stmt = next(op)
         while True:
@@ -252,7 +263,8 @@ def _run_sync(conn: psycopg.Connection[Any], op: Op[T]) -> T:
                 stmt = op.send([])
                 continue
             cur = conn.cursor()
-            set_json_loads(load_json, cur)  # this cursor only: the caller's own reads keep theirs
+            if not own:
+                set_json_loads(load_json, cur)
             cur.execute(stmt.query, stmt.params)
             stmt = op.send(cur.fetchall() if cur.description else [])
     except StopIteration as stop:
@@ -260,7 +272,7 @@ def _run_sync(conn: psycopg.Connection[Any], op: Op[T]) -> T:
         return result
 
 
-async def _run_async(conn: psycopg.AsyncConnection[Any], op: Op[T]) -> T:
+async def _run_async(conn: psycopg.AsyncConnection[Any], op: Op[T], *, own: bool = False) -> T:
     try:
         stmt = next(op)
         while True:
@@ -271,7 +283,8 @@ async def _run_async(conn: psycopg.AsyncConnection[Any], op: Op[T]) -> T:
                 stmt = op.send([])
                 continue
             acur = conn.cursor()
-            set_json_loads(load_json, acur)
+            if not own:
+                set_json_loads(load_json, acur)
             await acur.execute(stmt.query, stmt.params)
             stmt = op.send(await acur.fetchall() if acur.description else [])
     except StopIteration as stop:
@@ -299,7 +312,8 @@ class JobQueue(_QueueCore):
         self._pool: ConnectionPool | None = None
         self._owns_pool = False
         if isinstance(target, str):
-            self._pool = ConnectionPool(target, **self._pool_args(max_connections, pgbouncer))
+            self._pool = ConnectionPool(target, configure=_own_json,
+                                        **self._pool_args(max_connections, pgbouncer))
             self._owns_pool = True
         elif isinstance(target, ConnectionPool):
             self._pool = target
@@ -381,9 +395,9 @@ class JobQueue(_QueueCore):
                 raise classify(exc, broken=_is_broken(conn)) from None
         with self.connection() as own:
             if own.autocommit and not atomic:
-                return _run_sync(own, op)
+                return _run_sync(own, op, own=self._owns_pool)
             with own.transaction():
-                return _run_sync(own, op)
+                return _run_sync(own, op, own=self._owns_pool)
 
     def migrate(self) -> list[bytes]:
         """Create or migrate the tables now (first use does this by itself)."""
@@ -652,7 +666,8 @@ class AsyncJobQueue(_QueueCore):
         self._pool: AsyncConnectionPool | None = None
         self._owns_pool = False
         if isinstance(target, str):
-            self._pool = AsyncConnectionPool(target, **self._pool_args(max_connections, pgbouncer))
+            self._pool = AsyncConnectionPool(target, configure=_own_json_async,
+                                             **self._pool_args(max_connections, pgbouncer))
             self._owns_pool = True
         elif isinstance(target, AsyncConnectionPool):
             self._pool = target
@@ -724,9 +739,9 @@ class AsyncJobQueue(_QueueCore):
                 raise classify(exc, broken=_is_broken(conn)) from None
         async with self.connection() as own:
             if own.autocommit and not atomic:
-                return await _run_async(own, op)
+                return await _run_async(own, op, own=self._owns_pool)
             async with own.transaction():
-                return await _run_async(own, op)
+                return await _run_async(own, op, own=self._owns_pool)
 
     async def migrate(self) -> list[bytes]:
         try:
