@@ -25,12 +25,15 @@ from psycopg import sql as psql
 
 from . import _ops, sql
 from ._ops import Op, Stmt
+from .dsn import describe
 from .durations import parse_duration
 from .errors import (
     DRIVER_ERRORS,
+    DatabaseUnavailableError,
     InvalidInputError,
     JobqError,
     NotFoundError,
+    ReplicaError,
     TransientError,
     classify,
 )
@@ -506,12 +509,14 @@ def _pause(values: Sequence[Any]) -> Pause:
     return Pause(job_type, at, until, by, reason)
 
 
-def stats(st: Statements) -> Op[list[TypeStats]]:
+def stats(st: Statements, *, fold: bool = True) -> Op[list[TypeStats]]:
     """Per type: ready, scheduled, claimed, late, expired, failed, cancelled, oldest ready
     age, completed/failed per minute over the last hour, whether it is paused and whether a
     live worker serves it. Cost grows with the number of types, not with the backlog or the
-    history. Runs in one transaction (the caller's)."""
-    yield from _ops.fold_rates(st)
+    history. Runs in one transaction (the caller's). Folds the rates first, unless not to
+    `fold` (a standby, which cannot write, shows what the primary's runners folded)."""
+    if fold:
+        yield from _ops.fold_rates(st)
     types = [r[0] for r in (yield Stmt(st.stats_types))]
     paused = {p.type: p for p in (yield from pauses(st))}
     served = {r[0] for r in (yield Stmt(st.stats_served))}
@@ -597,6 +602,93 @@ def drain(st: Statements, worker_id: str, by: str) -> Op[None]:
         raise InvalidInputError("a worker id is a non-empty string (see `jobq workers`)")
     if not (yield Stmt(st.drain, {"id": worker_id, "by": clean_reason(by)})):
         raise NotFoundError(f"no worker with id {worker_id!r} (see `jobq workers`)")
+
+
+# -- reads on a replica ------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ServerIdentity:
+    """Which server a session is on."""
+
+    in_recovery: bool
+    #: pg_control_system()'s identifier: a primary and its physical standbys share it.
+    system: int
+    database: str
+
+
+@dataclass(frozen=True, slots=True)
+class Replication:
+    """How far a read replica is behind its primary (`Admin.replication`).
+
+    `lag` is 0 while the replica streams (a WAL receiver runs) and has replayed all the WAL
+    it received: the primary's quiet spells cost nothing, where the age of the last
+    transaction replayed would grow through them. Otherwise it is that age, by the
+    replica's clock: the primary's commit time of the newest transaction it has replayed,
+    which overstates the lag right after a quiet spell, and is None before any was replayed
+    since the replica started."""
+
+    #: A WAL receiver runs: the replica streams from its primary.
+    streaming: bool
+    receive_lsn: str | None
+    replay_lsn: str | None
+    #: Bytes of WAL received and not yet replayed.
+    replay_pending: int
+    #: The primary's commit time of the last transaction replayed.
+    last_replayed: datetime | None
+    lag: timedelta | None
+    #: The replica has replayed the last action this `Admin` took (True when it took none).
+    has_own_writes: bool
+    #: user@host:port/dbname of the replica, without the password.
+    where: str = ""
+
+    @property
+    def caught_up(self) -> bool:
+        return self.lag == timedelta(0)
+
+
+def server_identity() -> Op[ServerIdentity]:
+    return ServerIdentity(*(yield Stmt(sql.SERVER_IDENTITY.encode()))[0])
+
+
+def check_replica(primary: ServerIdentity, replica: ServerIdentity, where: str) -> None:
+    """Raise `ReplicaError` unless `replica` is a hot standby of `primary`'s database."""
+    if not replica.in_recovery:
+        raise ReplicaError(f"the read DSN ({where}) is not a standby: it is not in recovery "
+                           "(a primary, or a promoted standby); give a streaming replica of "
+                           "the primary, or read the primary")
+    if replica.system != primary.system:
+        raise ReplicaError(f"the read DSN ({where}) is a standby of another cluster (system "
+                           f"identifier {replica.system}, the primary's is {primary.system})")
+    if replica.database != primary.database:
+        raise ReplicaError(f"the read DSN ({where}) names database {replica.database!r}, the "
+                           f"primary's is {primary.database!r}")
+
+
+def replication(written: str | None, where: str) -> Op[Replication]:
+    """Where the replica stands, and whether it has replayed WAL position `written`."""
+    (in_recovery, streaming, received, replayed, pending, last, age, applied) = (
+        yield Stmt(sql.REPLICATION.encode(), {"written": written}))[0]
+    if not in_recovery:
+        raise ReplicaError(f"the read replica ({where}) is no longer a standby: it was "
+                           "promoted; read the primary, or give a standby of it")
+    if streaming and received is not None and pending == 0:
+        lag: timedelta | None = timedelta(0)
+    else:
+        lag = None if age is None else max(age, timedelta(0))
+    return Replication(streaming, received, replayed, pending, last, lag, applied, where)
+
+
+def wal_position() -> Op[str]:
+    position: str = (yield Stmt(sql.WAL_POSITION.encode()))[0][0]
+    return position
+
+
+def replica_unavailable(exc: DatabaseUnavailableError) -> DatabaseUnavailableError:
+    """The same outage, named as the read replica's rather than the primary's."""
+    error = DatabaseUnavailableError(
+        "read replica unavailable: " + str(exc).removeprefix("database unavailable: "))
+    error.sqlstate = exc.sqlstate
+    return error
 
 
 def _type_list(types: Sequence[str]) -> list[str]:
@@ -920,29 +1012,101 @@ def as_filter(value: JobFilter | str | None) -> JobFilter:
 
 # -- the twins -------------------------------------------------------------------------------
 
-class Admin:
-    """Operator operations over a `JobQueue`'s database."""
+#: Seconds between looks at a replica that `catch_up` waits for.
+CATCH_UP_POLL = 0.05
 
-    def __init__(self, queue: JobQueue) -> None:
+
+def _shown(queue: JobQueue | AsyncJobQueue) -> str:
+    """Where `queue` connects, as `describe` shows it."""
+    conn = queue._conn
+    return describe(conn.info.dsn if conn is not None else queue.conninfo or "")
+
+
+class Admin:
+    """Operator operations over a `JobQueue`'s database.
+
+    Given `reads`, a queue on a hot standby of that database, the listings read there:
+    `list_jobs`, `show`, `trace` (and `trace_pages`), `stats`, `pauses` and `workers`, after a
+    check, at the first of them, that it is a standby of this very database (`ReplicaError`
+    otherwise); `replication` says how far behind it is. Everything else uses `queue`, the
+    primary: every action, its `preview` and `select` (an action acts on what was previewed),
+    `doctor` (the primary's tables and sessions), and the trace follower (`poll_trace`,
+    `follow`), whose gap-free delivery rests on the order in which the primary hands out
+    transaction ids, which a standby only learns from the WAL, and whose NOTIFY only the
+    primary sends."""
+
+    def __init__(self, queue: JobQueue, *, reads: JobQueue | None = None) -> None:
         self.queue = queue
+        self.reads = reads
         self._st = queue.statements
+        self._replica_checked = False
+        #: With `reads`: a primary WAL position at or past this Admin's last action.
+        self._written: str | None = None
 
     def _run(self, op: Op[T], *, atomic: bool = False) -> T:
         # Operator operations never create or migrate tables: a typo in --table is an
         # error that names the fix, not four new tables.
         return self.queue._run(op, atomic=atomic, may_migrate=False)
 
+    def _write(self, op: Op[T], *, atomic: bool = False) -> T:
+        """An action, on the primary; with a replica, also where the WAL now ends, for
+        `replication().has_own_writes`."""
+        result = self._run(op, atomic=atomic)
+        if self.reads is not None:
+            self._written = self._run(wal_position())
+        return result
+
+    def _read(self, op: Callable[[Statements], Op[T]], *, atomic: bool = False) -> T:
+        """`op` of the replica's statements on the replica when there is one, else on the
+        primary."""
+        if self.reads is None:
+            return self._run(op(self._st), atomic=atomic)
+        if not self._replica_checked:
+            # Before either schema is checked: a wrong server is named as such.
+            primary = self.queue._run(server_identity(), schema_op=True)
+            check_replica(primary, self._on_replica(lambda _: server_identity(), identity=True),
+                          _shown(self.reads))
+            self._replica_checked = True
+        return self._on_replica(op, atomic=atomic)
+
+    def _on_replica(self, op: Callable[[Statements], Op[T]], *, atomic: bool = False,
+                    identity: bool = False) -> T:
+        assert self.reads is not None
+        try:
+            return self.reads._run(op(self.reads.statements), atomic=atomic,
+                                   may_migrate=False, schema_op=identity)
+        except DatabaseUnavailableError as exc:
+            raise replica_unavailable(exc) from None
+
+    def replication(self) -> Replication | None:
+        """How far the read replica is behind, and whether it shows this Admin's last
+        action; None without a replica."""
+        if self.reads is None:
+            return None
+        where = _shown(self.reads)
+        return self._read(lambda _: replication(self._written, where))
+
+    def catch_up(self, timeout: float) -> Replication | None:
+        """`replication()`, once the replica shows this Admin's last action or `timeout`
+        seconds have passed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.replication()
+            if state is None or state.has_own_writes or time.monotonic() >= deadline:
+                return state
+            time.sleep(CATCH_UP_POLL)
+
     def list_jobs(self, filter: JobFilter | str | None = None, *, after: str | None = None,
                   limit: int = 50, sort: str | None = None, total: bool = False) -> Page:
         """A page of jobs; see `list_jobs` (the operation) for `sort` and `total`."""
-        return self._run(list_jobs(self._st, as_filter(filter), after, limit, sort=sort,
-                                   total=total))
+        flt = as_filter(filter)
+        return self._read(lambda st: list_jobs(st, flt, after, limit, sort=sort, total=total))
 
     def show(self, job_id: int) -> JobDetail:
-        return self._run(show(self._st, job_id))
+        return self._read(lambda st: show(st, job_id))
 
     def trace(self, request_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
-        return self._run(trace(self._st, request_id, after, limit))
+        return self._read(lambda st: trace(st, request_id, after, limit))
 
     def trace_pages(self, request_id: str, *, after: int = 0,
                     page: int = TRACE_PAGE) -> Iterator[list[Event]]:
@@ -1034,22 +1198,22 @@ class Admin:
     def retry(self, ids: Sequence[int], *, run_at: datetime | None = None,
               progress: Progress | None = None) -> RepairResult:
         """Failed jobs back to pending, now or at `run_at`."""
-        return self._run(repair(self._st, "retry", ids, run_at=run_at,
-                                      reason="retried by operator", progress=progress))
+        return self._write(repair(self._st, "retry", ids, run_at=run_at,
+                                  reason="retried by operator", progress=progress))
 
     def extend(self, ids: Sequence[int], by: timedelta | str,
                progress: Progress | None = None) -> RepairResult:
         """Lengthen claimed jobs' leases by `by` (from now, if a lease already lapsed)."""
-        return self._run(repair(self._st, "extend", ids,
-                                      by=parse_duration(by, maximum=LEASE_MAX),
-                                      reason="extended by operator", progress=progress))
+        return self._write(repair(self._st, "extend", ids,
+                                  by=parse_duration(by, maximum=LEASE_MAX),
+                                  reason="extended by operator", progress=progress))
 
     def delete(self, ids: Sequence[int], *, force: bool = False,
                progress: Progress | None = None) -> RepairResult:
         """Delete pending or failed jobs; claimed ones only with `force`."""
         action = "delete-force" if force else "delete"
-        return self._run(repair(self._st, action, ids, reason="deleted by operator",
-                                      progress=progress))
+        return self._write(repair(self._st, action, ids, reason="deleted by operator",
+                                  progress=progress))
 
     def cancel(self, ids: Sequence[int], *, reason: str | None = None, by: str | None = None,
                progress: Progress | None = None) -> RepairResult:
@@ -1057,26 +1221,26 @@ class Admin:
         holder learns it at its next heartbeat (at once, where it listens): `ctx.cancelled`
         is set, an async handler is cancelled, a process child is killed, and its result,
         if any, is refused."""
-        return self._run(repair(self._st, "cancel", ids, reason=cancel_reason(by, reason),
-                                progress=progress))
+        return self._write(repair(self._st, "cancel", ids, reason=cancel_reason(by, reason),
+                                  progress=progress))
 
     def pause(self, types: Sequence[str], *, until: timedelta | str | None = None,
               reason: str | None = None, by: str | None = None) -> list[Pause]:
         """Claims skip `types` until they are resumed, or for `until` when given."""
-        return self._run(pause(self._st, types, _pause_for(until), by or operator_name(),
-                               reason))
+        return self._write(pause(self._st, types, _pause_for(until), by or operator_name(),
+                                 reason))
 
     def resume(self, types: Sequence[str]) -> list[str]:
-        return self._run(resume(self._st, types))
+        return self._write(resume(self._st, types))
 
     def pauses(self) -> list[Pause]:
-        return self._run(pauses(self._st))
+        return self._read(pauses)
 
     def workers(self) -> list[Worker]:
-        return self._run(workers(self._st))
+        return self._read(workers)
 
     def drain(self, worker_id: str, *, by: str | None = None) -> None:
-        self._run(drain(self._st, worker_id, by or operator_name()))
+        self._write(drain(self._st, worker_id, by or operator_name()))
 
     def preview_clear(self, older_than: timedelta | str) -> ClearPreview:
         return self._run(preview_clear(self._st, parse_duration(older_than)))
@@ -1086,10 +1250,11 @@ class Admin:
         """Failed jobs and history older than the cutoff, in batches; see `JobQueue.clear`.
         Given a `ClearPreview`, its cutoff: exactly what the preview counted (less what
         changed since), however long the confirmation took."""
-        return self._run(_ops.clear(self._st, _cutoff(older_than), progress))
+        return self._write(_ops.clear(self._st, _cutoff(older_than), progress))
 
     def stats(self) -> list[TypeStats]:
-        return self._run(stats(self._st), atomic=True)
+        # A standby cannot fold the rates: it shows what the primary's runners folded.
+        return self._read(lambda st: stats(st, fold=self.reads is None), atomic=True)
 
     def doctor(self) -> list[Finding]:
         return self._run(doctor(self._st))
@@ -1103,27 +1268,70 @@ class Admin:
 
 
 class AsyncAdmin:
-    """The asyncio twin of `Admin`."""
+    """The asyncio twin of `Admin`, with a read replica the same way (`reads`)."""
 
-    def __init__(self, queue: AsyncJobQueue) -> None:
+    def __init__(self, queue: AsyncJobQueue, *, reads: AsyncJobQueue | None = None) -> None:
         self.queue = queue
+        self.reads = reads
         self._st = queue.statements
+        self._replica_checked = False
+        self._written: str | None = None
 
     async def _run(self, op: Op[T], *, atomic: bool = False) -> T:
         return await self.queue._run(op, atomic=atomic, may_migrate=False)
 
+    async def _write(self, op: Op[T], *, atomic: bool = False) -> T:
+        result = await self._run(op, atomic=atomic)
+        if self.reads is not None:
+            self._written = await self._run(wal_position())
+        return result
+
+    async def _read(self, op: Callable[[Statements], Op[T]], *, atomic: bool = False) -> T:
+        if self.reads is None:
+            return await self._run(op(self._st), atomic=atomic)
+        if not self._replica_checked:
+            primary = await self.queue._run(server_identity(), schema_op=True)
+            check_replica(primary, await self._on_replica(lambda _: server_identity(),
+                                                          identity=True), _shown(self.reads))
+            self._replica_checked = True
+        return await self._on_replica(op, atomic=atomic)
+
+    async def _on_replica(self, op: Callable[[Statements], Op[T]], *, atomic: bool = False,
+                          identity: bool = False) -> T:
+        assert self.reads is not None
+        try:
+            return await self.reads._run(op(self.reads.statements), atomic=atomic,
+                                         may_migrate=False, schema_op=identity)
+        except DatabaseUnavailableError as exc:
+            raise replica_unavailable(exc) from None
+
+    async def replication(self) -> Replication | None:
+        if self.reads is None:
+            return None
+        where = _shown(self.reads)
+        return await self._read(lambda _: replication(self._written, where))
+
+    async def catch_up(self, timeout: float) -> Replication | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            state = await self.replication()
+            if state is None or state.has_own_writes or time.monotonic() >= deadline:
+                return state
+            await asyncio.sleep(CATCH_UP_POLL)
+
     async def list_jobs(self, filter: JobFilter | str | None = None, *,
                         after: str | None = None, limit: int = 50, sort: str | None = None,
                         total: bool = False) -> Page:
-        return await self._run(list_jobs(self._st, as_filter(filter), after, limit,
-                                         sort=sort, total=total))
+        flt = as_filter(filter)
+        return await self._read(lambda st: list_jobs(st, flt, after, limit, sort=sort,
+                                                     total=total))
 
     async def show(self, job_id: int) -> JobDetail:
-        return await self._run(show(self._st, job_id))
+        return await self._read(lambda st: show(st, job_id))
 
     async def trace(self, request_id: str, *, after: int = 0,
                     limit: int = 1000) -> list[Event]:
-        return await self._run(trace(self._st, request_id, after, limit))
+        return await self._read(lambda st: trace(st, request_id, after, limit))
 
     async def trace_pages(self, request_id: str, *, after: int = 0,
                           page: int = TRACE_PAGE) -> AsyncIterator[list[Event]]:
@@ -1144,52 +1352,52 @@ class AsyncAdmin:
 
     async def retry(self, ids: Sequence[int], *, run_at: datetime | None = None,
                     progress: Progress | None = None) -> RepairResult:
-        return await self._run(repair(self._st, "retry", ids, run_at=run_at,
-                                            reason="retried by operator", progress=progress))
+        return await self._write(repair(self._st, "retry", ids, run_at=run_at,
+                                        reason="retried by operator", progress=progress))
 
     async def extend(self, ids: Sequence[int], by: timedelta | str,
                      progress: Progress | None = None) -> RepairResult:
-        return await self._run(repair(self._st, "extend", ids,
-                                            by=parse_duration(by, maximum=LEASE_MAX),
-                                            reason="extended by operator", progress=progress))
+        return await self._write(repair(self._st, "extend", ids,
+                                        by=parse_duration(by, maximum=LEASE_MAX),
+                                        reason="extended by operator", progress=progress))
 
     async def delete(self, ids: Sequence[int], *, force: bool = False,
                      progress: Progress | None = None) -> RepairResult:
         action = "delete-force" if force else "delete"
-        return await self._run(repair(self._st, action, ids,
-                                            reason="deleted by operator", progress=progress))
+        return await self._write(repair(self._st, action, ids,
+                                        reason="deleted by operator", progress=progress))
 
     async def cancel(self, ids: Sequence[int], *, reason: str | None = None,
                      by: str | None = None, progress: Progress | None = None) -> RepairResult:
-        return await self._run(repair(self._st, "cancel", ids,
-                                      reason=cancel_reason(by, reason), progress=progress))
+        return await self._write(repair(self._st, "cancel", ids,
+                                        reason=cancel_reason(by, reason), progress=progress))
 
     async def pause(self, types: Sequence[str], *, until: timedelta | str | None = None,
                     reason: str | None = None, by: str | None = None) -> list[Pause]:
-        return await self._run(pause(self._st, types, _pause_for(until),
-                                     by or operator_name(), reason))
+        return await self._write(pause(self._st, types, _pause_for(until),
+                                       by or operator_name(), reason))
 
     async def resume(self, types: Sequence[str]) -> list[str]:
-        return await self._run(resume(self._st, types))
+        return await self._write(resume(self._st, types))
 
     async def pauses(self) -> list[Pause]:
-        return await self._run(pauses(self._st))
+        return await self._read(pauses)
 
     async def workers(self) -> list[Worker]:
-        return await self._run(workers(self._st))
+        return await self._read(workers)
 
     async def drain(self, worker_id: str, *, by: str | None = None) -> None:
-        await self._run(drain(self._st, worker_id, by or operator_name()))
+        await self._write(drain(self._st, worker_id, by or operator_name()))
 
     async def preview_clear(self, older_than: timedelta | str) -> ClearPreview:
         return await self._run(preview_clear(self._st, parse_duration(older_than)))
 
     async def clear(self, older_than: timedelta | str | ClearPreview,
                     progress: Callable[[int], None] | None = None) -> int:
-        return await self._run(_ops.clear(self._st, _cutoff(older_than), progress))
+        return await self._write(_ops.clear(self._st, _cutoff(older_than), progress))
 
     async def stats(self) -> list[TypeStats]:
-        return await self._run(stats(self._st), atomic=True)
+        return await self._read(lambda st: stats(st, fold=self.reads is None), atomic=True)
 
     async def doctor(self) -> list[Finding]:
         return await self._run(doctor(self._st))
@@ -1275,5 +1483,5 @@ def _close(conn: psycopg.Connection[Any] | None) -> None:
 
 
 __all__ = ["Admin", "AsyncAdmin", "Backoff", "ClearPreview", "Count", "Event", "Finding",
-           "Holder", "JobDetail", "JobRow", "Page", "Preview", "RepairResult", "TraceTail",
-           "TypeStats"]
+           "Holder", "JobDetail", "JobRow", "Page", "Preview", "RepairResult", "Replication",
+           "TraceTail", "TypeStats"]

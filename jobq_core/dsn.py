@@ -7,6 +7,7 @@ such text passes `redact`, which knows the pieces a malformed DSN could leak."""
 
 from __future__ import annotations
 
+import os
 import re
 from urllib.parse import unquote
 
@@ -69,6 +70,22 @@ def redact(message: str, dsn: str | None = None) -> str:
     message = _URL_PASSWORD.sub(r"\g<head>:***@", message)
     message = _QUERY_PASSWORD.sub(r"\g<head>***", message)
     return _KV_PASSWORD.sub(r"\g<head>***", message)
+
+
+def describe(dsn: str) -> str:
+    """user@host:port/dbname, as libpq would connect (its PG* variables filling the gaps),
+    never the password; "?" for a DSN that does not parse."""
+    try:
+        parts = conninfo_to_dict(dsn)
+    except Exception:  # psycopg.ProgrammingError
+        return "?"
+    host = str(parts.get("host") or os.environ.get("PGHOST") or "local socket")
+    port = parts.get("port") or os.environ.get("PGPORT")
+    user = parts.get("user") or os.environ.get("PGUSER")
+    dbname = parts.get("dbname") or os.environ.get("PGDATABASE") or user or ""
+    where = f"{host}:{port}" if port else host
+    shown = f"{user}@{where}/{dbname}" if user else f"{where}/{dbname}"
+    return redact(shown, dsn)
 
 
 def check(dsn: str) -> None:

@@ -40,6 +40,12 @@ class SchemaError(JobqError):
     """The queue tables are missing, foreign, or newer than this version of jobq."""
 
 
+class ReplicaError(JobqError):
+    """The read DSN does not name a hot standby of the primary's database: a primary (or a
+    promoted standby), a standby of another cluster, or another database. Not transient:
+    the configuration needs fixing."""
+
+
 class DatabaseError(JobqError):
     """The database refused the statement for a reason that retrying will not fix.
 

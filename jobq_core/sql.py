@@ -1410,6 +1410,28 @@ DOCTOR_EXPIRED = """
 SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'claimed' AND lease_until < now()
                       LIMIT 10000) s"""
 
+# Reads on a replica (admin.Admin with `reads`). Which server a session is on: a standby still
+# in recovery or not, of which cluster (a primary and all its physical standbys share
+# pg_control_system's identifier) and which database.
+SERVER_IDENTITY = """
+SELECT pg_is_in_recovery(), (SELECT system_identifier FROM pg_control_system()),
+       current_database()"""
+
+# Where a standby stands: whether a WAL receiver runs (its row shows to every role, its
+# details only to pg_read_all_stats), the WAL it received and replayed, the primary's commit
+# time of the last transaction replayed and its age by this server's clock, and whether it
+# has replayed up to `written`, a primary's WAL position (NULL: nothing to wait for).
+REPLICATION = """
+SELECT pg_is_in_recovery(), EXISTS (SELECT FROM pg_stat_wal_receiver),
+       pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,
+       greatest(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)::bigint,
+       pg_last_xact_replay_timestamp(), now() - pg_last_xact_replay_timestamp(),
+       %(written)s::pg_lsn IS NULL OR pg_last_wal_replay_lsn() >= %(written)s::pg_lsn"""
+
+# On the primary, after an action: a WAL position at or past its commit, which a replica has
+# replayed once the action shows there.
+WAL_POSITION = "SELECT pg_current_wal_insert_lsn()::text"
+
 # Each state is listed in the order of the index that serves it, so the first page costs the
 # same however large the backlog: pending jobs in the order they will run (the claim order),
 # failed by failure time, claimed by lease expiry, history and everything else newest first.
