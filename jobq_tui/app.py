@@ -25,12 +25,18 @@ from textual.css.query import NoMatches
 from textual.markup import escape
 from textual.screen import Screen
 
-from jobq_core import DatabaseUnavailableError, InvalidInputError, JobqError, parse_duration
-from jobq_core.admin import validate_trace
+from jobq_core import (
+    DatabaseUnavailableError,
+    InvalidInputError,
+    JobqError,
+    ReplicaError,
+    parse_duration,
+)
+from jobq_core.admin import Replication, validate_trace
 from jobq_core.filters import parse_filter
 from jobq_core.models import parse_id
 
-from .connection import ConsoleDB
+from .connection import READ_DSN_HELP, ConsoleDB
 from .operator import Operator
 from .safe import redact, visible
 from .screens.base import MUTATING, READ_ONLY_REASON, LiveScreen
@@ -47,6 +53,9 @@ from .widgets.status import Banner, Crumbs, Freshness, StatusBar
 INTERVALS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 #: The longest wait between reconnection attempts, in seconds.
 MAX_BACKOFF = 30.0
+#: After an action, how long a refresh waits for the read replica to replay it, in seconds;
+#: while it still has not, the console refreshes every `BEHIND_POLL` seconds.
+CATCH_UP, BEHIND_POLL = 2.0, 0.5
 COMMANDS_HELP = ("commands: trace <request-id> · job <id> · jobs [filter] · failed · "
                  "overview · workers · clear <age> · refresh <seconds> · quit")
 
@@ -71,9 +80,10 @@ class JobqApp(App[None]):
                  read_only: bool = False, interval: float = 2.0,
                  clock: Callable[[], datetime] | None = None,
                  perf: Callable[[], float] | None = None, label: str | None = None,
-                 start: Callable[[JobqApp], Screen[Any]] | None = None) -> None:
+                 start: Callable[[JobqApp], Screen[Any]] | None = None,
+                 read_dsn: str | None = None) -> None:
         super().__init__()
-        self.db = ConsoleDB(dsn, table, read_only=read_only)
+        self.db = ConsoleDB(dsn, table, read_only=read_only, read_dsn=read_dsn)
         self.admin = self.db.admin
         self.read_only = read_only
         self.interval = interval
@@ -88,7 +98,12 @@ class JobqApp(App[None]):
         self._down: str | None = None
         self._last_error: str | None = None
         self.refreshes = 0
+        #: Where the read replica stood at the last refresh (None without one).
+        self.replica: Replication | None = None
+        self._acted = False
         self.target = visible(label or self.db.describe()) + f" · {table}"
+        if (reads := self.db.describe_reads()) is not None:
+            self.target += f" · reads {visible(reads)}"
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -112,8 +127,15 @@ class JobqApp(App[None]):
     # -- the poll loop ----------------------------------------------------------------------
 
     def poke(self) -> None:
-        """Refresh now (after an action, a new screen or filter), without a second loop."""
+        """Refresh now (after a new screen or filter), without a second loop."""
         self._wake.set()
+
+    def acted(self) -> None:
+        """Refresh now, after an action: with a read replica, the refresh first gives it
+        `CATCH_UP` seconds to replay the action, so that the screen does not show the rows
+        as they were before it; the status bar says so while it still lags behind."""
+        self._acted = True
+        self.poke()
 
     @work(exclusive=True, group="poll")
     async def _poll(self) -> None:
@@ -123,14 +145,22 @@ class JobqApp(App[None]):
             screen = self._top()
             wait = self.interval
             if isinstance(screen, LiveScreen) and not self.paused:
-                started = self._perf()
                 try:
+                    if self.db.read_dsn is not None:
+                        self.replica = await self.admin.catch_up(
+                            CATCH_UP if self._acted else 0)
+                        self._acted = False
+                    started = self._perf()
                     data = await screen.fetch(self.admin)
                 except (DatabaseUnavailableError, psycopg.OperationalError) as exc:
-                    # The cause once: the error's own text already says "unavailable".
-                    cause = str(exc).removeprefix("database unavailable: ")
-                    self._set_down(f"⚠ database unavailable: {cause} · retrying in "
-                                   f"{backoff:g}s")
+                    # The cause once: the error's own text already says what is unavailable.
+                    cause = str(exc)
+                    if not cause.startswith(("database unavailable", "read replica")):
+                        cause = f"database unavailable: {cause}"
+                    self._set_down(f"⚠ {cause} · retrying in {backoff:g}s")
+                    wait, backoff = backoff, min(backoff * 2, MAX_BACKOFF)
+                except ReplicaError as exc:  # the read DSN needs fixing: said until it is
+                    self._set_down(f"⚠ {exc} · checking again in {backoff:g}s")
                     wait, backoff = backoff, min(backoff * 2, MAX_BACKOFF)
                 except (JobqError, psycopg.Error) as exc:
                     self._report(str(exc))
@@ -144,6 +174,8 @@ class JobqApp(App[None]):
                     self._set_down(None)
                     self.refreshes += 1
                     self._show(screen, data)
+                    if self.replica is not None and not self.replica.has_own_writes:
+                        wait = min(wait, BEHIND_POLL)
                 self._tick()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
@@ -158,12 +190,11 @@ class JobqApp(App[None]):
 
     def _set_down(self, message: str | None) -> None:
         """What the banner says at the next tick; None hides it."""
-        self._down = None if message is None else redact(" ".join(message.split()),
-                                                         self.db.conninfo)
+        self._down = None if message is None else self.db.redact(" ".join(message.split()))
 
     def _report(self, message: str) -> None:
         """A failed refresh shows once, not at every poll."""
-        message = redact(message, self.db.conninfo)
+        message = self.db.redact(message)
         if message != self._last_error:
             self._last_error = message
             self.notify(visible(message), title="refresh failed", severity="error",
@@ -183,7 +214,7 @@ class JobqApp(App[None]):
             return
         age = None if self._refreshed_at is None else self._perf() - self._refreshed_at
         info = Freshness(age, self._query_ms, self.interval, self.paused, self.read_only,
-                         self.target)
+                         self.target, self.replica)
         for bar in screen.query(StatusBar):
             bar.show(info)
         for banner in screen.query(Banner):
@@ -411,6 +442,8 @@ def console(
         "--trace", help="open the trace tail of this request id")] = None,
     demo: Annotated[bool, typer.Option(
         "--demo", help="run the demo workload (on an embedded Postgres unless --dsn)")] = False,
+    read_dsn: Annotated[str | None, typer.Option(
+        "--read-dsn", envvar="JOBQ_READ_DSN", help=READ_DSN_HELP)] = None,
 ) -> None:
     if trace:
         try:
@@ -422,7 +455,7 @@ def console(
 
     def run(conninfo: str | None) -> None:
         JobqApp(conninfo, table=table, read_only=read_only, interval=refresh, label=label,
-                start=start).run()
+                start=start, read_dsn=read_dsn).run()
     try:
         if demo:
             from .demo import running_demo
@@ -432,7 +465,8 @@ def console(
         else:
             run(dsn)
     except JobqError as exc:
-        print(f"jobq-tui: {visible(redact(str(exc), dsn))}", file=sys.stderr)
+        print(f"jobq-tui: {visible(redact(redact(str(exc), read_dsn), dsn))}",
+              file=sys.stderr)
         raise typer.Exit(2) from None
 
 

@@ -7,7 +7,9 @@ destructive actions (delete, cancel, clear, drain, migrate) and any action on jo
 chose ask for confirmation with the count unless ``--yes``; the others (retry or extend of
 given ids, pause, resume) do not ask. Without a terminal to ask on, they refuse rather than
 hang. ``jobq --read-only`` (or JOBQ_READ_ONLY) refuses writes before connecting and opens
-read-only sessions.
+read-only sessions. The commands that only read (status, list, show, trace, workers and pause
+without arguments) read a hot standby given by ``--read-dsn`` (or JOBQ_READ_DSN); every other
+command uses the primary.
 
 Exit codes: 0 success, 1 failure, 2 usage or bad input, 3 not found, 4 lease lost or conflict,
 5 database unreachable, 130 interrupted. Errors are one line on stderr, usage errors included.
@@ -23,7 +25,7 @@ import sys
 import time
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, is_dataclass, replace
 from datetime import datetime, timedelta
 from typing import Annotated, Any, NoReturn
@@ -46,6 +48,7 @@ from jobq_core import (
     JobStateError,
     LeaseLostError,
     NotFoundError,
+    ReplicaError,
     TaskRunner,
     parse_duration,
 )
@@ -58,7 +61,9 @@ from jobq_core.admin import (
     Pause,
     Preview,
     RepairResult,
+    Replication,
     TraceTail,
+    TypeStats,
     Worker,
 )
 from jobq_core.dsn import check as check_dsn
@@ -69,7 +74,8 @@ from jobq_core.filters import parse_filter
 from jobq_core.models import parse_id
 from jobq_core.sql import Names
 
-from .connection import resolve_dsn
+from .connection import READ_DSN_HELP, check_read_dsn, resolve_dsn
+from .format import lag
 from .safe import redact, visible
 from .usage import OneLineGroup, error_line
 
@@ -106,6 +112,8 @@ TableName = Annotated[str, typer.Option("--table", envvar="JOBQ_TABLE", help="qu
 AsJson = Annotated[bool, typer.Option("--json", help="one JSON document on stdout")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="show what would change, change nothing")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")]
+ReadDsn = Annotated[str | None, typer.Option("--read-dsn", envvar="JOBQ_READ_DSN",
+                                             help=READ_DSN_HELP)]
 
 
 @app.callback(invoke_without_command=True)
@@ -137,9 +145,10 @@ def job_id_arg(text: str) -> int:
         raise typer.BadParameter(str(exc)) from None
 
 
-def fail(message: str, code: int, dsn: str | None = None) -> NoReturn:
-    """One line on stderr, then exit with `code`."""
-    typer.echo(error_line(message, dsn), err=True)
+def fail(message: str, code: int, dsn: str | None = None,
+         read_dsn: str | None = None) -> NoReturn:
+    """One line on stderr, without either DSN's password; then exit with `code`."""
+    typer.echo(error_line(redact(message, read_dsn), dsn), err=True)
     raise typer.Exit(code)
 
 
@@ -165,7 +174,7 @@ def session_conninfo(conninfo: str, read_only: bool) -> str:
 
 
 def exit_code_for(exc: BaseException) -> int:
-    if isinstance(exc, InvalidInputError):
+    if isinstance(exc, InvalidInputError | ReplicaError):
         return EXIT_USAGE
     if isinstance(exc, NotFoundError):
         return EXIT_NOT_FOUND
@@ -176,35 +185,55 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_FAILURE
 
 
+def _connect(conninfo: str, read_only: bool, *, replica: bool = False
+             ) -> psycopg.Connection[Any]:
+    """A dedicated connection; a failure to connect is a typed error, which names the read
+    replica when it is its."""
+    if replica:
+        check_read_dsn(conninfo)
+    # Redaction knows the DSN as given, not as --read-only rewrites it.
+    session = session_conninfo(conninfo, read_only)
+    whose = "read " if replica else ""
+    try:
+        return psycopg.connect(session, autocommit=True, connect_timeout=5,
+                               application_name="jobq-cli")
+    except psycopg.OperationalError as exc:
+        if refused_option(str(exc)):
+            raise InvalidInputError(f"invalid {whose}connection string: {exc}") from None
+        raise DatabaseUnavailableError(
+            f"{'read replica' if replica else 'database'} unavailable: {exc}") from None
+    except psycopg.ProgrammingError as exc:
+        raise InvalidInputError(f"invalid {whose}connection string: {exc}") from None
+
+
 @contextmanager
-def connected(ctx: typer.Context, dsn: str | None, table: str, *,
-              writes: bool) -> Iterator[Admin]:
-    """An `Admin` on one dedicated connection; every failure becomes one line and a code.
-    `writes`: the command changes the database, so --read-only refuses it."""
+def connected(ctx: typer.Context, dsn: str | None, table: str, *, writes: bool,
+              read_dsn: str | None = None) -> Iterator[Admin]:
+    """An `Admin` on one dedicated connection (and, with `read_dsn`, one to that replica for
+    its reads); every failure becomes one line and a code. `writes`: the command changes the
+    database, so --read-only refuses it, and it reads the primary alone."""
     if writes:
         refuse_if_read_only(ctx)
+        read_dsn = None
     conninfo = resolve_dsn(dsn)
+    read_dsn = read_dsn or None
+    read_only = bool(ctx.meta.get(READ_ONLY))
     try:
         Names.parse(table)  # a bad table name is refused before connecting
-        # Redaction below knows the DSN as given, not as --read-only rewrote it.
-        session = session_conninfo(conninfo, bool(ctx.meta.get(READ_ONLY)))
-        try:
-            conn = psycopg.connect(session, autocommit=True, connect_timeout=5,
-                                   application_name="jobq-cli")
-        except psycopg.OperationalError as exc:
-            if refused_option(str(exc)):
-                raise InvalidInputError(f"invalid connection string: {exc}") from None
-            raise DatabaseUnavailableError(f"database unavailable: {exc}") from None
-        except psycopg.ProgrammingError as exc:
-            raise InvalidInputError(f"invalid connection string: {exc}") from None
-        with conn, JobQueue(conn, table=table, auto_migrate=False) as queue:
-            yield Admin(queue)
+        with ExitStack() as stack:
+            conn = stack.enter_context(_connect(conninfo, read_only))
+            queue = stack.enter_context(JobQueue(conn, table=table, auto_migrate=False))
+            reads = None
+            if read_dsn is not None:
+                replica = stack.enter_context(_connect(read_dsn, read_only, replica=True))
+                reads = stack.enter_context(JobQueue(replica, table=table, auto_migrate=False))
+            yield Admin(queue, reads=reads)
     except JobqError as exc:
-        fail(str(exc), exit_code_for(exc), conninfo)
+        fail(str(exc), exit_code_for(exc), conninfo, read_dsn)
     except psycopg.OperationalError as exc:
-        fail(f"database unavailable: {exc}", EXIT_UNREACHABLE, conninfo)
+        fail(f"database unavailable: {exc}", EXIT_UNREACHABLE, conninfo, read_dsn)
     except psycopg.Error as exc:
-        fail(f"database error: {exc}", EXIT_FAILURE, conninfo)
+        fail(f"database error: {exc}", EXIT_FAILURE, conninfo, read_dsn)
 
 
 def _plain(value: Any) -> Any:
@@ -353,19 +382,43 @@ def _ids_or_filter(ids: list[int] | None, filter_text: str | None, admin: Admin,
 
 @app.command()
 def status(ctx: typer.Context, dsn: Dsn = None, table: TableName = "svti_jobs",
-           as_json: AsJson = False) -> None:
+           as_json: AsJson = False, read_dsn: ReadDsn = None) -> None:
     """Per job type: ready, scheduled, claimed, late (less than half of its lease left: a
     heartbeat was missed), expired, failed, cancelled, oldest ready age, and completed/failed
     in the last minute (~ marks an estimate). Under the table: paused types (who, why, until
-    when), and expired leases that no live worker will take back."""
-    with connected(ctx, dsn, table, writes=False) as admin:
+    when), and expired leases that no live worker will take back. With --read-dsn, how far
+    the replica is behind (and --json is {"types": [...], "replica": {...}})."""
+    with connected(ctx, dsn, table, writes=False, read_dsn=read_dsn) as admin:
+        replica = admin.replication()  # first: the counts are at least this fresh
         stats = admin.stats()
     if as_json:
-        emit_json(stats)
+        emit_json(stats if replica is None else {"types": stats, "replica": replica})
         return
     if not stats:
         out.print(Text("no jobs"))
-        return
+    else:
+        status_table(stats)
+    if replica is not None:
+        out.print(Text(replica_line(replica)))
+
+
+def replica_line(replica: Replication) -> str:
+    """How far behind the replica is: 0 s while it streams and has replayed all it received,
+    else the age of the last transaction it replayed (see the README)."""
+    where = f"replica {visible(replica.where)}: "
+    if not replica.streaming:
+        return (where + "NOT streaming (no WAL receiver runs); its last replayed transaction "
+                f"is {lag(replica.lag)} old")
+    if replica.lag is None:
+        return where + "lag unknown: no transaction replayed since it started"
+    if replica.caught_up:
+        return where + "0 s behind (it has replayed all the WAL it received)"
+    return where + f"{lag(replica.lag)} behind ({replica.replay_pending} bytes of WAL to replay)"
+
+
+def status_table(stats: list[TypeStats]) -> None:
+    """The table, then what needs saying of single types: pauses, leases nobody takes back.
+    """
     # Fits 80 columns, a pipe's width: one space between columns, headers that are never
     # cut (numbers do not wrap), and a type name that folds onto further lines rather than
     # being cut short. `--json` is the form for scripts.
@@ -408,9 +461,10 @@ def list_cmd(
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
     after: Annotated[str | None, typer.Option(help="the cursor a previous page printed")] = None,
     dsn: Dsn = None, table: TableName = "svti_jobs", as_json: AsJson = False,
+    read_dsn: ReadDsn = None,
 ) -> None:
     """Jobs matching a filter, one page at a time (keyset: no limit on how far you page)."""
-    with connected(ctx, dsn, table, writes=False) as admin:
+    with connected(ctx, dsn, table, writes=False, read_dsn=read_dsn) as admin:
         page = admin.list_jobs(" ".join(filter_words or []), after=after, limit=limit)
     if as_json:
         emit_json({"rows": page.rows, "next_cursor": page.next_cursor})
@@ -423,9 +477,10 @@ def list_cmd(
 @app.command()
 def show(ctx: typer.Context,
          job_id: Annotated[int, typer.Argument(help="job id", parser=job_id_arg)],
-         dsn: Dsn = None, table: TableName = "svti_jobs", as_json: AsJson = False) -> None:
+         dsn: Dsn = None, table: TableName = "svti_jobs", as_json: AsJson = False,
+         read_dsn: ReadDsn = None) -> None:
     """A job (live or finished) and its full history."""
-    with connected(ctx, dsn, table, writes=False) as admin:
+    with connected(ctx, dsn, table, writes=False, read_dsn=read_dsn) as admin:
         detail = admin.show(job_id)
     if as_json:
         emit_json({"job": detail.job, "state": detail.state, "events": detail.events})
@@ -514,15 +569,18 @@ def trace(
         min=1, help="at most this many events, then the --after that goes on (default: all)")]
     = None,
     dsn: Dsn = None, table: TableName = "svti_jobs", as_json: AsJson = False,
+    read_dsn: ReadDsn = None,
 ) -> None:
     """Everything that happened under one request id, in time order: every event, however
-    many, streamed page by page (JSON lines with --follow --json)."""
+    many, streamed page by page (JSON lines with --follow --json). --follow reads the
+    primary, even with --read-dsn: its gap-free delivery rests on the primary's order of
+    transaction ids, and it is woken by the primary's NOTIFY."""
     if follow:
         if limit is not None:
             fail("--limit does not apply to --follow", EXIT_USAGE)
         _follow(ctx, request_id, after, dsn, table, as_json)
         return
-    with connected(ctx, dsn, table, writes=False) as admin:
+    with connected(ctx, dsn, table, writes=False, read_dsn=read_dsn) as admin:
         output = TraceOutput(as_json)
         # One event past --limit tells whether there are more.
         size = TRACE_PAGE if limit is None else min(TRACE_PAGE, limit + 1)
@@ -833,10 +891,12 @@ def pause(
         "`jobq resume`)")] = None,
     reason: Annotated[str | None, typer.Option(help="why, shown with the pause")] = None,
     dsn: Dsn = None, table: TableName = "svti_jobs", as_json: AsJson = False,
+    read_dsn: ReadDsn = None,
 ) -> None:
     """Stop claims of job types (running jobs go on), until `jobq resume` or for --for.
-    Without types, list the pauses in force (`jobq status` shows them too)."""
-    with connected(ctx, dsn, table, writes=bool(types)) as admin:
+    Without types, list the pauses in force (`jobq status` shows them too; --read-dsn reads
+    them from a replica)."""
+    with connected(ctx, dsn, table, writes=bool(types), read_dsn=read_dsn) as admin:
         if not types:
             if for_ is not None or reason is not None:
                 raise InvalidInputError("--for and --reason need the types to pause")
@@ -901,16 +961,17 @@ def workers(
         "--drain", metavar="ID", help="ask this worker to stop claiming and exit once its "
         "running jobs finish")] = None,
     dsn: Dsn = None, table: TableName = "svti_jobs", yes: Yes = False,
-    as_json: AsJson = False,
+    as_json: AsJson = False, read_dsn: ReadDsn = None,
 ) -> None:
     """Registered workers and their health; --drain ID asks one to finish and exit.
 
     Per worker: host, pid, types, running/concurrency, started, last heartbeat and status
     (running, draining, or lost after three missed beats; lost ones are forgotten after a
-    day)."""
+    day). A drain reads and writes the primary, even with --read-dsn."""
     if drain is not None:
         refuse_if_read_only(ctx, "workers --drain")
-    with connected(ctx, dsn, table, writes=False) as admin:
+        read_dsn = None
+    with connected(ctx, dsn, table, writes=False, read_dsn=read_dsn) as admin:
         found = admin.workers()
         if drain is not None:
             target = next((w for w in found if w.id == drain), None)

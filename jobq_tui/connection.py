@@ -1,4 +1,5 @@
-"""The console's connection: a small pool that identifies itself, and can be read-only.
+"""The console's connections: a small pool that identifies itself, and can be read-only, and
+with a read DSN a second one, on a hot standby, for everything the console only reads.
 
 A read-only console sets `default_transaction_read_only` on the session itself, so even a
 bug in the console could not write; the server refuses."""
@@ -10,10 +11,10 @@ import os
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
-from jobq_core import AsyncJobQueue
+from jobq_core import AsyncJobQueue, InvalidInputError
 from jobq_core.admin import AsyncAdmin
 from jobq_core.dsn import check as check_dsn
-from jobq_core.dsn import redact
+from jobq_core.dsn import describe, redact
 from jobq_core.sql import Names
 
 APPLICATION_NAME = "jobq-tui"
@@ -23,9 +24,23 @@ STATEMENT_TIMEOUT = "15s"
 CONNECT_WAIT = 4.0
 
 
+READ_DSN_HELP = (
+    "a hot standby (streaming replica) of the database, for reads; actions, their previews "
+    "and trace following use the primary (--dsn). The replica's lag is shown. Also "
+    "JOBQ_READ_DSN")
+
+
 def resolve_dsn(dsn: str | None) -> str:
     """--dsn, else JOBQ_DSN, else DATABASE_URL, else "" (libpq's PG* variables apply)."""
     return dsn or os.environ.get("JOBQ_DSN") or os.environ.get("DATABASE_URL") or ""
+
+
+def check_read_dsn(read_dsn: str) -> None:
+    """A malformed read DSN, refused as the read DSN's, without its password."""
+    try:
+        check_dsn(read_dsn)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"read DSN: {exc}") from None
 
 
 def session_options(conninfo: str, read_only: bool) -> str:
@@ -40,18 +55,34 @@ def session_options(conninfo: str, read_only: bool) -> str:
 
 
 class ConsoleDB:
-    """An `AsyncAdmin` over a pool of up to three connections that reconnects by itself.
+    """An `AsyncAdmin` over a pool of up to three connections that reconnects by itself;
+    with `read_dsn`, its reads (see `AsyncAdmin`) go to a second such pool, on a standby.
 
     Nothing connects until `open`, and `open` does not wait: an unreachable server shows as a
     banner in the console rather than a failed start."""
 
-    def __init__(self, dsn: str | None, table: str, *, read_only: bool = False) -> None:
+    def __init__(self, dsn: str | None, table: str, *, read_only: bool = False,
+                 read_dsn: str | None = None) -> None:
         Names.parse(table)  # a bad table name is refused before connecting
         conninfo = resolve_dsn(dsn)
         options = session_options(conninfo, read_only)
         self.conninfo = conninfo
+        self.read_dsn = read_dsn or None
         self.read_only = read_only
-        self.pool = AsyncConnectionPool(
+        self.pool = self._pool(conninfo, options)
+        self.read_pool = None
+        reads = None
+        if self.read_dsn is not None:
+            check_read_dsn(self.read_dsn)
+            self.read_pool = self._pool(self.read_dsn, session_options(self.read_dsn,
+                                                                       read_only))
+            reads = AsyncJobQueue(self.read_pool, table=table, auto_migrate=False)
+        self.admin = AsyncAdmin(AsyncJobQueue(self.pool, table=table, auto_migrate=False),
+                                reads=reads)
+
+    @staticmethod
+    def _pool(conninfo: str, options: str) -> AsyncConnectionPool:
+        return AsyncConnectionPool(
             conninfo,
             min_size=1, max_size=3, open=False, timeout=CONNECT_WAIT, name=APPLICATION_NAME,
             # No background reconnection schedule of the pool's own (its backoff grows without
@@ -61,25 +92,26 @@ class ConsoleDB:
             kwargs={"autocommit": True, "application_name": APPLICATION_NAME,
                     "connect_timeout": 5, "options": options},
         )
-        self.admin = AsyncAdmin(AsyncJobQueue(self.pool, table=table, auto_migrate=False))
 
     def describe(self) -> str:
-        """user@host:port/dbname, never the password."""
-        try:
-            parts = conninfo_to_dict(self.conninfo)
-        except Exception:
-            return "?"
-        host = str(parts.get("host") or os.environ.get("PGHOST") or "local socket")
-        port = parts.get("port") or os.environ.get("PGPORT")
-        user = parts.get("user") or os.environ.get("PGUSER")
-        dbname = parts.get("dbname") or os.environ.get("PGDATABASE") or user or ""
-        where = f"{host}:{port}" if port else host
-        shown = f"{user}@{where}/{dbname}" if user else f"{where}/{dbname}"
-        return redact(shown, self.conninfo)
+        """user@host:port/dbname of the primary, never the password."""
+        return describe(self.conninfo)
+
+    def describe_reads(self) -> str | None:
+        """The same of the replica, if reads go to one."""
+        return None if self.read_dsn is None else describe(self.read_dsn)
+
+    def redact(self, message: str) -> str:
+        """`message` without the password of either DSN."""
+        return redact(redact(message, self.read_dsn), self.conninfo)
 
     async def open(self) -> None:
         await self.pool.open(wait=False)
+        if self.read_pool is not None:
+            await self.read_pool.open(wait=False)
 
     async def close(self) -> None:
         await self.admin.queue.close()
         await self.pool.close(timeout=1.0)
+        if self.read_pool is not None:
+            await self.read_pool.close(timeout=1.0)

@@ -44,6 +44,16 @@ def span(delta: timedelta | float | None) -> str:
     return f"{days}d{hours:02d}h"
 
 
+def lag(delta: timedelta | None) -> str:
+    """A replica's lag: "0 s", "1.2 s" under a minute, then as `span`; "unknown" for None."""
+    if delta is None:
+        return "unknown"
+    seconds = delta.total_seconds()
+    if seconds == 0:
+        return "0 s"
+    return f"{seconds:.1f} s" if seconds < 60 else span(delta)
+
+
 def relative(when: datetime | None, now: datetime) -> str:
     """`in 5s` for the future, `5s ago` for the past."""
     if when is None:

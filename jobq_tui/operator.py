@@ -26,7 +26,7 @@ from jobq_core.filters import JobFilter
 from jobq_core.models import optional_text
 
 from .format import stamp, zoned
-from .safe import redact, visible
+from .safe import visible
 from .screens.base import READ_ONLY_REASON
 from .screens.dialogs import (
     ConfirmScreen,
@@ -94,10 +94,10 @@ class Operator:
         except (JobqError, psycopg.Error) as exc:
             self._error(str(exc))
         finally:
-            self.app.poke()
+            self.app.acted()
 
     def _error(self, message: str) -> None:
-        self.app.notify(visible(redact(message, self.app.db.conninfo)), title="action failed",
+        self.app.notify(visible(self.app.db.redact(message)), title="action failed",
                         severity="error", markup=False, timeout=8)
 
     def _done(self, result: RepairResult, what: str, ids: Sequence[int]) -> None:

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from rich.text import Text
 from textual.widgets import Static
 
-from ..format import span
+from jobq_core.admin import Replication
+
+from ..format import lag, span
 from ..safe import visible
 
 
@@ -21,6 +23,27 @@ class Freshness:
     paused: bool
     read_only: bool
     target: str  # database and table, without the password
+    #: Where the read replica stands, when reads go to one.
+    replica: Replication | None = None
+
+
+#: A replica further behind than this many seconds shows in yellow, beyond the second in red.
+LAG_WARN, LAG_ALARM = 5.0, 60.0
+
+
+def replica_badge(replica: Replication) -> tuple[str, str]:
+    """How far behind the replica the screen was read from is; after an action taken on the
+    primary, until the replica has replayed it, that it does not show the action yet (fits
+    80 columns after the data's age and query time)."""
+    behind = f"replica {lag(replica.lag)} behind"
+    if not replica.streaming:
+        return f" · replica NOT streaming ({lag(replica.lag)} behind)", "bold red"
+    if not replica.has_own_writes:
+        return f" · {behind}, not yet showing your action", "bold yellow"
+    seconds = None if replica.lag is None else replica.lag.total_seconds()
+    if seconds is None or seconds > LAG_ALARM:
+        return f" · {behind}", "bold red"
+    return f" · {behind}", "yellow" if seconds > LAG_WARN else ""
 
 
 class StatusBar(Static):
@@ -39,6 +62,8 @@ class StatusBar(Static):
             parts.append((f"updated {span(info.age)} ago", "bold red" if stale else ""))
             if info.query_ms is not None:
                 parts.append(f" · query {info.query_ms:.0f} ms")
+        if info.replica is not None:
+            parts.append(replica_badge(info.replica))
         parts.append(f" · every {info.interval:g}s")
         parts.append((f" · {info.target}", "dim"))
         self.set_class(info.read_only, "-read-only")
