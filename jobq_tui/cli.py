@@ -87,7 +87,9 @@ EXIT_CODES_HELP = (
 )
 CONNECTION_HELP = (
     "Connection: --dsn, else JOBQ_DSN, else DATABASE_URL, else libpq's PG* variables. "
-    "Table: --table, else JOBQ_TABLE, else svti_jobs."
+    "Table: --table, else JOBQ_TABLE, else svti_jobs. The commands that only read (status, "
+    "list, show, trace, workers, pause without types) read a hot standby given by "
+    "--read-dsn or JOBQ_READ_DSN."
 )
 
 #: `ctx.meta` key of the global --read-only flag.

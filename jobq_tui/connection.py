@@ -26,8 +26,8 @@ CONNECT_WAIT = 4.0
 
 READ_DSN_HELP = (
     "a hot standby (streaming replica) of the database, for reads; actions, their previews "
-    "and trace following use the primary (--dsn). The replica's lag is shown. Also "
-    "JOBQ_READ_DSN")
+    "and trace following use the primary (--dsn). The replica's lag is shown; '' reads "
+    "the primary")
 
 
 def resolve_dsn(dsn: str | None) -> str:
