@@ -22,6 +22,7 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
+import psycopg.sql
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
@@ -235,6 +236,35 @@ def test_the_async_twin_reads_the_replica_and_acts_on_the_primary(pair: Pair) ->
 
     asyncio.run(scenario())
     assert primary_state(pair.primary, job_id) == "pending"
+
+
+def test_a_replica_that_does_not_stream_is_never_called_caught_up(
+        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a WAL receiver, nothing more arrives, so received == replayed says nothing:
+    the lag is the age of the last replayed transaction, and `NOT streaming` is said."""
+    with psycopg.connect(pair.replica, autocommit=True) as standby:
+        row = standby.execute("SHOW primary_conninfo").fetchone()
+        assert row is not None and row[0]
+        standby.execute("ALTER SYSTEM SET primary_conninfo = ''")
+        standby.execute("SELECT pg_reload_conf()")
+        try:
+            wait_for(lambda: standby.execute(
+                "SELECT NOT EXISTS (SELECT FROM pg_stat_wal_receiver)").fetchone()[0],
+                "the WAL receiver to stop")
+            with JobQueue(pair.primary, auto_migrate=False) as primary, \
+                    JobQueue(pair.replica, auto_migrate=False) as replica:
+                state = Admin(primary, reads=replica).replication()
+            assert state is not None and not state.streaming and not state.caught_up
+            assert state.lag is not None and state.lag > timedelta(0)
+            monkeypatch.setenv("JOBQ_DSN", pair.primary)
+            result = CliRunner().invoke(cli_app, ["status", "--read-dsn", pair.replica])
+            assert result.exit_code == 0, result.output
+            assert "NOT streaming (no WAL receiver runs)" in " ".join(result.stdout.split())
+        finally:
+            standby.execute(psycopg.sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(
+                psycopg.sql.Literal(row[0])))
+            standby.execute("SELECT pg_reload_conf()")
+    pair.sync()
 
 
 def test_the_trace_follower_reads_the_primary(pair: Pair) -> None:
