@@ -329,10 +329,11 @@ def _key(item: dict[str, Any]) -> str:
 
 
 def summarize(measurements: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median, min and max of each figure of each (cell, system, setting[, round])."""
+    """Median, min and max of each figure of each (cell, system, setting[, round]), over the
+    measurements that did not fail (the failures are listed under the report's tables)."""
     grouped: dict[str, list[dict[str, Any]]] = {}
     for item in measurements:
-        if "figures" in item:
+        if "figures" in item and "error" not in item:
             grouped.setdefault(_key(item), []).append(item)
     summary = {}
     for key, items in grouped.items():
@@ -345,7 +346,6 @@ def summarize(measurements: list[dict[str, Any]]) -> dict[str, Any]:
                         for name in first["figures"]},
             "load": [min(i["load_before"] for i in items),
                      max(max(i["load_before"], i["load_after"]) for i in items)],
-            "errors": [i["error"] for i in items if "error" in i],
         }
     return summary
 
@@ -373,7 +373,7 @@ def scale_ratios(measurements: list[dict[str, Any]], cfg: Config) -> dict[str, A
     """Each scale cell's throughput over the empty table's, in the same repetition and round."""
     rates: dict[tuple[str, int, int], float] = {}
     for item in measurements:
-        if item["cell"] in SCALE_CELLS and "figures" in item:
+        if item["cell"] in SCALE_CELLS and "figures" in item and "error" not in item:
             rates[(item["cell"], item["rep"], item["round"])] = item["figures"]["jobs_per_s"]
     out: dict[str, Any] = {}
     for cell in SCALE_CELLS:
