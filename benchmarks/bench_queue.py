@@ -18,37 +18,17 @@ from pathlib import Path
 import psycopg
 
 from benchmarks._common import fresh_database, rate, server_dsn, server_facts
-from jobq_core import JobQueue, NewJob
-
-RAW_DDL = """
-CREATE TABLE raw_jobs (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    type text NOT NULL,
-    payload jsonb,
-    state text NOT NULL DEFAULT 'pending',
-    lease_until timestamptz,
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX raw_jobs_ready ON raw_jobs (id) WHERE state = 'pending';
-"""
-RAW_ENQUEUE = "INSERT INTO raw_jobs (type, payload) VALUES (%s, %s::jsonb) RETURNING id"
-RAW_ENQUEUE_MANY = (
-    "INSERT INTO raw_jobs (type, payload) "
-    "SELECT * FROM unnest(%s::text[], %s::jsonb[]) RETURNING id"
+from benchmarks._raw import (
+    PAYLOAD,
+    RAW_CLAIM,
+    RAW_CLAIM_MANY,
+    RAW_COMPLETE,
+    RAW_COMPLETE_MANY,
+    RAW_DDL,
+    RAW_ENQUEUE,
+    RAW_ENQUEUE_MANY,
 )
-RAW_CLAIM = """
-UPDATE raw_jobs SET state = 'claimed', lease_until = now() + interval '30 seconds'
-WHERE id = (SELECT id FROM raw_jobs WHERE state = 'pending' ORDER BY id LIMIT 1
-            FOR UPDATE SKIP LOCKED)
-RETURNING id, type, payload"""
-RAW_COMPLETE = "DELETE FROM raw_jobs WHERE id = %s"
-RAW_CLAIM_MANY = """
-UPDATE raw_jobs SET state = 'claimed', lease_until = now() + interval '30 seconds'
-WHERE id = ANY(ARRAY(SELECT id FROM raw_jobs WHERE state = 'pending' ORDER BY id LIMIT %s
-                     FOR UPDATE SKIP LOCKED))
-RETURNING id, type, payload"""
-RAW_COMPLETE_MANY = "DELETE FROM raw_jobs WHERE id = ANY(%s)"
-PAYLOAD = '{"to": "alice@example.com", "template": "welcome"}'
+from jobq_core import JobQueue, NewJob
 
 
 def main() -> None:
