@@ -234,7 +234,8 @@ def validate_when(value: object, what: str = "run_at") -> tuple[datetime | None,
             raise InvalidInputError(
                 f"{what} {value.isoformat()} is out of range: from {WHEN_MIN.date()} to "
                 f"{WHEN_MAX.date()} UTC")
-        return value, None
+        # As UTC: Python allows offsets up to 24 hours, Postgres reads at most 15:59.
+        return value.astimezone(UTC), None
     if isinstance(value, timedelta):
         if not timedelta(0) <= value <= DELAY_MAX:
             raise InvalidInputError(

@@ -40,6 +40,21 @@ def test_out_of_range_times_are_refused_and_nothing_is_stored(
     assert db.execute("SELECT count(*) FROM svti_jobs").fetchone() == (1,)
 
 
+@pytest.mark.parametrize("offset", [timedelta(hours=23, minutes=59), timedelta(hours=-16)])
+def test_a_time_in_any_python_time_zone_is_stored_as_its_instant(
+    q: Any, db: psycopg.Connection[Any], offset: timedelta
+) -> None:
+    """Python allows offsets up to 24 hours, Postgres reads at most 15:59: the COPY path of
+    a batch sent the offset as given and failed with a raw "time zone displacement out of
+    range" (found by hypothesis)."""
+    when = datetime(2031, 5, 6, 7, 8, 9, tzinfo=timezone(offset))
+    q.enqueue_many([NewJob("batch", run_at=when)] * 2)
+    q.enqueue("single", run_at=when)
+    q.enqueue_many([NewJob("keyed", run_at=when, idempotency_key="k")])
+    stored = db.execute("SELECT DISTINCT run_at FROM svti_jobs").fetchall()
+    assert stored == [(when,)]
+
+
 @pytest.mark.parametrize("text", ["²", "attempts:²", "٣d", "1" * 5000 + "s", "999999999d"])
 def test_odd_digits_and_huge_numbers_are_bad_input(text: str) -> None:
     with pytest.raises(InvalidInputError):
