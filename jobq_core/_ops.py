@@ -158,13 +158,11 @@ def _copy_many(st: Statements, params: list[EnqueueParams]) -> Op[list[int]]:
 def claim_many(
     st: Statements, limit: int, types: object, lease_ms: object, worker: str, *, turn: int = 0
 ) -> Op[list[Job]]:
-    """Claim up to `limit` jobs. Given types take turns to come first in a claim's share of
-    the batch: the list is rotated by `turn`, which the caller advances from claim to claim."""
+    """Claim up to `limit` jobs. The given types with due work take turns to come first in
+    a claim's share of the batch, by `turn`, which the caller advances from claim to claim."""
     checked_types = validate_types(types)
-    if checked_types:
-        first = turn % len(checked_types)
-        checked_types = checked_types[first:] + checked_types[:first]
     params = {
+        "turn": turn,
         "limit": validate_limit(limit),
         "lease_ms": validate_lease_ms(lease_ms),
         "worker": validate_worker(worker),

@@ -330,7 +330,8 @@ class JobQueue(_QueueCore):
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
         """A connection for one operation; connection failures become
-        `DatabaseUnavailableError`."""
+        `DatabaseUnavailableError`. One of the queue's own pool reads json as jobq does (a
+        value nested too deep to decode comes back as `UndecodableJSON`)."""
         conn = None
         try:
             if self._conn is not None:

@@ -549,11 +549,10 @@ WITH paused AS (
 )
 SELECT __COLUMNS__ FROM upd, __ASYNC_COMMIT__ ORDER BY priority DESC, run_at, id"""
 
-# The claimed types a typed claim was given, less the paused ones (so a paused backlog is
-# never read), each with its turn: the caller rotates the list from claim to claim.
+# The claimed types a typed claim was given, less the paused ones: dropped before any seek,
+# so a paused backlog is never read.
 _GIVEN_TYPES = """given AS (
-    SELECT name, row_number() OVER (ORDER BY ord) - 1 AS turn
-    FROM unnest(%(types)s::text[]) WITH ORDINALITY AS u(name, ord)
+    SELECT name FROM unnest(%(types)s::text[]) AS u(name)
     WHERE name NOT IN (SELECT type FROM paused)
 )"""
 
@@ -575,19 +574,17 @@ _CLAIMED_TYPES = """given AS (
 # expired leases of types nobody serves any more (a renamed task, a retired fleet) are never
 # read by the claims of other types. The type is an equality here, unlike the ready seek's
 # range: with no other index to fall back on there is no plan to steer away from, and the
-# equality lets the seek start at the type's oldest lease. The seeks only choose; the batch's
-# oldest are then locked by id, so no other expired lease is locked for nothing. A lease that
-# a concurrent claimer took meanwhile is skipped, and ready jobs fill its place.
-_EXPIRED = """SELECT j.id
-    FROM (SELECT e.id, e.lease_token FROM given AS t CROSS JOIN LATERAL (
-              SELECT id, lease_until, lease_token FROM {jobs}
-              WHERE state = 'claimed' AND type = t.name AND lease_until < now()
-              ORDER BY lease_until, id LIMIT %(limit)s) AS e
-          ORDER BY e.lease_until, e.id LIMIT %(limit)s) AS c
-    __TAKE__
-        WHERE id = c.id AND lease_token = c.lease_token AND state = 'claimed'
-          AND lease_until < now()
-        FOR UPDATE SKIP LOCKED) AS j"""
+# equality lets the seek start at the type's oldest lease. Each type's oldest go first, type
+# after type; rows are locked as they are taken and the walk stops when the batch is full,
+# so no expired lease is locked for nothing, and one a concurrent claimer holds is passed
+# by for the next.
+_EXPIRED = """SELECT e.id
+    FROM given AS t CROSS JOIN LATERAL (
+        SELECT id FROM {jobs}
+        WHERE state = 'claimed' AND type = t.name AND lease_until < now()
+        ORDER BY lease_until, id LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED) AS e
+    LIMIT %(limit)s"""
 
 # Chosen rows are locked one by one, each by its primary key: an equality that no partial
 # index of a state serves, so no plan walks one, whatever the statistics. (A claim never
@@ -616,22 +613,31 @@ _READY_SEEK = """CROSS JOIN LATERAL (
             __LOCK__
         ) AS r"""
 
-# A typed claim shares its batch fairly between the types it names. First each type with
-# due work gets an equal share, the odd slots going to the first types in turn (the caller
-# rotates the turn from claim to claim, so one type's backlog cannot starve another's, even
-# one job at a time). What types leave of their share then goes to the others' next jobs,
-# type after type in turn order. Within a type, jobs go in claim order. Both rounds seek
-# each type's range and lock rows as they are taken: no sort sits above a lock, so the rest
-# round stops locking once the batch is full, and no more rows are locked than are taken.
-_READY_TYPED = """share AS (
+# A typed claim shares its batch fairly between the types it names that have due work. First
+# each gets an equal share, the odd slots going to the first types in turn: the caller
+# advances %(turn)s from claim to claim, and the types take turns to come first, in name
+# order, so one type's backlog cannot starve another's, even one job at a time. What types
+# leave of their share then goes to the others' next jobs, type after type in turn order.
+# Within a type, jobs go in claim order. Both rounds seek each type's range and lock rows as
+# they are taken: no sort sits above a lock, so the rest round stops locking once the batch
+# is full, and no more rows are locked than are taken.
+_READY_TYPED = """active AS (
+    -- the types with a due job, by a seek each, numbered in turn order from 0
+    SELECT name, (row_number() OVER (ORDER BY name) - 1 + %(turn)s) %% count(*) OVER () AS turn,
+           count(*) OVER () AS k
+    FROM given
+    WHERE EXISTS (SELECT FROM {jobs} WHERE state = 'pending' AND type >= given.name
+                  AND type <= given.name AND run_at <= now())
+    ORDER BY 2
+), share AS (
     SELECT r.id FROM (
-        SELECT name, w.n / k.n + (turn < w.n %% k.n)::int AS quota
-        FROM given, (SELECT __WANTED__ AS n) AS w, (SELECT count(*) AS n FROM given) AS k
+        SELECT name, w.n / k + (turn < w.n %% k)::int AS quota
+        FROM active, (SELECT __WANTED__ AS n) AS w
         WHERE turn < w.n
     ) AS t
     __SHARE_SEEK__
 ), rest AS (
-    SELECT r.id FROM given AS t
+    SELECT r.id FROM active AS t
     __REST_SEEK__
     LIMIT __WANTED__ - (SELECT count(*) FROM share)
 ), ready AS (
@@ -646,8 +652,10 @@ _READY_TYPED = """share AS (
 # Without types, jobs go in claim order across all types: one walk of the ready index while
 # no type is paused. While some type is, reading past its backlog could cost a scan of
 # millions of rows, so the claim instead finds the types with pending jobs by a loose index
-# scan and seeks each unpaused one, as a typed claim does; the seeks only choose, and the
-# batch is then locked by id. Each branch is gated by a one-time filter: only one runs.
+# scan and seeks each unpaused one, as a typed claim does. The seeks only choose, four times
+# the batch so that claimers choosing alike still fill theirs; rows are then locked by id in
+# claim order until the batch is full. Each branch is gated by a one-time filter: only one
+# runs.
 _READY_ANY = """ready_unpaused AS (
     SELECT id FROM {jobs}
     WHERE state = 'pending' AND run_at <= now() AND NOT EXISTS (SELECT 1 FROM paused)
@@ -667,14 +675,16 @@ _READY_ANY = """ready_unpaused AS (
                 WHERE type IS NOT NULL AND type NOT IN (SELECT type FROM paused)) AS t
           __SEEK__
           WHERE EXISTS (SELECT 1 FROM paused)
-          ORDER BY r.priority DESC, r.run_at, r.id LIMIT __WANTED__) AS c
+          ORDER BY r.priority DESC, r.run_at, r.id LIMIT __CANDIDATES__) AS c
     __TAKE__
         WHERE id = c.id AND state = 'pending' AND run_at <= now()
         FOR UPDATE SKIP LOCKED) AS j
+    LIMIT __WANTED__
 ), ready AS (
     SELECT id FROM ready_unpaused UNION ALL SELECT id FROM ready_around_paused
-)""".replace("__SEEK__", _READY_SEEK.replace("__LIMIT__", "__WANTED__")
-             .replace("__LOCK__", "").replace("__SKIP__", ""))
+)""".replace("__SEEK__", _READY_SEEK.replace("__LIMIT__", "__CANDIDATES__")
+             .replace("__LOCK__", "").replace("__SKIP__", "")).replace(
+    "__CANDIDATES__", "4 * __WANTED__")
 
 CLAIM_ANY = (
     _CLAIM.replace("__TYPES__", _CLAIMED_TYPES).replace("__EXPIRED__", _EXPIRED)
@@ -1206,11 +1216,11 @@ UNION SELECT DISTINCT type FROM {events}
         AND event IN ('completed', 'failed')
 ORDER BY 1"""
 
-# One type's figures. Counts stop at %(cap)s so that a huge backlog costs no more than a
-# small one; beyond it the caller shows the planner's estimate, marked as such. Due and
-# scheduled jobs are counted per priority (few), where run_at is a range of ready_type_idx:
-# counted across priorities, a type whose jobs are all due read its whole backlog to find no
-# scheduled one.
+# One type's figures. Counts stop at %(cap)s (due and scheduled ones at %(pending_cap)s) so
+# that a huge backlog costs no more than a small one; beyond it the caller shows an estimate,
+# marked as such. Due and scheduled jobs are counted per priority (few), where run_at is a
+# range of ready_type_idx: counted across priorities, a type whose jobs are all due read its
+# whole backlog to find no scheduled one.
 STATS_TYPE = """
 WITH RECURSIVE prio AS (
     (SELECT priority FROM {jobs} WHERE state = 'pending' AND type = %(type)s
@@ -1223,10 +1233,12 @@ WITH RECURSIVE prio AS (
 SELECT
   (SELECT count(*) FROM (SELECT 1 FROM prio CROSS JOIN LATERAL (
       SELECT 1 FROM {jobs} WHERE state = 'pending' AND type = %(type)s
-      AND priority = prio.priority AND run_at <= now() LIMIT %(cap)s) AS j LIMIT %(cap)s) s),
+      AND priority = prio.priority AND run_at <= now() LIMIT %(pending_cap)s) AS j
+      LIMIT %(pending_cap)s) s),
   (SELECT count(*) FROM (SELECT 1 FROM prio CROSS JOIN LATERAL (
       SELECT 1 FROM {jobs} WHERE state = 'pending' AND type = %(type)s
-      AND priority = prio.priority AND run_at > now() LIMIT %(cap)s) AS j LIMIT %(cap)s) s),
+      AND priority = prio.priority AND run_at > now() LIMIT %(pending_cap)s) AS j
+      LIMIT %(pending_cap)s) s),
   (SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'claimed' AND type = %(type)s
       LIMIT %(cap)s) s),
   -- late: less than half of its own lease left, so at least one heartbeat was missed (a
@@ -1264,11 +1276,14 @@ SELECT DISTINCT unnest(types) FROM {workers} WHERE __ALIVE__""".replace("__ALIVE
 # the share of rows in the state times the type's share), and the share of run_at at or
 # before now, which splits a type's pending jobs into due and scheduled where neither count
 # is exact. An EXPLAIN per count cost more than the counting it replaced (1.5 ms each). No
-# rows when the table was never analyzed.
+# rows when the table was never analyzed, or its statistics cannot be read.
 STATS_ESTIMATES = """
 WITH t AS (
-    SELECT c.reltuples, n.nspname, c.relname FROM pg_class AS c
-    JOIN pg_namespace AS n ON n.oid = c.relnamespace
+    -- rows per page as last analyzed, times the pages there are now, as the planner does
+    SELECT c.reltuples / greatest(c.relpages, 1)
+           * greatest(pg_relation_size(c.oid) / current_setting('block_size')::int, 1)
+           AS reltuples, n.nspname, c.relname
+    FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
     WHERE c.oid = %(jobs_name)s::regclass AND c.reltuples > 0
 ), col AS (
     SELECT s.attname, s.null_frac,
@@ -1279,8 +1294,12 @@ WITH t AS (
            (SELECT coalesce(sum(f), 0) FROM unnest(s.most_common_freqs) AS f) AS common,
            s.histogram_bounds::text::text[] AS bounds
     FROM pg_stats AS s, t
-    WHERE s.schemaname = t.nspname AND s.tablename = t.relname
+    WHERE s.schemaname = t.nspname AND s.tablename = t.relname AND NOT s.inherited
       AND s.attname IN ('type', 'state', 'run_at')
+      -- both factors or none: one alone would count every state, or every type
+      AND (SELECT count(*) FROM pg_stats AS b
+           WHERE b.schemaname = t.nspname AND b.tablename = t.relname AND NOT b.inherited
+             AND b.attname IN ('type', 'state')) = 2
 ), share AS (
     -- a value's share: its own frequency when it is a common value, otherwise an even split
     -- of what the common values leave

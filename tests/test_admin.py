@@ -257,6 +257,7 @@ def test_stats_beyond_the_cap_are_estimates(
 
     queue, admin = setup
     monkeypatch.setattr(admin_module, "COUNT_CAP", 50)
+    monkeypatch.setattr(admin_module, "PENDING_CAP", 50)
     queue.enqueue_many([NewJob("bulk")] * 600)
     queue.enqueue_many([NewJob("later", run_at=timedelta(hours=1))] * 200)
     db.execute("ANALYZE svti_jobs")

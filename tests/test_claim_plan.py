@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from jobq_core import JobQueue
 
@@ -43,17 +44,29 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _nodes(child)
 
 
+#: The claim's parameters, in the order of a prepared statement's $n, with their types.
+PARAMETERS = (("limit", "int2"), ("types", "text[]"), ("lease_ms", "int4"), ("worker", "text"),
+              ("turn", "int8"))
+
+
 def executed_plan(db: psycopg.Connection[Any], queue: JobQueue, types: list[str] | None,
                   limit: int = 10) -> list[dict[str, Any]]:
-    """The claim (untyped when `types` is None) as the queue runs it (a generic plan),
-    executed and rolled back: nothing is claimed."""
+    """The claim (untyped when `types` is None) as the queue runs it, a generic plan:
+    prepared, then executed under EXPLAIN ANALYZE and rolled back, so nothing is claimed.
+    (Parameters sent with an EXPLAIN are planned as values: a custom plan.)"""
     st = queue.statements
-    query = st.claim_any if types is None else st.claim_typed
+    query = (st.claim_any if types is None else st.claim_typed).decode()
+    for n, (name, _) in enumerate(PARAMETERS, 1):
+        query = query.replace(f"%({name})s", f"${n}")
+    signature = ", ".join(kind for _, kind in PARAMETERS)
     db.execute("SET plan_cache_mode = force_generic_plan")
+    db.execute("DEALLOCATE ALL")
+    db.execute(f"PREPARE claim ({signature}) AS {query.replace('%%', '%')}")
     with db.transaction(force_rollback=True):
-        row = db.execute(b"EXPLAIN (ANALYZE, FORMAT JSON) " + query,
-                         {"limit": limit, "types": types, "lease_ms": 30_000,
-                          "worker": "w"}).fetchone()
+        # Values as literals: a utility statement takes no bound parameters.
+        row = db.execute(sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim "
+                                 "({}, {}::text[], 30000, 'w', 0)").format(
+            sql.Literal(limit), sql.Literal(types))).fetchone()
     assert row is not None
     return list(_nodes(row[0][0]["Plan"]))
 
@@ -77,8 +90,9 @@ def test_a_typed_claim_reads_only_the_claimed_types_index_ranges(
     # The leftover round skips the rows the share round took (5 of "mine"), and nothing else.
     removed = sum(int(n.get("Rows Removed by Filter", 0)) for n in nodes)
     assert removed == (0 if len(types) == 1 else 5)
-    # Each row is read once, but for the leftover round's re-read of the share it skips.
-    assert rows_read(nodes, "ready_type_idx") == (10 if len(types) == 1 else 10 + 5)
+    # Each row taken is read once, plus one entry per type to find that it has due work, and
+    # the leftover round's re-read of the share it skips.
+    assert rows_read(nodes, "ready_type_idx") == (10 + 1 if len(types) == 1 else 10 + 2 + 5)
     assert not [n for n in nodes if n["Node Type"] in ("Seq Scan", "Bitmap Heap Scan")
                 and n.get("Relation Name") == "svti_jobs"]
     claimed = backlog.claim_many(10, types=types)
