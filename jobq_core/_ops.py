@@ -62,6 +62,9 @@ _KEY_RACE_RETRIES = 10
 CLEAR_BATCH = 5000
 #: History blocks per statement when clearing: 1 MB, about 8,000 rows (benchmarks/README.md).
 CLEAR_BLOCKS = 128
+#: Attempts to retire a history partition whose readers and writers keep it busy, before its
+#: rows are deleted by the walk instead.
+RETIRE_TRIES = 3
 
 
 def job_from_row(row: Sequence[Any]) -> Job:
@@ -376,11 +379,16 @@ def pending(st: Statements, types: object) -> Op[int]:
 def fold_rates(st: Statements, *, wait: bool = False) -> Op[int]:
     """Fold finished minutes of history into the rates table; returns the rows added. One
     folder at a time: others skip, or with `wait` wait their turn. A session that may not
-    write the rates (read-only, or a role without INSERT and DELETE on them) skips it."""
-    if not (yield Stmt(sql.MAY_FOLD.encode(), {
-            "key": st.names.lock_key, "rates": st.names.regclass("_rates"), "wait": wait}))[0][0]:
+    write the rates (read-only, or a role without INSERT and DELETE on them) skips it. A
+    folder also keeps the history's daily partitions ahead (`sql.AHEAD_FUNCTION`)."""
+    may_fold, may_keep_ahead = (yield Stmt(sql.MAY_FOLD.encode(), {
+        "key": st.names.lock_key, "rates": st.names.regclass("_rates"), "wait": wait,
+        "ahead": st.names.regclass("_events_ahead")}))[0]
+    if not may_fold:
         return 0
     folded: int = (yield Stmt(st.fold_rates))[0][0]
+    if may_keep_ahead:
+        yield Stmt(st.keep_ahead, {"days": sql.HISTORY_AHEAD_DAYS})
     return folded
 
 
@@ -389,7 +397,11 @@ def clear(st: Statements, older_than: timedelta | datetime,
     """Statement by statement, each its own transaction: no lock is held between them, so
     claims go on while a large history is cleared. `progress` gets the running total. A
     datetime is the cutoff itself: the one a preview fixed, so that what was confirmed is
-    cleared. The rates are folded first, so the history deleted is counted in them."""
+    cleared. The rates are folded first, so the history deleted is counted in them.
+
+    History partitions that lie wholly before the cutoff are retired whole, when this role
+    owns them; the rest of what is older (the partition the cutoff falls in, the DEFAULT
+    partition, or everything, for another role) is deleted by a walk of its blocks."""
     if isinstance(older_than, datetime):
         if older_than.tzinfo is None:
             raise InvalidInputError("a clear's cutoff must be timezone-aware")
@@ -400,20 +412,34 @@ def clear(st: Statements, older_than: timedelta | datetime,
         cutoff = (yield Stmt(st.cutoff, {"older_than": older_than}))[0][0]
     yield from fold_rates(st, wait=True)
     removed = 0
+
+    def report(count: int) -> None:
+        nonlocal removed
+        removed += count
+        if progress is not None and count:
+            progress(removed)
+
     while True:
         count: int = (yield Stmt(st.clear_failed_batch,
                                  {"cutoff": cutoff, "batch": CLEAR_BATCH}))[0][0]
-        removed += count
-        if progress is not None and count:
-            progress(removed)
+        report(count)
         if count < CLEAR_BATCH:
             break
-    blocks: int = (yield Stmt(st.clear_events_blocks,
-                              {"events": st.names.regclass("_events")}))[0][0]
+    events = {"events": st.names.regclass("_events")}
+    for part, schema, name, is_default, _, hi, _, mine in (
+            yield Stmt(st.history_partitions, events)):
+        if is_default or hi is None or hi > cutoff or not mine:
+            continue
+        rows, held = (yield Stmt(st.retire_keys(schema, name)))[0]
+        for _ in range(RETIRE_TRIES):
+            kept = (yield Stmt(st.retire, {"part": part, "held": held}))[0][0]
+            if kept is not None:
+                report(rows - kept)
+                break
+    blocks = max((size for _, _, _, is_default, lo, _, size, _ in
+                  (yield Stmt(st.history_partitions, events))
+                  if is_default or lo is None or lo < cutoff), default=0)
     for lo in range(0, blocks, CLEAR_BLOCKS):
-        count = (yield Stmt(st.clear_events_batch, {
-            "cutoff": cutoff, "lo": f"({lo},0)", "hi": f"({lo + CLEAR_BLOCKS},0)"}))[0][0]
-        removed += count
-        if progress is not None and count:
-            progress(removed)
+        report((yield Stmt(st.clear_events_batch, {
+            "cutoff": cutoff, "lo": f"({lo},0)", "hi": f"({lo + CLEAR_BLOCKS},0)"}))[0][0])
     return removed

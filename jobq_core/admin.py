@@ -814,7 +814,7 @@ def doctor(st: Statements) -> Op[list[Finding]]:
     from .schema import LATEST_VERSION, current_version
 
     names = {"jobs": st.names.regclass(), "events": st.names.regclass("_events"),
-             "rates": st.names.regclass("_rates")}
+             "rates": st.names.regclass("_rates"), "keys": st.names.regclass("_keys")}
     findings: list[Finding] = []
     version = yield from current_version(st)
     findings.append(Finding(
@@ -848,6 +848,8 @@ def doctor(st: Statements) -> Op[list[Finding]]:
             f"{_size(size)}" + ("" if valid else "; INVALID (a failed concurrent build)"),
             None if valid else f"REINDEX INDEX CONCURRENTLY {index}"))
     findings += _horizon_findings(holders, dead_rows)
+    if version >= 7:
+        findings.append((yield from _partition_finding(st, names["events"])))
     cache = (yield Stmt(sql.DOCTOR_EVENTS_SEQUENCE.encode(), names))
     if cache and cache[0][0] > 1:
         findings.append(Finding(
@@ -863,6 +865,20 @@ def doctor(st: Statements) -> Op[list[Finding]]:
         "the next claim takes them back; if none comes, no worker serves their types: start "
         "one (jobq worker module:runner)" if expired else None))
     return findings
+
+
+def _partition_finding(st: Statements, events: str) -> Op[Finding]:
+    """Whether the history's daily partitions reach a day ahead, as folds keep them."""
+    days, until, ahead, in_default = (
+        yield Stmt(sql.DOCTOR_PARTITIONS.encode(), {"events": events}))[0]
+    detail = (f"{days} partitions, through {until:%Y-%m-%d %H:%M %Z}" if until else
+              f"{days} partitions") + f"; about {in_default or 0} rows in the default partition"
+    if ahead:
+        return Finding("history partitions", "ok", detail, None)
+    return Finding(
+        "history partitions", "warn", detail + "; new history goes to the default partition",
+        f"jobq status (a fold makes them) as a role that may execute "
+        f"{st.names.regclass('_events_ahead')}, or jobq migrate")
 
 
 def _names(holders: Sequence[Holder]) -> str:

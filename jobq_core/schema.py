@@ -20,6 +20,7 @@ from .sql import (
     EARLY_HELD,
     EARLY_INDEXES,
     EARLY_LOCK,
+    EARLY_STEPS,
     EARLY_UNLOCK,
     EARLY_WAIT,
     INDEX_INVALID,
@@ -43,6 +44,8 @@ MIGRATIONS: list[tuple[int, str, Callable[[Statements, str | None], list[bytes]]
      lambda st, legacy: st.migration_5()),
     (6, "claimed jobs by type and lease end, for typed claims' expired-lease seeks",
      lambda st, legacy: st.migration_6()),
+    (7, "history partitioned by day; idempotency keys held in a table of their own",
+     lambda st, legacy: st.migration_7()),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 
@@ -154,21 +157,24 @@ def _drop_if_invalid(st: Statements, index: str, *, concurrently: bool) -> Op[bo
 
 def build_early(st: Statements) -> Op[list[str]]:
     """An upgrade's new indexes, built CONCURRENTLY before its migration (`EARLY_INDEXES`),
-    one session at a time; returns the indexes built. Runs in autocommit on a connection of
-    its own that is closed afterwards, which releases the session lock whatever failed."""
+    and its other early steps (`EARLY_STEPS`), one session at a time; returns the indexes
+    built. Runs in autocommit on a connection of its own that is closed afterwards, which
+    releases the session lock whatever failed."""
     yield from resolve(st)
     key = {"key": st.names.lock_key}
     while not (yield Stmt(EARLY_LOCK.encode(), key))[0][0]:
         yield Stmt(EARLY_WAIT.encode())
     version = yield from current_version(st)
     built: list[str] = []
-    for number, indexes in EARLY_INDEXES.items():
+    for number in sorted(EARLY_INDEXES.keys() | EARLY_STEPS.keys()):
         if number <= version:
             continue
-        for index, template in indexes:
+        for index, template in EARLY_INDEXES.get(number, ()):
             yield from _drop_if_invalid(st, index, concurrently=True)
             yield Stmt(st.build_index(template, concurrently=True))
             built.append(index)
+        for statement in st.early_steps(number):
+            yield Stmt(statement)
     yield Stmt(EARLY_UNLOCK.encode(), key)
     return built
 

@@ -108,7 +108,16 @@ class Names:
             rates=self.ident("_rates"),
             pauses=self.ident("_pauses"),
             workers=self.ident("_workers"),
+            keys=self.ident("_keys"),
+            events_default=self.ident("_events_default"),
+            events_legacy=self.ident("_events_legacy"),
             notify_fn=self.ident("_notify"),
+            ahead_fn=self.ident("_events_ahead"),
+            retire_fn=self.ident("_events_retire"),
+            # names as text, for regclass casts inside PL/pgSQL
+            jobs_text=sql.Literal(self.regclass()),
+            events_text=sql.Literal(self.regclass("_events")),
+            ahead_text=sql.Literal(self.regclass("_events_ahead")),
             states=sql.SQL(", ").join(sql.Literal(s) for s in STATES),
             events_list=sql.SQL(", ").join(sql.Literal(e) for e in EVENTS),
             **{name: self.local(suffix) for name, suffix in _LOCAL_NAMES.items()},
@@ -128,6 +137,8 @@ _LOCAL_NAMES = {
     "ev_at_idx": "_events_at_idx",
     "ev_idempotency_idx": "_events_idempotency_idx",
     "ev_key_idx": "_events_key_idx",
+    "ev_keyed_idx": "_events_keyed_idx",
+    "ev_bound_check": "_events_bound",
     "ev_completed_idx": "_events_completed_idx",
     "notify_trigger": "_notify_insert",
     "cancelled_idx": "_cancelled_idx",
@@ -389,6 +400,298 @@ CREATE_V6 = (
     "DROP INDEX IF EXISTS {lease_idx}",
 )
 
+# Version 7: history partitioned by time, and idempotency keys held in a table of their own.
+#
+# History is RANGE-partitioned by occurred_at into UTC days, so that `clear` drops the days it
+# removes whole (O(1), and no dead rows for vacuum) instead of deleting row by row. A day is
+# the natural grain for a retention given in days: a `clear --older-than 7d` deletes rows from
+# one day's partition at most, and drops the rest; a week of retention is about ten
+# partitions, few enough that reads without a time bound (a job's events, a trace) probe each
+# partition's index at little cost. Partitions are made a few days ahead (HISTORY_AHEAD_DAYS)
+# by `migrate` and by every fold of the rates (a runner folds once a minute); a DEFAULT
+# partition takes whatever no day covers, so no insert ever fails, and making a day moves its
+# rows out of it.
+#
+# A unique index on a partitioned table must include the partition key, so the events can no
+# longer hold keys (migration 3). {keys} does, one row per key, written by the enqueue's own
+# statement, with the same rules: a key is held until `clear` removes its job's `enqueued`
+# event (never while the job is live), or an operator deletes the job.
+#
+# The existing history becomes the first partition, {events_legacy}, covering everything up
+# to a bound in the next days, without being copied. Attaching it needs that bound proved:
+# an upgrade adds a CHECK constraint NOT VALID and validates it beforehand, outside the
+# migration (EARLY_STEPS), while writers carry on; without it (a dry run's plan applied by
+# hand, or no direct connection) the attach scans the table under the migration's lock.
+HISTORY_AHEAD_DAYS = 3
+
+_EVENT_ALL_COLUMNS = ("id, occurred_at, job_id, type, event, request_id, attempt, worker, "
+                      "reason, result, idempotency_key, payload")
+
+KEYS_TABLE = """CREATE TABLE IF NOT EXISTS {keys} (
+    key text PRIMARY KEY,
+    job_id bigint NOT NULL
+)"""
+
+# The history's keyed `enqueued` events, which `clear` reads to free their keys.
+KEYED_INDEX = ("CREATE INDEX {concurrently}IF NOT EXISTS {ev_keyed_idx} ON {events} "
+               "(idempotency_key) WHERE event = 'enqueued' AND idempotency_key IS NOT NULL")
+
+# Every key the history or a live job holds, and none that it does not: run early (where it
+# copies the bulk) and again in the migration under its lock (where it catches up).
+KEYS_SYNC = (
+    """DELETE FROM {keys} AS k
+    WHERE NOT EXISTS (SELECT 1 FROM {events} AS e WHERE e.event = 'enqueued'
+                      AND e.idempotency_key = k.key AND e.job_id = k.job_id)
+      AND NOT EXISTS (SELECT 1 FROM {jobs} AS j WHERE j.idempotency_key = k.key)""",
+    """INSERT INTO {keys} (key, job_id)
+    SELECT e.idempotency_key, e.job_id FROM {events} AS e
+    WHERE e.event = 'enqueued' AND e.idempotency_key IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM {keys} AS k WHERE k.key = e.idempotency_key)
+    ON CONFLICT (key) DO NOTHING""",
+    """INSERT INTO {keys} (key, job_id)
+    SELECT idempotency_key, id FROM {jobs} WHERE idempotency_key IS NOT NULL
+    ON CONFLICT (key) DO NOTHING""",
+)
+
+# The partitions of the history with their bounds (NULL: unbounded; the DEFAULT partition has
+# neither), read from the catalog. Bounds print in the session's own DateStyle and TimeZone,
+# so they read back exactly.
+_PARTITIONS = """SELECT c.oid AS part, n.nspname AS nsp, c.relname AS name, c.relowner AS owner,
+       b.bound = 'DEFAULT' AS is_default,
+       CASE WHEN m[1] <> 'MINVALUE' THEN btrim(m[1], '''')::timestamptz END AS lo,
+       CASE WHEN m[2] <> 'MAXVALUE' THEN btrim(m[2], '''')::timestamptz END AS hi
+    FROM pg_catalog.pg_inherits AS i
+    JOIN pg_catalog.pg_class AS c ON c.oid = i.inhrelid
+    JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+    CROSS JOIN LATERAL (SELECT pg_catalog.pg_get_expr(c.relpartbound, c.oid) AS bound) AS b
+    LEFT JOIN LATERAL pg_catalog.regexp_match(b.bound, 'FROM \\((.*)\\) TO \\((.*)\\)') AS m
+        ON true
+    WHERE i.inhparent = __PARENT__"""
+
+# Make the history's daily partitions from `since` (by default, today) through `days` days
+# ahead, skipping days a partition covers, moving each new day's rows out of the DEFAULT
+# partition. SECURITY DEFINER, so that a worker role with no DDL rights keeps them ahead: it
+# only makes empty partitions for a window fixed by the clock, and its search_path is pinned
+# (AHEAD_SEARCH_PATH). One maker at a time; the others return at once. Returns how many it
+# made.
+AHEAD_FUNCTION = """CREATE OR REPLACE FUNCTION {ahead_fn}(days integer,
+                                              since timestamptz DEFAULT NULL)
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER AS $fn$
+DECLARE
+    parent regclass := {events_text}::regclass;
+    upto timestamptz := date_trunc('day', now(), 'UTC') + days * interval '1 day';
+    day timestamptz := date_trunc('day', coalesce(since, now()), 'UTC');
+    nsp name;
+    base name;
+    dflt regclass;
+    part text;
+    made integer := 0;
+BEGIN
+    IF since IS NULL AND (SELECT max(p.hi) FROM (__PARTITIONS__) AS p) >= upto THEN
+        RETURN 0;
+    END IF;
+    IF NOT pg_try_advisory_xact_lock(hashtextextended('jobq partitions ' || parent::oid, 0)) THEN
+        RETURN 0;
+    END IF;
+    SELECT c.relnamespace::regnamespace::name, c.relname INTO nsp, base
+    FROM pg_class AS c WHERE c.oid = parent;
+    SELECT p.part INTO dflt FROM (__PARTITIONS__) AS p WHERE p.is_default;
+    WHILE day < upto LOOP
+        IF NOT EXISTS (SELECT FROM (__PARTITIONS__) AS p
+                       WHERE NOT p.is_default
+                         AND coalesce(p.lo, '-infinity') < day + interval '1 day'
+                         AND coalesce(p.hi, 'infinity') > day) THEN
+            -- Writers may be routing this day's rows to the DEFAULT partition right now, which
+            -- would fail the attach: they wait while a day under way is made.
+            IF day < now() + interval '1 hour' THEN
+                EXECUTE format('LOCK TABLE %s IN SHARE MODE', parent);
+            END IF;
+            part := format('%I.%I', nsp,
+                           base || '_' || to_char(day AT TIME ZONE 'UTC', 'YYYYMMDD'));
+            EXECUTE format('CREATE TABLE %s (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
+                           part, parent);
+            IF dflt IS NOT NULL THEN
+                EXECUTE format('WITH moved AS (DELETE FROM %s WHERE occurred_at >= $1 '
+                               'AND occurred_at < $2 RETURNING __ALL__) '
+                               'INSERT INTO %s (__ALL__) SELECT * FROM moved', dflt, part)
+                    USING day, day + interval '1 day';
+            END IF;
+            EXECUTE format('ALTER TABLE %s ATTACH PARTITION %s FOR VALUES FROM (%L) TO (%L)',
+                           parent, part, day, day + interval '1 day');
+            made := made + 1;
+        END IF;
+        day := day + interval '1 day';
+    END LOOP;
+    RETURN made;
+END
+$fn$""".replace("__PARTITIONS__", _PARTITIONS.replace("__PARENT__", "parent")).replace(
+    "__ALL__", _EVENT_ALL_COLUMNS)
+
+# Resolved in the schema of the queue's tables, wherever they are, and never in one that
+# others may write to first (pg_temp last).
+AHEAD_SEARCH_PATH = """DO $do$
+BEGIN
+    EXECUTE format('ALTER FUNCTION %s(integer, timestamptz) SET search_path = pg_catalog, %I, '
+                   'pg_temp', {ahead_text}::regproc,
+                   (SELECT n.nspname FROM pg_class AS c JOIN pg_namespace AS n
+                      ON n.oid = c.relnamespace WHERE c.oid = {jobs_text}::regclass));
+END
+$do$"""
+
+# Retire one partition that lies wholly before a clear's cutoff: detach it, move the rows of
+# jobs still in the queue (their whole timeline stays) to where they now belong (the DEFAULT
+# partition), free the keys of `held` (live when the clear freed the others) whose jobs have
+# ended since, and drop it. It runs as the caller, so only the tables' owner can. The detach
+# waits at most a second for the history's readers and writers, who queue behind it; NULL
+# then, and the caller deletes the partition's rows instead. Returns the rows kept.
+RETIRE_FUNCTION = """CREATE OR REPLACE FUNCTION {retire_fn}(part regclass, held bigint[])
+RETURNS bigint LANGUAGE plpgsql AS $fn$
+DECLARE
+    parent regclass := {events_text}::regclass;
+    patience text := current_setting('lock_timeout');
+    low bigint;
+    high bigint;
+    live bigint[];
+    moved bigint;
+BEGIN
+    PERFORM set_config('lock_timeout', '1s', true);
+    BEGIN
+        EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', parent, part);
+    EXCEPTION WHEN lock_not_available THEN
+        PERFORM set_config('lock_timeout', patience, true);
+        RETURN NULL;
+    END;
+    PERFORM set_config('lock_timeout', patience, true);
+    -- Live jobs with events here: their ids lie within this partition's (literal bounds let
+    -- the planner choose between seeking each such job and reading the partition).
+    EXECUTE format('SELECT min(job_id), max(job_id) FROM %s', part) INTO low, high;
+    EXECUTE format('SELECT ARRAY(SELECT j.id FROM {jobs} AS j WHERE j.id BETWEEN %L AND %L '
+                   'AND EXISTS (SELECT FROM %s AS e WHERE e.job_id = j.id))', low, high, part)
+        INTO live;
+    EXECUTE format('DELETE FROM {keys} AS k USING %s AS e WHERE e.job_id = ANY($1) '
+                   'AND e.event = ''enqueued'' AND e.idempotency_key = k.key '
+                   'AND e.job_id = k.job_id', part)
+        USING ARRAY(SELECT unnest(held) EXCEPT SELECT unnest(live));
+    EXECUTE format('INSERT INTO %s (__ALL__) OVERRIDING SYSTEM VALUE '
+                   'SELECT __ALL__ FROM %s WHERE job_id = ANY($1)', parent, part) USING live;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    EXECUTE format('DROP TABLE %s', part);
+    RETURN moved;
+END
+$fn$""".replace("__ALL__", _EVENT_ALL_COLUMNS)
+
+# The conversion, in the migration's transaction. The id sequence carries on past every
+# existing event id (the trace follower relies on ids growing); the privileges on the
+# history go to the new table, and to the keys as far as they read or write rows. Empty (a
+# fresh install), the old table simply goes.
+CONVERT_HISTORY = """DO $convert$
+DECLARE
+    last_id bigint;
+    called boolean;
+    privileges aclitem[];
+    bound timestamptz;
+    grant_ record;
+BEGIN
+    LOCK TABLE {events} IN ACCESS EXCLUSIVE MODE;
+    EXECUTE format('SELECT last_value, is_called FROM %s',
+                   pg_get_serial_sequence({events_text}, 'id')) INTO last_id, called;
+    SELECT c.relacl INTO privileges FROM pg_class AS c WHERE c.oid = {events_text}::regclass;
+    IF EXISTS (SELECT FROM {events}) THEN
+        SELECT substring(pg_get_expr(con.conbin, con.conrelid) FROM '''([^'']*)''')::timestamptz
+        INTO bound FROM pg_constraint AS con
+        WHERE con.conrelid = {events_text}::regclass AND con.conname = {bound_name}
+          AND con.convalidated;
+        IF bound IS NULL THEN  -- no early check: the attach reads the whole table
+            SELECT date_trunc('day', greatest(max(occurred_at), now()), 'UTC')
+                   + interval '1 day' INTO bound FROM {events};
+        END IF;
+        ALTER TABLE {events} ALTER COLUMN id DROP IDENTITY;
+        ALTER TABLE {events} RENAME TO {legacy_local};
+        ALTER INDEX IF EXISTS {old_job_idx} RENAME TO {legacy_job_idx};
+        ALTER INDEX IF EXISTS {old_request_idx} RENAME TO {legacy_request_idx};
+        ALTER INDEX IF EXISTS {old_at_idx} RENAME TO {legacy_at_idx};
+        ALTER INDEX IF EXISTS {old_completed_idx} RENAME TO {legacy_completed_idx};
+        ALTER INDEX IF EXISTS {old_keyed_idx} RENAME TO {legacy_keyed_idx};
+        DROP INDEX IF EXISTS {old_key_idx};
+    ELSE
+        DROP TABLE {events};
+    END IF;
+    CREATE TABLE {events} (
+        id bigint GENERATED ALWAYS AS IDENTITY,
+        occurred_at timestamptz NOT NULL DEFAULT now(),
+        job_id bigint NOT NULL,
+        type text NOT NULL,
+        event text NOT NULL,
+        request_id text,
+        attempt integer NOT NULL DEFAULT 0,
+        worker text,
+        reason text,
+        result jsonb,
+        idempotency_key text,
+        payload jsonb
+    ) PARTITION BY RANGE (occurred_at);
+    -- NOT VALID as version 5 left it on the old table, which must match to be attached; new
+    -- partitions get it validated.
+    ALTER TABLE {events} ADD CONSTRAINT {ev_event_check} CHECK (event IN ({events_list}))
+        NOT VALID;
+    CREATE INDEX {ev_job_idx} ON {events} (job_id, id);
+    CREATE INDEX {ev_request_idx} ON {events} (request_id, id) WHERE request_id IS NOT NULL;
+    CREATE INDEX {ev_at_idx} ON {events} USING brin (occurred_at);
+    CREATE INDEX {ev_completed_idx} ON {events} (id) WHERE event = 'completed';
+    CREATE INDEX {ev_keyed_idx} ON {events} (idempotency_key)
+        WHERE event = 'enqueued' AND idempotency_key IS NOT NULL;
+    IF bound IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %s ATTACH PARTITION %s FOR VALUES FROM (MINVALUE) TO (%L)',
+                       {events_text}::regclass, {legacy_text}::regclass, bound);
+        ALTER TABLE {events_legacy} DROP CONSTRAINT IF EXISTS {ev_bound_check};
+    END IF;
+    CREATE TABLE {events_default} PARTITION OF {events} DEFAULT;
+    PERFORM setval(pg_get_serial_sequence({events_text}, 'id'), last_id, called);
+    FOR grant_ IN SELECT a.privilege_type AS what,
+                         CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
+                             AS who,
+                         CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END AS more
+                  FROM aclexplode(privileges) AS a
+                  WHERE a.grantee <> (SELECT relowner FROM pg_class
+                                      WHERE oid = {events_text}::regclass) LOOP
+        EXECUTE format('GRANT %s ON %s TO %s%s', grant_.what, {events_text}, grant_.who,
+                       grant_.more);
+        IF grant_.what IN ('SELECT', 'INSERT', 'UPDATE', 'DELETE') THEN
+            EXECUTE format('GRANT %s ON {keys} TO %s%s', grant_.what, grant_.who, grant_.more);
+        END IF;
+    END LOOP;
+    PERFORM {ahead_fn}(__AHEAD__, coalesce(bound, now()));
+END
+$convert$""".replace("__AHEAD__", str(HISTORY_AHEAD_DAYS))
+
+CREATE_V7 = (KEYS_TABLE, KEYED_INDEX, AHEAD_FUNCTION, AHEAD_SEARCH_PATH, RETIRE_FUNCTION,
+             CONVERT_HISTORY, *KEYS_SYNC)
+
+# The early bound: midnight (UTC) of the day after tomorrow, so that writers of older jobq
+# versions (whose rows are dated now) meet it until well after the migration that follows at
+# once. Adding it takes the table's lock for an instant, so a busy table is not waited on for
+# long; validating reads the table while writers carry on. A table with rows dated beyond it
+# keeps no constraint that later writes could trip on: the migration then attaches it by a
+# scan.
+EARLY_BOUND = """DO $do$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_constraint WHERE conrelid = {events_text}::regclass
+                   AND conname = {bound_name}) THEN
+        PERFORM set_config('lock_timeout', '2s', true);
+        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (occurred_at < %L) NOT VALID',
+                       {events_text}::regclass, {bound_name},
+                       date_trunc('day', now(), 'UTC') + interval '2 days');
+    END IF;
+END
+$do$"""
+EARLY_VALIDATE_BOUND = """DO $do$
+BEGIN
+    ALTER TABLE {events} VALIDATE CONSTRAINT {ev_bound_check};
+EXCEPTION WHEN check_violation THEN
+    ALTER TABLE {events} DROP CONSTRAINT {ev_bound_check};
+END
+$do$"""
+
 # An upgrade builds the indexes of its migrations CONCURRENTLY first, outside the
 # migration's transaction, so that writers (older workers, in a rolling deploy) are never
 # blocked while a big table is indexed. Its own IF NOT EXISTS build then finds them done; when
@@ -401,6 +704,13 @@ EARLY_INDEXES: dict[int, tuple[tuple[str, str], ...]] = {
     3: (("ev_key_idx", CREATE_V3[1]),),
     5: (("cancelled_idx", CREATE_V5[4]), ("cancelled_type_idx", CREATE_V5[5])),
     6: (("lease_type_idx", CREATE_V6[0]),),
+    7: (("ev_keyed_idx", KEYED_INDEX),),
+}
+#: What an upgrade does early besides its indexes, each statement its own transaction, in
+#: order: the bulk of the keys' copy, and the bound that lets version 7 attach the history
+#: without reading it.
+EARLY_STEPS: dict[int, tuple[str, ...]] = {
+    7: (KEYS_TABLE, *KEYS_SYNC, EARLY_BOUND, EARLY_VALIDATE_BOUND),
 }
 EARLY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended(%(key)s, 2))"
 EARLY_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended(%(key)s, 2))"
@@ -428,30 +738,31 @@ WITH ins AS (
 )
 SELECT id FROM ins"""
 
-# A keyed enqueue claims its key first, in the history's unique index of `enqueued` events
-# (ON CONFLICT waits for a concurrent holder to commit), and inserts the job only if that
-# succeeded. A key already held gives no row: the caller then looks the holder up with a
-# fresh snapshot (LOOKUP_KEYS). `held` covers a live job whose own event was cleared.
-# pg_current_xact_id() comes first so that the transaction has its id before any event id is
-# drawn, which the trace follower relies on.
+# A keyed enqueue claims its key first, in {keys} (ON CONFLICT waits for a concurrent holder
+# to commit), and inserts the job and its `enqueued` event only if that succeeded. A key
+# already held gives no row: the caller then looks the holder up with a fresh snapshot
+# (LOOKUP_KEYS). The live-job check covers a key whose holder row is missing. pg_current_xact_id()
+# comes first so that the transaction has its id before any event id is drawn, which the
+# trace follower relies on.
 ENQUEUE = """
 WITH xact AS (
     SELECT pg_current_xact_id()
-), ev AS (
-    INSERT INTO {events} (job_id, type, event, request_id, idempotency_key)
-    SELECT nextval(pg_get_serial_sequence(%(jobs_name)s, 'id')::regclass), %(type)s,
-           'enqueued', %(request_id)s, %(idempotency_key)s
+), held AS (
+    INSERT INTO {keys} (key, job_id)
+    SELECT %(idempotency_key)s, nextval(pg_get_serial_sequence(%(jobs_name)s, 'id')::regclass)
     FROM xact
     WHERE NOT EXISTS (SELECT 1 FROM {jobs} WHERE idempotency_key = %(idempotency_key)s)
-    ON CONFLICT (idempotency_key) WHERE event = 'enqueued' AND idempotency_key IS NOT NULL
-    DO NOTHING
+    ON CONFLICT (key) DO NOTHING
     RETURNING job_id
+), ev AS (
+    INSERT INTO {events} (job_id, type, event, request_id, idempotency_key)
+    SELECT job_id, %(type)s, 'enqueued', %(request_id)s, %(idempotency_key)s FROM held
 ), ins AS (
     INSERT INTO {jobs} (id, type, payload, priority, run_at, request_id, idempotency_key)
     SELECT job_id, %(type)s, %(payload)s::jsonb, %(priority)s,
            coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval, now()),
            %(request_id)s, %(idempotency_key)s
-    FROM ev
+    FROM held
     RETURNING id
 )
 SELECT id FROM ins"""
@@ -469,24 +780,28 @@ WITH xact AS (
                 %(keys)s::text[])
          WITH ORDINALITY AS i(type, payload, priority, run_at, delay, request_id,
                               idempotency_key, ord)
-), held AS (
+), live AS (
     SELECT idempotency_key FROM {jobs} WHERE idempotency_key = ANY(%(keys)s::text[])
-), ev AS (
-    INSERT INTO {events} (job_id, type, event, request_id, idempotency_key)
-    SELECT id, type, 'enqueued', request_id, idempotency_key FROM input
-    WHERE idempotency_key IS NULL
-       OR idempotency_key NOT IN (SELECT idempotency_key FROM held)
+), held AS (
+    INSERT INTO {keys} (key, job_id)
+    SELECT idempotency_key, id FROM input
+    WHERE idempotency_key IS NOT NULL
+      AND idempotency_key NOT IN (SELECT idempotency_key FROM live)
     -- Keys are taken in key order, so two batches sharing keys cannot deadlock on them; the
     -- first of a batch's repeats of a key still wins.
-    ORDER BY idempotency_key NULLS LAST, ord
-    ON CONFLICT (idempotency_key) WHERE event = 'enqueued' AND idempotency_key IS NOT NULL
-    DO NOTHING
+    ORDER BY idempotency_key, ord
+    ON CONFLICT (key) DO NOTHING
     RETURNING job_id
+), taken AS (
+    SELECT * FROM input WHERE idempotency_key IS NULL OR id IN (SELECT job_id FROM held)
+), ev AS (
+    INSERT INTO {events} (job_id, type, event, request_id, idempotency_key)
+    SELECT id, type, 'enqueued', request_id, idempotency_key FROM taken ORDER BY ord
 ), ins AS (
     INSERT INTO {jobs} (id, type, payload, priority, run_at, request_id, idempotency_key)
     SELECT id, type, payload, priority, coalesce(run_at, now() + delay, now()), request_id,
            idempotency_key
-    FROM input WHERE id IN (SELECT job_id FROM ev)
+    FROM taken
     RETURNING id, idempotency_key
 )
 SELECT input.ord, coalesce(ins.id, dup.id)
@@ -503,10 +818,9 @@ SELECT now(), ARRAY(SELECT nextval(s.seq) FROM s, generate_series(1, %(n)s))"""
 COPY_JOBS = "COPY {jobs} (id, type, payload, priority, run_at, request_id) FROM STDIN"
 COPY_ENQUEUED = "COPY {events} (job_id, type, event, request_id) FROM STDIN"
 
-# Who holds each key: its `enqueued` event, or a live job (whose event may have been cleared).
+# Who holds each key: its row in {keys}, or a live job.
 LOOKUP_KEYS = """
-SELECT idempotency_key, job_id FROM {events}
-WHERE event = 'enqueued' AND idempotency_key = ANY(%(keys)s::text[])
+SELECT key, job_id FROM {keys} WHERE key = ANY(%(keys)s::text[])
 UNION ALL
 SELECT idempotency_key, id FROM {jobs} WHERE idempotency_key = ANY(%(keys)s::text[])"""
 
@@ -949,29 +1263,61 @@ WITH del AS (
 )
 SELECT count(*) FROM del"""
 
-# The history's size in blocks when a clear starts; rows added later are younger than its
-# cutoff (wherever freed space puts them, they are new).
-CLEAR_EVENTS_BLOCKS = """
-SELECT pg_relation_size(%(events)s::regclass) / current_setting('block_size')::bigint"""
+# The history's partitions, oldest first, each with its bounds, its size in blocks, and
+# whether this role may retire it (only the owner of both it and the history may).
+HISTORY_PARTITIONS = """
+SELECT p.part, p.nsp, p.name, p.is_default, p.lo, p.hi,
+       pg_relation_size(p.part) / current_setting('block_size')::bigint,
+       pg_has_role(p.owner, 'USAGE')
+       AND pg_has_role((SELECT relowner FROM pg_class WHERE oid = %(events)s::regclass), 'USAGE')
+FROM (__PARTITIONS__) AS p
+ORDER BY p.hi NULLS LAST, p.lo""".replace(
+    "__PARTITIONS__", _PARTITIONS.replace("__PARENT__", "%(events)s::regclass"))
 
-# History is walked once in physical order, one fixed range of blocks per statement: a TID
-# Range Scan of just those blocks, with no sort and no index, so that the walk reads each page
-# once and its cost grows with the table's size, not with its square. (The history is mostly
-# in time order but freed space is reused, so no range can be skipped by age.) Live jobs keep
-# their history: their ids are looked up in the jobs' primary key, once per job of the range,
-# and the rest is deleted by ctid. Written so because the generic plan (jobq's connections
+# Before a partition is retired: free the keys of its `enqueued` events whose jobs are not in
+# the queue (outside the retirement's lock: an enqueue of such a key meanwhile is not held
+# up), and count its rows; the ids of the live ones are handed to RETIRE_FUNCTION, which frees
+# those whose jobs ended since.
+RETIRE_KEYS = """
+WITH keyed AS MATERIALIZED (
+    SELECT idempotency_key, job_id FROM {part}
+    WHERE event = 'enqueued' AND idempotency_key IS NOT NULL
+), live AS MATERIALIZED (
+    SELECT id FROM {jobs} WHERE id IN (SELECT job_id FROM keyed)
+), freed AS (
+    DELETE FROM {keys} AS k USING keyed
+    WHERE k.key = keyed.idempotency_key AND k.job_id = keyed.job_id
+      AND NOT EXISTS (SELECT 1 FROM live WHERE live.id = keyed.job_id)
+)
+SELECT (SELECT count(*) FROM {part}), ARRAY(SELECT id FROM live)"""
+
+RETIRE = "SELECT {retire_fn}(%(part)s::oid::regclass, %(held)s::bigint[])"
+
+# What no partition could be retired for (the one the cutoff falls in, the DEFAULT partition,
+# those of a clear by another role) is walked once in physical order, through the history,
+# one fixed range of blocks per statement: a TID Range Scan of just those blocks in each
+# partition that holds rows older than the cutoff, with no sort and no index, so that the
+# walk reads each page once and its cost grows with the size of what is walked, not with its
+# square. (A partition is mostly in time order but freed space is reused, so no range can be
+# skipped by age.) Live jobs keep their history: their ids are looked up in the jobs' primary
+# key, once per job of the range. Written so because the generic plan (jobq's connections
 # force it) cannot size a TID range: a NOT EXISTS was planned as a hash of all 1M jobs for
 # each range (0.8 s against 10 ms), or with JIT compiling for 25 ms (benchmarks/README.md).
+# The keys of the `enqueued` events deleted are freed with them.
 CLEAR_EVENTS_BATCH = """
 WITH old AS MATERIALIZED (
-    SELECT ctid, job_id FROM {events}
+    SELECT DISTINCT job_id FROM {events}
     WHERE ctid >= %(lo)s::tid AND ctid < %(hi)s::tid AND occurred_at < %(cutoff)s
 ), live AS MATERIALIZED (
-    SELECT id FROM {jobs} WHERE id = ANY(ARRAY(SELECT DISTINCT job_id FROM old))
+    SELECT id FROM {jobs} WHERE id = ANY(ARRAY(SELECT job_id FROM old))
 ), del AS (
-    DELETE FROM {events} WHERE ctid = ANY(ARRAY(
-        SELECT ctid FROM old WHERE job_id NOT IN (SELECT id FROM live)))
-    RETURNING 1
+    DELETE FROM {events}
+    WHERE ctid >= %(lo)s::tid AND ctid < %(hi)s::tid AND occurred_at < %(cutoff)s
+      AND job_id NOT IN (SELECT id FROM live)
+    RETURNING job_id, event, idempotency_key
+), freed AS (
+    DELETE FROM {keys} AS k USING del
+    WHERE del.event = 'enqueued' AND k.key = del.idempotency_key AND k.job_id = del.job_id
 )
 SELECT count(*) FROM del"""
 
@@ -1076,9 +1422,7 @@ WITH del AS (
     SELECT id, type, 'deleted', request_id, attempts, %(reason)s || ' (was ' || state || ')'
     FROM del
 ), free_keys AS (
-    UPDATE {events} SET idempotency_key = NULL
-    WHERE event = 'enqueued' AND job_id IN (SELECT id FROM del WHERE idempotency_key IS NOT NULL)
-      AND idempotency_key IS NOT NULL
+    DELETE FROM {keys} AS k USING del WHERE k.key = del.idempotency_key AND k.job_id = del.id
 )
 SELECT id FROM del"""
 
@@ -1360,30 +1704,55 @@ SELECT count(*) FROM ins"""  # noqa: S608
 # Whether this call folds: not in a read-only session, not by a role that may not write the
 # rates (a SELECT-only role reads status all the same), and only one folder at a time. A
 # folder that must not skip (`wait`: a clear, about to delete what the fold counts) waits for
-# the one folding now to commit, and then folds what is left.
+# the one folding now to commit, and then folds what is left. The second column: whether it
+# may also keep the history's partitions ahead (AHEAD_FUNCTION).
 MAY_FOLD = """
 SELECT CASE WHEN current_setting('transaction_read_only') = 'on'
               OR NOT (has_table_privilege(%(rates)s, 'INSERT')
                       AND has_table_privilege(%(rates)s, 'DELETE')) THEN false
             WHEN %(wait)s
                 THEN (SELECT true FROM pg_advisory_xact_lock(hashtextextended(%(key)s, 1)))
-            ELSE pg_try_advisory_xact_lock(hashtextextended(%(key)s, 1)) END"""
+            ELSE pg_try_advisory_xact_lock(hashtextextended(%(key)s, 1)) END,
+       coalesce(has_function_privilege(
+           to_regprocedure(%(ahead)s || '(integer, timestamptz)'), 'EXECUTE'), false)"""
+
+KEEP_AHEAD = "SELECT {ahead_fn}(%(days)s)"
 
 # doctor: sizes, bloat and vacuum of the queue's tables, what holds back the xmin horizon,
-# invalid indexes. Read from the catalogs and statistics views only.
+# invalid indexes. Read from the catalogs and statistics views only. A partitioned table, and
+# its indexes, count with their partitions.
 DOCTOR_TABLES = """
-SELECT c.relname, pg_total_relation_size(c.oid), pg_relation_size(c.oid),
-       coalesce(s.n_live_tup, 0), coalesce(s.n_dead_tup, 0),
-       greatest(s.last_autovacuum, s.last_vacuum), greatest(s.last_autoanalyze, s.last_analyze)
-FROM pg_class c LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid
-WHERE c.oid = ANY(ARRAY[to_regclass(%(jobs)s), to_regclass(%(events)s), to_regclass(%(rates)s)])
+SELECT c.relname, sum(pg_total_relation_size(t.relid)), sum(pg_relation_size(t.relid)),
+       coalesce(sum(s.n_live_tup), 0), coalesce(sum(s.n_dead_tup), 0),
+       max(greatest(s.last_autovacuum, s.last_vacuum)),
+       max(greatest(s.last_autoanalyze, s.last_analyze))
+FROM pg_class c
+CROSS JOIN LATERAL (SELECT c.oid AS relid UNION SELECT relid FROM pg_partition_tree(c.oid)) AS t
+LEFT JOIN pg_stat_all_tables s ON s.relid = t.relid
+WHERE c.oid = ANY(ARRAY[to_regclass(%(jobs)s), to_regclass(%(events)s), to_regclass(%(rates)s),
+                        to_regclass(%(keys)s)])
+GROUP BY c.relname
 ORDER BY c.relname"""
 
 DOCTOR_INDEXES = """
-SELECT i.indexrelid::regclass::text, pg_relation_size(i.indexrelid), i.indisvalid
+SELECT i.indexrelid::regclass::text,
+       (SELECT sum(pg_relation_size(t.relid)) FROM (SELECT i.indexrelid AS relid
+                                                    UNION SELECT relid
+                                                    FROM pg_partition_tree(i.indexrelid)) AS t),
+       i.indisvalid
 FROM pg_index i
-WHERE i.indrelid = ANY(ARRAY[to_regclass(%(jobs)s), to_regclass(%(events)s)])
+WHERE i.indrelid = ANY(ARRAY[to_regclass(%(jobs)s), to_regclass(%(events)s),
+                             to_regclass(%(keys)s)])
 ORDER BY 1"""
+
+# The history's partitions: how many, how far ahead they reach, and about how many rows
+# the DEFAULT partition holds (rows no day covered, and the kept history of live jobs).
+DOCTOR_PARTITIONS = """
+SELECT count(*) FILTER (WHERE NOT p.is_default), max(p.hi),
+       coalesce(max(p.hi) > now() + interval '1 day', false),
+       max(pg_stat_get_live_tuples(p.part)) FILTER (WHERE p.is_default)
+FROM (__PARTITIONS__) AS p""".replace(
+    "__PARTITIONS__", _PARTITIONS.replace("__PARENT__", "%(events)s::regclass"))
 
 # Everything that keeps vacuum from removing this database's dead rows, oldest first:
 # sessions by their snapshot (backend_xmin) or by their transaction id (backend_xid: a writer
@@ -1817,6 +2186,26 @@ class Statements:
     def migration_6(self) -> list[bytes]:
         return [self._render(s, concurrently=sql.SQL("")) for s in CREATE_V6]
 
+    def _history_names(self) -> dict[str, sql.Composable]:
+        """The names version 7's conversion renames from and to."""
+        n = self.names
+        old = {f"old_{key}_idx": n.ident(f"_events_{key}_idx")
+               for key in ("job", "request", "at", "completed", "keyed", "key")}
+        legacy = {f"legacy_{key}_idx": n.local(f"_events_legacy_{short}")
+                  for key, short in (("job", "job"), ("request", "request"), ("at", "at"),
+                                     ("completed", "done"), ("keyed", "keyed"))}
+        return {**old, **legacy, "bound_name": sql.Literal(n.table + "_events_bound"),
+                "legacy_local": n.local("_events_legacy"),
+                "legacy_text": sql.Literal(n.regclass("_events_legacy"))}
+
+    def migration_7(self) -> list[bytes]:
+        return [self._render(s, concurrently=sql.SQL(""), **self._history_names())
+                for s in CREATE_V7]
+
+    def early_steps(self, number: int) -> list[bytes]:
+        """What an upgrade to `number` runs before its migration, besides its indexes."""
+        return [self._render(s, **self._history_names()) for s in EARLY_STEPS.get(number, ())]
+
     @cached_property
     def stats_types(self) -> bytes:
         return self._render(STATS_TYPES)
@@ -1938,8 +2327,19 @@ class Statements:
         return self._render(CLEAR_FAILED_BATCH)
 
     @cached_property
-    def clear_events_blocks(self) -> bytes:
-        return self._render(CLEAR_EVENTS_BLOCKS)
+    def history_partitions(self) -> bytes:
+        return self._render(HISTORY_PARTITIONS)
+
+    def retire_keys(self, schema: str, partition: str) -> bytes:
+        return self._render(RETIRE_KEYS, part=sql.Identifier(schema, partition))
+
+    @cached_property
+    def retire(self) -> bytes:
+        return self._render(RETIRE)
+
+    @cached_property
+    def keep_ahead(self) -> bytes:
+        return self._render(KEEP_AHEAD)
 
     @cached_property
     def clear_events_batch(self) -> bytes:

@@ -12,7 +12,7 @@ import pytest
 
 from jobq_core import InvalidInputError, JobQueue, SchemaError, create_job_queue, schema
 from jobq_core.admin import Admin
-from jobq_core.sql import Names
+from jobq_core.sql import Names, Statements
 
 
 def test_first_use_creates_the_tables(empty_dsn: str) -> None:
@@ -196,6 +196,7 @@ def test_version_2_keys_stay_held_through_the_migration(dsn: str) -> None:
     event an older clear had removed, and a key reused after a delete (two `enqueued` events).
     After migrating, none of them is free."""
     with psycopg.connect(dsn, autocommit=True) as conn:
+        _as_version_6(conn)
         conn.execute("DROP INDEX svti_jobs_events_key_idx")
         conn.execute("CREATE INDEX svti_jobs_events_idempotency_idx ON svti_jobs_events "
                      "(idempotency_key, id) WHERE event = 'completed' "
@@ -220,9 +221,24 @@ def test_version_2_keys_stay_held_through_the_migration(dsn: str) -> None:
             schema.LATEST_VERSION,)
 
 
+def _as_version_6(conn: psycopg.Connection[Any]) -> None:
+    """Replace a current install by what version 6 left: the history in one table, whose
+    unique index of `enqueued` events holds the idempotency keys."""
+    conn.execute("DROP TABLE svti_jobs, svti_jobs_events, svti_jobs_keys, svti_jobs_rates, "
+                 "svti_jobs_pauses, svti_jobs_workers, svti_jobs_migrations")
+    conn.execute("DROP FUNCTION svti_jobs_events_ahead, svti_jobs_events_retire")
+    st = Statements(Names.parse("svti_jobs"))
+    conn.execute(st.create_migrations)
+    for version, name, build in schema.MIGRATIONS[:6]:
+        for statement in build(st, None):
+            conn.execute(statement)
+        conn.execute(st.record_migration, {"version": version, "name": name})
+
+
 def _as_version_4(conn: psycopg.Connection[Any]) -> None:
     """Take a current install back to what version 4 left: no cancelled state, lease lengths,
     kept payloads, pauses or worker registry."""
+    _as_version_6(conn)
     conn.execute("DROP TABLE svti_jobs_pauses, svti_jobs_workers")
     conn.execute("DROP INDEX svti_jobs_cancelled_idx, svti_jobs_cancelled_type_idx, "
                  "svti_jobs_lease_type_idx")
@@ -321,7 +337,7 @@ def test_an_upgrade_builds_its_indexes_without_blocking_writers(dsn: str) -> Non
             "SELECT count(*) FILTER (WHERE NOT indisvalid), count(*) FROM pg_index "
             "WHERE indrelid IN ('svti_jobs'::regclass, 'svti_jobs_events'::regclass) "
             "AND indexrelid::regclass::text IN "
-            "('svti_jobs_failed_type_idx', 'svti_jobs_events_key_idx', "
+            "('svti_jobs_failed_type_idx', 'svti_jobs_events_keyed_idx', "
             "'svti_jobs_cancelled_idx', 'svti_jobs_cancelled_type_idx')").fetchone() == (0, 4)
 
 
