@@ -384,3 +384,121 @@ def test_the_legacy_upgrade_adds_a_missing_created_at(empty_dsn: str) -> None:
         assert queue.pending() == 4
         job = queue.claim()
         assert job is not None and job.created_at is not None
+
+
+def _old_history(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """A version 6 history over 30 days: completed jobs (every tenth keyed), live jobs of
+    every state with their old timelines (two keyed), and a key freed by a delete. Returns
+    the keys held, with their holders."""
+    conn.execute("""
+        INSERT INTO svti_jobs_events (occurred_at, job_id, type, event, request_id, attempt,
+                                      idempotency_key, result)
+        SELECT now() - interval '30 days' + g * interval '1 minute', g / 3, 't',
+               (ARRAY['enqueued', 'claimed', 'completed'])[1 + g % 3], 'req-' || g / 3, 1,
+               CASE WHEN g % 3 = 0 AND g / 3 % 10 = 0 THEN 'done-' || g / 3 END,
+               CASE WHEN g % 3 = 2 THEN jsonb_build_object('n', g) END
+        FROM generate_series(3, 3 * 14000 - 1) g""")
+    conn.execute("SELECT setval(pg_get_serial_sequence('svti_jobs', 'id'), 20000)")
+    for state, key in (("pending", "live-a"), ("claimed", None), ("failed", "live-b"),
+                       ("cancelled", None), ("pending", None)):
+        job = conn.execute(
+            "INSERT INTO svti_jobs (type, state, idempotency_key, lease_token, lease_until, "
+            "failed_at) VALUES ('t', %s, %s, CASE WHEN %s = 'claimed' THEN gen_random_uuid() "
+            "END, CASE WHEN %s = 'claimed' THEN now() END, CASE WHEN %s IN ('failed', "
+            "'cancelled') THEN now() END) RETURNING id",
+            (state, key, state, state, state)).fetchone()[0]
+        conn.execute("INSERT INTO svti_jobs_events (occurred_at, job_id, type, event, "
+                     "idempotency_key) VALUES (now() - interval '20 days', %s, 't', 'enqueued', "
+                     "%s), (now() - interval '19 days', %s, 't', 'claimed', NULL)",
+                     (job, key, job))
+    # `freed-key`'s job was deleted, which freed the key by clearing it from its event
+    conn.execute("INSERT INTO svti_jobs_events (job_id, type, event, idempotency_key) VALUES "
+                 "(30000, 't', 'enqueued', NULL), (30000, 't', 'deleted', NULL)")
+    return dict(conn.execute(
+        "SELECT idempotency_key, job_id FROM svti_jobs_events "
+        "WHERE event = 'enqueued' AND idempotency_key IS NOT NULL").fetchall())
+
+
+_CHECKSUM = ("SELECT count(*), md5(string_agg(e::text, '|' ORDER BY e.id)), max(e.id) "
+             "FROM svti_jobs_events AS e")
+
+
+def _partitions(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    return dict(conn.execute(
+        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits AS i "
+        "JOIN pg_class AS c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'svti_jobs_events'::regclass").fetchall())
+
+
+def test_version_6_history_becomes_a_partition_without_losing_a_row(dsn: str) -> None:
+    """Issue 12: every row of a version 6 history, and every key it holds, survive the
+    partitioning, and the rows are not copied: the old table, with its indexes, is attached
+    as the first partition, up to the bound an early step validated while writers went on
+    (midnight UTC after tomorrow). Event ids carry on above the old ones."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _as_version_6(conn)
+        held = _old_history(conn)
+        before = conn.execute(_CHECKSUM).fetchone()
+        files = dict(conn.execute(
+            "SELECT relname, relfilenode FROM pg_class WHERE relname IN "
+            "('svti_jobs_events', 'svti_jobs_events_job_idx', 'svti_jobs_events_request_idx', "
+            "'svti_jobs_events_completed_idx', 'svti_jobs_events_at_idx')").fetchall())
+    assert before[0] > 40_000 and len(held) == 1399 + 2
+    with create_job_queue(dsn) as queue:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            assert conn.execute(_CHECKSUM).fetchone() == before
+            parts = _partitions(conn)
+            bound = conn.execute("SELECT date_trunc('day', now(), 'UTC') + interval '2 days'"
+                                 ).fetchone()[0]
+            assert parts.pop("svti_jobs_events_legacy") == conn.execute(
+                "SELECT format('FOR VALUES FROM (MINVALUE) TO (%%L)', %s::timestamptz)",
+                (bound,)).fetchone()[0]
+            assert parts.pop("svti_jobs_events_default") == "DEFAULT"
+            assert len(parts) >= 1  # the days from the bound on
+            after = dict(conn.execute(
+                "SELECT relname, relfilenode FROM pg_class WHERE relname IN "
+                "('svti_jobs_events_legacy', 'svti_jobs_events_legacy_job', "
+                "'svti_jobs_events_legacy_request', 'svti_jobs_events_legacy_done', "
+                "'svti_jobs_events_legacy_at')").fetchall())
+            assert sorted(after.values()) == sorted(files.values())  # the same files
+            assert dict(conn.execute("SELECT key, job_id FROM svti_jobs_keys")) == held
+        for key, holder in held.items():
+            assert queue.enqueue("t", idempotency_key=key) == holder
+        assert queue.enqueue("t", idempotency_key="freed-key") not in held.values()
+        fresh = queue.enqueue("t")
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT min(id) FROM svti_jobs_events WHERE job_id = %s",
+                            (fresh,)).fetchone()[0] > before[2]
+        assert conn.execute("SELECT count(*) FROM svti_jobs").fetchone()[0] == 5 + 2
+
+
+def test_a_history_the_early_bound_cannot_hold_is_attached_by_a_scan(dsn: str) -> None:
+    """A row dated after the early bound: the early check fails to validate and is dropped
+    (nothing later trips on it), and the migration attaches the table up to the day after
+    that row, reading it under its lock. Without a connection of its own (here a given
+    one) the migration takes that path too."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _as_version_6(conn)
+        _old_history(conn)
+        conn.execute("INSERT INTO svti_jobs_events (occurred_at, job_id, type, event) "
+                     "VALUES (now() + interval '5 days', 1, 't', 'claimed')")
+        before = conn.execute(_CHECKSUM).fetchone()
+    with create_job_queue(dsn):
+        pass
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute(_CHECKSUM).fetchone() == before
+        assert conn.execute("SELECT count(*) FROM pg_constraint "
+                            "WHERE conname = 'svti_jobs_events_bound'").fetchone() == (0,)
+        assert conn.execute(
+            "SELECT tableoid::regclass::text FROM svti_jobs_events "
+            "WHERE occurred_at > now() + interval '4 days'").fetchone() == (
+                "svti_jobs_events_legacy",)
+        _as_version_6(conn)
+        _old_history(conn)
+        before = conn.execute(_CHECKSUM).fetchone()
+        with JobQueue(conn) as queue:
+            queue.migrate()
+        assert conn.execute(_CHECKSUM).fetchone() == before
+        assert _partitions(conn)["svti_jobs_events_legacy"] == conn.execute(
+            "SELECT format('FOR VALUES FROM (MINVALUE) TO (%L)', "
+            "date_trunc('day', now(), 'UTC') + interval '1 day')").fetchone()[0]
