@@ -516,8 +516,10 @@ def stats(st: Statements, *, fold: bool = True) -> Op[list[TypeStats]]:
     """Per type: ready, scheduled, claimed, late, expired, failed, cancelled, oldest ready
     age, completed/failed per minute over the last hour, whether it is paused and whether a
     live worker serves it. Cost grows with the number of types, not with the backlog or the
-    history. Runs in one transaction (the caller's). Folds the rates first, unless not to
-    `fold` (a standby, which cannot write, shows what the primary's runners folded)."""
+    history. Runs in one transaction (the caller's), of small reads (`sql.SMALL_READS`).
+    Folds the rates first, unless not to `fold` (a standby, which cannot write, shows what
+    the primary's runners folded)."""
+    yield Stmt(sql.SMALL_READS.encode())
     if fold:
         yield from _ops.fold_rates(st)
     types = [r[0] for r in (yield Stmt(st.stats_types))]

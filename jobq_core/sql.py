@@ -1718,6 +1718,14 @@ SELECT CASE WHEN current_setting('transaction_read_only') = 'on'
 
 KEEP_AHEAD = "SELECT {ahead_fn}(%(days)s)"
 
+# For the rest of a transaction of small reads (status, a fold): no JIT, no parallel workers.
+# Their history reads are bounded by now(), so partitions are pruned when they run, not when
+# they are planned, and the plan is costed as if every day were read: at 10M history rows
+# that bought 2 workers and JIT compiling for reads of a minute's rows (100 ms instead of 1 ms
+# for STATS_TYPES, 156 ms instead of 13 ms for FOLD_RATES; benchmarks/README.md).
+SMALL_READS = ("SELECT set_config('jit', 'off', true), "
+               "set_config('max_parallel_workers_per_gather', '0', true)")
+
 # doctor: sizes, bloat and vacuum of the queue's tables, what holds back the xmin horizon,
 # invalid indexes. Read from the catalogs and statistics views only. A partitioned table, and
 # its indexes, count with their partitions.

@@ -247,3 +247,24 @@ def test_clear_walks_a_partition_it_could_not_retire(
         assert queue.clear(older_than="7d") == 3
         reader.rollback()
     assert set(_days(db)) == days and events(db, done) == []
+
+
+def test_status_reads_plan_no_parallel_workers_and_no_jit(dsn: str) -> None:
+    """Partitions pruned by now() are pruned when a statement runs, not when it is planned,
+    so the planner costs every day of history and buys parallel workers and JIT compiling
+    for reads of a minute's rows. A session costed to want both everywhere plans them for the
+    status query, and plans neither once `stats` (and its fold) ran in the transaction."""
+    def plan_of(conn: psycopg.Connection[Any], query: bytes) -> str:
+        return str(conn.execute(b"EXPLAIN (ANALYZE, FORMAT JSON) " + query).fetchone()[0])
+
+    with psycopg.connect(dsn, options="-c parallel_setup_cost=0 -c parallel_tuple_cost=0 "
+                         "-c min_parallel_table_scan_size=0 -c jit_above_cost=0") as conn:
+        queue = JobQueue(conn)
+        query = queue.statements.stats_types
+        eager = plan_of(conn, query)
+        assert "Gather" in eager and "'JIT'" in eager
+        conn.rollback()
+        with conn.transaction():
+            Admin(queue).stats()
+            quick = plan_of(conn, query)
+        assert "Gather" not in quick and "'JIT'" not in quick
