@@ -531,14 +531,16 @@ class JobQueue(_QueueCore):
 
     def clear(self, *, older_than: timedelta | str) -> int:
         """Delete failed and cancelled jobs and history older than `older_than` ("7d", "12h",
-        a timedelta), in batches. Jobs still in the queue keep their whole history; pending,
+        a timedelta), in batches; the history's days wholly older are dropped whole when
+        this role owns the tables. Jobs still in the queue keep their whole history; pending,
         scheduled and claimed jobs are never touched. Returns rows deleted."""
         return self._run(self._clear_op(older_than))
 
     def fold_rates(self) -> int:
-        """Fold finished minutes of history into the per-minute rates (`jobq status`); a task
-        runner calls it once a minute. Skipped while another session folds, and by a role
-        that may not write the rates. Returns the rows added."""
+        """Fold finished minutes of history into the per-minute rates (`jobq status`), and keep
+        the history's daily partitions a few days ahead; a task runner calls it once a
+        minute. Skipped while another session folds, and by a role that may not write the
+        rates. Returns the rows added."""
         return self._run(_ops.fold_rates(self.statements), atomic=True)
 
     def heartbeat(

@@ -917,13 +917,14 @@ class TaskRunner:
 
     async def _fold_rates(self) -> None:
         """Fold the per-minute rates, so that they are counted while runners run and not only
-        while someone watches `jobq status` or the console. One folder at a time across the
-        fleet (the others skip), so a fleet costs the same as one runner."""
+        while someone watches `jobq status` or the console; a fold also keeps the history's
+        daily partitions ahead. One folder at a time across the fleet (the others skip), so
+        a fleet costs the same as one runner."""
         try:
             await self._loop_call("registry", "fold_rates", timeout=FOLD_TIMEOUT)
-        except Exception as exc:  # the rates are a view: never a reason to stop serving
-            log.warning("could not fold the per-minute rates, trying again in %d s: %s",
-                        FOLD_EVERY, exc)
+        except Exception as exc:  # never a reason to stop serving: history has a DEFAULT partition
+            log.warning("could not fold the per-minute rates (nor keep the history's partitions "
+                        "ahead), trying again in %d s: %s", FOLD_EVERY, exc)
 
     async def _renew(self, held: list[_Attempt], lost: list[_Attempt]) -> float:
         """Renew the held leases; adds to `lost` those that did not hold. Returns the pause
