@@ -1,15 +1,15 @@
-"""`clear`'s history walk at 10,000,000 history rows: the old walk (each batch a TID range
-scan from the last batch's end to the end of the table, sorted by ctid for its LIMIT) against
-the new one (fixed block ranges, each one statement), on identical copies of one database.
+"""`clear --older-than 7d` on 30 days of history, partitioned by day as a queue at schema
+version 7 keeps it, against the same history in one partition (as a history upgraded from
+version 6 stays until its first bound passes), at 1M and 10M history rows; and the plans of
+the history's reads at the largest size.
 
-    python -m benchmarks.bench_clear [--dsn DSN] [--jobs 1000000] [--history 10000000]
-                                     [--old-batches 10] [--json FILE]
+    python -m benchmarks.bench_clear [--dsn DSN] [--sizes 1000000,10000000] [--explain]
+                                     [--json FILE]
 
-The old walk reads every remaining row of the table for each batch of 5,000, so its run is
-quadratic: at 10M rows it would take far longer than the benchmark may run. Its first
-`--old-batches` batches are run for real and timed (all of them with 0), and one batch is
-timed at several positions of the walk (run and rolled back); the estimated total is their
-integral over the walk. The new walk runs in full.
+Each size has a tenth as many live jobs as history rows, so that both sizes have the same
+make-up. Every clear runs on its own copy of the populated database (`CREATE DATABASE …
+TEMPLATE`), as `Admin.clear(preview)`. On a further copy of the daily layout, each day is
+retired statement by statement and timed, for the time the history's writers wait on it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import itertools
 import json
 import os
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +26,16 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from benchmarks._common import fresh_database, server_dsn, server_facts
-from jobq_core import JobQueue, _ops
+from jobq_core import JobQueue, sql
 from jobq_core.admin import Admin, ClearPreview
 
 #: How old the history is: evenly spread over this many days, oldest rows first.
 SPAN_DAYS = 30
 #: The clear's age: about three quarters of the history is older.
 OLDER_THAN = "7d"
+LAYOUTS = ("days", "one")
 
-# 1M live jobs: 10% scheduled 30 days out (enqueued up to 30 days ago), 1% failed (half of
+# Live jobs: 10% scheduled 30 days out (enqueued up to 30 days ago), 1% failed (half of
 # them older than the cutoff), 0.1% claimed, the rest ready. History: each live job's
 # `enqueued` event, dated by its created_at and interleaved with the rest, which are the
 # enqueued/claimed/completed events of completed jobs (ids above the live ones), spread over
@@ -70,28 +70,24 @@ VACUUM ANALYZE svti_jobs_events;
 """
 
 
-# The walk before issue 11, kept here to measure it: each batch a TID range scan from the
-# last batch's end to the end of the table, sorted by ctid for its LIMIT.
-OLD_EVENTS_BATCH = """
-WITH batch AS (
-    SELECT ctid, job_id FROM {events}
-    WHERE ctid > %(after)s::tid AND occurred_at < %(cutoff)s
-    ORDER BY ctid LIMIT %(batch)s
-), del AS (
-    DELETE FROM {events} WHERE ctid = ANY(ARRAY(
-        SELECT ctid FROM batch
-        WHERE NOT EXISTS (SELECT 1 FROM {jobs} WHERE id = batch.job_id)))
-    RETURNING ctid
-)
-SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM del),
-       (SELECT max(ctid) FROM batch)::text"""
+def load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def populate(dsn: str, jobs: int, history: int) -> None:
+def populate(server: str, name: str, layout: str, history: int) -> str:
+    """A database at the latest schema with the history above: in daily partitions made for
+    the 30 days (`days`), or all in the DEFAULT partition, one heap (`one`)."""
+    dsn = fresh_database(server, name)
+    with JobQueue(dsn) as queue:
+        queue.migrate()
     with psycopg.connect(dsn, autocommit=True) as conn:
+        if layout == "days":
+            conn.execute("SELECT svti_jobs_events_ahead(%s, now() - interval '31 days')",
+                         (sql.HISTORY_AHEAD_DAYS,))
         for statement in SETUP.split(";\n"):
             if statement.strip():
-                conn.execute(statement, {"jobs": jobs, "history": history})
+                conn.execute(statement, {"jobs": history // 10, "history": history})
+    return dsn
 
 
 def copy_of(server: str, source: str, name: str) -> str:
@@ -100,80 +96,9 @@ def copy_of(server: str, source: str, name: str) -> str:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
     dsn = make_conninfo(server, dbname=name)
-    with psycopg.connect(dsn, autocommit=True) as conn:  # read the table into the cache
+    with psycopg.connect(dsn, autocommit=True) as conn:  # read the history into the cache
         conn.execute("SELECT count(*) FROM svti_jobs_events")
     return dsn
-
-
-def load() -> str:
-    return "/".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def batch_ms(conn: psycopg.Connection[Any], query: bytes, params: dict[str, Any]) -> float:
-    """The median time of one statement over three runs, each rolled back."""
-    times = []
-    for _ in range(3):
-        started = time.perf_counter()
-        conn.execute(query, params)
-        times.append((time.perf_counter() - started) * 1000)
-        conn.rollback()
-    return sorted(times)[1]
-
-
-def old_walk(dsn: str, cutoff: datetime, positions: list[float],
-             batches: int) -> dict[str, Any]:
-    """The old walk's cost per batch at several positions (each run and rolled back on the
-    untouched table), its first `batches` batches run for real, and the whole walk estimated
-    from the per-batch costs: the rows older than the cutoff (live jobs' too, which it reads
-    and keeps) lie in the first `share` of the table, one batch per 5,000 of them."""
-    with JobQueue(dsn) as queue:
-        query = queue.statements.render(OLD_EVENTS_BATCH)
-    with psycopg.connect(dsn) as conn:
-        blocks, rows, old_rows = conn.execute(
-            "SELECT pg_relation_size('svti_jobs_events') / 8192, count(*), "
-            "count(*) FILTER (WHERE occurred_at < %s) FROM svti_jobs_events",
-            (cutoff,)).fetchone()  # type: ignore[misc]
-        share = old_rows / rows
-        at = {}
-        for p in positions:
-            params = {"after": f"({int(p * share * blocks)},0)", "cutoff": cutoff,
-                      "batch": _ops.CLEAR_BATCH}
-            at[p] = batch_ms(conn, query, params)
-            print(f"  old batch at {p * share:4.0%} of the table: {at[p]:8.1f} ms  "
-                  f"(load {load()})", flush=True)
-        conn.autocommit = True
-        timed: list[float] = []
-        after = "(0,0)"
-        while not batches or len(timed) < batches:
-            started = time.perf_counter()
-            row = conn.execute(query, {"after": after, "cutoff": cutoff,
-                                       "batch": _ops.CLEAR_BATCH}).fetchone()
-            timed.append((time.perf_counter() - started) * 1000)
-            assert row is not None
-            if row[0] < _ops.CLEAR_BATCH:
-                break
-            after = row[2]
-    points = sorted(at.items())
-    mean = sum((b[0] - a[0]) * (a[1] + b[1]) / 2 for a, b in itertools.pairwise(points))
-    mean /= points[-1][0] - points[0][0]
-    total_batches = -(-old_rows // _ops.CLEAR_BATCH)
-    return {"per_batch_ms": {f"{p * share:.0%}": ms for p, ms in points},
-            "run_ms": timed, "run_s": sum(timed) / 1000, "batches": total_batches,
-            "estimated_s": total_batches * mean / 1000}
-
-
-def new_walk(dsn: str, preview: ClearPreview) -> dict[str, Any]:
-    """The whole clear as `jobq clear` runs it, at the preview's cutoff; the time of a batch
-    from one progress call to the next (every range of this data deletes rows)."""
-    with JobQueue(dsn) as queue:
-        ticks: list[float] = []
-        started = time.perf_counter()
-        removed = Admin(queue).clear(preview, progress=lambda _: ticks.append(time.perf_counter()))
-        took = time.perf_counter() - started
-    assert removed == preview.total, (removed, preview.total)
-    steps = sorted((b - a) * 1000 for a, b in itertools.pairwise(ticks))
-    return {"seconds": took, "removed": removed, "statements": len(ticks),
-            "median_ms": steps[len(steps) // 2], "max_ms": steps[-1]}
 
 
 def drop(server: str, name: str) -> None:
@@ -181,71 +106,167 @@ def drop(server: str, name: str) -> None:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def shape(dsn: str) -> dict[str, Any]:
+    with psycopg.connect(dsn) as conn:
+        rows, partitions, default = conn.execute(
+            "SELECT (SELECT count(*) FROM svti_jobs_events), "
+            "(SELECT count(*) FROM pg_inherits "
+            " WHERE inhparent = 'svti_jobs_events'::regclass), "
+            "(SELECT count(*) FROM svti_jobs_events_default)").fetchone()  # type: ignore[misc]
+    return {"rows": rows, "partitions": partitions, "default_rows": default}
+
+
+def timed_clear(dsn: str, preview: ClearPreview) -> dict[str, Any]:
+    """The whole clear as `jobq clear` runs it, at the preview's cutoff."""
+    before = shape(dsn)
+    with JobQueue(dsn) as queue:
+        ticks: list[float] = []
+        started = time.perf_counter()
+        removed = Admin(queue).clear(preview, progress=lambda _: ticks.append(time.perf_counter()))
+        took = time.perf_counter() - started
+    assert removed == preview.total, (removed, preview.total)
+    after = shape(dsn)
+    steps = sorted((b - a) * 1000 for a, b in itertools.pairwise([started, *ticks]))
+    return {"seconds": took, "removed": removed, "progress_calls": len(ticks),
+            "median_ms": steps[len(steps) // 2], "max_ms": steps[-1],
+            "partitions_dropped": before["partitions"] - after["partitions"],
+            "before": before, "after": after}
+
+
+def retire_by_hand(dsn: str, preview: ClearPreview) -> list[dict[str, Any]]:
+    """Each day wholly before the cutoff retired as `clear` does, its two statements timed:
+    freeing keys and counting (no lock that writers wait on), then the retirement (the
+    history's writers wait for all of it)."""
+    days = []
+    with JobQueue(dsn) as queue, queue.connection() as conn:
+        conn.autocommit = True
+        st = queue.statements
+        parts = conn.execute(st.history_partitions,
+                             {"events": st.names.regclass("_events")}).fetchall()
+        for part, schema, name, is_default, _, hi, _, _ in parts:
+            if is_default or hi is None or hi > preview.cutoff:
+                continue
+            started = time.perf_counter()
+            rows, held = conn.execute(st.retire_keys(schema, name)).fetchone()  # type: ignore[misc]
+            counted = time.perf_counter()
+            kept = conn.execute(st.retire, {"part": part, "held": held}).fetchone()[0]  # type: ignore[index]
+            days.append({"partition": name, "rows": rows, "kept": kept,
+                         "keys_and_count_ms": (counted - started) * 1000,
+                         "retire_ms": (time.perf_counter() - counted) * 1000})
+    return days
+
+
+def explain(dsn: str) -> dict[str, dict[str, Any]]:
+    """EXPLAIN (ANALYZE, BUFFERS) of the history's reads, as jobq plans them (generic plans,
+    on one of its own connections): the partitions each reads (pruned ones, at planning or
+    at run time, are not), and its time."""
+    with JobQueue(dsn) as queue, queue.connection() as conn:
+        st = queue.statements
+        names = st.names
+        mid = conn.execute("SELECT job_id, request_id FROM svti_jobs_events "
+                           "WHERE event = 'completed' AND occurred_at > now() - interval "
+                           "'15 days' LIMIT 1").fetchone()
+        assert mid is not None
+        page = sql.list_jobs(names, {}, "completed", None, 50)
+        cursor_row = conn.execute(page[0], page[1]).fetchall()[-1]
+        later = sql.list_jobs(names, {}, "completed", (None, cursor_row[-2]), 50)
+        # (query, params, whether jobq runs it in a transaction of small reads)
+        reads: dict[str, tuple[bytes, dict[str, Any], bool]] = {
+            "trace by request id": (st.trace, {"request_id": mid[1], "after": 0,
+                                               "limit": 1000}, False),
+            "a job's events": (st.job_events, {"id": mid[0]}, False),
+            "completed, first page": (*page, False),
+            "completed, a later page": (*later, False),
+            "fold of the rates": (st.fold_rates, {}, True),
+            "stats: types": (st.stats_types, {}, True),
+            "stats: one type": (st.stats_type, {"type": "send-email", "cap": 10_000}, True),
+        }
+        plans = {}
+        for label, (query, params, small) in reads.items():
+            if small:
+                conn.execute(sql.SMALL_READS.encode())
+            rows = conn.execute(b"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query,
+                                params).fetchone()
+            conn.rollback()  # the fold writes
+            assert rows is not None
+            plan = rows[0][0]
+            nodes = _nodes(plan["Plan"])
+            scanned = sorted({n["Relation Name"] for n in nodes
+                              if n.get("Relation Name", "").startswith("svti_jobs_events")
+                              and n.get("Actual Loops", 0) > 0})
+            plans[label] = {"ms": plan["Execution Time"], "planning_ms": plan["Planning Time"],
+                            "history_partitions_read": scanned,
+                            "subplans_removed": sum(n.get("Subplans Removed", 0) for n in nodes),
+                            "top": [f"{n['Node Type']} {n.get('Relation Name', '')}".strip()
+                                    for n in nodes[:4]],
+                            "jit": "JIT" in plan}
+            print(f"  {label}: {plan['Execution Time']:.2f} ms "
+                  f"(planning {plan['Planning Time']:.2f} ms), reads {len(scanned)} history "
+                  f"partitions: {', '.join(s.removeprefix('svti_jobs_events_') for s in scanned)}",
+                  flush=True)
+    return plans
+
+
+def _nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    out = [node]
+    for child in node.get("Plans", []):
+        out += _nodes(child)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dsn")
-    parser.add_argument("--jobs", type=int, default=1_000_000)
-    parser.add_argument("--history", type=int, default=10_000_000)
-    parser.add_argument("--old-batches", type=int, default=10,
-                        help="batches of the old walk to run for real; 0: all of them")
-    parser.add_argument("--reuse", action="store_true",
-                        help="keep the populated database of an earlier run")
+    parser.add_argument("--sizes", default="1000000,10000000")
+    parser.add_argument("--explain", action="store_true",
+                        help="also the plans of the history's reads at the largest size")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     server = server_dsn(args.dsn)
-    source = f"jobq_bench_clear_{args.history}"
-    started = time.perf_counter()
-    if args.reuse:
-        dsn = make_conninfo(server, dbname=source)
-    else:
-        dsn = fresh_database(server, source)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    results: dict[str, Any] = {"runs": []}
+    for history, layout in itertools.product(sizes, LAYOUTS):
+        source = f"jobq_bench_clear_{layout}_{history}"
+        started = time.perf_counter()
+        dsn = populate(server, source, layout, history)
+        print(f"{history:,} rows, {layout}: set up in {time.perf_counter() - started:.0f} s, "
+              f"{shape(dsn)} (load {load()})", flush=True)
         with JobQueue(dsn) as queue:
-            queue.migrate()
-        populate(dsn, args.jobs, args.history)
-    with psycopg.connect(dsn) as conn:
-        rows, blocks = conn.execute("SELECT count(*), pg_relation_size('svti_jobs_events') / 8192 "
-                                    "FROM svti_jobs_events").fetchone()  # type: ignore[misc]
-    print(f"setup: {rows:,} history rows in {blocks:,} blocks, "
-          f"{time.perf_counter() - started:.0f} s (load {load()})", flush=True)
-    with JobQueue(dsn) as queue:
-        began = time.perf_counter()
-        preview = Admin(queue).preview_clear(OLDER_THAN)
-        preview_s = time.perf_counter() - began
-    print(f"preview: {preview.failed_jobs:,} failed jobs, {preview.history_rows:,} history rows "
-          f"older than {preview.cutoff:%Y-%m-%d %H:%M}, counted in {preview_s:.1f} s", flush=True)
-
-    old_dsn = copy_of(server, source, "jobq_bench_clear_old")
-    print(f"old walk (load {load()}):", flush=True)
-    old = old_walk(old_dsn, preview.cutoff, [0, 0.25, 0.5, 0.75, 0.99], args.old_batches)
-    drop(server, "jobq_bench_clear_old")
-    run = old["run_ms"]
-    print(f"  {len(run)} batches run: {old['run_s']:.1f} s, median {sorted(run)[len(run) // 2]:.0f}"
-          f" ms; the whole walk, {old['batches']:,} batches: {old['estimated_s']:,.0f} s "
-          "estimated", flush=True)
-
-    new_dsn = copy_of(server, source, "jobq_bench_clear_new")
-    load_before = load()
-    new = new_walk(new_dsn, preview)
-    drop(server, "jobq_bench_clear_new")
-    print(f"new walk (load {load_before} before, {load()} after): {new['removed']:,} rows in "
-          f"{new['seconds']:.1f} s, {new['statements']:,} statements, median "
-          f"{new['median_ms']:.1f} ms, max {new['max_ms']:.1f} ms", flush=True)
-
-    print()
-    print("| walk | batches | time | per batch |")
-    print("|---|---:|---:|---|")
-    per = ", ".join(f"{k}: {v:,.0f} ms" for k, v in old["per_batch_ms"].items())
-    print(f"| old: sorted TID range to the end | {old['batches']:,} | "
-          f"~{old['estimated_s']:,.0f} s (estimated) | at {per} |")
-    print(f"| new: fixed block ranges | {new['statements']:,} | {new['seconds']:.1f} s | "
-          f"median {new['median_ms']:.1f} ms, max {new['max_ms']:.1f} ms |")
+            began = time.perf_counter()
+            preview = Admin(queue).preview_clear(OLDER_THAN)
+            preview_s = time.perf_counter() - began
+        run: dict[str, Any] = {"history": history, "layout": layout,
+                               "preview": {"failed_jobs": preview.failed_jobs,
+                                           "history_rows": preview.history_rows,
+                                           "seconds": preview_s}}
+        copy = copy_of(server, source, "jobq_bench_clear_run")
+        run["load_before"] = load()
+        run["clear"] = timed_clear(copy, preview)
+        run["load_after"] = load()
+        drop(server, "jobq_bench_clear_run")
+        c = run["clear"]
+        print(f"  preview {preview_s:.1f} s; clear {c['removed']:,} rows in {c['seconds']:.1f} s "
+              f"({c['seconds'] / history * 1e6:.2f} s per million history rows), "
+              f"{c['partitions_dropped']} partitions dropped, rows in the DEFAULT partition "
+              f"{c['before']['default_rows']:,} -> {c['after']['default_rows']:,} (load "
+              f"{run['load_before']} before, {run['load_after']} after)",
+              flush=True)
+        if layout == "days":
+            copy = copy_of(server, source, "jobq_bench_clear_run")
+            run["retire_by_hand"] = days = retire_by_hand(copy, preview)
+            drop(server, "jobq_bench_clear_run")
+            retire = sorted(d["retire_ms"] for d in days)
+            count = sorted(d["keys_and_count_ms"] for d in days)
+            print(f"  by hand, {len(days)} days: retire median {retire[len(retire) // 2]:.0f} ms"
+                  f", max {retire[-1]:.0f} ms; keys and count median "
+                  f"{count[len(count) // 2]:.0f} ms, max {count[-1]:.0f} ms", flush=True)
+            if args.explain and history == max(sizes):
+                run["plans"] = explain(dsn)
+        drop(server, source)
+        results["runs"].append(run)
     if args.json:
-        args.json.write_text(json.dumps({
-            "server": server_facts(dsn), "jobs": args.jobs, "history_rows": rows,
-            "blocks": blocks, "preview": {"failed_jobs": preview.failed_jobs,
-                                          "history_rows": preview.history_rows,
-                                          "seconds": preview_s},
-            "old": old, "new": new}, indent=2))
+        results["server"] = server_facts(server)
+        args.json.write_text(json.dumps(results, indent=2, default=str))
 
 
 if __name__ == "__main__":
