@@ -428,11 +428,12 @@ def clear(st: Statements, older_than: timedelta | datetime,
         if count < CLEAR_BATCH:
             break
     events = {"events": st.names.regclass("_events")}
-    for part, schema, name, is_default, _, hi, _, mine in (
-            yield Stmt(st.history_partitions, events)):
+    for part, _, _, is_default, _, hi, _, mine in (yield Stmt(st.history_partitions, events)):
         if is_default or hi is None or hi > cutoff or not mine:
             continue
-        rows, held = (yield Stmt(st.retire_keys(schema, name)))[0]
+        rows, held = (yield Stmt(st.free_day_keys, {"part": part}))[0]
+        if rows is None:  # another clear retired it meanwhile
+            continue
         for _ in range(RETIRE_TRIES):
             kept = (yield Stmt(st.retire, {"part": part, "held": held}))[0][0]
             if kept is not None:

@@ -114,6 +114,7 @@ class Names:
             notify_fn=self.ident("_notify"),
             ahead_fn=self.ident("_events_ahead"),
             retire_fn=self.ident("_events_retire"),
+            free_keys_fn=self.ident("_events_free_keys"),
             # names as text, for regclass casts inside PL/pgSQL
             jobs_text=sql.Literal(self.regclass()),
             events_text=sql.Literal(self.regclass("_events")),
@@ -403,7 +404,8 @@ CREATE_V6 = (
 # Version 7: history partitioned by time, and idempotency keys held in a table of their own.
 #
 # History is RANGE-partitioned by occurred_at into UTC days, so that `clear` drops the days it
-# removes whole (O(1), and no dead rows for vacuum) instead of deleting row by row. A day is
+# removes whole instead of deleting row by row: no dead rows for vacuum, and no cost per row
+# but for the rows of jobs still in the queue, which move to the DEFAULT partition. A day is
 # the natural grain for a retention given in days: a `clear --older-than 7d` deletes rows from
 # one day's partition at most, and drops the rest; a week of retention is about ten
 # partitions, few enough that reads without a time bound (a job's events, a trace) probe each
@@ -538,13 +540,41 @@ BEGIN
 END
 $do$"""
 
+# Before a partition is retired: free the keys of its `enqueued` events whose jobs are not in
+# the queue (outside the retirement's lock: an enqueue of such a key meanwhile is not held
+# up), and count its rows; the ids of the live ones are handed to RETIRE_FUNCTION, which frees
+# those whose jobs ended since. NULLs for a partition another clear retired meanwhile.
+FREE_KEYS_FUNCTION = """CREATE OR REPLACE FUNCTION {free_keys_fn}(part text, OUT rows bigint,
+                                                  OUT held bigint[])
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    -- (the lock keeps it from going before this commits)
+    EXECUTE format('LOCK TABLE %s IN ACCESS SHARE MODE', part);
+    EXECUTE format(
+        'WITH keyed AS MATERIALIZED (SELECT idempotency_key, job_id FROM %1$s '
+        '    WHERE event = ''enqueued'' AND idempotency_key IS NOT NULL), '
+        'live AS MATERIALIZED (SELECT id FROM {jobs} '
+        '    WHERE id IN (SELECT job_id FROM keyed)), '
+        'freed AS (DELETE FROM {keys} AS k USING keyed '
+        '    WHERE k.key = keyed.idempotency_key AND k.job_id = keyed.job_id '
+        '      AND NOT EXISTS (SELECT 1 FROM live WHERE live.id = keyed.job_id)) '
+        'SELECT (SELECT count(*) FROM %1$s), ARRAY(SELECT id FROM live)', part)
+        INTO rows, held;
+EXCEPTION WHEN undefined_table THEN
+    RETURN;
+END
+$fn$"""
+
 # Retire one partition that lies wholly before a clear's cutoff: detach it, move the rows of
 # jobs still in the queue (their whole timeline stays) to where they now belong (the DEFAULT
 # partition), free the keys of `held` (live when the clear freed the others) whose jobs have
 # ended since, and drop it. It runs as the caller, so only the tables' owner can. The detach
 # waits at most a second for the history's readers and writers, who queue behind it; NULL
-# then, and the caller deletes the partition's rows instead. Returns the rows kept.
-RETIRE_FUNCTION = """CREATE OR REPLACE FUNCTION {retire_fn}(part regclass, held bigint[])
+# then (or when another clear retired it meanwhile), and the caller deletes the partition's
+# rows instead. Returns the rows kept. Both functions take a partition by its name as its
+# regclass printed it in the caller's session: unlike an OID, a name that is gone is an
+# error they can catch.
+RETIRE_FUNCTION = """CREATE OR REPLACE FUNCTION {retire_fn}(part text, held bigint[])
 RETURNS bigint LANGUAGE plpgsql AS $fn$
 DECLARE
     parent regclass := {events_text}::regclass;
@@ -557,7 +587,8 @@ BEGIN
     PERFORM set_config('lock_timeout', '1s', true);
     BEGIN
         EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', parent, part);
-    EXCEPTION WHEN lock_not_available THEN
+    EXCEPTION WHEN lock_not_available OR undefined_table OR wrong_object_type THEN
+        -- busy, or retired by another clear meanwhile
         PERFORM set_config('lock_timeout', patience, true);
         RETURN NULL;
     END;
@@ -664,8 +695,8 @@ BEGIN
 END
 $convert$""".replace("__AHEAD__", str(HISTORY_AHEAD_DAYS))
 
-CREATE_V7 = (KEYS_TABLE, KEYED_INDEX, AHEAD_FUNCTION, AHEAD_SEARCH_PATH, RETIRE_FUNCTION,
-             CONVERT_HISTORY, *KEYS_SYNC)
+CREATE_V7 = (KEYS_TABLE, KEYED_INDEX, AHEAD_FUNCTION, AHEAD_SEARCH_PATH, FREE_KEYS_FUNCTION,
+             RETIRE_FUNCTION, CONVERT_HISTORY, *KEYS_SYNC)
 
 # The early bound: midnight (UTC) of the day after tomorrow, so that writers of older jobq
 # versions (whose rows are dated now) meet it until well after the migration that follows at
@@ -741,9 +772,9 @@ SELECT id FROM ins"""
 # A keyed enqueue claims its key first, in {keys} (ON CONFLICT waits for a concurrent holder
 # to commit), and inserts the job and its `enqueued` event only if that succeeded. A key
 # already held gives no row: the caller then looks the holder up with a fresh snapshot
-# (LOOKUP_KEYS). The live-job check covers a key whose holder row is missing. pg_current_xact_id()
-# comes first so that the transaction has its id before any event id is drawn, which the
-# trace follower relies on.
+# (LOOKUP_KEYS). A live job's key counts as held even without its row in {keys} (the jobs'
+# own unique index would fail the insert). pg_current_xact_id() comes first so that the
+# transaction has its id before any event id is drawn, which the trace follower relies on.
 ENQUEUE = """
 WITH xact AS (
     SELECT pg_current_xact_id()
@@ -1266,7 +1297,7 @@ SELECT count(*) FROM del"""
 # The history's partitions, oldest first, each with its bounds, its size in blocks, and
 # whether this role may retire it (only the owner of both it and the history may).
 HISTORY_PARTITIONS = """
-SELECT p.part, p.nsp, p.name, p.is_default, p.lo, p.hi,
+SELECT p.part::regclass::text, p.nsp, p.name, p.is_default, p.lo, p.hi,
        pg_relation_size(p.part) / current_setting('block_size')::bigint,
        pg_has_role(p.owner, 'USAGE')
        AND pg_has_role((SELECT relowner FROM pg_class WHERE oid = %(events)s::regclass), 'USAGE')
@@ -1274,24 +1305,8 @@ FROM (__PARTITIONS__) AS p
 ORDER BY p.hi NULLS LAST, p.lo""".replace(
     "__PARTITIONS__", _PARTITIONS.replace("__PARENT__", "%(events)s::regclass"))
 
-# Before a partition is retired: free the keys of its `enqueued` events whose jobs are not in
-# the queue (outside the retirement's lock: an enqueue of such a key meanwhile is not held
-# up), and count its rows; the ids of the live ones are handed to RETIRE_FUNCTION, which frees
-# those whose jobs ended since.
-RETIRE_KEYS = """
-WITH keyed AS MATERIALIZED (
-    SELECT idempotency_key, job_id FROM {part}
-    WHERE event = 'enqueued' AND idempotency_key IS NOT NULL
-), live AS MATERIALIZED (
-    SELECT id FROM {jobs} WHERE id IN (SELECT job_id FROM keyed)
-), freed AS (
-    DELETE FROM {keys} AS k USING keyed
-    WHERE k.key = keyed.idempotency_key AND k.job_id = keyed.job_id
-      AND NOT EXISTS (SELECT 1 FROM live WHERE live.id = keyed.job_id)
-)
-SELECT (SELECT count(*) FROM {part}), ARRAY(SELECT id FROM live)"""
-
-RETIRE = "SELECT {retire_fn}(%(part)s::oid::regclass, %(held)s::bigint[])"
+FREE_DAY_KEYS = "SELECT * FROM {free_keys_fn}(%(part)s)"
+RETIRE = "SELECT {retire_fn}(%(part)s, %(held)s::bigint[])"
 
 # What no partition could be retired for (the one the cutoff falls in, the DEFAULT partition,
 # those of a clear by another role) is walked once in physical order, through the history,
@@ -2338,8 +2353,9 @@ class Statements:
     def history_partitions(self) -> bytes:
         return self._render(HISTORY_PARTITIONS)
 
-    def retire_keys(self, schema: str, partition: str) -> bytes:
-        return self._render(RETIRE_KEYS, part=sql.Identifier(schema, partition))
+    @cached_property
+    def free_day_keys(self) -> bytes:
+        return self._render(FREE_DAY_KEYS)
 
     @cached_property
     def retire(self) -> bytes:
