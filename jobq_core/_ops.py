@@ -60,7 +60,8 @@ _KEY_RACE_RETRIES = 10
 #: Failed jobs, and as many cancelled ones, per statement when clearing: no statement holds
 #: many row locks for long.
 CLEAR_BATCH = 5000
-#: History blocks per statement when clearing: 1 MB, about 8,000 rows (benchmarks/README.md).
+#: History blocks per statement when clearing: 1 MB, about 8,000 rows (benchmarks/README.md),
+#: shared among the partitions walked.
 CLEAR_BLOCKS = 128
 #: Attempts to retire a history partition whose readers and writers keep it busy, before its
 #: rows are deleted by the walk instead.
@@ -439,10 +440,11 @@ def clear(st: Statements, older_than: timedelta | datetime,
             if kept is not None:
                 report(rows - kept)
                 break
-    blocks = max((size for _, _, _, is_default, lo, _, size, _ in
-                  (yield Stmt(st.history_partitions, events))
-                  if is_default or lo is None or lo < cutoff), default=0)
-    for lo in range(0, blocks, CLEAR_BLOCKS):
+    walked = [size for _, _, _, is_default, lo, _, size, _ in
+              (yield Stmt(st.history_partitions, events))
+              if is_default or lo is None or lo < cutoff]
+    step = max(1, CLEAR_BLOCKS // max(len(walked), 1))
+    for lo in range(0, max(walked, default=0), step):
         report((yield Stmt(st.clear_events_batch, {
-            "cutoff": cutoff, "lo": f"({lo},0)", "hi": f"({lo + CLEAR_BLOCKS},0)"}))[0][0])
+            "cutoff": cutoff, "lo": f"({lo},0)", "hi": f"({lo + step},0)"}))[0][0])
     return removed

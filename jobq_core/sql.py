@@ -1310,15 +1310,16 @@ RETIRE = "SELECT {retire_fn}(%(part)s, %(held)s::bigint[])"
 
 # What no partition could be retired for (the one the cutoff falls in, the DEFAULT partition,
 # those of a clear by another role) is walked once in physical order, through the history,
-# one fixed range of blocks per statement: a TID Range Scan of just those blocks in each
-# partition that holds rows older than the cutoff, with no sort and no index, so that the
-# walk reads each page once and its cost grows with the size of what is walked, not with its
-# square. (A partition is mostly in time order but freed space is reused, so no range can be
-# skipped by age.) Live jobs keep their history: their ids are looked up in the jobs' primary
-# key, once per job of the range. Written so because the generic plan (jobq's connections
-# force it) cannot size a TID range: a NOT EXISTS was planned as a hash of all 1M jobs for
-# each range (0.8 s against 10 ms), or with JIT compiling for 25 ms (benchmarks/README.md).
-# The keys of the `enqueued` events deleted are freed with them.
+# one range of blocks per statement, the same in each partition walked (the ranges add up to
+# 1 MB): a TID Range Scan of just those blocks in each partition that holds rows older than
+# the cutoff, with no sort and no index, so that the walk reads each page once and its cost
+# grows with the size of what is walked, not with its square. (A partition is mostly in time
+# order but freed space is reused, so no range can be skipped by age.) Live jobs keep their
+# history: their ids are looked up in the jobs' primary key, once per job of the range.
+# Written so because the generic plan (jobq's connections force it) cannot size a TID range:
+# a NOT EXISTS was planned as a hash of all 1M jobs for each range (0.8 s against 10 ms), or
+# with JIT compiling for 25 ms (benchmarks/README.md). The keys of the `enqueued` events
+# deleted are freed with them.
 CLEAR_EVENTS_BATCH = """
 WITH old AS MATERIALIZED (
     SELECT DISTINCT job_id FROM {events}
