@@ -33,13 +33,17 @@ from jobq_core.admin import Admin, ClearPreview
 SPAN_DAYS = 30
 #: The clear's age: about three quarters of the history is older.
 OLDER_THAN = "7d"
-LAYOUTS = ("days", "one")
+#: (name, partitioned by day, live jobs' history recent): daily partitions with a backlog of
+#: live jobs enqueued over the whole 30 days, the same with the live jobs' history all from
+#: the last day (a healthy queue: nothing old to keep), and one partition.
+LAYOUTS = (("days", True, False), ("days, live jobs recent", True, True), ("one", False, False))
 
 # Live jobs: 10% scheduled 30 days out (enqueued up to 30 days ago), 1% failed (half of
 # them older than the cutoff), 0.1% claimed, the rest ready. History: each live job's
-# `enqueued` event, dated by its created_at and interleaved with the rest, which are the
-# enqueued/claimed/completed events of completed jobs (ids above the live ones), spread over
-# 30 days in insertion order. A 200-byte payload on completed rows, as history keeps them.
+# `enqueued` event, dated by its created_at and interleaved with the rest (or, with `recent`,
+# dated within the last day), which are the enqueued/claimed/completed events of completed
+# jobs (ids above the live ones), spread over 30 days in insertion order. A 200-byte payload
+# on completed rows, as history keeps them.
 SETUP = """
 INSERT INTO svti_jobs (id, type, payload, priority, run_at, request_id, created_at)
 SELECT g, (ARRAY['send-email', 'resize-image', 'charge-card', 'sync-crm'])[1 + g %% 4],
@@ -55,7 +59,8 @@ UPDATE svti_jobs SET state = 'failed', failed_at = created_at, attempts = 5,
        last_error = 'TimeoutError: upstream took too long' WHERE id %% 100 = 2;
 INSERT INTO svti_jobs_events (occurred_at, job_id, type, event, request_id, attempt, worker,
                               payload)
-SELECT now() - interval '30 days' + g * (interval '30 days' / %(history)s),
+SELECT CASE WHEN %(recent)s AND g %% 10 = 0 THEN now() - (g %% 86400) * interval '1 second'
+            ELSE now() - interval '30 days' + g * (interval '30 days' / %(history)s) END,
        CASE WHEN g %% 10 = 0 THEN g / 10 ELSE %(jobs)s + g / 3 END,
        (ARRAY['send-email', 'resize-image', 'charge-card', 'sync-crm'])[1 + g %% 4],
        CASE WHEN g %% 10 = 0 THEN 'enqueued'
@@ -74,19 +79,20 @@ def load() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def populate(server: str, name: str, layout: str, history: int) -> str:
+def populate(server: str, name: str, days: bool, recent: bool, history: int) -> str:
     """A database at the latest schema with the history above: in daily partitions made for
-    the 30 days (`days`), or all in the DEFAULT partition, one heap (`one`)."""
+    the 30 days (`days`), or all in the DEFAULT partition, one heap."""
     dsn = fresh_database(server, name)
     with JobQueue(dsn) as queue:
         queue.migrate()
     with psycopg.connect(dsn, autocommit=True) as conn:
-        if layout == "days":
+        if days:
             conn.execute("SELECT svti_jobs_events_ahead(%s, now() - interval '31 days')",
                          (sql.HISTORY_AHEAD_DAYS,))
         for statement in SETUP.split(";\n"):
             if statement.strip():
-                conn.execute(statement, {"jobs": history // 10, "history": history})
+                conn.execute(statement, {"jobs": history // 10, "history": history,
+                                         "recent": recent})
     return dsn
 
 
@@ -143,11 +149,11 @@ def retire_by_hand(dsn: str, preview: ClearPreview) -> list[dict[str, Any]]:
         st = queue.statements
         parts = conn.execute(st.history_partitions,
                              {"events": st.names.regclass("_events")}).fetchall()
-        for part, schema, name, is_default, _, hi, _, _ in parts:
+        for part, _, name, is_default, _, hi, _, _ in parts:
             if is_default or hi is None or hi > preview.cutoff:
                 continue
             started = time.perf_counter()
-            rows, held = conn.execute(st.retire_keys(schema, name)).fetchone()  # type: ignore[misc]
+            rows, held = conn.execute(st.free_day_keys, {"part": part}).fetchone()  # type: ignore[misc]
             counted = time.perf_counter()
             kept = conn.execute(st.retire, {"part": part, "held": held}).fetchone()[0]  # type: ignore[index]
             days.append({"partition": name, "rows": rows, "kept": kept,
@@ -183,11 +189,11 @@ def explain(dsn: str) -> dict[str, dict[str, Any]]:
         }
         plans = {}
         for label, (query, params, small) in reads.items():
-            if small:
-                conn.execute(sql.SMALL_READS.encode())
-            rows = conn.execute(b"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query,
-                                params).fetchone()
-            conn.rollback()  # the fold writes
+            with conn.transaction(force_rollback=True):  # the fold writes
+                if small:
+                    conn.execute(sql.SMALL_READS.encode())
+                rows = conn.execute(b"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query,
+                                    params).fetchone()
             assert rows is not None
             plan = rows[0][0]
             nodes = _nodes(plan["Plan"])
@@ -225,10 +231,10 @@ def main() -> None:
     server = server_dsn(args.dsn)
     sizes = [int(s) for s in args.sizes.split(",")]
     results: dict[str, Any] = {"runs": []}
-    for history, layout in itertools.product(sizes, LAYOUTS):
-        source = f"jobq_bench_clear_{layout}_{history}"
+    for history, (layout, days, recent) in itertools.product(sizes, LAYOUTS):
+        source = f"jobq_bench_clear_{history}"
         started = time.perf_counter()
-        dsn = populate(server, source, layout, history)
+        dsn = populate(server, source, days, recent, history)
         print(f"{history:,} rows, {layout}: set up in {time.perf_counter() - started:.0f} s, "
               f"{shape(dsn)} (load {load()})", flush=True)
         with JobQueue(dsn) as queue:
@@ -251,16 +257,16 @@ def main() -> None:
               f"{c['before']['default_rows']:,} -> {c['after']['default_rows']:,} (load "
               f"{run['load_before']} before, {run['load_after']} after)",
               flush=True)
-        if layout == "days":
+        if days:
             copy = copy_of(server, source, "jobq_bench_clear_run")
-            run["retire_by_hand"] = days = retire_by_hand(copy, preview)
+            run["retire_by_hand"] = retired = retire_by_hand(copy, preview)
             drop(server, "jobq_bench_clear_run")
-            retire = sorted(d["retire_ms"] for d in days)
-            count = sorted(d["keys_and_count_ms"] for d in days)
-            print(f"  by hand, {len(days)} days: retire median {retire[len(retire) // 2]:.0f} ms"
+            retire = sorted(d["retire_ms"] for d in retired)
+            count = sorted(d["keys_and_count_ms"] for d in retired)
+            print(f"  by hand, {len(retired)} days: retire median {retire[len(retire) // 2]:.0f} ms"
                   f", max {retire[-1]:.0f} ms; keys and count median "
                   f"{count[len(count) // 2]:.0f} ms, max {count[-1]:.0f} ms", flush=True)
-            if args.explain and history == max(sizes):
+            if args.explain and history == max(sizes) and not recent:
                 run["plans"] = explain(dsn)
         drop(server, source)
         results["runs"].append(run)
