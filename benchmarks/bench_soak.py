@@ -50,7 +50,9 @@ RESULTS = Path(__file__).parent / "results"
 
 SAMPLE = """
 SELECT pg_relation_size('svti_jobs'), pg_indexes_size('svti_jobs'),
-       pg_total_relation_size('svti_jobs'), pg_total_relation_size('svti_jobs_events'),
+       pg_total_relation_size('svti_jobs'),
+       (SELECT sum(pg_total_relation_size(relid))::bigint  -- the history is partitioned by day
+        FROM pg_partition_tree('svti_jobs_events')),
        s.n_dead_tup, s.n_live_tup, s.autovacuum_count, s.autoanalyze_count, s.vacuum_count,
        (SELECT count(*) FROM svti_jobs)
 FROM pg_stat_user_tables s WHERE s.relid = 'svti_jobs'::regclass"""
