@@ -46,6 +46,8 @@ MIGRATIONS: list[tuple[int, str, Callable[[Statements, str | None], list[bytes]]
      lambda st, legacy: st.migration_6()),
     (7, "history partitioned by day; idempotency keys held in a table of their own",
      lambda st, legacy: st.migration_7()),
+    (8, "the queue table vacuumed and analyzed by its dead rows, not by its size",
+     lambda st, legacy: st.migration_8()),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

@@ -731,6 +731,20 @@ EXCEPTION WHEN check_violation THEN
 END
 $do$"""
 
+# Version 8: the queue table is vacuumed by its dead rows, not by its size. Every job leaves
+# dead row versions behind (each claim, heartbeat and retry writes a new one; completion
+# deletes it), and by default autovacuum waits for 20% of the table to be dead: behind a
+# backlog of 1M jobs that is 200,000 dead versions that every claim's index seeks step over
+# before vacuum comes. A fixed threshold and no cost delay keep the table and its partial
+# indexes near their live size (benchmarks/bench_soak.py); analyze follows the same way, so
+# the status estimates track a backlog as it grows. SET takes a lock that no reader or
+# writer waits for.
+CREATE_V8 = (
+    "ALTER TABLE {jobs} SET (autovacuum_vacuum_scale_factor = 0, "
+    "autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_cost_delay = 0, "
+    "autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 1000)",
+)
+
 # An upgrade builds the indexes of its migrations CONCURRENTLY first, outside the
 # migration's transaction, so that writers (older workers, in a rolling deploy) are never
 # blocked while a big table is indexed. Its own IF NOT EXISTS build then finds them done; when
@@ -2234,6 +2248,9 @@ class Statements:
     def migration_7(self) -> list[bytes]:
         return [self._render(s, concurrently=sql.SQL(""), **self._history_names())
                 for s in CREATE_V7]
+
+    def migration_8(self) -> list[bytes]:
+        return [self._render(s) for s in CREATE_V8]
 
     def early_steps(self, number: int) -> list[bytes]:
         """What an upgrade to `number` runs before its migration, besides its indexes."""

@@ -502,3 +502,13 @@ def test_a_history_the_early_bound_cannot_hold_is_attached_by_a_scan(dsn: str) -
         assert _partitions(conn)["svti_jobs_events_legacy"] == conn.execute(
             "SELECT format('FOR VALUES FROM (MINVALUE) TO (%L)', "
             "date_trunc('day', now(), 'UTC') + interval '1 day')").fetchone()[0]
+
+
+def test_the_queue_table_is_vacuumed_by_its_dead_rows_not_its_size(dsn: str) -> None:
+    """By default autovacuum waits for 20% of a table to be dead: behind a 1M backlog, 200,000
+    dead versions that every claim's seek steps over. Migration 8 sets a fixed threshold."""
+    with psycopg.connect(dsn) as conn:
+        (options,) = conn.execute(
+            "SELECT reloptions FROM pg_class WHERE oid = 'svti_jobs'::regclass").fetchone()
+    assert {"autovacuum_vacuum_scale_factor=0", "autovacuum_vacuum_threshold=1000",
+            "autovacuum_vacuum_cost_delay=0", "fillfactor=80"} <= set(options)
