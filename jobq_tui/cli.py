@@ -21,6 +21,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import unicodedata
@@ -618,6 +619,14 @@ def _follow(ctx: typer.Context, request_id: str, after: int, dsn: str | None, ta
             line = error_line(str(error), conninfo)
             typer.echo(f"{line}; retrying with backoff (up to every 10 s)", err=True)
 
+    def interrupted(signum: int, frame: object) -> None:
+        # Exit here, not by KeyboardInterrupt, which can be lost while the follower's
+        # connections open or wait (under load, a follower sent SIGINT kept following past
+        # 20 s). It holds nothing that a hard exit could lose.
+        typer.echo(error_line("interrupted", conninfo), err=True)
+        os._exit(EXIT_INTERRUPTED)
+
+    signal.signal(signal.SIGINT, interrupted)
     try:
         Names.parse(table)
         tail = TraceTail(request_id, after)
@@ -638,8 +647,6 @@ def _follow(ctx: typer.Context, request_id: str, after: int, dsn: str | None, ta
                     out.print(Text("  ").join([
                         cell(event.occurred_at), Text(f"job {event.job_id}"),
                         cell(event.event), cell(event.reason or event.result, 100)]))
-    except KeyboardInterrupt:
-        fail("interrupted", EXIT_INTERRUPTED)
     except JobqError as exc:
         fail(str(exc), exit_code_for(exc), conninfo)
     except psycopg.Error as exc:
