@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 
 def row(db: psycopg.Connection[Any], job_id: int) -> dict[str, Any] | None:
@@ -25,3 +29,27 @@ def backdate(db: psycopg.Connection[Any], job_id: int, **columns: str) -> None:
     """Move a job's timestamps into the past, e.g. lease_until="1 second"."""
     sets = ", ".join(f"{col} = now() - interval '{ago}'" for col, ago in columns.items())
     db.execute(f"UPDATE svti_jobs SET {sets} WHERE id = %s", (job_id,))
+
+
+#: The writes a worker's role is granted on the queue's tables (README, "Privileges"), less
+#: the rates, which some tests leave out.
+WRITE_ALL = ("SELECT, INSERT, UPDATE, DELETE ON svti_jobs, svti_jobs_events, svti_jobs_keys, "
+             "svti_jobs_pauses, svti_jobs_workers")
+
+
+@contextmanager
+def as_new_role(db: psycopg.Connection[Any], dsn: str, *grants: str
+                ) -> Iterator[psycopg.Connection[Any]]:
+    """A connection acting as a new role that holds only `grants` (each "privileges ON
+    objects", granted to the role); the role and what it owns are dropped afterwards."""
+    role = sql.Identifier(f"jobq_role_{secrets.token_hex(4)}")
+    db.execute(sql.SQL("CREATE ROLE {}").format(role))
+    try:
+        for grant in grants:
+            db.execute(sql.SQL("GRANT " + grant + " TO {}").format(role))
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("SET ROLE {}").format(role))
+            yield conn
+    finally:
+        db.execute(sql.SQL("DROP OWNED BY {}").format(role))
+        db.execute(sql.SQL("DROP ROLE {}").format(role))

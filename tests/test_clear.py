@@ -4,7 +4,6 @@ per-minute rates are folded before the history they come from is deleted."""
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,12 +12,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from jobq_core import JobQueue, _ops
 from jobq_core.admin import Admin
 
-from .helpers import backdate, events
+from .helpers import WRITE_ALL, as_new_role, backdate, events
 
 
 @pytest.fixture
@@ -211,28 +209,14 @@ def test_a_role_that_may_not_write_the_rates_still_clears(
 ) -> None:
     """Folding needs INSERT and DELETE on the rates; a role without them clears all the
     same (and the rates stay as they were)."""
-    role = f"jobq_clear_{secrets.token_hex(4)}"
-    ident = sql.Identifier(role)
-    db.execute(sql.SQL("CREATE ROLE {}").format(ident))
-    try:
-        db.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON svti_jobs, svti_jobs_events, "
-                           "svti_jobs_keys, svti_jobs_pauses, svti_jobs_workers TO {}"
-                           ).format(ident))
-        db.execute(sql.SQL("GRANT SELECT ON svti_jobs_migrations, svti_jobs_rates "
-                           "TO {}").format(ident))
-        with JobQueue(dsn) as owner:
-            _complete(owner, db, "mail", [180, 180])
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("SET ROLE {}").format(ident))
-            with JobQueue(conn) as queue:
-                assert queue.clear(older_than="1m") == 6
-                assert queue.fold_rates() == 0
-        assert db.execute("SELECT count(*) FROM svti_jobs_events").fetchone()[0] == 0
-        assert db.execute("SELECT count(*) FROM svti_jobs_rates").fetchone()[0] == 0
-    finally:
-        db.execute(sql.SQL("DROP OWNED BY {}").format(ident))
-        db.execute(sql.SQL("DROP ROLE {}").format(ident))
-
+    with JobQueue(dsn) as owner:
+        _complete(owner, db, "mail", [180, 180])
+    with as_new_role(db, dsn, WRITE_ALL, "SELECT ON svti_jobs_migrations, svti_jobs_rates"
+                     ) as conn, JobQueue(conn) as queue:
+        assert queue.clear(older_than="1m") == 6
+        assert queue.fold_rates() == 0
+    assert db.execute("SELECT count(*) FROM svti_jobs_events").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM svti_jobs_rates").fetchone()[0] == 0
 
 def test_failed_and_cancelled_jobs_are_cleared_batch_by_batch(
     setup: tuple[JobQueue, Admin], db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch

@@ -5,7 +5,6 @@ made ahead by every fold, moving rows out of the DEFAULT partition."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,7 +16,7 @@ from psycopg import sql
 from jobq_core import JobQueue, _ops
 from jobq_core.admin import Admin, ClearPreview
 
-from .helpers import backdate, events
+from .helpers import WRITE_ALL, as_new_role, backdate, events
 
 
 @pytest.fixture
@@ -121,24 +120,11 @@ def test_a_role_that_does_not_own_the_history_clears_it_row_by_row(
     for job_id in (*done, live):
         _date(db, job_id, db.execute("SELECT now() - interval '10 days'").fetchone()[0])
     days = set(_days(db))
-    role = f"jobq_clear_{secrets.token_hex(4)}"
-    ident = sql.Identifier(role)
-    db.execute(sql.SQL("CREATE ROLE {}").format(ident))
-    try:
-        db.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON svti_jobs, svti_jobs_events, "
-                           "svti_jobs_keys, svti_jobs_rates, svti_jobs_pauses, svti_jobs_workers "
-                           "TO {}").format(ident))
-        db.execute(sql.SQL("GRANT SELECT ON svti_jobs_migrations TO {}").format(ident))
-        db.execute(sql.SQL("GRANT USAGE ON SEQUENCE svti_jobs_id_seq TO {}").format(ident))
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("SET ROLE {}").format(ident))
-            with JobQueue(conn) as other:
-                assert other.clear(older_than="7d") == 9
-                assert other.enqueue("t", idempotency_key="k0") not in done
-                assert other.enqueue("t", idempotency_key="k-live") == live
-    finally:
-        db.execute(sql.SQL("DROP OWNED BY {}").format(ident))
-        db.execute(sql.SQL("DROP ROLE {}").format(ident))
+    with as_new_role(db, dsn, f"{WRITE_ALL}, svti_jobs_rates", "SELECT ON svti_jobs_migrations",
+                     "USAGE ON SEQUENCE svti_jobs_id_seq") as conn, JobQueue(conn) as other:
+        assert other.clear(older_than="7d") == 9
+        assert other.enqueue("t", idempotency_key="k0") not in done
+        assert other.enqueue("t", idempotency_key="k-live") == live
     assert set(_days(db)) == days
     assert events(db, live) == ["enqueued"]
     assert queue.clear(older_than="7d") == 0
@@ -210,21 +196,9 @@ def test_every_fold_keeps_days_ahead_and_moves_their_rows_out_of_the_default(
     before = db.execute("SELECT array_agg(e::text ORDER BY id) FROM svti_jobs_events AS e"
                         ).fetchone()[0]
     assert _where(db, 1) == _where(db, 2) == {"svti_jobs_events_default"}
-    role = f"jobq_fold_{secrets.token_hex(4)}"
-    ident = sql.Identifier(role)
-    db.execute(sql.SQL("CREATE ROLE {}").format(ident))
-    try:
-        db.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON svti_jobs, svti_jobs_events, "
-                           "svti_jobs_keys, svti_jobs_rates, svti_jobs_pauses, svti_jobs_workers "
-                           "TO {}").format(ident))
-        db.execute(sql.SQL("GRANT SELECT ON svti_jobs_migrations TO {}").format(ident))
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("SET ROLE {}").format(ident))
-            with JobQueue(conn) as worker:
-                worker.fold_rates()
-    finally:
-        db.execute(sql.SQL("DROP OWNED BY {}").format(ident))
-        db.execute(sql.SQL("DROP ROLE {}").format(ident))
+    with as_new_role(db, dsn, f"{WRITE_ALL}, svti_jobs_rates", "SELECT ON svti_jobs_migrations"
+                     ) as conn, JobQueue(conn) as worker:
+        worker.fold_rates()
     assert _days(db) == days
     assert _where(db, 1) == {ahead[0][1]} and _where(db, 2) == {ahead[1][1]}
     assert db.execute("SELECT array_agg(e::text ORDER BY id) FROM svti_jobs_events AS e"
