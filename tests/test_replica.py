@@ -103,13 +103,17 @@ class Pair:
             row = conn.execute(sql).fetchone()
             return row[0] if row else None
 
-    def sync(self) -> None:
-        """Wait until the standby has replayed everything the primary wrote so far."""
+    def _caught_up(self, position: str, what: str) -> None:
+        """Wait until the standby's `position` (a WAL LSN function) reaches where the
+        primary's WAL ends now."""
         with psycopg.connect(self.primary, autocommit=True) as conn:
             row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
         assert row is not None
-        wait_for(lambda: self._standby(
-            f"SELECT pg_last_wal_replay_lsn() >= '{row[0]}'::pg_lsn"), "the standby's replay")
+        wait_for(lambda: self._standby(f"SELECT {position}() >= '{row[0]}'::pg_lsn"), what)
+
+    def sync(self) -> None:
+        """Wait until the standby has replayed everything the primary wrote so far."""
+        self._caught_up("pg_last_wal_replay_lsn", "the standby's replay")
 
     def pause_replay(self) -> None:
         self._standby("SELECT pg_wal_replay_pause()")
@@ -121,11 +125,7 @@ class Pair:
 
     def received_all(self) -> None:
         """Wait until the standby has received (not replayed) all the primary wrote."""
-        with psycopg.connect(self.primary, autocommit=True) as conn:
-            row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
-        assert row is not None
-        wait_for(lambda: self._standby(
-            f"SELECT pg_last_wal_receive_lsn() >= '{row[0]}'::pg_lsn"), "the standby's receipt")
+        self._caught_up("pg_last_wal_receive_lsn", "the standby's receipt")
 
 
 def wait_for(check: Callable[[], Any], what: str) -> Any:
