@@ -519,9 +519,10 @@ def stats(st: Statements, *, fold: bool = True) -> Op[list[TypeStats]]:
     history. Runs in one transaction (the caller's), of small reads (`sql.SMALL_READS`).
     Folds the rates first, unless not to `fold` (a standby, which cannot write, shows what
     the primary's runners folded)."""
-    yield Stmt(sql.SMALL_READS.encode())
     if fold:
-        yield from _ops.fold_rates(st)
+        yield from _ops.fold_rates(st)  # which sets the transaction for small reads
+    else:
+        yield Stmt(sql.SMALL_READS.encode())
     types = [r[0] for r in (yield Stmt(st.stats_types))]
     paused = {p.type: p for p in (yield from pauses(st))}
     served = {r[0] for r in (yield Stmt(st.stats_served))}

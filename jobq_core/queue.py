@@ -250,9 +250,10 @@ async def _own_json_async(conn: psycopg.AsyncConnection[Any]) -> None:
     set_json_loads(load_json, conn)
 
 
-def _run_sync(conn: psycopg.Connection[Any], op: Op[T], *, own: bool = False) -> T:
-    """Drive `op` on `conn`. On a connection not of the queue's own pool (`own`), json is
-    read jobq's way per cursor, so the caller's own reads keep their loaders."""
+def _run_sync(conn: psycopg.Connection[Any], op: Op[T], *, loaders_set: bool = False) -> T:
+    """Drive `op` on `conn`. Unless the connection reads json jobq's way already
+    (`loaders_set`: one of the queue's own pool), each cursor is set to, so the caller's
+    own reads keep their loaders."""
     try:
         stmt = next(op)
         while True:
@@ -263,7 +264,7 @@ def _run_sync(conn: psycopg.Connection[Any], op: Op[T], *, own: bool = False) ->
                 stmt = op.send([])
                 continue
             cur = conn.cursor()
-            if not own:
+            if not loaders_set:
                 set_json_loads(load_json, cur)
             cur.execute(stmt.query, stmt.params)
             stmt = op.send(cur.fetchall() if cur.description else [])
@@ -272,7 +273,8 @@ def _run_sync(conn: psycopg.Connection[Any], op: Op[T], *, own: bool = False) ->
         return result
 
 
-async def _run_async(conn: psycopg.AsyncConnection[Any], op: Op[T], *, own: bool = False) -> T:
+async def _run_async(conn: psycopg.AsyncConnection[Any], op: Op[T], *,
+                     loaders_set: bool = False) -> T:
     try:
         stmt = next(op)
         while True:
@@ -283,7 +285,7 @@ async def _run_async(conn: psycopg.AsyncConnection[Any], op: Op[T], *, own: bool
                 stmt = op.send([])
                 continue
             acur = conn.cursor()
-            if not own:
+            if not loaders_set:
                 set_json_loads(load_json, acur)
             await acur.execute(stmt.query, stmt.params)
             stmt = op.send(await acur.fetchall() if acur.description else [])
@@ -396,9 +398,9 @@ class JobQueue(_QueueCore):
                 raise classify(exc, broken=_is_broken(conn)) from None
         with self.connection() as own:
             if own.autocommit and not atomic:
-                return _run_sync(own, op, own=self._owns_pool)
+                return _run_sync(own, op, loaders_set=self._owns_pool)
             with own.transaction():
-                return _run_sync(own, op, own=self._owns_pool)
+                return _run_sync(own, op, loaders_set=self._owns_pool)
 
     def migrate(self) -> list[bytes]:
         """Create or migrate the tables now (first use does this by itself)."""
@@ -742,9 +744,9 @@ class AsyncJobQueue(_QueueCore):
                 raise classify(exc, broken=_is_broken(conn)) from None
         async with self.connection() as own:
             if own.autocommit and not atomic:
-                return await _run_async(own, op, own=self._owns_pool)
+                return await _run_async(own, op, loaders_set=self._owns_pool)
             async with own.transaction():
-                return await _run_async(own, op, own=self._owns_pool)
+                return await _run_async(own, op, loaders_set=self._owns_pool)
 
     async def migrate(self) -> list[bytes]:
         try:

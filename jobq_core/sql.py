@@ -1061,7 +1061,7 @@ CLAIM_ANY = (
 )
 CLAIM_TYPED = (
     _CLAIM.replace("__TYPES__", _GIVEN_TYPES).replace("__EXPIRED__", _EXPIRED)
-    .replace("__READY__", _READY_TYPED).replace("__TAKE__", _TAKE).replace("__WANTED__", _WANTED)
+    .replace("__READY__", _READY_TYPED).replace("__WANTED__", _WANTED)
     .replace("__COLUMNS__", JOB_COLUMNS).replace("__ASYNC_COMMIT__", _ASYNC_COMMIT)
 )
 
@@ -1679,10 +1679,6 @@ WITH t AS (
     FROM pg_stats AS s, t
     WHERE s.schemaname = t.nspname AND s.tablename = t.relname AND NOT s.inherited
       AND s.attname IN ('type', 'state', 'run_at')
-      -- both factors or none: one alone would count every state, or every type
-      AND (SELECT count(*) FROM pg_stats AS b
-           WHERE b.schemaname = t.nspname AND b.tablename = t.relname AND NOT b.inherited
-             AND b.attname IN ('type', 'state')) = 2
 ), share AS (
     -- a value's share: its own frequency when it is a common value, otherwise an even split
     -- of what the common values leave
@@ -1706,7 +1702,9 @@ WITH t AS (
 SELECT s.type, s.state, round(t.reltuples * exp(sum(ln(greatest(s.part, 1e-12)))))::bigint,
        coalesce((SELECT part FROM due), 0.5)
 FROM share AS s, t
-GROUP BY s.type, s.state, t.reltuples"""
+GROUP BY s.type, s.state, t.reltuples
+-- both factors or none: one alone would count every state, or every type
+HAVING count(*) = 2"""
 
 # Fold finished minutes of history into the rates table, at most one hour back and never
 # the last 10 seconds' minute (its events may not all be committed). Idempotent: a minute is
