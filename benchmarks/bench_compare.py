@@ -16,7 +16,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -579,6 +579,8 @@ def parse(argv: list[str] | None) -> Config:
     parser.add_argument("--pgqueuer-batch", type=_ints)
     parser.add_argument("--procrastinate-concurrency", type=_ints)
     parser.add_argument("--scale-concurrency", type=int, default=1024)
+    parser.add_argument("--scale-jobs", type=int,
+                        help="jobs handled per scale measurement (default 20,000)")
     parser.add_argument("--keep-templates", action="store_true",
                         help="keep the scale cells' template databases after the run")
     parser.add_argument("--json", type=Path, help="default: results/compare.json "
@@ -601,6 +603,8 @@ def parse(argv: list[str] | None) -> Config:
     quick = args.quick
     sizes = (_scale.Sizes(backlog=20_000, per_type=400, orphans=2_000, history=200_000,
                           jobs=1_000) if quick else _scale.Sizes())
+    if args.scale_jobs:
+        sizes = replace(sizes, jobs=args.scale_jobs)
     cfg = Config(
         server=server_dsn(args.dsn), prefix=args.prefix,
         reps=args.reps or (1 if quick else 3), quick=quick, cells=cells, systems=systems,
