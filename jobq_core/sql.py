@@ -990,11 +990,13 @@ _READY_SEEK = """CROSS JOIN LATERAL (
 # they are taken: no sort sits above a lock, so the rest round stops locking once the batch
 # is full, and no more rows are locked than are taken.
 _READY_TYPED = """active AS (
-    -- the types with a due job, by a seek each, numbered in turn order from 0
+    -- the types with a due job, by a seek each, numbered in turn order from 0; a claim of one
+    -- type needs no such seek (its share seek finds the same), and no leftover round
     SELECT name, (row_number() OVER (ORDER BY name) - 1 + %(turn)s) %% count(*) OVER () AS turn,
            count(*) OVER () AS k
     FROM given
-    WHERE EXISTS (SELECT FROM {jobs} WHERE state = 'pending' AND type >= given.name
+    WHERE (SELECT count(*) FROM given) = 1
+       OR EXISTS (SELECT FROM {jobs} WHERE state = 'pending' AND type >= given.name
                   AND type <= given.name AND run_at <= now())
     ORDER BY 2
 ), share AS (
@@ -1005,7 +1007,7 @@ _READY_TYPED = """active AS (
     ) AS t
     __SHARE_SEEK__
 ), rest AS (
-    SELECT r.id FROM active AS t
+    SELECT r.id FROM (SELECT * FROM active WHERE k > 1) AS t
     __REST_SEEK__
     LIMIT __WANTED__ - (SELECT count(*) FROM share)
 ), ready AS (
