@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,3 +54,32 @@ def as_new_role(db: psycopg.Connection[Any], dsn: str, *grants: str
     finally:
         db.execute(sql.SQL("DROP OWNED BY {}").format(role))
         db.execute(sql.SQL("DROP ROLE {}").format(role))
+
+
+def _plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _plan_nodes(child)
+
+
+def generic_plan(db: psycopg.Connection[Any], query: bytes,
+                 params: dict[str, tuple[Any, str]]) -> list[dict[str, Any]]:
+    """The nodes of `query` as the queue's connections run it, a generic plan: prepared,
+    then executed under EXPLAIN ANALYZE and rolled back, so it changes nothing. `params` maps
+    each %(name)s to its value and type. (Parameters sent with an EXPLAIN are planned as
+    values: a custom plan.)"""
+    text = query.decode()
+    names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", text)))
+    for n, name in enumerate(names, 1):
+        text = text.replace(f"%({name})s", f"${n}")
+    signature = ", ".join(params[name][1] for name in names)
+    db.execute("SET plan_cache_mode = force_generic_plan")
+    db.execute("DEALLOCATE ALL")
+    db.execute(f"PREPARE planned ({signature}) AS {text.replace('%%', '%')}")
+    # Values as literals: a utility statement takes no bound parameters.
+    values = sql.SQL(", ").join(sql.Literal(params[name][0]) for name in names)
+    with db.transaction(force_rollback=True):
+        row = db.execute(sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE planned ({})").format(
+            values)).fetchone()
+    assert row is not None
+    return list(_plan_nodes(row[0][0]["Plan"]))

@@ -6,43 +6,17 @@ loop over it, n x n rows: 1M for a batch of 1,000 acks, which held a runner at c
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from jobq_core import JobQueue, NewJob
 
+from .helpers import generic_plan
+
 BATCH = 400
-
-
-def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from _nodes(child)
-
-
-def generic_plan(db: psycopg.Connection[Any], query: bytes,
-                 params: dict[str, tuple[Any, str]]) -> list[dict[str, Any]]:
-    """`query` prepared as the queue's connections run it (a generic plan), then executed
-    under EXPLAIN ANALYZE and rolled back. `params` maps each %(name)s to its value and type."""
-    text = query.decode()
-    names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", text)))
-    for n, name in enumerate(names, 1):
-        text = text.replace(f"%({name})s", f"${n}")
-    signature = ", ".join(params[name][1] for name in names)
-    db.execute("SET plan_cache_mode = force_generic_plan")
-    db.execute("DEALLOCATE ALL")
-    db.execute(f"PREPARE batch ({signature}) AS {text.replace('%%', '%')}")
-    values = sql.SQL(", ").join(sql.Literal(params[name][0]) for name in names)
-    with db.transaction(force_rollback=True):
-        row = db.execute(sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE batch ({})").format(
-            values)).fetchone()
-    assert row is not None
-    return list(_nodes(row[0][0]["Plan"]))
 
 
 @pytest.fixture

@@ -8,9 +8,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from jobq_core import JobQueue
+
+from .helpers import generic_plan
 
 #: Statistics as ANALYZE leaves them, and as hostile as they get: the planner told that
 #: every row has the same type, so filtering a walk of the claim-order index looks free.
@@ -38,37 +39,18 @@ def backlog(dsn: str, db: psycopg.Connection[Any]) -> Iterator[JobQueue]:
         yield queue
 
 
-def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from _nodes(child)
-
-
-#: The claim's parameters, in the order of a prepared statement's $n, with their types.
-PARAMETERS = (("limit", "int2"), ("types", "text[]"), ("lease_ms", "int4"), ("worker", "text"),
-              ("turn", "int8"))
+#: The claim's parameters and their types.
+PARAMETERS = {"limit": "int2", "types": "text[]", "lease_ms": "int4", "worker": "text",
+              "turn": "int8"}
 
 
 def executed_plan(db: psycopg.Connection[Any], queue: JobQueue, types: list[str] | None,
                   limit: int = 10) -> list[dict[str, Any]]:
-    """The claim (untyped when `types` is None) as the queue runs it, a generic plan:
-    prepared, then executed under EXPLAIN ANALYZE and rolled back, so nothing is claimed.
-    (Parameters sent with an EXPLAIN are planned as values: a custom plan.)"""
+    """The claim (untyped when `types` is None) as the queue runs it, a generic plan."""
     st = queue.statements
-    query = (st.claim_any if types is None else st.claim_typed).decode()
-    for n, (name, _) in enumerate(PARAMETERS, 1):
-        query = query.replace(f"%({name})s", f"${n}")
-    signature = ", ".join(kind for _, kind in PARAMETERS)
-    db.execute("SET plan_cache_mode = force_generic_plan")
-    db.execute("DEALLOCATE ALL")
-    db.execute(f"PREPARE claim ({signature}) AS {query.replace('%%', '%')}")
-    with db.transaction(force_rollback=True):
-        # Values as literals: a utility statement takes no bound parameters.
-        row = db.execute(sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim "
-                                 "({}, {}::text[], 30000, 'w', 0)").format(
-            sql.Literal(limit), sql.Literal(types))).fetchone()
-    assert row is not None
-    return list(_nodes(row[0][0]["Plan"]))
+    values = {"limit": limit, "types": types, "lease_ms": 30000, "worker": "w", "turn": 0}
+    return generic_plan(db, st.claim_any if types is None else st.claim_typed,
+                        {name: (values[name], kind) for name, kind in PARAMETERS.items()})
 
 
 def rows_read(nodes: list[dict[str, Any]], index: str) -> int:
