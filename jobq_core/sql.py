@@ -1007,8 +1007,9 @@ _READY_TYPED = """active AS (
     ) AS t
     __SHARE_SEEK__
 ), rest AS (
-    SELECT r.id FROM (SELECT * FROM active WHERE k > 1) AS t
+    SELECT r.id FROM active AS t
     __REST_SEEK__
+    WHERE t.k > 1
     LIMIT __WANTED__ - (SELECT count(*) FROM share)
 ), ready AS (
     SELECT id FROM share UNION ALL SELECT id FROM rest
