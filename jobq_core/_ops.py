@@ -327,8 +327,8 @@ def worker_gone(st: Statements, worker_id: str) -> Op[None]:
     yield Stmt(st.worker_gone, {"id": worker_id})
 
 
-def claim_job(st: Statements, job_id: int, lease_ms: object, worker: str) -> Op[Job | None]:
-    rows = yield Stmt(st.claim_job, {
+def claim_by_id(st: Statements, job_id: int, lease_ms: object, worker: str) -> Op[Job | None]:
+    rows = yield Stmt(st.claim_by_id, {
         "id": validate_id(job_id), "lease_ms": validate_lease_ms(lease_ms),
         "worker": validate_worker(worker),
     })

@@ -1053,11 +1053,11 @@ class Admin:
     `list_jobs`, `show`, `trace` (and `trace_pages`), `stats`, `pauses` and `workers`, after a
     check, at the first of them, that it is a standby of this very database (`ReplicaError`
     otherwise); `replication` says how far behind it is. Everything else uses `queue`, the
-    primary: every action, its `preview` and `select` (an action acts on what was previewed),
-    `doctor` (the primary's tables and sessions), and the trace follower (`poll_trace`,
-    `follow`), whose gap-free delivery rests on the order in which the primary hands out
-    transaction ids, which a standby only learns from the WAL, and whose NOTIFY only the
-    primary sends."""
+    primary: every action, its `preview` and `matching_ids` (an action acts on what was
+    previewed), `doctor` (the primary's tables and sessions), and the trace follower
+    (`poll_trace`, `follow`), whose gap-free delivery rests on the order in which the primary
+    hands out transaction ids, which a standby only learns from the WAL, and whose NOTIFY only
+    the primary sends."""
 
     def __init__(self, queue: JobQueue, *, reads: JobQueue | None = None) -> None:
         self.queue = queue
@@ -1213,7 +1213,7 @@ class Admin:
             _close(conn)
             return None  # polling meanwhile; the next quiet moment tries again
 
-    def select(self, filter: JobFilter | str) -> list[int]:
+    def matching_ids(self, filter: JobFilter | str) -> list[int]:
         return self._run(matching_ids(self._st, as_filter(filter)))
 
     def preview(self, action: str, ids: Sequence[int]) -> Preview:
@@ -1368,7 +1368,7 @@ class AsyncAdmin:
                 return
             after = batch[-1].id
 
-    async def select(self, filter: JobFilter | str) -> list[int]:
+    async def matching_ids(self, filter: JobFilter | str) -> list[int]:
         return await self._run(matching_ids(self._st, as_filter(filter)))
 
     async def preview(self, action: str, ids: Sequence[int]) -> Preview:

@@ -37,7 +37,11 @@ _ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(","
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """A job as a claimer sees it. `lease_token` fences complete, fail and extend."""
+    """A job as a claimer sees it. `lease_token` fences complete, fail and extend.
+
+    `attempts` counts the claims so far, so a claimed job's `attempts` is the number of the
+    attempt under way: the `attempt` of the events it writes (`Event.attempt`) and of the
+    runner's `ctx.attempt`. The plural is the count on the job; the singular, which one."""
 
     id: int
     type: str

@@ -204,10 +204,10 @@ class _QueueCore:
             raise InvalidInputError(f"lease_ms gives {len(leases)} leases for {len(held)} jobs")
         return _ops.heartbeat(self.statements, held, leases)
 
-    def _claim_job_op(
+    def _claim_by_id_op(
         self, job_id: int, lease_ms: int | None, worker: str | None
     ) -> Op[Job | None]:
-        return _ops.claim_job(
+        return _ops.claim_by_id(
             self.statements, job_id, self.default_lease_ms if lease_ms is None else lease_ms,
             worker or default_worker_name(),
         )
@@ -567,11 +567,11 @@ class JobQueue(_QueueCore):
         """Which of these jobs an operator cancelled, with who and why."""
         return self._run(_ops.cancelled(self.statements, ids))
 
-    def claim_job(
+    def claim_by_id(
         self, job_id: int, *, lease_ms: int | None = None, worker: str | None = None
     ) -> Job | None:
         """Claim this job if it is due (or its lease expired); None otherwise."""
-        return self._run(self._claim_job_op(job_id, lease_ms, worker))
+        return self._run(self._claim_by_id_op(job_id, lease_ms, worker))
 
     def outcome(self, job_id: int) -> _ops.Outcome:
         """Where the job stands: pending, claimed, failed (with its error) or completed (with
@@ -879,10 +879,10 @@ class AsyncJobQueue(_QueueCore):
     async def cancelled(self, ids: Sequence[int]) -> dict[int, str]:
         return await self._run(_ops.cancelled(self.statements, ids))
 
-    async def claim_job(
+    async def claim_by_id(
         self, job_id: int, *, lease_ms: int | None = None, worker: str | None = None
     ) -> Job | None:
-        return await self._run(self._claim_job_op(job_id, lease_ms, worker))
+        return await self._run(self._claim_by_id_op(job_id, lease_ms, worker))
 
     async def outcome(self, job_id: int) -> _ops.Outcome:
         return await self._run(_ops.outcome(self.statements, job_id))

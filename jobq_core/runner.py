@@ -279,7 +279,7 @@ class _Attempt:
             self.handler.cancel()
 
 
-class _Outcome:
+class _AttemptEnd:
     COMPLETED, RETRIED, FAILED, DISCARDED = "completed", "retried", "failed", "discarded"
 
 
@@ -1126,7 +1126,7 @@ class TaskRunner:
                 attempt.acking = True
                 self._acks.put_nowait((attempt, result, started))
                 handed_over = True  # the acker completes it and frees the slot
-                return _Outcome.COMPLETED, result
+                return _AttemptEnd.COMPLETED, result
             try:
                 await self._queue_call("complete", job, result=result)
             except LeaseLostError:
@@ -1134,7 +1134,7 @@ class TaskRunner:
                 return self._discard(attempt, started, "lease lost before the ack")
             self.counters["completed"] += 1
             self._emit("completed", job, duration=time.monotonic() - started, result=result)
-            return _Outcome.COMPLETED, result
+            return _AttemptEnd.COMPLETED, result
         finally:
             if not handed_over:
                 self._release_slot(attempt)
@@ -1145,13 +1145,13 @@ class TaskRunner:
             self.counters["cancelled"] += 1
             self._emit("cancelled", attempt.job, error=attempt.operator,
                        duration=time.monotonic() - started)
-            return _Outcome.DISCARDED, None
+            return _AttemptEnd.DISCARDED, None
         why = reason or attempt.cancel_reason or "cancelled"
         self.counters["discarded"] += 1
         log.info("job %s: result discarded (%s)", attempt.job.id, why)
         if reason is not None:
             self._emit("lease_lost", attempt.job, error=why, duration=time.monotonic() - started)
-        return _Outcome.DISCARDED, None
+        return _AttemptEnd.DISCARDED, None
 
     async def _fail(self, attempt: _Attempt, reason: str, *, retry: bool, started: float,
                     exc: BaseException | None = None) -> tuple[str, Any]:
@@ -1182,10 +1182,10 @@ class TaskRunner:
             self._retries_due.append(now + delay)
             if self._loop is not None:
                 self._loop.call_later(delay, self._wake_up)  # pick our own retry up on time
-            return _Outcome.RETRIED, exc
+            return _AttemptEnd.RETRIED, exc
         self.counters["failed"] += 1
         self._emit("failed", job, duration=duration, error=reason)
-        return _Outcome.FAILED, exc
+        return _AttemptEnd.FAILED, exc
 
     async def _execute(self, attempt: _Attempt) -> Any:
         task, job = attempt.task, attempt.job
@@ -1267,13 +1267,13 @@ class TaskRunner:
                     return finished_result(job_id, done)
                 lease_ms = self._tasks[type].lease_ms or self.lease_ms
                 job = await self._queue_call(
-                    "claim_job", job_id, lease_ms=lease_ms, worker=self.worker_name)
+                    "claim_by_id", job_id, lease_ms=lease_ms, worker=self.worker_name)
                 if job is not None:
                     outcome, value = await self._attempt(self._begin(job, lease_ms),
                                                          batch_ack=False)
-                    if outcome == _Outcome.COMPLETED:
+                    if outcome == _AttemptEnd.COMPLETED:
                         return value
-                    if outcome == _Outcome.FAILED and isinstance(value, BaseException):
+                    if outcome == _AttemptEnd.FAILED and isinstance(value, BaseException):
                         raise value
                     continue
                 wait = 1.0 if deadline is None else deadline - time.monotonic()

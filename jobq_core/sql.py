@@ -1216,7 +1216,7 @@ WITH hand AS (
 SELECT id, pg_notify({channel}, '')::text FROM upd"""
 
 # Claim one given job, if it is due or its lease expired (inline runs).
-CLAIM_JOB = """
+CLAIM_BY_ID = """
 WITH cur AS (
     SELECT id, state FROM {jobs}
     WHERE id = %(id)s AND ((state = 'pending' AND run_at <= now())
@@ -2202,8 +2202,8 @@ class Statements:
         return self._render(RELEASE)
 
     @cached_property
-    def claim_job(self) -> bytes:
-        return self._render(CLAIM_JOB)
+    def claim_by_id(self) -> bytes:
+        return self._render(CLAIM_BY_ID)
 
     @cached_property
     def outcome(self) -> bytes:

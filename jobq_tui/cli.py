@@ -377,8 +377,8 @@ def _ids_or_filter(ids: list[int] | None, filter_text: str | None, admin: Admin,
         raise InvalidInputError("give job ids or a filter")
     chosen = parse_filter(filter_text or "")
     if chosen.state is not None or not states:
-        return admin.select(chosen)
-    return sorted({i for state in states for i in admin.select(replace(chosen, state=state))})
+        return admin.matching_ids(chosen)
+    return sorted({i for state in states for i in admin.matching_ids(replace(chosen, state=state))})
 
 
 # -- reading ----------------------------------------------------------------------------------

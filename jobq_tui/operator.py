@@ -116,7 +116,7 @@ class Operator:
 
     def start_retry_matching(self, flt: JobFilter) -> None:
         async def flow() -> None:
-            ids = await self.admin.select(replace(flt, state="failed"))
+            ids = await self.admin.matching_ids(replace(flt, state="failed"))
             if not ids:
                 self.app.notify("no failed jobs match " + (visible(flt.describe()) or "—"),
                                 severity="warning", markup=False)

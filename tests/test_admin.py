@@ -170,7 +170,7 @@ def test_retry_by_filter_and_at_a_time(setup: Any, db: psycopg.Connection[Any]) 
     queue.enqueue_many([NewJob("a")] * 3 + [NewJob("b")])
     for job in queue.claim_many(4):
         queue.fail(job, reason="x")
-    ids = admin.select("state:failed type:a")
+    ids = admin.matching_ids("state:failed type:a")
     assert len(ids) == 3
     at = datetime.now(UTC) + timedelta(hours=1)
     assert admin.retry(ids, run_at=at).changed == 3

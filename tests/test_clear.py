@@ -52,25 +52,25 @@ def test_live_jobs_keep_their_whole_timeline(
 
     retrying = queue.enqueue("sync", request_id="req-retrying")
     for _ in range(3):
-        job = queue.claim_job(retrying)
+        job = queue.claim_by_id(retrying)
         assert job is not None
         queue.fail(job, reason="upstream down", retry=True)
     _age_events(db, retrying, 8, 8, 7.9, 6, 5.9, 3, 2.9)  # enqueued, 3 x (claimed, failed)
 
     failed_new = queue.enqueue("sync", request_id="req-failed-new")
-    job = queue.claim_job(failed_new)
+    job = queue.claim_by_id(failed_new)
     assert job is not None
     queue.fail(job, reason="gave up")
     _age_events(db, failed_new, 9, 9, 8.5)  # an old timeline, but it failed after the cutoff
 
     done = queue.enqueue("report", request_id="req-done")
-    job = queue.claim_job(done)
+    job = queue.claim_by_id(done)
     assert job is not None
     queue.complete(job, result={"ok": True})
     _age_events(db, done, 8, 8, 8)
 
     failed_old = queue.enqueue("sync", request_id="req-failed-old")
-    job = queue.claim_job(failed_old)
+    job = queue.claim_by_id(failed_old)
     assert job is not None
     queue.fail(job, reason="gone")
     _age_events(db, failed_old, 10, 10, 10)
@@ -142,7 +142,7 @@ def _complete(queue: JobQueue, db: psycopg.Connection[Any], job_type: str,
     """Completions that happened these many seconds ago (their whole history moved back)."""
     for ago in seconds_ago:
         job_id = queue.enqueue(job_type)
-        job = queue.claim_job(job_id)
+        job = queue.claim_by_id(job_id)
         assert job is not None
         queue.complete(job)
         db.execute("UPDATE svti_jobs_events SET occurred_at = now() - %s * interval '1 second' "
@@ -195,7 +195,7 @@ def test_no_clear_loses_a_completion_from_the_rates(
 def test_fold_rates_on_both_twins(q: Any, db: psycopg.Connection[Any]) -> None:
     """What a task runner calls once a minute: finished minutes are folded once."""
     for _ in range(3):
-        job = q.claim_job(q.enqueue("mail"))
+        job = q.claim_by_id(q.enqueue("mail"))
         q.complete(job)
     db.execute("UPDATE svti_jobs_events SET occurred_at = now() - interval '3 minutes'")
     assert q.fold_rates() > 0
@@ -227,7 +227,7 @@ def test_failed_and_cancelled_jobs_are_cleared_batch_by_batch(
     monkeypatch.setattr(_ops, "CLEAR_BATCH", 2)
     failed = []
     for _ in range(3):
-        job = queue.claim_job(queue.enqueue("t"))
+        job = queue.claim_by_id(queue.enqueue("t"))
         assert job is not None
         queue.fail(job, reason="x")
         failed.append(job.id)

@@ -50,7 +50,7 @@ def _date(db: psycopg.Connection[Any], job_id: int, at: datetime) -> None:
 
 
 def _completed(queue: JobQueue, key: str | None = None) -> int:
-    job = queue.claim_job(queue.enqueue("t", request_id=key, idempotency_key=key))
+    job = queue.claim_by_id(queue.enqueue("t", request_id=key, idempotency_key=key))
     assert job is not None
     queue.complete(job)
     return job.id
@@ -74,7 +74,7 @@ def test_clear_drops_the_days_before_its_cutoff_and_deletes_exactly_the_older_ro
     edge_new = _completed(queue, "k-edge-new")
     scheduled = queue.enqueue("t", idempotency_key="k-scheduled", request_id="req-scheduled",
                               run_at=timedelta(days=30))
-    failed = queue.claim_job(queue.enqueue("t", idempotency_key="k-failed"))
+    failed = queue.claim_by_id(queue.enqueue("t", idempotency_key="k-failed"))
     assert failed is not None
     queue.fail(failed, reason="gave up")  # ended now: after the cutoff, so it stays
     for job_id in (old_done, scheduled, failed.id):
@@ -145,7 +145,7 @@ def test_a_job_that_ends_while_its_day_is_retired_loses_its_key_with_its_event(
     st = queue.statements
     rows, held = db.execute(st.free_day_keys, {"part": part}).fetchone()
     assert (rows, held) == (1, [job_id])
-    job = queue.claim_job(job_id)
+    job = queue.claim_by_id(job_id)
     assert job is not None
     queue.complete(job)
     assert db.execute(st.retire, {"part": part, "held": held}).fetchone() == (0,)

@@ -303,7 +303,7 @@ def test_a_dml_only_worker_runs_the_whole_queue_lifecycle(deployment: Deployment
         assert sorted(q.complete_many(batch[:2], [1, 2])) == sorted(j.id for j in batch[:2])
         assert q.acked(batch[:2]) == {j.id for j in batch[:2]}
         q.fail(batch[2], reason="smtp down", retry=True)
-        retried = q.claim_job(batch[2].id)
+        retried = q.claim_by_id(batch[2].id)
         assert retried is not None and retried.attempts == 2
         q.fail(retried, reason="gave up")
         with pytest.raises(JobFailedError, match="gave up"):
@@ -369,7 +369,7 @@ def test_a_dml_only_worker_serves_jobs_with_a_task_runner(deployment: Deployment
         assert runner.counters["completed"] == 5  # three, the child, and flaky
         assert d.sql(f"SELECT count(*) FROM {d.table}_events WHERE request_id = 'req-run' "
                      "AND event = 'completed'") == [(4,)]
-        # Inline, idempotent runs: claim_job, heartbeat and the keyed enqueue.
+        # Inline, idempotent runs: claim_by_id, heartbeat and the keyed enqueue.
         assert runner.run("double", 50, idempotency_key="inline:50") == 100
         assert runner.run("double", 50, idempotency_key="inline:50") == 100
     assert d.worker_holds()["owned"] == 0
@@ -383,10 +383,10 @@ def test_a_dml_only_worker_runs_the_operator_operations(deployment: Deployment) 
     with JobQueue(d.worker, table=d.table) as q:
         failed, claimed, pending = (q.enqueue("report", {"n": i}, request_id="req-ops")
                                     for i in range(3))
-        job = q.claim_job(failed)
+        job = q.claim_by_id(failed)
         assert job is not None
         q.fail(job, reason="boom")
-        assert q.claim_job(claimed) is not None
+        assert q.claim_by_id(claimed) is not None
 
         admin = Admin(q)
         stats = {s.type: s for s in admin.stats()}
@@ -396,7 +396,7 @@ def test_a_dml_only_worker_runs_the_operator_operations(deployment: Deployment) 
         assert [e.event for e in admin.show(failed).events] == ["enqueued", "claimed", "failed"]
         assert len(admin.trace("req-ops")) == 6
         assert len(admin.poll_trace(TraceTail("req-ops"))) == 6
-        assert admin.select("state:pending") == [pending]
+        assert admin.matching_ids("state:pending") == [pending]
         assert admin.preview("retry", [failed, pending]).eligible == 1
         assert admin.retry([failed]).changed == 1
         assert admin.extend([claimed], "5m").changed == 1
@@ -445,13 +445,13 @@ def test_a_dml_only_worker_runs_the_jobq_commands(deployment: Deployment) -> Non
     assert [e["event"] for e in _as_json(d.cli("trace", "req-cli", "--json"))] == ["enqueued"]
 
     with JobQueue(d.worker, table=d.table) as q:
-        job = q.claim_job(job_id)
+        job = q.claim_by_id(job_id)
         assert job is not None
         q.fail(job, reason="smtp down")
     retried = _as_json(d.cli("retry", "--failed", "--yes", "--json"))["result"]
     assert retried["changed"] == 1
     with JobQueue(d.worker, table=d.table) as q:
-        assert q.claim_job(job_id) is not None
+        assert q.claim_by_id(job_id) is not None
     assert _as_json(d.cli("extend", str(job_id), "--by", "10m", "--yes", "--json"))[
         "result"]["changed"] == 1
     assert _as_json(d.cli("delete", str(scheduled), "--yes", "--json"))["result"][

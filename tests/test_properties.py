@@ -692,7 +692,7 @@ def test_everything_stored_above_can_be_listed_and_shown(dsn: str, cli: CliInvok
         health.stored(got, kwargs["payload"], kwargs["request_id"])
         if finish == "pending":
             return
-        job = queue.claim_job(got, worker="sweep")
+        job = queue.claim_by_id(got, worker="sweep")
         if job is None:  # scheduled, or claimed already (a known idempotency key)
             return
         if finish == "failed":
@@ -719,7 +719,7 @@ def seeded(dsn: str) -> dict[str, int]:
         failed = queue.enqueue("u", request_id="r 3")
         done = queue.enqueue("u")
         for job_id in (claimed, failed, done):
-            assert queue.claim_job(job_id, worker="seed") is not None
+            assert queue.claim_by_id(job_id, worker="seed") is not None
         queue.fail(failed, reason="SMTP\n timeout\x1b")
         queue.complete(done, result=[1])
         return {"pending": pending, "scheduled": scheduled, "claimed": claimed,

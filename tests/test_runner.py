@@ -490,7 +490,7 @@ def test_request_ids_flow_through_retries_recovery_and_children(
     runner.register("leaf", runner_tasks.noop)
     root = queue.enqueue("flow", "root", request_id="req-flow")
     held = queue.enqueue("flow", "recovered", request_id="req-recovered")
-    job = queue.claim_job(held, lease_ms=60_000)
+    job = queue.claim_by_id(held, lease_ms=60_000)
     assert job is not None
     backdate(db, held, lease_until="1 second")  # as if its worker died
     runner.serve_forever(until_idle=True)
