@@ -45,7 +45,7 @@ def main() -> None:
     if args.embedded:
         from jobq_core.embedded import EmbeddedPostgres
 
-        with EmbeddedPostgres(unsafe_fast=True) as server:
+        with EmbeddedPostgres(unsafe_fast=True, create_user=True) as server:
             run(args, server.dsn)
     else:
         run(args, server_dsn(args.dsn))

@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.embedded:
         from jobq_core.embedded import EmbeddedPostgres
 
-        with EmbeddedPostgres() as server:
+        with EmbeddedPostgres(create_user=True) as server:
             figures = run(args, server.dsn)
     else:
         figures = run(args, server_dsn(args.dsn))

@@ -3,12 +3,13 @@
 It runs ``initdb`` and ``pg_ctl`` in a fresh temporary folder and listens on a free loopback
 port; `stop` (or leaving the ``with`` block) shuts it down and deletes the folder.
 
-Binaries come from the ``pgserver`` wheel (PostgreSQL 16, installed with jobq) or, failing
-that, from the system's PostgreSQL. Postgres refuses to run as root, so as root the server runs
-as the ``postgres`` system user when there is one, else as a ``jobq-postgres`` user created for
-the purpose; the data folder is then owned by that user. Only the new temporary folder is made
-accessible to it: no other folder's permissions are changed unless the binaries themselves are
-not reachable, in which case their parent folders are made traversable (as pgserver does).
+Binaries come from the ``pgserver`` wheel (PostgreSQL 16, the ``[embedded]`` extra) or,
+failing that, from the system's PostgreSQL. Postgres refuses to run as root, so as root the
+server runs as the ``postgres`` system user, else as ``jobq-postgres``; the data folder is then
+owned by that user. Creating ``jobq-postgres`` is the caller's choice (``create_user=True``:
+the demo, the tests and the benchmarks make it), never a side effect. No folder outside the
+server's own is changed: binaries that user cannot reach (pgserver's under ``/root``) are
+hard-linked, or copied, into the server's folder instead.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import pwd
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import tempfile
 import time
@@ -69,7 +69,7 @@ def _system_bin() -> Path | None:
 
 def find_binaries() -> Path:
     """The folder holding initdb and pg_ctl: pgserver's first, unless we are root and the
-    system has its own (no folder permissions need changing then)."""
+    system has its own (which its own user can run)."""
     order = [pgserver_binaries, _system_bin]
     if os.geteuid() == 0:
         order.reverse()
@@ -77,35 +77,64 @@ def find_binaries() -> Path:
         path = finder()
         if path is not None:
             return path
-    raise JobqError("no PostgreSQL binaries found: pip install pgserver, or install postgresql")
+    raise JobqError("no PostgreSQL binaries found: pip install 'jobq[embedded]' (pgserver), "
+                    "or install postgresql")
 
 
-def _run_as_user() -> str | None:
+#: The system users a server started by root runs as, in order of preference.
+SERVER_USERS = ("postgres", "jobq-postgres")
+
+
+def _run_as_user(create: bool) -> str | None:
     if os.geteuid() != 0:
         return None
-    for name in ("postgres", "jobq-postgres"):
+    for name in SERVER_USERS:
         with contextlib.suppress(KeyError):
             pwd.getpwnam(name)
             return name
-    subprocess.run(["useradd", "--system", "--no-create-home", "jobq-postgres"], check=True,
+    if not create:
+        raise JobqError(
+            "PostgreSQL will not run as root, and there is no 'postgres' user to run it as: "
+            "create one (useradd --system postgres), run as another user, or pass "
+            "create_user=True to create 'jobq-postgres'")
+    subprocess.run(["useradd", "--system", "--no-create-home", SERVER_USERS[-1]], check=True,
                    capture_output=True)
-    return "jobq-postgres"
+    return SERVER_USERS[-1]
 
 
-def _make_traversable(path: Path) -> None:
-    for parent in [path, *path.parents]:
-        mode = parent.stat().st_mode
-        parent.chmod(mode | stat.S_IXOTH | stat.S_IROTH | stat.S_IXGRP | stat.S_IRGRP)
+def _link_tree(source: Path, target: Path) -> None:
+    """`source`, hard-linked at `target`, or copied where links cannot cross file systems."""
+    try:
+        shutil.copytree(source, target, copy_function=os.link, symlinks=True)
+    except OSError:
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target, symlinks=True)
+
+
+def _linked_into(binaries: Path, folder: Path) -> Path:
+    """The same binaries, reachable from `folder`: their install tree (bin, lib, share) and,
+    for a wheel's, the libraries auditwheel put beside its package, which the binaries'
+    relative RPATH finds there (pgserver's `$ORIGIN/../../../pgserver.libs`)."""
+    install = binaries.parent
+    package = install.parent
+    target = folder / package.name / install.name
+    target.parent.mkdir()
+    _link_tree(install, target)
+    libs = package.parent / f"{package.name}.libs"
+    if libs.is_dir():
+        _link_tree(libs, folder / libs.name)
+    return target / binaries.name
 
 
 class EmbeddedPostgres:
     """``with EmbeddedPostgres() as pg: use(pg.dsn)``"""
 
     def __init__(
-        self, *, unsafe_fast: bool = False, port: int | None = None, binaries: Path | None = None
+        self, *, unsafe_fast: bool = False, port: int | None = None,
+        binaries: Path | None = None, create_user: bool = False,
     ) -> None:
         self.bin = binaries or find_binaries()
-        self.user = _run_as_user()
+        self.user = _run_as_user(create_user)
         self.port = port or _free_port()
         self.settings = dict(_SETTINGS, **(FAST_UNSAFE if unsafe_fast else {}))
         self.root = Path(tempfile.mkdtemp(prefix="jobq-pg-"))
@@ -134,7 +163,7 @@ class EmbeddedPostgres:
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
             if subprocess.run(["test", "-x", str(self.bin / "initdb")], user=self.user,
                               check=False).returncode != 0:
-                _make_traversable(self.bin)
+                self.bin = _linked_into(self.bin, self.root)
         if not (self.data / "PG_VERSION").exists():
             self._cmd("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
                       "--encoding=UTF8", "--no-sync")

@@ -128,7 +128,7 @@ def running_demo(dsn: str | None, *, rate: float = 4.0,
         conninfo = dsn or ""
         if not conninfo:
             notice("starting a private Postgres for the demo…")
-            server = EmbeddedPostgres()
+            server = EmbeddedPostgres(create_user=True)
             conninfo = server.start()
         running = Demo(conninfo, rate=rate)
         running.start()

@@ -29,7 +29,7 @@ def _server_dsn() -> tuple[str, EmbeddedPostgres | None]:
     dsn = os.environ.get("JOBQ_TEST_DSN") or os.environ.get("DATABASE_URL")
     if dsn:
         return dsn, None
-    server = EmbeddedPostgres(unsafe_fast=True)
+    server = EmbeddedPostgres(unsafe_fast=True, create_user=True)
     return server.start(), server
 
 
@@ -46,7 +46,7 @@ def server_dsn() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def embedded_server() -> Iterator[EmbeddedPostgres]:
     """A private server of the test's own, for tests that stop, kill or restart it."""
-    with EmbeddedPostgres(unsafe_fast=True) as server:
+    with EmbeddedPostgres(unsafe_fast=True, create_user=True) as server:
         yield server
 
 

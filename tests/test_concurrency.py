@@ -298,7 +298,7 @@ def test_a_server_crash_right_after_claims_loses_no_job() -> None:
     be pending again and its stale holder's ack refused. Either way: nothing is lost and
     nothing is completed twice. A durable server (not the suite's fast one) so that enqueues
     and completions really are flushed."""
-    with EmbeddedPostgres() as server:
+    with EmbeddedPostgres(create_user=True) as server:
         queue = create_job_queue(server.dsn, max_connections=2)
         ids = queue.enqueue_many([NewJob("t", i) for i in range(50)])
         held = queue.claim_many(50, lease_ms=60_000)

@@ -186,7 +186,7 @@ def featured_server() -> Iterator[str]:
     """A private server with prepared transactions and logical decoding enabled (the shared
     test server usually has max_prepared_transactions = 0)."""
     try:
-        server = EmbeddedPostgres(unsafe_fast=True)
+        server = EmbeddedPostgres(unsafe_fast=True, create_user=True)
     except Exception as exc:  # no server binaries on this machine
         pytest.skip(f"no embedded Postgres to enable prepared transactions on: {exc}")
     server.settings.update({"max_prepared_transactions": "4", "wal_level": "logical"})

@@ -57,7 +57,7 @@ REPLICATION_WAIT = 60.0
 def _standby_of(primary: EmbeddedPostgres) -> EmbeddedPostgres:
     """A hot standby of `primary`, streaming from it: `pg_basebackup -R` writes its
     primary_conninfo and standby.signal (initdb's pg_hba lets loopback replicate)."""
-    standby = EmbeddedPostgres(binaries=primary.bin)
+    standby = EmbeddedPostgres(binaries=primary.bin, create_user=True)
     if standby.user is not None:  # as root, the server's user owns its folder
         entry = pwd.getpwnam(standby.user)
         os.chown(standby.root, entry.pw_uid, entry.pw_gid)
@@ -80,7 +80,7 @@ def servers() -> Iterator[tuple[EmbeddedPostgres, EmbeddedPostgres]]:
         pytest.skip(f"no PostgreSQL binaries to start a primary and a standby: {exc}")
     if not (binaries / "pg_basebackup").exists():
         pytest.skip(f"no pg_basebackup in {binaries}")
-    primary = EmbeddedPostgres(binaries=binaries)
+    primary = EmbeddedPostgres(binaries=binaries, create_user=True)
     # Thrown away afterwards; full_page_writes stays on, which a base backup needs.
     primary.settings["fsync"] = "off"
     with primary:

@@ -52,7 +52,7 @@ def rdsn(dsn: str) -> str:
 @pytest.fixture(scope="session")
 def restart_server() -> Iterator[EmbeddedPostgres]:
     """A private, durable server of the suite's own, to stop and restart."""
-    with EmbeddedPostgres() as server:
+    with EmbeddedPostgres(create_user=True) as server:
         yield server
 
 
