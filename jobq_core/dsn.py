@@ -110,6 +110,19 @@ def check(dsn: str) -> None:
             "'?' or '#'; percent-encode them (%40, %2F, %3F, %23)")
 
 
+def resolve(dsn: str | None) -> str:
+    """--dsn, else JOBQ_DSN, else DATABASE_URL, else "" (libpq's PG* variables apply)."""
+    return dsn or os.environ.get("JOBQ_DSN") or os.environ.get("DATABASE_URL") or ""
+
+
+def check_read(read_dsn: str) -> None:
+    """A malformed read DSN, refused as the read DSN's, without its password."""
+    try:
+        check(read_dsn)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"read DSN: {exc}") from None
+
+
 _BAD_OPTION = re.compile(r"\binvalid (?:integer )?(?:\w+ )?value\b")
 
 

@@ -1,1 +1,1 @@
-"""jobq's operator tools: the `jobq` CLI and the `jobq-tui` console."""
+"""The `jobq-tui` operations console (Textual), installed with the `[tui]` extra."""

@@ -25,6 +25,8 @@ from textual.css.query import NoMatches
 from textual.markup import escape
 from textual.screen import Screen
 
+from jobq_cli.safe import redact, visible
+from jobq_cli.usage import READ_DSN_HELP, OneLineCommand
 from jobq_core import (
     DatabaseUnavailableError,
     InvalidInputError,
@@ -36,9 +38,8 @@ from jobq_core.admin import Replication, validate_trace
 from jobq_core.filters import parse_filter
 from jobq_core.models import parse_id
 
-from .connection import READ_DSN_HELP, ConsoleDB
+from .connection import ConsoleDB
 from .operator import Operator
-from .safe import redact, visible
 from .screens.base import MUTATING, READ_ONLY_REASON, LiveScreen
 from .screens.detail import DetailScreen
 from .screens.dialogs import HelpScreen, PromptScreen
@@ -46,7 +47,6 @@ from .screens.jobs import JobsScreen
 from .screens.overview import OverviewScreen
 from .screens.trace import TraceScreen
 from .screens.workers import WorkersScreen
-from .usage import OneLineCommand
 from .widgets.status import Banner, Crumbs, Freshness, StatusBar
 
 #: Refresh intervals that `+` and `-` step through, in seconds.
@@ -458,7 +458,7 @@ def console(
                 start=start, read_dsn=read_dsn).run()
     try:
         if demo:
-            from .demo import running_demo
+            from jobq_cli.demo import running_demo
 
             with running_demo(dsn, notice=lambda m: print(m, file=sys.stderr)) as conninfo:
                 run(conninfo)

@@ -6,15 +6,13 @@ bug in the console could not write; the server refuses."""
 
 from __future__ import annotations
 
-import os
-
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
-from jobq_core import AsyncJobQueue, InvalidInputError
+from jobq_core import AsyncJobQueue
 from jobq_core.admin import AsyncAdmin
 from jobq_core.dsn import check as check_dsn
-from jobq_core.dsn import describe, redact
+from jobq_core.dsn import check_read, describe, redact, resolve
 from jobq_core.sql import Names
 
 APPLICATION_NAME = "jobq-tui"
@@ -22,25 +20,6 @@ APPLICATION_NAME = "jobq-tui"
 STATEMENT_TIMEOUT = "15s"
 #: How long a query waits for a free or fresh connection before "database unavailable".
 CONNECT_WAIT = 4.0
-
-
-READ_DSN_HELP = (
-    "a hot standby (streaming replica) of the database, for reads; actions, their previews "
-    "and trace following use the primary (--dsn). The replica's lag is shown; '' reads "
-    "the primary")
-
-
-def resolve_dsn(dsn: str | None) -> str:
-    """--dsn, else JOBQ_DSN, else DATABASE_URL, else "" (libpq's PG* variables apply)."""
-    return dsn or os.environ.get("JOBQ_DSN") or os.environ.get("DATABASE_URL") or ""
-
-
-def check_read_dsn(read_dsn: str) -> None:
-    """A malformed read DSN, refused as the read DSN's, without its password."""
-    try:
-        check_dsn(read_dsn)
-    except InvalidInputError as exc:
-        raise InvalidInputError(f"read DSN: {exc}") from None
 
 
 def session_options(conninfo: str, read_only: bool) -> str:
@@ -64,7 +43,7 @@ class ConsoleDB:
     def __init__(self, dsn: str | None, table: str, *, read_only: bool = False,
                  read_dsn: str | None = None) -> None:
         Names.parse(table)  # a bad table name is refused before connecting
-        conninfo = resolve_dsn(dsn)
+        conninfo = resolve(dsn)
         options = session_options(conninfo, read_only)
         self.conninfo = conninfo
         self.read_dsn = read_dsn or None
@@ -73,7 +52,7 @@ class ConsoleDB:
         self.read_pool = None
         reads = None
         if self.read_dsn is not None:
-            check_read_dsn(self.read_dsn)
+            check_read(self.read_dsn)
             self.read_pool = self._pool(self.read_dsn, session_options(self.read_dsn,
                                                                        read_only))
             reads = AsyncJobQueue(self.read_pool, table=table, auto_migrate=False)

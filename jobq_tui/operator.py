@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 import psycopg
 from rich.text import Text
 
+from jobq_cli.format import stamp, zoned
+from jobq_cli.safe import visible
 from jobq_core import DatabaseUnavailableError, JobqError, parse_duration
 from jobq_core.admin import SAMPLE, AsyncAdmin, ClearPreview, Preview, RepairResult, Worker
 from jobq_core.durations import ACCEPTED, format_duration
@@ -25,8 +27,6 @@ from jobq_core.errors import DatabaseError
 from jobq_core.filters import JobFilter
 from jobq_core.models import optional_text
 
-from .format import stamp, zoned
-from .safe import visible
 from .screens.base import READ_ONLY_REASON
 from .screens.dialogs import (
     ConfirmScreen,

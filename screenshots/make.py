@@ -23,9 +23,9 @@ from typing import Any
 
 from textual.pilot import Pilot
 
+from jobq_cli.demo import running_demo
 from jobq_core import JobQueue
 from jobq_tui.app import JobqApp
-from jobq_tui.demo import running_demo
 from jobq_tui.screens.detail import DetailScreen
 from jobq_tui.screens.dialogs import ConfirmScreen
 from jobq_tui.screens.jobs import JobsScreen

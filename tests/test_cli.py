@@ -17,9 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 import jobq_core
+from jobq_cli.commands import app
 from jobq_core import JobQueue, NewJob
 from jobq_core.admin import Admin
-from jobq_tui.cli import app
 
 JOBQ = shutil.which("jobq", path=os.path.dirname(sys.executable)) or "jobq"
 #: A DSN nothing answers at.
@@ -262,7 +262,7 @@ def test_one_rule_for_asking_on_a_terminal(dsn: str, db: psycopg.Connection[Any]
     for _ in range(2):
         queue.fail(queue.claim(), reason="x")
     monkeypatch.setenv("JOBQ_DSN", dsn)
-    monkeypatch.setattr("jobq_tui.cli.stdin_is_terminal", lambda: True)
+    monkeypatch.setattr("jobq_cli.commands.stdin_is_terminal", lambda: True)
     runner = CliRunner()
 
     def state(job_id: int) -> str:

@@ -13,9 +13,9 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
+from jobq_cli.commands import app
 from jobq_core import JobQueue, LeaseLostError, NewJob
 from jobq_core._ops import WorkerInfo
-from jobq_tui.cli import app
 
 from .test_cli import JOBQ
 

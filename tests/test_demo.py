@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from jobq_tui.demo import Demo
+from jobq_cli.demo import Demo
 
 JOBQ = shutil.which("jobq", path=os.path.dirname(sys.executable)) or "jobq"
 

@@ -14,10 +14,10 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from typer.testing import CliRunner
 
+from jobq_cli.commands import app
 from jobq_core import JobQueue, NewJob, create_job_queue
 from jobq_core.admin import Admin, Finding
 from jobq_core.embedded import EmbeddedPostgres
-from jobq_tui.cli import app
 
 #: Generous: statistics reach pg_stat_all_tables within about a second.
 STATS_WAIT = 20.0

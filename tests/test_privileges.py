@@ -33,6 +33,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from typer.testing import CliRunner
 
+from jobq_cli.commands import app
 from jobq_core import (
     AsyncJobQueue,
     JobFailedError,
@@ -46,7 +47,6 @@ from jobq_core import (
 )
 from jobq_core.admin import Admin, TraceTail
 from jobq_core.errors import DatabaseError
-from jobq_tui.cli import app
 from jobq_tui.connection import ConsoleDB
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -43,6 +43,7 @@ from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from typer.testing import CliRunner
 
+from jobq_cli.commands import app
 from jobq_core import (
     AsyncJobQueue,
     InvalidInputError,
@@ -56,7 +57,6 @@ from jobq_core import (
 from jobq_core.admin import Admin
 from jobq_core.filters import STATES, JobFilter, parse_filter
 from jobq_core.models import LEASE_MS_MAX, WHEN_MAX, WHEN_MIN, parse_id
-from jobq_tui.cli import app
 
 SCALE = float(os.environ.get("JOBQ_HYPOTHESIS_SCALE", "1"))
 
@@ -374,7 +374,7 @@ def check_cli(result: Any, args: list[str], codes: set[int] = EXIT_CODES, *,
     if result.exit_code != 0:
         lines = result.stderr.strip().splitlines()
         if _usage_error(result):
-            # Depends on the one-line usage errors being made in jobq_tui/cli.py.
+            # Depends on the one-line usage errors being made in jobq_cli/commands.py.
             assert len(lines) == 1, f"multi-line usage error for {args!r}:\n{result.stderr}"
         else:
             assert len(lines) == 1 and lines[0].startswith("jobq: "), (args, result.stderr)

@@ -24,11 +24,11 @@ from textual.widgets import DataTable
 from typer.main import get_command
 from typer.testing import CliRunner
 
+from jobq_cli.commands import app, session_conninfo
 from jobq_core import JobQueue, NewJob
 from jobq_core.admin import Admin
 from jobq_core.errors import DatabaseError
 from jobq_tui.app import JobqApp
-from jobq_tui.cli import app, session_conninfo
 
 from .helpers import backdate
 from .tui_helpers import until

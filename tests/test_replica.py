@@ -29,6 +29,7 @@ from psycopg_pool import ConnectionPool
 from textual.widgets import Static
 from typer.testing import CliRunner
 
+from jobq_cli.commands import app as cli_app
 from jobq_core import (
     AsyncJobQueue,
     DatabaseUnavailableError,
@@ -40,7 +41,6 @@ from jobq_core import (
 from jobq_core.admin import Admin, AsyncAdmin, TraceTail
 from jobq_core.embedded import EmbeddedPostgres, find_binaries
 from jobq_tui.app import JobqApp
-from jobq_tui.cli import app as cli_app
 from jobq_tui.screens.trace import TraceScreen
 
 from .conftest import new_database

@@ -11,9 +11,9 @@ from typing import ClassVar
 from textual import events
 from textual.dom import DOMNode
 
+from jobq_cli.format import literal
 from jobq_core.admin import ELIGIBLE
 
-from ..format import literal
 from .base import LiveScreen
 
 #: The states each action of the job screens applies to: those its admin call changes.

@@ -12,11 +12,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.widgets import Footer, Static
 
-from jobq_core import NotFoundError
-from jobq_core.admin import AsyncAdmin, JobDetail, JobRow
-from jobq_core.filters import JobFilter
-
-from ..format import (
+from jobq_cli.format import (
     first_line,
     lease_left,
     literal,
@@ -26,6 +22,10 @@ from ..format import (
     relative,
     stamp,
 )
+from jobq_core import NotFoundError
+from jobq_core.admin import AsyncAdmin, JobDetail, JobRow
+from jobq_core.filters import JobFilter
+
 from ..widgets.status import Banner, Crumbs, StatusBar
 from .actions import JobActionsScreen
 

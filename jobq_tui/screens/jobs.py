@@ -17,12 +17,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Input, Static, Tab, Tabs
 
+from jobq_cli.format import first_line, lease_left, literal, payload_line, relative
+from jobq_cli.safe import visible
 from jobq_core import JobqError
 from jobq_core.admin import AsyncAdmin, Count, JobRow, Page
 from jobq_core.filters import JobFilter, parse_filter
 
-from ..format import first_line, lease_left, literal, payload_line, relative
-from ..safe import visible
 from ..widgets.status import Banner, Crumbs, StatusBar
 from .actions import JobActionsScreen
 

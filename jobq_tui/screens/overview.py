@@ -14,10 +14,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Static
 
+from jobq_cli.format import count, literal, relative, span, sparkline, zoned
 from jobq_core.admin import AsyncAdmin, Count, Pause, TypeStats
 from jobq_core.filters import JobFilter
 
-from ..format import count, literal, relative, span, sparkline, zoned
 from ..widgets.status import Banner, Crumbs, StatusBar
 from ..widgets.table import add_columns, sync_table
 from .base import LiveScreen

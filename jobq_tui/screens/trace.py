@@ -10,10 +10,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import Footer, Input, RichLog, Static
 
+from jobq_cli.format import clock, first_line, literal, multiline
+from jobq_cli.safe import visible
 from jobq_core.admin import AsyncAdmin, Event, TraceTail
 
-from ..format import clock, first_line, literal, multiline
-from ..safe import visible
 from ..widgets.status import Banner, Crumbs, StatusBar
 from .base import LiveScreen
 

@@ -13,9 +13,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Static
 
+from jobq_cli.format import literal, span, zoned
 from jobq_core.admin import AsyncAdmin, Worker
 
-from ..format import literal, span, zoned
 from ..widgets.status import Banner, Crumbs, StatusBar
 from ..widgets.table import add_columns, sync_table
 from .base import LiveScreen

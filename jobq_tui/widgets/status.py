@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from rich.text import Text
 from textual.widgets import Static
 
+from jobq_cli.format import lag, span
+from jobq_cli.safe import visible
 from jobq_core.admin import Replication
-
-from ..format import lag, span
-from ..safe import visible
 
 
 @dataclass(frozen=True, slots=True)

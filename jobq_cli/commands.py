@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, is_dataclass, replace
 from datetime import datetime, timedelta
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 from uuid import UUID
 
 import psycopg
@@ -68,17 +68,21 @@ from jobq_core.admin import (
     Worker,
 )
 from jobq_core.dsn import check as check_dsn
+from jobq_core.dsn import check_read as check_read_dsn
 from jobq_core.dsn import refused_option
+from jobq_core.dsn import resolve as resolve_dsn
 from jobq_core.durations import ACCEPTED
 from jobq_core.executors import log_to_stderr
 from jobq_core.filters import parse_filter
 from jobq_core.models import parse_id
 from jobq_core.sql import Names
 
-from .connection import READ_DSN_HELP, check_read_dsn, resolve_dsn
 from .format import lag
 from .safe import redact, visible
-from .usage import OneLineGroup, error_line
+from .usage import READ_DSN_HELP, OneLineGroup, error_line
+
+if TYPE_CHECKING:
+    from jobq_tui.app import JobqApp
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_UNREACHABLE = 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
@@ -1113,13 +1117,12 @@ def demo(
 
     interactive = not headless and seconds is None and sys.stdout.isatty() and \
         stdin_is_terminal()
+    console = console_app("jobq demo --headless") if interactive else None
     try:
         with running_demo(dsn or os.environ.get("JOBQ_DSN"), rate=rate,
                           notice=lambda m: err.print(Text(m))) as conninfo:
-            if interactive:
-                from .app import JobqApp
-
-                JobqApp(conninfo, read_only=read_only, interval=1.0).run()
+            if console is not None:
+                console(conninfo, read_only=read_only, interval=1.0).run()
                 return
             err.print(Text(f"demo database: {redact(conninfo)}  (try: jobq-tui --dsn "
                            f"'{redact(conninfo)}')"))
@@ -1140,6 +1143,38 @@ def demo(
 def version() -> None:
     """Print jobq's version."""
     typer.echo(jobq_core.__version__)
+
+
+def _console_missing(exc: ModuleNotFoundError) -> bool:
+    return (exc.name or "").partition(".")[0] == "textual"
+
+
+#: The one line for a console without its extra.
+NO_CONSOLE = "the console needs the [tui] extra: pip install 'jobq[tui]'"
+
+
+def console_app(instead: str) -> type[JobqApp]:
+    """The console's app; without the [tui] extra, one line saying so (and what to run
+    `instead`), exit code 1."""
+    try:
+        from jobq_tui.app import JobqApp
+    except ModuleNotFoundError as exc:
+        if not _console_missing(exc):
+            raise
+        fail(f"{NO_CONSOLE}, or run `{instead}`", EXIT_FAILURE)
+    return JobqApp
+
+
+def console_main() -> None:
+    """`jobq-tui`: the console, which a worker-only install (no [tui] extra) does not have."""
+    try:
+        from jobq_tui.app import main as run_console
+    except ModuleNotFoundError as exc:
+        if not _console_missing(exc):
+            raise
+        typer.echo(error_line(NO_CONSOLE, prog="jobq-tui"), err=True)
+        sys.exit(EXIT_FAILURE)
+    run_console()
 
 
 def main() -> None:

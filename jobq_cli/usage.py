@@ -16,6 +16,12 @@ from .safe import redact, visible
 #: Exit code of a prompt that met the end of its input (the CLI's EXIT_FAILURE).
 ABORTED = 1
 
+#: The --read-dsn help, the same for jobq and jobq-tui.
+READ_DSN_HELP = (
+    "a hot standby (streaming replica) of the database, for reads; actions, their previews "
+    "and trace following use the primary (--dsn). The replica's lag is shown; '' reads "
+    "the primary")
+
 
 def error_line(message: str, dsn: str | None = None, prog: str = "jobq") -> str:
     """`message` as the one line an error prints: control characters escaped, no password."""
