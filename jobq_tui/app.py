@@ -35,10 +35,11 @@ from jobq_core import (
     parse_duration,
 )
 from jobq_core.admin import Replication, validate_trace
-from jobq_core.filters import parse_filter
+from jobq_core.filters import JobFilter, parse_filter
 from jobq_core.models import parse_id
 
 from .connection import ConsoleDB
+from .messages import Act, Acted, Open, Refresh, Unmark
 from .operator import Operator
 from .screens.base import MUTATING, READ_ONLY_REASON, LiveScreen
 from .screens.detail import DetailScreen
@@ -88,7 +89,7 @@ class JobqApp(App[None]):
         self.read_only = read_only
         self.interval = interval
         self.paused = False
-        self.operator = Operator(self)
+        self.operator = Operator(self, self.db, read_only=read_only, now=self.now)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._perf = perf or time.perf_counter
         self._start = start
@@ -252,16 +253,51 @@ class JobqApp(App[None]):
             self.pop_screen()
             self.poke()
 
-    def unmark(self, ids: Iterable[int]) -> None:
-        """Forget marks on jobs an action has dealt with."""
-        done = set(ids)
-        for screen in self.screen_stack:
-            if isinstance(screen, JobsScreen):
-                screen.unmark(done)
-
     def open(self, screen: LiveScreen) -> None:
         self.push_screen(screen)
         self.poke()
+
+    # -- what the components ask for (jobq_tui.messages) ------------------------------------
+
+    def on_console_refresh(self, _: Refresh) -> None:
+        self.poke()
+
+    def on_console_open(self, message: Open) -> None:
+        self.push_screen(message.screen)
+        self.poke()
+
+    def on_console_acted(self, _: Acted) -> None:
+        self.acted()
+
+    def on_console_unmark(self, message: Unmark) -> None:
+        for screen in self.screen_stack:
+            if isinstance(screen, JobsScreen):
+                screen.unmark(message.ids)
+
+    def on_console_act(self, message: Act) -> None:
+        op, ids = self.operator, message.ids
+        match message.action:
+            case "retry":
+                op.start_retry(ids, marked=message.marked)
+            case "retry_matching":
+                op.start_retry_matching(message.filter or JobFilter())
+            case "extend":
+                op.start_extend(ids, marked=message.marked)
+            case "extend_by":
+                op.start_extend_by(ids, message.subject, marked=message.marked)
+            case "cancel":
+                op.start_cancel(ids, message.subject)
+            case "delete":
+                op.start_delete(ids)
+            case "clear":
+                op.start_clear()
+            case "pause":
+                op.start_pause(message.job_type)
+            case "resume":
+                op.start_resume(message.job_type)
+            case "drain":
+                if message.worker is not None:
+                    op.start_drain(message.worker)
 
     def action_help(self) -> None:
         screen = self.screen

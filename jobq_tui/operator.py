@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import Any
 
 import psycopg
 from rich.text import Text
+from textual.app import App
 
 from jobq_cli.format import stamp, zoned
 from jobq_cli.safe import visible
@@ -27,6 +29,8 @@ from jobq_core.errors import DatabaseError
 from jobq_core.filters import JobFilter
 from jobq_core.models import optional_text
 
+from .connection import ConsoleDB
+from .messages import Acted, Unmark
 from .screens.base import READ_ONLY_REASON
 from .screens.dialogs import (
     ConfirmScreen,
@@ -34,9 +38,6 @@ from .screens.dialogs import (
     ReasonConfirmScreen,
     TypeToConfirmScreen,
 )
-
-if TYPE_CHECKING:
-    from .app import JobqApp
 
 #: What `e` adds to a lease.
 DEFAULT_EXTEND = "5m"
@@ -65,17 +66,22 @@ def preview_text(preview: Preview, noun: str) -> Text:
 READ_ONLY_SQLSTATE = "25006"
 
 class Operator:
-    """Runs the console's actions as workers, so the UI never waits on the database."""
+    """Runs the console's actions as workers of `app`, so the UI never waits on the database;
+    tells the app what changed by messages (`Acted`, `Unmark`)."""
 
-    def __init__(self, app: JobqApp) -> None:
+    def __init__(self, app: App[Any], db: ConsoleDB, *, read_only: bool,
+                 now: Callable[[], datetime]) -> None:
         self.app = app
+        self.db = db
+        self.read_only = read_only
+        self.now = now
 
     @property
     def admin(self) -> AsyncAdmin:
-        return self.app.admin
+        return self.db.admin
 
     def _start(self, flow: Callable[[], Awaitable[None]]) -> None:
-        if self.app.read_only:
+        if self.read_only:
             self.app.notify(READ_ONLY_REASON, title="disabled", severity="warning",
                             markup=False)
             return
@@ -94,10 +100,10 @@ class Operator:
         except (JobqError, psycopg.Error) as exc:
             self._error(str(exc))
         finally:
-            self.app.acted()
+            self.app.post_message(Acted())
 
     def _error(self, message: str) -> None:
-        self.app.notify(visible(self.app.db.redact(message)), title="action failed",
+        self.app.notify(visible(self.db.redact(message)), title="action failed",
                         severity="error", markup=False, timeout=8)
 
     def _done(self, result: RepairResult, what: str, ids: Sequence[int]) -> None:
@@ -107,7 +113,7 @@ class Operator:
             message += f"; {len(result.skipped)} skipped (their state moved on)"
         self.app.notify(message, title=result.action, markup=False,
                         severity="information" if result.changed else "warning")
-        self.app.unmark(ids)
+        self.app.post_message(Unmark(ids))
 
     # -- retry ------------------------------------------------------------------------------
 
@@ -245,7 +251,7 @@ class Operator:
             [pause] = await self.admin.pause([job_type], until=duration or None,
                                              reason=reason or None)
             until = "until resumed" if pause.until is None else \
-                f"until {zoned(pause.until, self.app.now())}"
+                f"until {zoned(pause.until, self.now())}"
             self.app.notify(f"{job_type} paused {until}: claims skip it", title="pause",
                             markup=False)
         self._start(flow)

@@ -3,7 +3,7 @@ actions are disabled, with the reason, on a read-only session."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from textual import events
 from textual.screen import Screen
@@ -11,8 +11,7 @@ from textual.widget import Widget
 
 from jobq_core.admin import AsyncAdmin
 
-if TYPE_CHECKING:
-    from ..app import JobqApp
+from ..messages import Console
 
 #: Actions that change the database; a read-only console shows them disabled.
 MUTATING = frozenset({"retry", "retry_all", "extend", "extend_by", "delete", "clear",
@@ -28,8 +27,9 @@ class LiveScreen(Screen[None]):
     crumb = ""
 
     @property
-    def jobq(self) -> JobqApp:
-        return cast("JobqApp", self.app)
+    def jobq(self) -> Console:
+        """The app this screen runs in, as much of it as a screen may read."""
+        return cast(Console, self.app)
 
     async def fetch(self, admin: AsyncAdmin) -> Any:
         return None

@@ -26,6 +26,7 @@ from jobq_core import NotFoundError
 from jobq_core.admin import AsyncAdmin, JobDetail, JobRow
 from jobq_core.filters import JobFilter
 
+from ..messages import Act, Open
 from ..widgets.status import Banner, Crumbs, StatusBar
 from .actions import JobActionsScreen
 
@@ -183,7 +184,7 @@ class DetailScreen(JobActionsScreen):
 
         request_id = self.request_id()
         if request_id:
-            self.jobq.open(TraceScreen(request_id))
+            self.post_message(Open(TraceScreen(request_id)))
         else:
             self.notify(f"job {self.job_id} has no request id", severity="warning",
                         markup=False)
@@ -198,19 +199,19 @@ class DetailScreen(JobActionsScreen):
         return {self.job_id: job_type} if job_type else {}
 
     def action_retry(self) -> None:
-        self.jobq.operator.start_retry([self.job_id])
+        self.post_message(Act("retry", [self.job_id]))
 
     def action_extend(self) -> None:
-        self.jobq.operator.start_extend([self.job_id])
+        self.post_message(Act("extend", [self.job_id]))
 
     def action_extend_by(self) -> None:
-        self.jobq.operator.start_extend_by([self.job_id], self.subject())
+        self.post_message(Act("extend_by", [self.job_id], subject=self.subject()))
 
     def action_cancel(self) -> None:
-        self.jobq.operator.start_cancel([self.job_id], self.subject())
+        self.post_message(Act("cancel", [self.job_id], subject=self.subject()))
 
     def action_delete(self) -> None:
-        self.jobq.operator.start_delete([self.job_id])
+        self.post_message(Act("delete", [self.job_id]))
 
 
 _STATE_STYLE = {"failed": "bold red", "retried": "yellow", "claimed": "bold yellow",

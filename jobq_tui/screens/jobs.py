@@ -6,6 +6,7 @@ marks survive every refresh."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import replace
 from datetime import datetime
 from typing import ClassVar
@@ -23,6 +24,7 @@ from jobq_core import JobqError
 from jobq_core.admin import AsyncAdmin, Count, JobRow, Page
 from jobq_core.filters import JobFilter, parse_filter
 
+from ..messages import Act, Open, Refresh
 from ..widgets.status import Banner, Crumbs, StatusBar
 from .actions import JobActionsScreen
 
@@ -218,7 +220,7 @@ class JobsScreen(JobActionsScreen):
     def show(self, data: tuple[str, Page]) -> None:
         key, page = data
         if key != self._view_key():
-            self.jobq.poke()  # the view changed while this page was loading
+            self.post_message(Refresh())  # the view changed while this page was loading
             return
         self.next_cursor = page.next_cursor
         self.total = page.total
@@ -348,7 +350,7 @@ class JobsScreen(JobActionsScreen):
         self.rows, self.order, self.total = {}, [], None
         self.query_one(DataTable).clear()
         self._show_info()
-        self.jobq.poke()
+        self.post_message(Refresh())
 
     @on(Tabs.TabActivated)
     def _tab_changed(self, event: Tabs.TabActivated) -> None:
@@ -409,7 +411,7 @@ class JobsScreen(JobActionsScreen):
     def job_types(self) -> dict[int, str]:
         return {i: row.type for i, row in self.rows.items()}
 
-    def unmark(self, ids: set[int]) -> None:
+    def unmark(self, ids: AbstractSet[int]) -> None:
         self.marked -= ids
         if self.rows:
             self._redraw()
@@ -424,7 +426,7 @@ class JobsScreen(JobActionsScreen):
 
         job_id = self._cursor_id()
         if job_id is not None:
-            self.jobq.open(DetailScreen(job_id))
+            self.post_message(Open(DetailScreen(job_id)))
 
     def action_trace(self) -> None:
         from .trace import TraceScreen
@@ -436,7 +438,7 @@ class JobsScreen(JobActionsScreen):
         if not request_id:
             self.notify(f"job {job_id} has no request id", severity="warning", markup=False)
             return
-        self.jobq.open(TraceScreen(request_id))
+        self.post_message(Open(TraceScreen(request_id)))
 
     def action_mark(self) -> None:
         job_id = self._cursor_id()
@@ -493,39 +495,40 @@ class JobsScreen(JobActionsScreen):
     def action_next_page(self) -> None:
         if self.next_cursor:
             self.pages.append(self.next_cursor)
-            self.jobq.poke()
+            self.post_message(Refresh())
         else:
             self.notify("this is the last page", timeout=2)
 
     def action_prev_page(self) -> None:
         if len(self.pages) > 1:
             self.pages.pop()
-            self.jobq.poke()
+            self.post_message(Refresh())
 
     # -- actions: the same admin calls as `jobq retry`, `extend`, `cancel`, `delete`, `clear` --
 
     def action_retry(self) -> None:
         if ids := self.selected():
-            self.jobq.operator.start_retry(ids, marked=bool(self.marked))
+            self.post_message(Act("retry", ids, marked=bool(self.marked)))
 
     def action_retry_all(self) -> None:
-        self.jobq.operator.start_retry_matching(self.filter)
+        self.post_message(Act("retry_matching", filter=self.filter))
 
     def action_extend(self) -> None:
         if ids := self.selected():
-            self.jobq.operator.start_extend(ids, marked=bool(self.marked))
+            self.post_message(Act("extend", ids, marked=bool(self.marked)))
 
     def action_extend_by(self) -> None:
         if ids := self.selected():
-            self.jobq.operator.start_extend_by(ids, self.subject(), marked=bool(self.marked))
+            self.post_message(Act("extend_by", ids, subject=self.subject(),
+                                  marked=bool(self.marked)))
 
     def action_cancel(self) -> None:
         if ids := self.selected():
-            self.jobq.operator.start_cancel(ids, self.subject())
+            self.post_message(Act("cancel", ids, subject=self.subject()))
 
     def action_delete(self) -> None:
         if ids := self.selected():
-            self.jobq.operator.start_delete(ids)
+            self.post_message(Act("delete", ids))
 
     def action_clear(self) -> None:
-        self.jobq.operator.start_clear()
+        self.post_message(Act("clear"))

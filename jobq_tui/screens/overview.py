@@ -18,6 +18,7 @@ from jobq_cli.format import count, literal, relative, span, sparkline, zoned
 from jobq_core.admin import AsyncAdmin, Count, Pause, TypeStats
 from jobq_core.filters import JobFilter
 
+from ..messages import Act, Open
 from ..widgets.status import Banner, Crumbs, StatusBar
 from ..widgets.table import add_columns, sync_table
 from .base import LiveScreen
@@ -199,24 +200,24 @@ class OverviewScreen(LiveScreen):
 
         job_type = self._selected_type()
         if job_type is not None:
-            self.jobq.open(JobsScreen(JobFilter(type=job_type)))
+            self.post_message(Open(JobsScreen(JobFilter(type=job_type))))
 
     def action_all_jobs(self) -> None:
         from .jobs import JobsScreen
 
-        self.jobq.open(JobsScreen(JobFilter()))
+        self.post_message(Open(JobsScreen(JobFilter())))
 
     def action_failed_jobs(self) -> None:
         """Every failed job, of every type: a type's own are under enter."""
         from .jobs import JobsScreen
 
-        self.jobq.open(JobsScreen(JobFilter(state="failed")))
+        self.post_message(Open(JobsScreen(JobFilter(state="failed"))))
 
     def action_cancelled_jobs(self) -> None:
         """Every cancelled job, of every type (kept, and retryable, like failed ones)."""
         from .jobs import JobsScreen
 
-        self.jobq.open(JobsScreen(JobFilter(state="cancelled")))
+        self.post_message(Open(JobsScreen(JobFilter(state="cancelled"))))
 
     def action_pause_type(self) -> None:
         """Pause the highlighted type (asking for how long and why), or resume it."""
@@ -225,19 +226,19 @@ class OverviewScreen(LiveScreen):
             return
         stats = self.stats.get(job_type)
         if stats is not None and stats.paused is not None:
-            self.jobq.operator.start_resume(job_type)
+            self.post_message(Act("resume", job_type=job_type))
         else:
-            self.jobq.operator.start_pause(job_type)
+            self.post_message(Act("pause", job_type=job_type))
 
     def action_workers(self) -> None:
         from .workers import WorkersScreen
 
-        self.jobq.open(WorkersScreen())
+        self.post_message(Open(WorkersScreen()))
 
     def action_filter(self) -> None:
         from .jobs import JobsScreen
 
-        self.jobq.open(JobsScreen(JobFilter(), edit_filter=True))
+        self.post_message(Open(JobsScreen(JobFilter(), edit_filter=True)))
 
     def action_clear(self) -> None:
-        self.jobq.operator.start_clear()
+        self.post_message(Act("clear"))

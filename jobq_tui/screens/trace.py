@@ -14,6 +14,7 @@ from jobq_cli.format import clock, first_line, literal, multiline
 from jobq_cli.safe import visible
 from jobq_core.admin import AsyncAdmin, Event, TraceTail
 
+from ..messages import Refresh
 from ..widgets.status import Banner, Crumbs, StatusBar
 from .base import LiveScreen
 
@@ -95,7 +96,7 @@ class TraceScreen(LiveScreen):
         self.job_ids.update(e.job_id for e in data)
         self.found += sum(1 for e in data if self._matches(e))
         if self.tail.more:
-            self.jobq.poke()  # more are waiting: fetch them without waiting an interval
+            self.post_message(Refresh())  # more are waiting: fetch them without waiting an interval
         if self.following:
             self._append(self.events[self.shown:])
         self._head()

@@ -16,6 +16,7 @@ from textual.widgets import DataTable, Footer, Static
 from jobq_cli.format import literal, span, zoned
 from jobq_core.admin import AsyncAdmin, Worker
 
+from ..messages import Act
 from ..widgets.status import Banner, Crumbs, StatusBar
 from ..widgets.table import add_columns, sync_table
 from .base import LiveScreen
@@ -122,5 +123,5 @@ class WorkersScreen(LiveScreen):
         elif worker.drain_requested_at is not None:
             self.notify(f"worker {worker.id} is already draining", markup=False)
         else:
-            self.jobq.operator.start_drain(worker)
+            self.post_message(Act("drain", worker=worker))
 
