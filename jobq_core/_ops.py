@@ -7,6 +7,7 @@ sync `JobQueue` and the async `AsyncJobQueue` only differ in how they drive it (
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,6 +23,7 @@ from .errors import (
     JobStateError,
     LeaseLostError,
     NotFoundError,
+    WaitTimeoutError,
 )
 from .models import (
     EnqueueParams,
@@ -53,6 +55,18 @@ class Stmt:
 
 
 Op = Generator[Stmt, Rows, T]
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """A step of `Steps`: wait `seconds` at most, or until woken, holding no connection."""
+
+    seconds: float
+
+
+#: An operation over several connections, such as `wait`: each `Op` it yields runs as a call
+#: of its own (on a connection of the pool) and is sent its result; a `Pause` is sent None.
+Steps = Generator["Op[Any] | Pause", Any, T]
 
 #: How many times an enqueue retries when the job holding its idempotency key vanishes
 #: between the conflicting insert and the lookup (it completed in that instant).
@@ -357,6 +371,25 @@ def outcome(st: Statements, job_id: int, arm: bool = False) -> Op[Outcome]:
             state, result, error = rows[0]
             return Outcome(state, result, error)
     raise NotFoundError(f"no job with id {job_id}, live or in history")
+
+
+#: The longest pause between two checks of a job `wait` is waiting for: its completion's
+#: NOTIFY usually ends the pause long before.
+WAIT_POLL = 1.0
+
+
+def wait(st: Statements, job_id: int, timeout: float | None) -> Steps[Any]:
+    """Until the job finishes: its result, or `JobFailedError` (`JobCancelledError` for a
+    cancelled one); `WaitTimeoutError` after `timeout` seconds. The job itself is unaffected."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        done = yield outcome(st, job_id, arm=True)
+        if done.finished:
+            return finished_result(job_id, done)
+        left = WAIT_POLL if deadline is None else deadline - time.monotonic()
+        if left <= 0:
+            raise WaitTimeoutError(f"job {job_id} did not finish in time")
+        yield Pause(min(left, WAIT_POLL))
 
 
 def finished_result(job_id: int, done: Outcome) -> Any:

@@ -25,6 +25,7 @@ from psycopg import sql as psql
 
 from . import _ops, sql
 from ._ops import Op, Stmt
+from ._twins import share_docstrings
 from .dsn import describe
 from .durations import parse_duration
 from .errors import (
@@ -1505,6 +1506,8 @@ def _close(conn: psycopg.Connection[Any] | None) -> None:
         with contextlib.suppress(*DRIVER_ERRORS):
             conn.close()
 
+
+share_docstrings(AsyncAdmin, Admin)
 
 __all__ = ["Admin", "AsyncAdmin", "Backoff", "ClearPreview", "Count", "Event", "Finding",
            "Holder", "JobDetail", "JobRow", "Page", "Preview", "RepairResult", "Replication",

@@ -14,12 +14,11 @@ import logging
 import os
 import socket
 import threading
-import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypedDict, TypeVar, Unpack
 
 import psycopg
 from psycopg import sql
@@ -28,7 +27,8 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from . import _ops, dsn, schema
-from ._ops import Op
+from ._ops import Op, Pause, Steps
+from ._twins import share_docstrings
 from .durations import parse_duration
 from .errors import (
     DRIVER_ERRORS,
@@ -37,7 +37,6 @@ from .errors import (
     JobqError,
     PermissionDeniedError,
     PoolExhaustedError,
-    WaitTimeoutError,
     classify,
 )
 from .models import Job, NewJob, job_list, load_json, validate_lease_ms
@@ -89,9 +88,6 @@ def _why_no_connection(exc: BaseException, full: bool, probe: BaseException | No
 log = logging.getLogger("jobq.queue")
 _EARLY_FAILED = "could not build the upgrade's indexes concurrently (%s); the migration builds them"
 
-#: Seconds between checks while waiting for a job, should a NOTIFY go missing.
-WAIT_POLL = 1.0
-
 
 def _pool_kwargs(conninfo: str | None, pgbouncer: bool) -> dict[str, Any]:
     """The queue's own connection settings, added to the user's and never replacing them:
@@ -113,11 +109,35 @@ def _pool_kwargs(conninfo: str | None, pgbouncer: bool) -> dict[str, Any]:
     return kwargs
 
 
-class _QueueCore:
-    """What both twins share: names, statements, defaults and the operations they build."""
+PoolT = TypeVar("PoolT", ConnectionPool[Any], AsyncConnectionPool[Any])
+ConnT = TypeVar("ConnT", psycopg.Connection[Any], psycopg.AsyncConnection[Any])
 
-    def __init__(self, table: str, default_lease_ms: int, conninfo: str | None,
-                 auto_migrate: bool = True, history_payload_bytes: int = PAYLOAD_BYTES) -> None:
+
+class QueueOptions(TypedDict, total=False):
+    """The options of `JobQueue`, `AsyncJobQueue` and their `create_` functions."""
+
+    table: str
+    default_lease_ms: int
+    max_connections: int
+    pgbouncer: bool
+    auto_migrate: bool
+    history_payload_bytes: int
+
+
+class _QueueCore(Generic[PoolT, ConnT]):
+    """What both twins share: the constructor, names, statements, defaults and the operations
+    they build. A twin names its pool and connection types and starts its own lock and
+    listener (`_start`)."""
+
+    _pool_type: type[PoolT]
+    _conn_type: type[ConnT]
+
+    def __init__(
+        self, target: str | PoolT | ConnT, *, table: str = "svti_jobs",
+        default_lease_ms: int = 30_000, max_connections: int = 10, pgbouncer: bool = False,
+        auto_migrate: bool = True, history_payload_bytes: int = PAYLOAD_BYTES,
+    ) -> None:
+        conninfo = _conninfo_of(target)
         #: Whether the first writing call creates or migrates the tables (reads never do).
         self.auto_migrate = auto_migrate
         if (not isinstance(history_payload_bytes, int) or isinstance(history_payload_bytes, bool)
@@ -133,6 +153,31 @@ class _QueueCore:
         self._ready = False
         #: Advanced by every claim: the claimed types take turns to come first (fairness).
         self._turns = itertools.count()
+        self.pgbouncer = pgbouncer
+        self._conn: ConnT | None = None
+        self._pool: PoolT | None = None
+        self._owns_pool = isinstance(target, str)
+        self._pool_opened = False
+        if isinstance(target, str):
+            self._pool = self._pool_type(
+                target, configure=self._configure,
+                **self._pool_args(max_connections, pgbouncer))
+        elif isinstance(target, self._pool_type):
+            self._pool = target
+        elif isinstance(target, self._conn_type):
+            self._conn = target
+        else:
+            raise TypeError(f"target must be a DSN, a psycopg {self._conn_type.__name__} or "
+                            f"a {self._pool_type.__name__}")
+        self._start()
+
+    def _configure(self, conn: Any) -> Any:
+        """How the queue's own pool sets up a new connection."""
+        raise NotImplementedError
+
+    def _start(self) -> None:
+        """Create the twin's lock and its done listener."""
+        raise NotImplementedError
 
     @property
     def names(self) -> Names:
@@ -151,13 +196,12 @@ class _QueueCore:
     @property
     def max_connections(self) -> int:
         """How many connections the queue may use at once (1 on a bare connection)."""
-        pool = getattr(self, "_pool", None)
-        return pool.max_size if pool is not None else 1
+        return self._pool.max_size if self._pool is not None else 1
 
     @property
     def listens(self) -> bool:
         """Whether LISTEN can work: a DSN to connect with, and no PgBouncer in between."""
-        return self.conninfo is not None and not getattr(self, "pgbouncer", False)
+        return self.conninfo is not None and not self.pgbouncer
 
     def _pool_args(self, max_connections: int, pgbouncer: bool) -> dict[str, Any]:
         """The arguments of the pool a queue builds for itself from a DSN."""
@@ -169,9 +213,23 @@ class _QueueCore:
         """Settings for a connection of the queue's own outside its pool, with the user's
         options; None when it cannot have one (no DSN) or must not hold a session lock
         (PgBouncer)."""
-        if self.conninfo is None or getattr(self, "pgbouncer", False):
+        if self.conninfo is None or self.pgbouncer:
             return None
         return _pool_kwargs(self.conninfo, False)
+
+    def _probe(self) -> tuple[str, dict[str, Any]] | None:
+        """When the pool had no connection to give: where one direct attempt can name the
+        real cause, which the pool only logs; None if the pool was full, or cannot say."""
+        assert self._pool is not None
+        kwargs = self._pool.kwargs
+        if (_pool_is_full(self._pool) or not isinstance(self._pool.conninfo, str)
+                or not isinstance(kwargs, dict)):
+            return None
+        return self._pool.conninfo, {**kwargs, "connect_timeout": 5}
+
+    def _why_no_connection(self, exc: PoolTimeout, probe: BaseException | None) -> JobqError:
+        assert self._pool is not None
+        return _why_no_connection(exc, _pool_is_full(self._pool), probe, self._pool.max_size)
 
     def _claim_op(
         self, limit: int, types: object, lease_ms: int | None, worker: str | None
@@ -218,20 +276,6 @@ class _QueueCore:
         )
 
 
-def _deadline(timeout: float | None) -> float | None:
-    return None if timeout is None else time.monotonic() + timeout
-
-
-def _remaining(job_id: int, deadline: float | None) -> float:
-    """Seconds to wait for the next notification; raises once the deadline has passed."""
-    if deadline is None:
-        return WAIT_POLL
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise WaitTimeoutError(f"job {job_id} did not finish in time")
-    return min(left, WAIT_POLL)
-
-
 def _conninfo_of(target: object) -> str | None:
     if isinstance(target, str):
         return target
@@ -243,10 +287,6 @@ def _conninfo_of(target: object) -> str | None:
 
 def _own_json(conn: psycopg.Connection[Any]) -> None:
     """A connection of the queue's own pool reads json as jobq does once, not per cursor."""
-    set_json_loads(load_json, conn)
-
-
-async def _own_json_async(conn: psycopg.AsyncConnection[Any]) -> None:
     set_json_loads(load_json, conn)
 
 
@@ -294,7 +334,42 @@ async def _run_async(conn: psycopg.AsyncConnection[Any], op: Op[T], *,
         return result
 
 
-class JobQueue(_QueueCore):
+def _steps_sync(steps: Steps[T], run: Callable[[Op[Any]], Any], woken: threading.Event) -> T:
+    """Drive `steps`: each op by `run`, each pause on `woken`."""
+    sent: Any = None
+    try:
+        while True:
+            step = steps.send(sent)
+            if isinstance(step, Pause):
+                woken.wait(step.seconds)
+                woken.clear()
+                sent = None
+            else:
+                sent = run(step)
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+
+
+async def _steps_async(steps: Steps[T], run: Callable[[Op[Any]], Awaitable[Any]],
+                       woken: asyncio.Event) -> T:
+    sent: Any = None
+    try:
+        while True:
+            step = steps.send(sent)
+            if isinstance(step, Pause):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), step.seconds)
+                woken.clear()
+                sent = None
+            else:
+                sent = await run(step)
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+
+
+class JobQueue(_QueueCore[ConnectionPool[Any], psycopg.Connection[Any]]):
     """A Postgres-backed job queue (sync). Thread-safe when built on a DSN or a pool.
 
     `target` is a DSN (the queue then owns a small pool), a `ConnectionPool`, or a
@@ -302,29 +377,14 @@ class JobQueue(_QueueCore):
     transaction, or savepoint if the caller has one open).
     """
 
-    def __init__(
-        self, target: SyncTarget, *, table: str = "svti_jobs", default_lease_ms: int = 30_000,
-        max_connections: int = 10, pgbouncer: bool = False, auto_migrate: bool = True,
-        history_payload_bytes: int = PAYLOAD_BYTES,
-    ) -> None:
-        super().__init__(table, default_lease_ms, _conninfo_of(target), auto_migrate,
-                         history_payload_bytes)
+    _pool_type = ConnectionPool
+    _conn_type = psycopg.Connection
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        _own_json(conn)
+
+    def _start(self) -> None:
         self._lock = threading.Lock()
-        self._conn: psycopg.Connection[Any] | None = None
-        self._pool: ConnectionPool | None = None
-        self._owns_pool = False
-        if isinstance(target, str):
-            self._pool = ConnectionPool(target, configure=_own_json,
-                                        **self._pool_args(max_connections, pgbouncer))
-            self._owns_pool = True
-        elif isinstance(target, ConnectionPool):
-            self._pool = target
-        elif isinstance(target, psycopg.Connection):
-            self._conn = target
-        else:
-            raise TypeError("target must be a DSN, a psycopg Connection or a ConnectionPool")
-        self._pool_opened = False
-        self.pgbouncer = pgbouncer
         self._done = _DoneListener(self)
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -362,17 +422,13 @@ class JobQueue(_QueueCore):
             raise error from None
 
     def _no_connection(self, exc: PoolTimeout) -> JobqError:
-        assert self._pool is not None
-        full = _pool_is_full(self._pool)
         probe: BaseException | None = None
-        kwargs = self._pool.kwargs
-        if not full and isinstance(self._pool.conninfo, str) and isinstance(kwargs, dict):
-            # One direct attempt names the real cause, which the pool only logs.
+        if (direct := self._probe()) is not None:
             try:
-                psycopg.connect(self._pool.conninfo, **{**kwargs, "connect_timeout": 5}).close()
+                psycopg.connect(direct[0], **direct[1]).close()
             except DRIVER_ERRORS as failed:
                 probe = failed
-        return _why_no_connection(exc, full, probe, self._pool.max_size)
+        return self._why_no_connection(exc, probe)
 
     def _run(
         self, op: Op[T], conn: psycopg.Connection[Any] | None = None, *, atomic: bool = False,
@@ -584,17 +640,37 @@ class JobQueue(_QueueCore):
         Woken by NOTIFY on one listening connection per queue, whatever the number of
         waiters, with a check every second as a fallback; `WaitTimeoutError` after `timeout`
         seconds."""
-        deadline = _deadline(timeout)
         woken = self._done.register(job_id)
         try:
-            while True:
-                done = self._run(_ops.outcome(self.statements, job_id, arm=True))
-                if done.finished:
-                    return _ops.finished_result(job_id, done)
-                woken.wait(_remaining(job_id, deadline))
-                woken.clear()
+            return _steps_sync(_ops.wait(self.statements, job_id, timeout), self._run, woken)
         finally:
             self._done.unregister(job_id, woken)
+
+
+EventT = TypeVar("EventT", threading.Event, asyncio.Event)
+
+
+class _Waiters(Generic[EventT]):
+    """Who waits for which job: the events a job's done NOTIFY sets (all, with no payload)."""
+
+    def __init__(self) -> None:
+        self._by_job: dict[int, list[EventT]] = {}
+
+    def add(self, job_id: int, woken: EventT) -> None:
+        self._by_job.setdefault(job_id, []).append(woken)
+
+    def remove(self, job_id: int, woken: EventT) -> None:
+        left = [w for w in self._by_job.get(job_id, []) if w is not woken]
+        if left:
+            self._by_job[job_id] = left
+        else:
+            self._by_job.pop(job_id, None)
+
+    def wake(self, payload: str | None) -> None:
+        for job_id, events in self._by_job.items():
+            if payload is None or str(job_id) == payload:
+                for woken in events:
+                    woken.set()
 
 
 class _DoneListener:
@@ -604,14 +680,14 @@ class _DoneListener:
     def __init__(self, queue: JobQueue) -> None:
         self._queue = queue
         self._lock = threading.Lock()
-        self._waiters: dict[int, list[threading.Event]] = {}
+        self._waiters = _Waiters[threading.Event]()
         self._thread: threading.Thread | None = None
         self._closed = threading.Event()
 
     def register(self, job_id: int) -> threading.Event:
         woken = threading.Event()
         with self._lock:
-            self._waiters.setdefault(job_id, []).append(woken)
+            self._waiters.add(job_id, woken)
             if self._thread is None and self._queue.listens:
                 self._thread = threading.Thread(target=self._serve, daemon=True,
                                                 name="jobq-wait-listener")
@@ -620,18 +696,11 @@ class _DoneListener:
 
     def unregister(self, job_id: int, woken: threading.Event) -> None:
         with self._lock:
-            left = [w for w in self._waiters.get(job_id, []) if w is not woken]
-            if left:
-                self._waiters[job_id] = left
-            else:
-                self._waiters.pop(job_id, None)
+            self._waiters.remove(job_id, woken)
 
     def _wake(self, payload: str | None) -> None:
         with self._lock:
-            for job_id, events in self._waiters.items():
-                if payload is None or str(job_id) == payload:
-                    for woken in events:
-                        woken.set()
+            self._waiters.wake(payload)
 
     def _serve(self) -> None:
         assert self._queue.conninfo is not None
@@ -645,7 +714,7 @@ class _DoneListener:
                     delay = 0.2
                     self._wake(None)  # anything that finished while we were not listening
                     while not self._closed.is_set():
-                        for note in conn.notifies(timeout=WAIT_POLL):
+                        for note in conn.notifies(timeout=_ops.WAIT_POLL):
                             self._wake(note.payload)
             except (*DRIVER_ERRORS, JobqError):
                 # Waiters fall back to their one-second check meanwhile.
@@ -656,34 +725,17 @@ class _DoneListener:
         self._closed.set()
 
 
-class AsyncJobQueue(_QueueCore):
+class AsyncJobQueue(_QueueCore[AsyncConnectionPool[Any], psycopg.AsyncConnection[Any]]):
     """The asyncio twin of `JobQueue`: same methods, same SQL, same behaviour."""
 
-    def __init__(
-        self, target: AsyncTarget, *, table: str = "svti_jobs", default_lease_ms: int = 30_000,
-        max_connections: int = 10, pgbouncer: bool = False, auto_migrate: bool = True,
-        history_payload_bytes: int = PAYLOAD_BYTES,
-    ) -> None:
-        super().__init__(table, default_lease_ms, _conninfo_of(target), auto_migrate,
-                         history_payload_bytes)
+    _pool_type = AsyncConnectionPool
+    _conn_type = psycopg.AsyncConnection
+
+    async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        set_json_loads(load_json, conn)
+
+    def _start(self) -> None:
         self._lock = asyncio.Lock()
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._pool: AsyncConnectionPool | None = None
-        self._owns_pool = False
-        if isinstance(target, str):
-            self._pool = AsyncConnectionPool(target, configure=_own_json_async,
-                                             **self._pool_args(max_connections, pgbouncer))
-            self._owns_pool = True
-        elif isinstance(target, AsyncConnectionPool):
-            self._pool = target
-        elif isinstance(target, psycopg.AsyncConnection):
-            self._conn = target
-        else:
-            raise TypeError(
-                "target must be a DSN, a psycopg AsyncConnection or an AsyncConnectionPool"
-            )
-        self._pool_opened = False
-        self.pgbouncer = pgbouncer
         self._done = _AsyncDoneListener(self)
 
     @asynccontextmanager
@@ -713,17 +765,13 @@ class AsyncJobQueue(_QueueCore):
             raise error from None
 
     async def _no_connection(self, exc: PoolTimeout) -> JobqError:
-        assert self._pool is not None
-        full = _pool_is_full(self._pool)
         probe: BaseException | None = None
-        kwargs = self._pool.kwargs
-        if not full and isinstance(self._pool.conninfo, str) and isinstance(kwargs, dict):
+        if (direct := self._probe()) is not None:
             try:
-                await (await psycopg.AsyncConnection.connect(
-                    self._pool.conninfo, **{**kwargs, "connect_timeout": 5})).close()
+                await (await psycopg.AsyncConnection.connect(direct[0], **direct[1])).close()
             except DRIVER_ERRORS as failed:
                 probe = failed
-        return _why_no_connection(exc, full, probe, self._pool.max_size)
+        return self._why_no_connection(exc, probe)
 
     async def _run(
         self, op: Op[T], conn: psycopg.AsyncConnection[Any] | None = None, *,
@@ -775,8 +823,6 @@ class AsyncJobQueue(_QueueCore):
             log.warning(_EARLY_FAILED, classify(exc))
 
     async def prepare(self) -> None:
-        """Do first use now (calls do it by themselves): resolve the table's schema, then
-        create or migrate the tables when the queue auto-migrates, or check them."""
         if self._ready:
             return
         if self.auto_migrate:
@@ -888,17 +934,10 @@ class AsyncJobQueue(_QueueCore):
         return await self._run(_ops.outcome(self.statements, job_id))
 
     async def wait(self, job_id: int, timeout: float | None = None) -> Any:
-        deadline = _deadline(timeout)
         woken = self._done.register(job_id)
         try:
-            while True:
-                done = await self._run(_ops.outcome(self.statements, job_id, arm=True))
-                if done.finished:
-                    return _ops.finished_result(job_id, done)
-                pause = _remaining(job_id, deadline)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), pause)
-                woken.clear()
+            return await _steps_async(_ops.wait(self.statements, job_id, timeout), self._run,
+                                      woken)
         finally:
             self._done.unregister(job_id, woken)
 
@@ -908,12 +947,12 @@ class _AsyncDoneListener:
 
     def __init__(self, queue: AsyncJobQueue) -> None:
         self._queue = queue
-        self._waiters: dict[int, list[asyncio.Event]] = {}
+        self._waiters = _Waiters[asyncio.Event]()
         self._task: asyncio.Task[None] | None = None
 
     def register(self, job_id: int) -> asyncio.Event:
         woken = asyncio.Event()
-        self._waiters.setdefault(job_id, []).append(woken)
+        self._waiters.add(job_id, woken)
         loop = asyncio.get_running_loop()
         if self._queue.listens and (
                 self._task is None or self._task.done() or self._task.get_loop() is not loop):
@@ -921,17 +960,10 @@ class _AsyncDoneListener:
         return woken
 
     def unregister(self, job_id: int, woken: asyncio.Event) -> None:
-        left = [w for w in self._waiters.get(job_id, []) if w is not woken]
-        if left:
-            self._waiters[job_id] = left
-        else:
-            self._waiters.pop(job_id, None)
+        self._waiters.remove(job_id, woken)
 
     def _wake(self, payload: str | None) -> None:
-        for job_id, events in self._waiters.items():
-            if payload is None or str(job_id) == payload:
-                for woken in events:
-                    woken.set()
+        self._waiters.wake(payload)
 
     async def _serve(self) -> None:
         assert self._queue.conninfo is not None
@@ -959,51 +991,37 @@ class _AsyncDoneListener:
         self._task = None
 
 
-def create_job_queue(
-    target: SyncTarget, *, table: str = "svti_jobs", default_lease_ms: int = 30_000,
-    max_connections: int = 10, pgbouncer: bool = False, auto_migrate: bool = True,
-    history_payload_bytes: int = PAYLOAD_BYTES,
-) -> JobQueue:
+share_docstrings(AsyncJobQueue, JobQueue)
+
+
+def create_job_queue(target: SyncTarget, **options: Unpack[QueueOptions]) -> JobQueue:
     """Build a `JobQueue` and create or migrate its tables now, so errors surface early.
 
-    `pgbouncer=True` suits PgBouncer in transaction mode: no prepared statements and no
-    startup options on the queue's own connections (pair it with a poll-only runner).
-    `auto_migrate=False` only checks the tables (a role without DDL rights, migrated by an
-    owner with `jobq migrate`): a missing or older schema is a `SchemaError` naming the fix.
-    A completed job keeps its payload in history when it is at most `history_payload_bytes`
-    bytes as stored (0 keeps none); a larger one leaves a note of its size."""
-    queue = JobQueue(
-        target, table=table, default_lease_ms=default_lease_ms,
-        max_connections=max_connections, pgbouncer=pgbouncer, auto_migrate=auto_migrate,
-        history_payload_bytes=history_payload_bytes,
-    )
+    Options, as `JobQueue` takes them (defaults in brackets):
+    - `table` ["svti_jobs"], optionally schema-qualified; `default_lease_ms` [30,000];
+      `max_connections` [10] of the pool a DSN gets.
+    - `pgbouncer=True` suits PgBouncer in transaction mode: no prepared statements and no
+      startup options on the queue's own connections (pair it with a poll-only runner).
+    - `auto_migrate=False` only checks the tables (a role without DDL rights, migrated by an
+      owner with `jobq migrate`): a missing or older schema is a `SchemaError` naming the fix.
+    - A completed job keeps its payload in history when it is at most
+      `history_payload_bytes` [PAYLOAD_BYTES] bytes as stored (0 keeps none); a larger one
+      leaves a note of its size."""
+    queue = JobQueue(target, **options)
     try:
-        if auto_migrate:
-            queue.migrate()
-        else:
-            queue.check_schema()
+        queue.migrate() if queue.auto_migrate else queue.check_schema()
     except BaseException:
         queue.close()
         raise
     return queue
 
 
-async def create_async_job_queue(
-    target: AsyncTarget, *, table: str = "svti_jobs", default_lease_ms: int = 30_000,
-    max_connections: int = 10, pgbouncer: bool = False, auto_migrate: bool = True,
-    history_payload_bytes: int = PAYLOAD_BYTES,
-) -> AsyncJobQueue:
+async def create_async_job_queue(target: AsyncTarget,
+                                 **options: Unpack[QueueOptions]) -> AsyncJobQueue:
     """The async twin of `create_job_queue`."""
-    queue = AsyncJobQueue(
-        target, table=table, default_lease_ms=default_lease_ms,
-        max_connections=max_connections, pgbouncer=pgbouncer, auto_migrate=auto_migrate,
-        history_payload_bytes=history_payload_bytes,
-    )
+    queue = AsyncJobQueue(target, **options)
     try:
-        if auto_migrate:
-            await queue.migrate()
-        else:
-            await queue.check_schema()
+        await (queue.migrate() if queue.auto_migrate else queue.check_schema())
     except BaseException:
         await queue.close()
         raise

@@ -547,10 +547,10 @@ def test_wait_for_a_job_run_elsewhere(dsn: str) -> None:
 
 
 async def test_async_wait_is_woken_by_notify(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import jobq_core.queue
+    import jobq_core._ops
 
     # No fallback check within the test's bound: only the NOTIFY can end the wait.
-    monkeypatch.setattr(jobq_core.queue, "WAIT_POLL", 3600.0)
+    monkeypatch.setattr(jobq_core._ops, "WAIT_POLL", 3600.0)
     async with AsyncJobQueue(dsn) as queue:
         job_id = await queue.enqueue("t")
         job = await queue.claim()
