@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal, TypedDict, Unpack
+from typing import Any, Literal, TypedDict, TypeVar, Unpack
 
 import psycopg
 from psycopg import sql
@@ -71,8 +71,10 @@ from .models import (
     validate_type,
 )
 from .queue import APPLICATION_NAME, AsyncJobQueue, JobQueue, default_worker_name
+from .queue_port import InThreads, QueuePort
 
 log = logging.getLogger("jobq.runner")
+R = TypeVar("R")
 
 #: `serve(until_idle=True)` keeps going while one of its own retries is due this soon (s).
 IDLE_GRACE = 1.0
@@ -231,7 +233,7 @@ class Context:
 
     async def aextend(self, ms: int) -> None:
         """Make this job's lease last at least `ms` from now."""
-        await self._runner._queue_call("extend", self.job, ms)
+        await self._runner._calls.extend(self.job, ms)
 
     def extend(self, ms: int) -> None:
         self._blocking(self.aextend(ms))
@@ -239,7 +241,7 @@ class Context:
     async def aenqueue(self, type: str, payload: Any = None, **options: Any) -> int:
         """Enqueue a follow-up job; it inherits this job's request id unless given another."""
         options.setdefault("request_id", self.request_id)
-        job_id: int = await self._runner._queue_call("enqueue", type, payload, **options)
+        job_id: int = await self._runner._calls.enqueue(type, payload, **options)
         return job_id
 
     def enqueue(self, type: str, payload: Any = None, **options: Any) -> int:
@@ -466,32 +468,36 @@ class TaskRunner:
 
     # -- queue access: either twin ------------------------------------------------------------
 
-    async def _queue_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """A queue call for a handler or an attempt (fail, complete, ctx.enqueue)."""
-        return await self._call(self._call_threads, method, *args, **kwargs)
+    def _port(self, threads: DaemonThreadPool | None) -> QueuePort:
+        # A sync queue's calls run on threads of the runner's own, never on the loop's
+        # default executor, where process waits and user code also run.
+        return InThreads(self.queue, threads) if isinstance(self.queue, JobQueue) else self.queue
 
-    async def _loop_call(self, loop: str, method: str, *args: Any,
-                         timeout: float | None = None, **kwargs: Any) -> Any:
-        """A background loop's queue call: on threads of the loops' own (sync queue), and
-        bounded in time, so a call that hangs is reported and retried, never waited on."""
+    @property
+    def _calls(self) -> QueuePort:
+        """The queue for a handler's or an attempt's calls (fail, complete, ctx.enqueue)."""
+        return self._port(self._call_threads)
+
+    @property
+    def _loops_queue(self) -> QueuePort:
+        """The queue for the background loops' calls, on threads of their own; await each
+        through `_loop_call`."""
+        return self._port(self._loop_threads)
+
+    async def _loop_call(self, loop: str, call: Coroutine[Any, Any, R], *,
+                         timeout: float | None = None) -> R:
+        """A background loop's queue call, bounded in time, so a call that hangs is reported
+        and retried, never waited on."""
         timeout = CALL_TIMEOUT if timeout is None else timeout
         try:
             # Not the first call, which may migrate: an upgrade's index build takes what it
             # takes, and cancelling it would leave the index to build again from scratch.
             async with asyncio.timeout(timeout if self.queue.prepared else None):
-                return await self._call(self._loop_threads, method, *args, **kwargs)
+                return await call
         except TimeoutError:
-            raise TransientError(
-                f"the {loop} loop's {method} did not answer within {timeout:.1f} s") from None
-
-    async def _call(self, threads: DaemonThreadPool | None, method: str, *args: Any,
-                    **kwargs: Any) -> Any:
-        fn = getattr(self.queue, method)
-        if isinstance(self.queue, AsyncJobQueue):
-            return await fn(*args, **kwargs)
-        # Never the loop's default executor, where process waits and user code also run.
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(threads, functools.partial(fn, *args, **kwargs))
+            name = getattr(call, "__name__", "call")
+            raise TransientError(f"the {loop} loop's {name} did not answer within "
+                                 f"{timeout:.1f} s") from None
 
     def _db_ok(self, loop: str) -> None:
         """A loop's call succeeded: the database answers, so a claim loop that is backing off
@@ -688,9 +694,9 @@ class TaskRunner:
                 await self._wait_for(self._wake, self.poll_interval)
                 continue
             try:
-                jobs = await self._loop_call(
-                    "claim", "claim_many", free, types=self.task_types, lease_ms=self.lease_ms,
-                    worker=self.worker_name)
+                jobs = await self._loop_call("claim", self._loops_queue.claim_many(
+                    free, types=self.task_types, lease_ms=self.lease_ms,
+                    worker=self.worker_name))
             except Exception as exc:
                 # A NOTIFY or another loop's success (the database is back) ends the pause.
                 await self._recover("claim", exc,
@@ -785,9 +791,9 @@ class TaskRunner:
             attempt.cancel("shutdown")
         if unfinished:
             try:
-                released = await self._loop_call(
-                    "release", "release", [a.job for a in unfinished],
-                    reason="handed back at shutdown", timeout=10.0)
+                released = await self._loop_call("release", self._loops_queue.release(
+                    [a.job for a in unfinished], reason="handed back at shutdown"),
+                    timeout=10.0)
             except JobqError as exc:
                 log.error("could not hand back %d jobs (their leases will expire): %s",
                           len(unfinished), exc)
@@ -823,7 +829,8 @@ class TaskRunner:
         health = self._loops.setdefault("listener", LoopHealth())
         while True:
             try:
-                await self._loop_call("listener", "prepare")  # the resolved table names it
+                # the resolved table names the channel
+                await self._loop_call("listener", self._loops_queue.prepare())
                 channel = sql.SQL("LISTEN {}").format(sql.Identifier(self.queue.names.channel))
                 conn = await psycopg.AsyncConnection.connect(
                     self.queue.conninfo, autocommit=True,
@@ -876,7 +883,7 @@ class TaskRunner:
             return
         try:
             cancelled: dict[int, str] = await self._loop_call(
-                "heartbeat", "cancelled", [a.job.id for a in attempts])
+                "heartbeat", self._loops_queue.cancelled([a.job.id for a in attempts]))
         except Exception as exc:
             log.warning("could not tell cancelled jobs from lost leases: %s", exc)
             return
@@ -900,7 +907,7 @@ class TaskRunner:
             pause = self.heartbeat_interval
             try:
                 orders: Orders = await self._loop_call(
-                    "registry", "worker_beat", self._me(), list(self._running),
+                    "registry", self._loops_queue.worker_beat(self._me(), list(self._running)),
                     timeout=max(1.0, 2 * self.heartbeat_interval))
                 self._db_ok("registry")
                 self._obey(orders)
@@ -911,7 +918,8 @@ class TaskRunner:
                 self._next_fold = time.monotonic() + FOLD_EVERY
                 await self._fold_rates()
         try:
-            await self._loop_call("registry", "worker_gone", self.worker_id, timeout=5.0)
+            await self._loop_call("registry", self._loops_queue.worker_gone(self.worker_id),
+                                  timeout=5.0)
         except Exception as exc:
             log.warning("could not leave the worker registry (the entry ages out): %s", exc)
 
@@ -921,7 +929,8 @@ class TaskRunner:
         daily partitions ahead. One folder at a time across the fleet (the others skip), so
         a fleet costs the same as one runner."""
         try:
-            await self._loop_call("registry", "fold_rates", timeout=FOLD_TIMEOUT)
+            await self._loop_call("registry", self._loops_queue.fold_rates(),
+                                  timeout=FOLD_TIMEOUT)
         except Exception as exc:  # never a reason to stop serving: history has a DEFAULT partition
             log.warning("could not fold the per-minute rates (nor keep the history's partitions "
                         "ahead), trying again in %d s: %s", FOLD_EVERY, exc)
@@ -934,7 +943,8 @@ class TaskRunner:
         try:
             # A beat that hangs is given up in time to judge the leases it was renewing.
             kept: set[int] | None = await self._loop_call(
-                "heartbeat", "heartbeat", [a.job for a in held], [a.lease_ms for a in held],
+                "heartbeat", self._loops_queue.heartbeat([a.job for a in held],
+                                                         [a.lease_ms for a in held]),
                 timeout=max(1.0, 2 * self.heartbeat_interval))
             self._db_ok("heartbeat")
         except Exception as exc:
@@ -1055,10 +1065,10 @@ class TaskRunner:
         while True:
             try:
                 kept = set(await self._loop_call(
-                    "ack", "complete_many", jobs, [r for _, r, _ in batch]))
+                    "ack", self._loops_queue.complete_many(jobs, [r for _, r, _ in batch])))
                 if unknown and len(kept) < len(jobs):
                     kept |= await self._loop_call(
-                        "ack", "acked", [j for j in jobs if j.id not in kept])
+                        "ack", self._loops_queue.acked([j for j in jobs if j.id not in kept]))
                 self._db_ok("ack")
                 return kept
             except Exception as exc:
@@ -1128,7 +1138,7 @@ class TaskRunner:
                 handed_over = True  # the acker completes it and frees the slot
                 return _AttemptEnd.COMPLETED, result
             try:
-                await self._queue_call("complete", job, result=result)
+                await self._calls.complete(job, result=result)
             except LeaseLostError:
                 await self._note_cancels([attempt])
                 return self._discard(attempt, started, "lease lost before the ack")
@@ -1161,8 +1171,8 @@ class TaskRunner:
         delay = min(max(float(task.backoff(job.attempts)), 0.0),
                     DELAY_MAX.total_seconds()) if retry else 0.0
         try:
-            await self._queue_call("fail", job, reason=reason, retry=retry,
-                                   run_at=timedelta(seconds=delay) if retry else None)
+            await self._calls.fail(job, reason=reason, retry=retry,
+                                  run_at=timedelta(seconds=delay) if retry else None)
         except LeaseLostError:
             await self._note_cancels([attempt])
             return self._discard(attempt, started, "lease lost before the failure was recorded")
@@ -1259,15 +1269,15 @@ class TaskRunner:
             heartbeat.add_done_callback(self._heartbeat_ended)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            job_id: int = await self._queue_call(
-                "enqueue", type, payload, idempotency_key=idempotency_key, request_id=request_id)
+            job_id: int = await self._calls.enqueue(
+                type, payload, idempotency_key=idempotency_key, request_id=request_id)
             while True:
-                done = await self._queue_call("outcome", job_id)
+                done = await self._calls.outcome(job_id)
                 if done.finished:
                     return finished_result(job_id, done)
                 lease_ms = self._tasks[type].lease_ms or self.lease_ms
-                job = await self._queue_call(
-                    "claim_by_id", job_id, lease_ms=lease_ms, worker=self.worker_name)
+                job = await self._calls.claim_by_id(
+                    job_id, lease_ms=lease_ms, worker=self.worker_name)
                 if job is not None:
                     outcome, value = await self._attempt(self._begin(job, lease_ms),
                                                          batch_ack=False)
@@ -1280,7 +1290,7 @@ class TaskRunner:
                 if wait <= 0:
                     raise WaitTimeoutError(f"job {job_id} did not finish in time")
                 with contextlib.suppress(WaitTimeoutError):
-                    return await self._queue_call("wait", job_id, timeout=min(wait, 1.0))
+                    return await self._calls.wait(job_id, timeout=min(wait, 1.0))
         finally:
             if heartbeat is not None:
                 heartbeat.cancel()
