@@ -500,12 +500,31 @@ class Backoff:
 OutageHook = Callable[[JobqError | None], None]
 
 
-def _transient(exc: BaseException) -> JobqError:
-    """The classified error; raised again unless it may pass when tried later."""
-    error = classify(exc)
-    if not isinstance(error, TransientError):
-        raise error from None
-    return error
+class _Outage:
+    """A follower's outage bookkeeping, for both twins: a transient failure is reported
+    once to `hook` and waited out with backoff; the first success after it reports the end.
+    A failure that will not pass by waiting is raised."""
+
+    def __init__(self, hook: OutageHook | None) -> None:
+        self.hook = hook
+        self.down = False
+        self.backoff = Backoff()
+
+    def failed(self, exc: BaseException) -> float:
+        """The pause before the next try."""
+        error = classify(exc)
+        if not isinstance(error, TransientError):
+            raise error from None
+        if not self.down and self.hook is not None:
+            self.hook(error)
+        self.down = True
+        return self.backoff.next()
+
+    def answered(self) -> None:
+        if self.down and self.hook is not None:
+            self.hook(None)
+        self.down = False
+        self.backoff.reset()
 
 
 def _pause(values: Sequence[Any]) -> Pause:
@@ -1163,26 +1182,19 @@ class Admin:
         or repeated, as long as the queue's connections come back by themselves (a DSN or a
         pool). Pass a `tail` to carry on where another follower stopped."""
         tail = tail if tail is not None else TraceTail(request_id, after)
-        backoff = Backoff()
-        down = False
+        outage = _Outage(on_outage)
         listener: psycopg.Connection[Any] | None = None
         try:
             while True:
                 try:
                     batch = self.poll_trace(tail)
                 except (JobqError, *DRIVER_ERRORS) as exc:
-                    error = _transient(exc)
-                    if not down and on_outage is not None:
-                        on_outage(error)
-                    down = True
+                    pause = outage.failed(exc)
                     _close(listener)
                     listener = None
-                    time.sleep(backoff.next())
+                    time.sleep(pause)
                     continue
-                if down and on_outage is not None:
-                    on_outage(None)
-                down = False
-                backoff.reset()
+                outage.answered()
                 yield from batch
                 if tail.more:
                     continue
@@ -1446,8 +1458,7 @@ class AsyncAdmin:
         jobs); every other transition is picked up by polling every `poll` seconds, which
         costs one index probe on the request id."""
         tail = tail if tail is not None else TraceTail(request_id, after)
-        backoff = Backoff()
-        down = False
+        outage = _Outage(on_outage)
         wake = asyncio.Event()
         listener = asyncio.create_task(self._listen(wake)) if self.queue.listens else None
         try:
@@ -1455,16 +1466,9 @@ class AsyncAdmin:
                 try:
                     batch = await self.poll_trace(tail)
                 except (JobqError, *DRIVER_ERRORS) as exc:
-                    error = _transient(exc)
-                    if not down and on_outage is not None:
-                        on_outage(error)
-                    down = True
-                    await asyncio.sleep(backoff.next())
+                    await asyncio.sleep(outage.failed(exc))
                     continue
-                if down and on_outage is not None:
-                    on_outage(None)
-                down = False
-                backoff.reset()
+                outage.answered()
                 for event in batch:
                     yield event
                 if tail.more:
