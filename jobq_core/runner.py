@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import inspect
 import json
 import logging
 import os
-import random
 import secrets
 import signal
 import socket
@@ -34,12 +32,14 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal, TypedDict, TypeVar, Unpack
+from typing import Any, TypeVar, Unpack
 
 import psycopg
 from psycopg import sql
 
+from . import loop_health
 from ._ops import Orders, WorkerInfo, finished_result
+from .attempts import Attempt, AttemptEnd, Context, RunnerEvent
 from .dsn import redact
 from .errors import (
     DRIVER_ERRORS,
@@ -58,10 +58,9 @@ from .executors import (
     ChildSettings,
     DaemonThreadPool,
     FallbackHandler,
-    ProcessCrashedError,
     ProcessPool,
-    bound_logger,
 )
+from .loop_health import LoopHealth
 from .models import (
     DELAY_MAX,
     Job,
@@ -72,21 +71,15 @@ from .models import (
 )
 from .queue import APPLICATION_NAME, AsyncJobQueue, JobQueue, default_worker_name
 from .queue_port import InThreads, QueuePort
+from .tasks import Task, TaskOptions, exponential_backoff
 
 log = logging.getLogger("jobq.runner")
 R = TypeVar("R")
 
 #: `serve(until_idle=True)` keeps going while one of its own retries is due this soon (s).
 IDLE_GRACE = 1.0
-#: A background loop that fails with errors that retrying will not fix (a bug, a missing
-#: table, a refused permission) this many times in a row, for at least this many seconds,
-#: stops the runner. Transient errors (an outage, timeouts) are retried for as long as they
-#: last.
-PERMANENT_FAILURES, PERMANENT_SECONDS = 5, 30.0
 #: Seconds a graceful stop lets an in-flight claim finish before it is abandoned.
 STOP_GRACE = 1.0
-#: Backoff of a failing loop: from this many seconds, doubling, jittered, up to the cap.
-BACKOFF_BASE, BACKOFF_CAP = 0.1, 5.0
 #: Seconds between a runner's folds of the per-minute rates from history, and the longest
 #: a fold may take (it never holds up anything that matters: the next minute tries again).
 FOLD_EVERY, FOLD_TIMEOUT = 60, 10.0
@@ -97,193 +90,6 @@ CALL_TIMEOUT = 60.0
 #: Threads for a sync queue's calls from the background loops (claim, heartbeat, acks), kept
 #: apart from the threads that handlers' own calls (fail, ctx.enqueue) use.
 LOOP_THREADS = 3
-
-Executor = Literal["thread", "process", "async"]
-Backoff = Callable[[int], float]
-RetryOn = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
-
-
-def exponential_backoff(base: float = 1.0, cap: float = 300.0) -> Backoff:
-    """Seconds before retry number `attempt`: base * 2^(attempt-1), capped, with equal jitter
-    (between half and all of it), so a burst of failures does not retry in lockstep."""
-
-    def backoff(attempt: int) -> float:
-        delay: float = min(cap, base * 2.0 ** max(attempt - 1, 0))
-        return delay / 2 + random.uniform(0, delay / 2)
-
-    return backoff
-
-
-class TaskOptions(TypedDict, total=False):
-    """How a task is run; see `TaskRunner.register`."""
-
-    max_attempts: int
-    backoff: Backoff | None
-    timeout: float | None
-    executor: Executor | None
-    retry_on: RetryOn | None
-    lease_ms: int | None
-
-
-@dataclass(frozen=True)
-class Task:
-    name: str
-    fn: Callable[..., Any]
-    max_attempts: int
-    backoff: Backoff
-    timeout: float | None
-    executor: Executor
-    retry_on: RetryOn | None
-    lease_ms: int | None
-
-    def retryable(self, exc: BaseException) -> bool:
-        if self.retry_on is None or isinstance(exc, TimeoutError | ProcessCrashedError):
-            return True
-        if isinstance(self.retry_on, tuple):
-            return isinstance(exc, self.retry_on)
-        return bool(self.retry_on(exc))
-
-
-@dataclass(frozen=True)
-class RunnerEvent:
-    """What `on_event` callbacks receive, once per transition this runner makes.
-
-    `kind` is one of claimed, completed, retried, failed, cancelled (by an operator),
-    lease_lost, released, timed_out."""
-
-    kind: str
-    job: Job
-    attempt: int
-    duration: float | None = None
-    error: str | None = None
-    result: Any = None
-
-
-@dataclass
-class LoopHealth:
-    """How one background loop is doing: `failures` counts its failed iterations in a row,
-    `permanent` those of them in a row that retrying cannot fix, since `permanent_since`."""
-
-    failures: int = 0
-    permanent: int = 0
-    permanent_since: float | None = None
-    last_ok: float | None = None
-    last_error: str | None = None
-    _delay: float = field(default=BACKOFF_BASE, repr=False)
-
-    def ok(self) -> None:
-        self.failures = self.permanent = 0
-        self.permanent_since = None
-        self.last_ok = time.time()
-        self._delay = BACKOFF_BASE
-
-    def failed(self, exc: BaseException) -> float:
-        """Count a failure; returns the jittered pause before the next try."""
-        self.failures += 1
-        if isinstance(exc, TransientError):
-            self.permanent, self.permanent_since = 0, None
-        else:
-            self.permanent += 1
-            if self.permanent_since is None:
-                self.permanent_since = time.monotonic()
-        self.last_error = f"{type(exc).__name__}: {exc}"
-        pause = self._delay / 2 + random.uniform(0, self._delay / 2)
-        self._delay = min(self._delay * 2, BACKOFF_CAP)
-        return pause
-
-    @property
-    def hopeless(self) -> bool:
-        """Failing for good: permanent errors only, often enough and for long enough."""
-        return (self.permanent >= PERMANENT_FAILURES and self.permanent_since is not None
-                and time.monotonic() - self.permanent_since >= PERMANENT_SECONDS)
-
-    def reset_backoff(self) -> None:
-        self._delay = BACKOFF_BASE
-
-
-class Context:
-    """`ctx`, the second argument of every handler (thread and async executors)."""
-
-    def __init__(self, runner: TaskRunner, attempt: _Attempt) -> None:
-        self.job = attempt.job
-        self.attempt = attempt.job.attempts
-        self.request_id = attempt.job.request_id
-        self._state = attempt
-        self._runner = runner
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
-
-    @property
-    def cancelled(self) -> threading.Event:
-        """Set when the lease is lost, an operator cancels the job, on timeout and on
-        shutdown: stop, the result will be discarded."""
-        return self._state.cancelled
-
-    @functools.cached_property
-    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
-        """A logger bound to this job's id, attempt and request id."""
-        return bound_logger(self.job)
-
-    def _blocking(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """Run `coro` on the runner's loop from a handler thread and wait for it."""
-        if threading.get_ident() == self._loop_thread:
-            coro.close()
-            raise JobqError("in an async handler use `await ctx.aenqueue()` / `ctx.aextend()`")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-    async def aextend(self, ms: int) -> None:
-        """Make this job's lease last at least `ms` from now."""
-        await self._runner._calls.extend(self.job, ms)
-
-    def extend(self, ms: int) -> None:
-        self._blocking(self.aextend(ms))
-
-    async def aenqueue(self, type: str, payload: Any = None, **options: Any) -> int:
-        """Enqueue a follow-up job; it inherits this job's request id unless given another."""
-        options.setdefault("request_id", self.request_id)
-        job_id: int = await self._runner._calls.enqueue(type, payload, **options)
-        return job_id
-
-    def enqueue(self, type: str, payload: Any = None, **options: Any) -> int:
-        job_id: int = self._blocking(self.aenqueue(type, payload, **options))
-        return job_id
-
-
-@dataclass(eq=False)  # compared and hashed by identity: one object per attempt
-class _Attempt:
-    job: Job
-    task: Task
-    lease_ms: int
-    deadline: float
-    cancel_reason: str | None = None
-    #: Who cancelled the job and why, when an operator did (then its outcome is dropped).
-    operator: str | None = None
-    handler: asyncio.Task[Any] | None = None
-    #: Finished and handed to the acker: a beat that misses it is no proof of a lost lease.
-    acking: bool = False
-    _cancelled: threading.Event | None = None
-
-    @property
-    def cancelled(self) -> threading.Event:
-        # Made on first use: most handlers never look, and an Event per job is measurable.
-        if self._cancelled is None:
-            self._cancelled = threading.Event()
-            if self.cancel_reason is not None:
-                self._cancelled.set()
-        return self._cancelled
-
-    def cancel(self, reason: str) -> None:
-        if self.cancel_reason is None:
-            self.cancel_reason = reason
-        if self._cancelled is not None:
-            self._cancelled.set()
-        if self.handler is not None and self.task.executor == "async":
-            self.handler.cancel()
-
-
-class _AttemptEnd:
-    COMPLETED, RETRIED, FAILED, DISCARDED = "completed", "retried", "failed", "discarded"
-
 
 class TaskRunner:
     """Runs registered handlers for jobs of a `JobQueue` or an `AsyncJobQueue`."""
@@ -327,11 +133,11 @@ class TaskRunner:
         self._listeners: list[Callable[[RunnerEvent], None]] = [on_event] if on_event else []
         self._tasks: dict[str, Task] = {}
         #: The attempts that hold their job's lease, by job id.
-        self._running: dict[int, _Attempt] = {}
+        self._running: dict[int, Attempt] = {}
         #: Attempts whose job was taken from them (an operator's cancel, a lost lease) while
         #: their handler still runs: it keeps its slot until it ends, but the job is no longer
         #: theirs, and the same job may run here again meanwhile.
-        self._retired: set[_Attempt] = set()
+        self._retired: set[Attempt] = set()
         self._stuck_threads = 0
         self._retries_due: list[float] = []
         self._waiting_for_slot = False
@@ -353,7 +159,7 @@ class TaskRunner:
         self._paused: set[str] = set()
         #: When this runner next folds the per-minute rates (monotonic seconds).
         self._next_fold = 0.0
-        self._acks: asyncio.Queue[tuple[_Attempt, Any, float]] | None = None
+        self._acks: asyncio.Queue[tuple[Attempt, Any, float]] | None = None
         self._loops: dict[str, LoopHealth] = {}
         self._status = "stopped"
         self._fatal: BaseException | None = None
@@ -523,7 +329,8 @@ class TaskRunner:
             if health.hopeless:
                 raise RunnerFailedError(
                     f"the {loop} loop failed {health.permanent} times in a row over "
-                    f"{PERMANENT_SECONDS:.0f} s: {type(error).__name__}: {error}") from exc
+                    f"{loop_health.PERMANENT_SECONDS:.0f} s: {type(error).__name__}: "
+                    f"{error}") from exc
             log.error("%s loop failed (%d in a row), retrying in %.1fs: %s: %s", loop,
                       health.failures, pause, type(error).__name__, error,
                       exc_info=not isinstance(error, JobqError))
@@ -868,14 +675,14 @@ class TaskRunner:
             held = list(self._running.values())
             if not held:
                 continue
-            lost: list[_Attempt] = []
+            lost: list[Attempt] = []
             pause = min(pause, await self._renew(held, lost))
             await self._note_cancels(lost)
             for attempt in lost:
                 if attempt.operator is None:
                     self._lose(attempt, "lease lost (reclaimed or removed)")
 
-    async def _note_cancels(self, attempts: list[_Attempt]) -> None:
+    async def _note_cancels(self, attempts: list[Attempt]) -> None:
         """Of these attempts whose job was refused to them (a lease that did not hold, an
         ack or a failure the fence turned down), mark those an operator cancelled: a cancel,
         not a lost lease, even before a registry beat brought the news."""
@@ -935,7 +742,7 @@ class TaskRunner:
             log.warning("could not fold the per-minute rates (nor keep the history's partitions "
                         "ahead), trying again in %d s: %s", FOLD_EVERY, exc)
 
-    async def _renew(self, held: list[_Attempt], lost: list[_Attempt]) -> float:
+    async def _renew(self, held: list[Attempt], lost: list[Attempt]) -> float:
         """Renew the held leases; adds to `lost` those that did not hold. Returns the pause
         before the next beat."""
         started = time.monotonic()
@@ -976,19 +783,19 @@ class TaskRunner:
         return (self.concurrency - len(self._running) - len(self._retired)
                 - self._stuck_threads)
 
-    def _retire(self, attempt: _Attempt) -> None:
+    def _retire(self, attempt: Attempt) -> None:
         """The job is no longer this attempt's: stop renewing it, keep its slot until the
         handler ends, and let the job run again (here too) without mixing the two up."""
         if self._running.get(attempt.job.id) is attempt:
             del self._running[attempt.job.id]
             self._retired.add(attempt)
 
-    def _release_slot(self, attempt: _Attempt) -> None:
+    def _release_slot(self, attempt: Attempt) -> None:
         if self._running.get(attempt.job.id) is attempt:
             del self._running[attempt.job.id]
         self._retired.discard(attempt)
 
-    def _cancelled_by_operator(self, attempt: _Attempt, reason: str) -> None:
+    def _cancelled_by_operator(self, attempt: Attempt, reason: str) -> None:
         if attempt.operator is not None:
             return
         attempt.operator = reason
@@ -1025,7 +832,7 @@ class TaskRunner:
             self._beat_now.set()
         await asyncio.wait({beats}, timeout=LEAVE_GRACE)
 
-    def _lose(self, attempt: _Attempt, reason: str) -> None:
+    def _lose(self, attempt: Attempt, reason: str) -> None:
         attempt.cancel(reason)
         self._retire(attempt)
         self.counters["lease_lost"] += 1
@@ -1057,7 +864,7 @@ class TaskRunner:
                 self._acks.task_done()
             self._slot_freed(None)
 
-    async def _ack(self, batch: list[tuple[_Attempt, Any, float]]) -> set[int]:
+    async def _ack(self, batch: list[tuple[Attempt, Any, float]]) -> set[int]:
         """Complete a batch; on failure, retry with backoff until the first lease would run
         out. Jobs not acked by then run again (at least once, never lost)."""
         jobs = [a.job for a, _, _ in batch]
@@ -1083,17 +890,17 @@ class TaskRunner:
 
     # -- one attempt ------------------------------------------------------------------------
 
-    def _begin(self, job: Job, claim_lease_ms: int) -> _Attempt:
+    def _begin(self, job: Job, claim_lease_ms: int) -> Attempt:
         """Take a slot for a job claimed with a lease of `claim_lease_ms`."""
         task = self._tasks[job.type]
         # A task's own lease applies from the first heartbeat, which comes well before the
         # claim's lease (a third of it) runs out: no extra round trip per job.
-        attempt = _Attempt(job, task, task.lease_ms or self.lease_ms,
+        attempt = Attempt(job, task, task.lease_ms or self.lease_ms,
                            time.monotonic() + claim_lease_ms / 1000)
         self._running[job.id] = attempt
         return attempt
 
-    async def _attempt(self, attempt: _Attempt, *, batch_ack: bool = True) -> tuple[str, Any]:
+    async def _attempt(self, attempt: Attempt, *, batch_ack: bool = True) -> tuple[str, Any]:
         """Run one claimed job to its next state; returns (outcome, result or exception)."""
         job, task = attempt.job, attempt.task
         handed_over = False
@@ -1136,7 +943,7 @@ class TaskRunner:
                 attempt.acking = True
                 self._acks.put_nowait((attempt, result, started))
                 handed_over = True  # the acker completes it and frees the slot
-                return _AttemptEnd.COMPLETED, result
+                return AttemptEnd.COMPLETED, result
             try:
                 await self._calls.complete(job, result=result)
             except LeaseLostError:
@@ -1144,26 +951,26 @@ class TaskRunner:
                 return self._discard(attempt, started, "lease lost before the ack")
             self.counters["completed"] += 1
             self._emit("completed", job, duration=time.monotonic() - started, result=result)
-            return _AttemptEnd.COMPLETED, result
+            return AttemptEnd.COMPLETED, result
         finally:
             if not handed_over:
                 self._release_slot(attempt)
 
-    def _discard(self, attempt: _Attempt, started: float,
+    def _discard(self, attempt: Attempt, started: float,
                  reason: str | None = None) -> tuple[str, Any]:
         if attempt.operator is not None:  # its lease went with the cancel: no lease lost
             self.counters["cancelled"] += 1
             self._emit("cancelled", attempt.job, error=attempt.operator,
                        duration=time.monotonic() - started)
-            return _AttemptEnd.DISCARDED, None
+            return AttemptEnd.DISCARDED, None
         why = reason or attempt.cancel_reason or "cancelled"
         self.counters["discarded"] += 1
         log.info("job %s: result discarded (%s)", attempt.job.id, why)
         if reason is not None:
             self._emit("lease_lost", attempt.job, error=why, duration=time.monotonic() - started)
-        return _AttemptEnd.DISCARDED, None
+        return AttemptEnd.DISCARDED, None
 
-    async def _fail(self, attempt: _Attempt, reason: str, *, retry: bool, started: float,
+    async def _fail(self, attempt: Attempt, reason: str, *, retry: bool, started: float,
                     exc: BaseException | None = None) -> tuple[str, Any]:
         job, task = attempt.job, attempt.task
         retry = retry and job.attempts < task.max_attempts
@@ -1192,12 +999,12 @@ class TaskRunner:
             self._retries_due.append(now + delay)
             if self._loop is not None:
                 self._loop.call_later(delay, self._wake_up)  # pick our own retry up on time
-            return _AttemptEnd.RETRIED, exc
+            return AttemptEnd.RETRIED, exc
         self.counters["failed"] += 1
         self._emit("failed", job, duration=duration, error=reason)
-        return _AttemptEnd.FAILED, exc
+        return AttemptEnd.FAILED, exc
 
-    async def _execute(self, attempt: _Attempt) -> Any:
+    async def _execute(self, attempt: Attempt) -> Any:
         task, job = attempt.task, attempt.job
         if task.executor == "process":
             if self._processes is None:
@@ -1206,7 +1013,7 @@ class TaskRunner:
                     logging.getLogger("jobq.task").getEffectiveLevel()))
             return await self._processes.run(task.fn, job.payload, job, task.timeout,
                                              attempt.cancelled)
-        ctx = Context(self, attempt)
+        ctx = Context(attempt, lambda: self._calls)
         if task.executor == "async":
             # The handler runs in this attempt's own task (no task per job); a lost lease
             # cancels that task while, and only while, the handler runs.
@@ -1281,9 +1088,9 @@ class TaskRunner:
                 if job is not None:
                     outcome, value = await self._attempt(self._begin(job, lease_ms),
                                                          batch_ack=False)
-                    if outcome == _AttemptEnd.COMPLETED:
+                    if outcome == AttemptEnd.COMPLETED:
                         return value
-                    if outcome == _AttemptEnd.FAILED and isinstance(value, BaseException):
+                    if outcome == AttemptEnd.FAILED and isinstance(value, BaseException):
                         raise value
                     continue
                 wait = 1.0 if deadline is None else deadline - time.monotonic()

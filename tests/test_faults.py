@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-import jobq_core.runner
+import jobq_core.loop_health
 from jobq_core import (
     AsyncJobQueue,
     JobqError,
@@ -236,7 +236,7 @@ def test_a_loop_that_cannot_go_on_stops_the_runner_loudly(
     The runner must not spin or hang: after PERMANENT_FAILURES in a row over
     PERMANENT_SECONDS (shortened here) it stops, serve() raises RunnerFailedError, and the
     health file says so."""
-    monkeypatch.setattr(jobq_core.runner, "PERMANENT_SECONDS", 1.0)
+    monkeypatch.setattr(jobq_core.loop_health, "PERMANENT_SECONDS", 1.0)
     health = tmp_path / "health.json"
     queue = JobQueue(dsn)
     runner = create_task_runner(queue, poll_interval=0.05, health_file=health)
