@@ -645,7 +645,10 @@ class TaskRunner:
                 async with conn:
                     await conn.execute(channel)
                     self._db_ok("listener")
-                    self._wake.set()  # catch up on anything enqueued while not listening
+                    # Catch up on what came while not listening: work enqueued, and an
+                    # operator's cancel or drain, whose NOTIFY was sent to nobody.
+                    self._wake.set()
+                    self._beat_now.set()
                     async for notice in conn.notifies():
                         if notice.payload in ("cancel", "drain"):
                             self._beat_now.set()

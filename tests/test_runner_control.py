@@ -17,7 +17,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg
+import psycopg.sql
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from jobq_core import JobQueue, RunnerEvent, TaskRunner, create_task_runner
 from jobq_core.admin import Admin
@@ -222,6 +224,38 @@ def test_a_stop_asked_for_during_a_drain_still_hands_back_at_once(
     assert db.execute("SELECT state, attempts FROM svti_jobs WHERE id = ANY(%s) ORDER BY id",
                       (ids,)).fetchall() == [("pending", 0), ("pending", 0)]
     assert runner.counters["handed_back"] == 2
+
+
+def test_a_drain_ordered_while_the_listener_is_away_is_obeyed_when_it_returns(
+    dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    """A drain's NOTIFY sent while the runner's listener is reconnecting reaches nobody; the
+    runner must not then wait for its next scheduled beat (a minute here) to learn of it."""
+    queue = JobQueue(dsn)
+    admin = Admin(queue)
+    runner = runner_tasks.make_runner(dsn, concurrency=1, shutdown_timeout=60, **SLOW_BEAT)
+    queue.enqueue("slow", {"sleep": 120})
+    thread = threading.Thread(target=lambda: asyncio.run(runner.serve()), daemon=True)
+    thread.start()
+    listener = ("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = 'jobq-listener'")
+    wait_until(lambda: db.execute(listener).fetchall(), what="the listener")
+    wait_until(admin.workers, what="registration")
+    # No new connection to this database meanwhile, so the listener cannot come back early.
+    allow = psycopg.sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}")
+    database = psycopg.sql.Identifier(db.info.dbname)
+    with psycopg.connect(make_conninfo(dsn, dbname="postgres"), autocommit=True) as other:
+        other.execute(allow.format(database, psycopg.sql.SQL("false")))
+        try:
+            db.execute(f"SELECT pg_terminate_backend(pid) FROM ({listener}) AS l")
+            admin.drain(runner.worker_id, by="ops@desk")  # on the admin's open connection
+        finally:
+            other.execute(allow.format(database, psycopg.sql.SQL("true")))
+    wait_until(lambda: runner.health()["draining_for"], what="the drain order")
+    runner.request_stop()
+    runner.request_stop()
+    thread.join(30)
+    assert not thread.is_alive()
 
 
 # -- the registry ------------------------------------------------------------------------------
