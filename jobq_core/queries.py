@@ -1,0 +1,37 @@
+"""The queue's statements, read once from `queries.sql`: a `-- name --` line opens each, the
+comment lines after it describe it, and the rest, up to the next name, is the statement as it
+runs (its placeholders filled by `sql.Statements`)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+_NAME = re.compile(r"^-- ([a-z_][a-z0-9_]*) --$", re.MULTILINE)
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    name: str
+    description: str
+    text: str
+
+
+def parse(source: str) -> dict[str, Query]:
+    """The named statements of `source`; the text before the first name is its preamble."""
+    pieces = _NAME.split(source)
+    queries: dict[str, Query] = {}
+    for name, body in zip(pieces[1::2], pieces[2::2], strict=True):
+        lines = body.strip("\n").splitlines()
+        described = 0
+        while described < len(lines) and lines[described].startswith("--"):
+            described += 1
+        if name in queries:
+            raise ValueError(f"queries.sql names {name!r} twice")
+        description = "\n".join(line[2:].strip() for line in lines[:described]).strip()
+        queries[name] = Query(name, description, "\n".join(lines[described:]).strip())
+    return queries
+
+
+QUERIES = parse(resources.files(__package__).joinpath("queries.sql").read_text("utf-8"))

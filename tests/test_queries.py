@@ -1,0 +1,56 @@
+"""queries.sql: every statement named and described, every name the code uses defined, and
+none defined that nothing uses."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from jobq_core.queries import QUERIES, parse
+from jobq_core.sql import Statements
+
+CORE = Path(__file__).resolve().parents[1] / "jobq_core"
+
+
+def _statement_names_used() -> set[str]:
+    """Attributes read off a `Statements` in jobq_core: `st.x`, `self._st.x`, `x.statements.y`."""
+    used: set[str] = set()
+    for path in CORE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Attribute):
+                continue
+            owner = node.value
+            if (isinstance(owner, ast.Name) and owner.id == "st") or (
+                    isinstance(owner, ast.Attribute) and owner.attr in ("_st", "statements")):
+                used.add(node.attr)
+    return used
+
+
+def test_every_statement_is_described() -> None:
+    assert len(QUERIES) >= 20
+    for query in QUERIES.values():
+        assert query.description, f"{query.name} has no description"
+        assert query.text and not query.text.startswith("--"), query.name
+
+
+def test_every_name_the_code_uses_is_defined_and_every_statement_is_used() -> None:
+    used = _statement_names_used()
+    fields = {field.name for field in dataclasses.fields(Statements)}
+    undefined = {name for name in used
+                 if name not in QUERIES and name not in fields and not hasattr(Statements, name)}
+    assert undefined == set()
+    assert set(QUERIES) - used == set()
+
+
+def test_a_name_given_twice_is_refused() -> None:
+    with pytest.raises(ValueError, match="twice"):
+        parse("-- a --\n-- one\nSELECT 1\n\n-- a --\n-- two\nSELECT 2\n")
+
+
+def test_descriptions_and_placeholders_stay_out_of_the_text() -> None:
+    parsed = parse("preamble\n-- x --\n-- takes %(n)s\n--\n-- more\nSELECT %(n)s -- inline\n")
+    assert parsed["x"].description == "takes %(n)s\n\nmore"
+    assert parsed["x"].text == "SELECT %(n)s -- inline"
