@@ -191,7 +191,7 @@ def explain(dsn: str) -> dict[str, dict[str, Any]]:
         for label, (query, params, small) in reads.items():
             with conn.transaction(force_rollback=True):  # the fold writes
                 if small:
-                    conn.execute(sql.SMALL_READS.encode())
+                    conn.execute(st.small_reads)
                 rows = conn.execute(b"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query,
                                     params).fetchone()
             assert rows is not None

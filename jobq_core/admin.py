@@ -536,13 +536,13 @@ def stats(st: Statements, *, fold: bool = True) -> Op[list[TypeStats]]:
     """Per type: ready, scheduled, claimed, late, expired, failed, cancelled, oldest ready
     age, completed/failed per minute over the last hour, whether it is paused and whether a
     live worker serves it. Cost grows with the number of types, not with the backlog or the
-    history. Runs in one transaction (the caller's), of small reads (`sql.SMALL_READS`).
+    history. Runs in one transaction (the caller's), of small reads (`small_reads`).
     Folds the rates first, unless not to `fold` (a standby, which cannot write, shows what
     the primary's runners folded)."""
     if fold:
         yield from _ops.fold_rates(st)  # which sets the transaction for small reads
     else:
-        yield Stmt(sql.SMALL_READS.encode())
+        yield Stmt(st.small_reads)
     types = [r[0] for r in (yield Stmt(st.stats_types))]
     paused = {p.type: p for p in (yield from pauses(st))}
     served = {r[0] for r in (yield Stmt(st.stats_served))}
@@ -674,8 +674,8 @@ class Replication:
         return self.lag == timedelta(0)
 
 
-def server_identity() -> Op[ServerIdentity]:
-    return ServerIdentity(*(yield Stmt(sql.SERVER_IDENTITY.encode()))[0])
+def server_identity(st: Statements) -> Op[ServerIdentity]:
+    return ServerIdentity(*(yield Stmt(st.server_identity))[0])
 
 
 def check_replica(primary: ServerIdentity, replica: ServerIdentity, where: str) -> None:
@@ -692,10 +692,10 @@ def check_replica(primary: ServerIdentity, replica: ServerIdentity, where: str) 
                            f"primary's is {primary.database!r}")
 
 
-def replication(written: str | None, where: str) -> Op[Replication]:
+def replication(st: Statements, written: str | None, where: str) -> Op[Replication]:
     """Where the replica stands, and whether it has replayed WAL position `written`."""
     (in_recovery, streaming, received, replayed, pending, last, age, applied) = (
-        yield Stmt(sql.REPLICATION.encode(), {"written": written}))[0]
+        yield Stmt(st.replication, {"written": written}))[0]
     if not in_recovery:
         raise ReplicaError(f"the read replica ({where}) is no longer a standby: it was "
                            "promoted; read the primary, or give a standby of it")
@@ -706,8 +706,8 @@ def replication(written: str | None, where: str) -> Op[Replication]:
     return Replication(streaming, received, replayed, pending, last, lag, applied, where)
 
 
-def wal_position() -> Op[str]:
-    position: str = (yield Stmt(sql.WAL_POSITION.encode()))[0][0]
+def wal_position(st: Statements) -> Op[str]:
+    position: str = (yield Stmt(st.wal_position))[0][0]
     return position
 
 
@@ -845,8 +845,8 @@ def doctor(st: Statements) -> Op[list[Finding]]:
         f"at version {version}, this jobq knows {LATEST_VERSION}",
         None if version == LATEST_VERSION else "jobq migrate (or any queue's first use)"))
     # Holders first: the tables' fixes depend on them.
-    holders = [Holder(*r) for r in (yield Stmt(sql.DOCTOR_HOLDERS.encode()))]
-    tables = list((yield Stmt(sql.DOCTOR_TABLES.encode(), names)))
+    holders = [Holder(*r) for r in (yield Stmt(st.doctor_holders))]
+    tables = list((yield Stmt(st.doctor_tables, names)))
     dead_rows = any(row[4] for row in tables)
     pinning = [h for h in holders if h.pins(dead_rows)]
     for name, total, heap, live, dead, vacuumed, analyzed in tables:
@@ -865,7 +865,7 @@ def doctor(st: Statements) -> Op[list[Finding]]:
             fix = (f"VACUUM (ANALYZE) {name}; and for a queue table: ALTER TABLE {name} SET "
                    "(autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_cost_delay = 0)")
         findings.append(Finding(f"table {name}", "warn" if fix else "ok", detail, fix))
-    for index, size, valid in (yield Stmt(sql.DOCTOR_INDEXES.encode(), names)):
+    for index, size, valid in (yield Stmt(st.doctor_indexes, names)):
         findings.append(Finding(
             f"index {index}", "ok" if valid else "error",
             f"{_size(size)}" + ("" if valid else "; INVALID (a failed concurrent build)"),
@@ -873,7 +873,7 @@ def doctor(st: Statements) -> Op[list[Finding]]:
     findings += _horizon_findings(holders, dead_rows)
     if version >= 7:
         findings.append((yield from _partition_finding(st, names["events"])))
-    cache = (yield Stmt(sql.DOCTOR_EVENTS_SEQUENCE.encode(), names))
+    cache = (yield Stmt(st.doctor_events_sequence, names))
     if cache and cache[0][0] > 1:
         findings.append(Finding(
             "event ids", "warn",
@@ -881,7 +881,7 @@ def doctor(st: Statements) -> Op[list[Finding]]:
             "not handed out in order and a trace follower (jobq trace --follow, the console's "
             "trace tail) may miss events",
             f"ALTER TABLE {names['events']} ALTER COLUMN id SET CACHE 1"))
-    expired = (yield Stmt(st.render(sql.DOCTOR_EXPIRED)))[0][0]
+    expired = (yield Stmt(st.doctor_expired))[0][0]
     findings.append(Finding(
         "expired leases", "warn" if expired else "ok",
         f"{expired}{'+' if expired >= 10_000 else ''} claimed jobs whose lease ran out",
@@ -893,7 +893,7 @@ def doctor(st: Statements) -> Op[list[Finding]]:
 def _partition_finding(st: Statements, events: str) -> Op[Finding]:
     """Whether the history's daily partitions reach a day ahead, as folds keep them."""
     days, until, ahead, in_default = (
-        yield Stmt(sql.DOCTOR_PARTITIONS.encode(), {"events": events}))[0]
+        yield Stmt(st.doctor_partitions, {"events": events}))[0]
     detail = (f"{days} partitions, through {until:%Y-%m-%d %H:%M %Z}" if until else
               f"{days} partitions") + f"; about {in_default or 0} rows in the default partition"
     if ahead:
@@ -1097,7 +1097,7 @@ class Admin:
         `replication().has_own_writes`."""
         result = self._run(op, atomic=atomic)
         if self.reads is not None:
-            self._written = self._run(wal_position())
+            self._written = self._run(wal_position(self._st))
         return result
 
     def _read(self, op: Callable[[Statements], Op[T]], *, atomic: bool = False) -> T:
@@ -1107,8 +1107,8 @@ class Admin:
             return self._run(op(self._st), atomic=atomic)
         if not self._replica_checked:
             # Before either schema is checked: a wrong server is named as such.
-            primary = self.queue._run(server_identity(), schema_op=True)
-            check_replica(primary, self._on_replica(lambda _: server_identity(), identity=True),
+            primary = self.queue._run(server_identity(self._st), schema_op=True)
+            check_replica(primary, self._on_replica(server_identity, identity=True),
                           _shown(self.reads))
             self._replica_checked = True
         return self._on_replica(op, atomic=atomic)
@@ -1128,7 +1128,7 @@ class Admin:
         if self.reads is None:
             return None
         where = _shown(self.reads)
-        return self._read(lambda _: replication(self._written, where))
+        return self._read(lambda st: replication(st, self._written, where))
 
     def catch_up(self, timeout: float) -> Replication | None:
         """`replication()`, once the replica shows this Admin's last action or `timeout`
@@ -1320,15 +1320,15 @@ class AsyncAdmin:
     async def _write(self, op: Op[T], *, atomic: bool = False) -> T:
         result = await self._run(op, atomic=atomic)
         if self.reads is not None:
-            self._written = await self._run(wal_position())
+            self._written = await self._run(wal_position(self._st))
         return result
 
     async def _read(self, op: Callable[[Statements], Op[T]], *, atomic: bool = False) -> T:
         if self.reads is None:
             return await self._run(op(self._st), atomic=atomic)
         if not self._replica_checked:
-            primary = await self.queue._run(server_identity(), schema_op=True)
-            check_replica(primary, await self._on_replica(lambda _: server_identity(),
+            primary = await self.queue._run(server_identity(self._st), schema_op=True)
+            check_replica(primary, await self._on_replica(server_identity,
                                                           identity=True), _shown(self.reads))
             self._replica_checked = True
         return await self._on_replica(op, atomic=atomic)
@@ -1346,7 +1346,7 @@ class AsyncAdmin:
         if self.reads is None:
             return None
         where = _shown(self.reads)
-        return await self._read(lambda _: replication(self._written, where))
+        return await self._read(lambda st: replication(st, self._written, where))
 
     async def catch_up(self, timeout: float) -> Replication | None:
         deadline = time.monotonic() + timeout

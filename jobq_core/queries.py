@@ -29,8 +29,11 @@ def parse(source: str) -> dict[str, Query]:
             described += 1
         if name in queries:
             raise ValueError(f"queries.sql names {name!r} twice")
+        end = len(lines)
+        while end > described and (not lines[end - 1].strip() or lines[end - 1].startswith("--")):
+            end -= 1  # a section head before the next name belongs to no statement
         description = "\n".join(line[2:].strip() for line in lines[:described]).strip()
-        queries[name] = Query(name, description, "\n".join(lines[described:]).strip())
+        queries[name] = Query(name, description, "\n".join(lines[described:end]))
     return queries
 
 

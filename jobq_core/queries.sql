@@ -1,9 +1,11 @@
--- The queue's statements, each under a `-- name --` line and described by the comment lines
+-- jobq's statements, each under a `-- name --` line and described by the comment lines
 -- that follow it. What you read is what runs: `{jobs}`, `{events}`, `{keys}`, `{pauses}`,
 -- `{channel}`, `{done_channel}` and `{keep_bytes}` are the only placeholders, filled once per
 -- queue by `Statements` with identifiers and literals composed by psycopg.sql (a literal
--- brace is written twice); values are always bound parameters, %(name)s, and a literal % is
--- written %%.
+-- brace is written twice; the history's functions are named {free_keys_fn}, {retire_fn} and
+-- {ahead_fn}, and the registry's table {workers}, the rates' {rates}); values are always
+-- bound parameters, %(name)s, and a literal % is written %%. Lines of comment before a name
+-- (like the section heads) belong to no statement.
 --
 -- Conventions that hold throughout:
 -- - Every transition writes its history row (`{events}`) in the same statement.
@@ -13,11 +15,11 @@
 --   job that is not dead:
 --     (lease_token = %(token)s::uuid
 --      OR (%(token)s::uuid IS NULL AND state NOT IN ('failed', 'cancelled')))
--- - Claims, heartbeats and hand-backs of claims are soft state and commit asynchronously (no
---   wait for the WAL flush), by the setting `(SELECT set_config('synchronous_commit', 'off',
---   true)) AS async_commit`, which is local to the statement's own transaction: if a crash
---   loses one, the job is simply back as it was, its old holder's ack fails the lease fence,
---   and the job runs again; nothing is lost or completed twice.
+-- - Claims and heartbeats are soft state and commit asynchronously (no wait for the WAL
+--   flush), by the setting `(SELECT set_config('synchronous_commit', 'off', true)) AS
+--   async_commit`, which is local to the statement's own transaction: if a crash loses one,
+--   the job is simply back as it was, its old holder's ack fails the lease fence, and the job
+--   runs again; nothing is lost or completed twice.
 -- - A completed job's payload stays in its history row when it is at most {keep_bytes} bytes
 --   as stored; a larger one leaves a note of its size instead.
 
@@ -586,3 +588,678 @@ SELECT (SELECT count(*) FROM {jobs}
         WHERE state = 'pending' AND run_at <= now() AND type = ANY(%(types)s::text[]))
      + (SELECT count(*) FROM {jobs}
         WHERE state = 'claimed' AND lease_until < now() AND type = ANY(%(types)s::text[]))
+
+
+-- ---- Operators: the statements of jobq_core.admin, and the runner's registry ----------
+
+
+-- cutoff --
+-- A clear's cutoff: its age ago, but never later than the end of the last foldable minute
+-- (date_trunc('minute', now() - interval '10 seconds'): never the minute of the last 10
+-- seconds, whose events may not all be committed yet), so that every history row it deletes
+-- lies in a minute that the fold before its deletes counts (a `clear --older-than 30s` keeps
+-- the current minute's completions for the rates).
+SELECT least(now() - %(older_than)s::interval,
+             date_trunc('minute', now() - interval '10 seconds'))
+
+
+-- clear_preview --
+-- What clear would remove: old failed jobs, and old history except that of jobs that stay in
+-- the queue. Counting it costs what deleting it would (a BRIN range scan), never more.
+WITH c AS (
+    -- the cutoff, as `cutoff` computes it
+    SELECT least(now() - %(older_than)s::interval,
+                 date_trunc('minute', now() - interval '10 seconds')) AS cutoff
+)
+SELECT c.cutoff,
+  (SELECT count(*) FROM {jobs} WHERE state IN ('failed', 'cancelled') AND failed_at < c.cutoff),
+  (SELECT array_agg(id) FROM (SELECT id FROM {jobs} WHERE state IN ('failed', 'cancelled')
+      AND failed_at < c.cutoff ORDER BY failed_at LIMIT 10) s),
+  (SELECT count(*) FROM {events} AS e WHERE occurred_at < c.cutoff
+      AND NOT EXISTS (SELECT 1 FROM {jobs} AS j WHERE j.id = e.job_id
+                      AND NOT (j.state IN ('failed', 'cancelled') AND j.failed_at < c.cutoff)))
+FROM c
+
+
+-- clear_failed_batch --
+-- Dead jobs are removed in batches; each removal is itself recorded as history. Each ended
+-- state is read from its own partial index (one IN list would scan the whole hot table for
+-- every batch), up to a batch of each: a statement that removes fewer than a batch found
+-- both exhausted.
+WITH del AS (
+    DELETE FROM {jobs} WHERE id = ANY(
+        ARRAY(SELECT id FROM {jobs} WHERE state = 'failed' AND failed_at < %(cutoff)s
+              ORDER BY failed_at, id LIMIT %(batch)s FOR UPDATE SKIP LOCKED)
+        || ARRAY(SELECT id FROM {jobs} WHERE state = 'cancelled' AND failed_at < %(cutoff)s
+                 ORDER BY failed_at, id LIMIT %(batch)s FOR UPDATE SKIP LOCKED))
+      AND state IN ('failed', 'cancelled')
+    RETURNING id, type, request_id, attempts, state
+), ev AS (
+    INSERT INTO {events} (job_id, type, event, request_id, attempt, reason)
+    SELECT id, type, 'deleted', request_id, attempts, 'cleared (was ' || state || ')' FROM del
+)
+SELECT count(*) FROM del
+
+
+-- history_partitions --
+-- The history's partitions, oldest first, each with its bounds, its size in blocks, and
+-- whether this role may retire it (only the owner of both it and the history may).
+SELECT p.part::regclass::text, p.nsp, p.name, p.is_default, p.lo, p.hi,
+       pg_relation_size(p.part) / current_setting('block_size')::bigint,
+       pg_has_role(p.owner, 'USAGE')
+       AND pg_has_role((SELECT relowner FROM pg_class WHERE oid = %(events)s::regclass), 'USAGE')
+FROM (SELECT c.oid AS part, n.nspname AS nsp, c.relname AS name, c.relowner AS owner,
+       b.bound = 'DEFAULT' AS is_default,
+       CASE WHEN m[1] <> 'MINVALUE' THEN btrim(m[1], '''')::timestamptz END AS lo,
+       CASE WHEN m[2] <> 'MAXVALUE' THEN btrim(m[2], '''')::timestamptz END AS hi
+    FROM pg_catalog.pg_inherits AS i
+    JOIN pg_catalog.pg_class AS c ON c.oid = i.inhrelid
+    JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+    CROSS JOIN LATERAL (SELECT pg_catalog.pg_get_expr(c.relpartbound, c.oid) AS bound) AS b
+    LEFT JOIN LATERAL pg_catalog.regexp_match(b.bound, 'FROM \((.*)\) TO \((.*)\)') AS m
+        ON true
+    WHERE i.inhparent = %(events)s::regclass) AS p
+ORDER BY p.hi NULLS LAST, p.lo
+
+
+-- free_day_keys --
+-- Free the idempotency keys held by one day's history partition before it is dropped.
+SELECT * FROM {free_keys_fn}(%(part)s)
+
+
+-- retire --
+-- Drop one day's history partition, moving the rows of jobs still held (%(held)s) to the
+-- DEFAULT partition first.
+SELECT {retire_fn}(%(part)s, %(held)s::bigint[])
+
+
+-- clear_events_batch --
+-- What no partition could be retired for (the one the cutoff falls in, the DEFAULT partition,
+-- those of a clear by another role) is walked once in physical order, through the history,
+-- one range of blocks per statement, the same in each partition walked (the ranges add up to
+-- 1 MB): a TID Range Scan of just those blocks in each partition that holds rows older than
+-- the cutoff, with no sort and no index, so that the walk reads each page once and its cost
+-- grows with the size of what is walked, not with its square. (A partition is mostly in time
+-- order but freed space is reused, so no range can be skipped by age.) Live jobs keep their
+-- history: their ids are looked up in the jobs' primary key, once per job of the range.
+-- Written so because the generic plan (jobq's connections force it) cannot size a TID range:
+-- a NOT EXISTS was planned as a hash of all 1M jobs for each range (0.8 s against 10 ms), or
+-- with JIT compiling for 25 ms (benchmarks/README.md). The keys of the `enqueued` events
+-- deleted are freed with them.
+WITH old AS MATERIALIZED (
+    SELECT DISTINCT job_id FROM {events}
+    WHERE ctid >= %(lo)s::tid AND ctid < %(hi)s::tid AND occurred_at < %(cutoff)s
+), live AS MATERIALIZED (
+    SELECT id FROM {jobs} WHERE id = ANY(ARRAY(SELECT job_id FROM old))
+), del AS (
+    DELETE FROM {events}
+    WHERE ctid >= %(lo)s::tid AND ctid < %(hi)s::tid AND occurred_at < %(cutoff)s
+      AND job_id NOT IN (SELECT id FROM live)
+    RETURNING job_id, event, idempotency_key
+), freed AS (
+    DELETE FROM {keys} AS k USING del
+    WHERE del.event = 'enqueued' AND k.key = del.idempotency_key AND k.job_id = del.job_id
+)
+SELECT count(*) FROM del
+
+
+-- show_job --
+-- One job as `jobq show` and the console's detail show it (admin.JobRow's columns).
+SELECT id, type, state, payload, priority, run_at, attempts, request_id, idempotency_key,
+       lease_until, claimed_by, claimed_at, last_error, failed_at, created_at, lease_ms
+FROM {jobs} WHERE id = %(id)s
+
+
+-- job_events --
+-- Its history, oldest first (admin.Event's columns).
+SELECT id, occurred_at, job_id, type, event, request_id, attempt, worker, reason, result
+FROM {events} WHERE job_id = %(id)s ORDER BY id
+
+
+-- trace --
+-- A page of the events under one request id, after event id %(after)s.
+SELECT id, occurred_at, job_id, type, event, request_id, attempt, worker, reason, result
+FROM {events}
+WHERE request_id = %(request_id)s AND id > %(after)s ORDER BY id LIMIT %(limit)s
+
+
+-- trace_follow --
+-- One poll of the trace follower (admin.TraceTail): the request's events above `low` it has
+-- not delivered, with this statement's snapshot xmin and a bound above every transaction id
+-- assigned before the snapshot. age() counts from the next xid to be assigned, read when it
+-- is first called in a transaction that has no xid of its own, i.e. after the snapshot was
+-- taken; a transaction with an xid (or a stale reading, below xmax) gives no bound.
+-- xid8 -> 32-bit xid through text; 0-2 are not normal xids, so step below them.
+WITH snap AS (
+    SELECT pg_snapshot_xmin(s)::text::bigint AS xmin, pg_snapshot_xmax(s)::text::bigint AS xmax
+    FROM pg_current_snapshot() AS s
+), base AS (
+    SELECT xmin, xmax,
+           CASE WHEN xmax %% 4294967296 < 3 THEN xmax - 3 ELSE xmax END AS b
+    FROM snap
+), bound AS (
+    SELECT xmin, xmax, b + age((b %% 4294967296)::text::xid) AS next_xid FROM base
+)
+SELECT bound.xmin,
+       CASE WHEN pg_current_xact_id_if_assigned() IS NULL AND bound.next_xid >= bound.xmax
+            THEN bound.next_xid END,
+       e.*
+FROM bound LEFT JOIN LATERAL (
+    SELECT id, occurred_at, job_id, type, event, request_id, attempt, worker, reason, result
+FROM {events}
+    WHERE request_id = %(request_id)s AND id > %(low)s::bigint AND id <> ALL(%(seen)s::bigint[])
+    ORDER BY id LIMIT %(limit)s
+) AS e ON true
+ORDER BY e.id
+
+
+-- retry --
+-- Repairs by id, each in one statement with its history row. A preview runs the same
+-- eligibility test without changing anything.
+-- An operator's retry gives the job a fresh attempt budget (attempts back to 0, as Sidekiq
+-- resets its retry count): it runs its handler again however many attempts it spent, and a
+-- crash loop after it is still caught by counting from there. Its history keeps the spent
+-- attempts, on the `retried` event.
+WITH locked AS (
+    SELECT id, attempts, state FROM {jobs}
+    WHERE id = ANY(%(ids)s::bigint[]) AND state IN ('failed', 'cancelled')
+    ORDER BY id FOR UPDATE
+), upd AS (
+    UPDATE {jobs} AS j SET state = 'pending', run_at = coalesce(%(run_at)s::timestamptz, now()),
+        failed_at = NULL, lease_token = NULL, lease_until = NULL, lease_ms = NULL, attempts = 0
+    FROM locked WHERE j.id = locked.id AND j.state IN ('failed', 'cancelled')
+    RETURNING j.id, j.type, j.request_id, locked.attempts AS spent, locked.state AS was,
+              j.run_at
+), ev AS (
+    INSERT INTO {events} (job_id, type, event, request_id, attempt, reason)
+    SELECT id, type, 'retried', request_id, spent,
+           %(reason)s || ' after ' || spent || ' attempts (was ' || was
+           || '); a fresh attempt budget' FROM upd
+)
+SELECT id, CASE WHEN run_at <= now() THEN pg_notify({channel}, '')::text END FROM upd
+
+
+-- extend_by --
+-- An operator's extend of claimed jobs by %(by)s from their lease's end (or now, if it
+-- passed), rows locked in id order; each writes its `extended` event.
+WITH upd AS (
+    UPDATE {jobs}
+    SET lease_until = greatest(lease_until, now()) + %(by)s::interval
+    WHERE id IN (SELECT id FROM {jobs} WHERE id = ANY(%(ids)s::bigint[]) AND state = 'claimed'
+                 ORDER BY id FOR UPDATE)
+      AND state = 'claimed'
+    RETURNING id, type, request_id, attempts, claimed_by, lease_until
+), ev AS (
+    INSERT INTO {events} (job_id, type, event, request_id, attempt, worker, reason)
+    SELECT id, type, 'extended', request_id, attempts, claimed_by,
+           %(reason)s || ': lease until ' || lease_until::text
+    FROM upd
+)
+SELECT id FROM upd
+
+
+-- delete --
+-- A deleted job gives its idempotency key back.
+WITH del AS (
+    DELETE FROM {jobs}
+    WHERE id IN (SELECT id FROM {jobs} WHERE id = ANY(%(ids)s::bigint[])
+                 AND (state <> 'claimed' OR %(force)s) ORDER BY id FOR UPDATE)
+      AND (state <> 'claimed' OR %(force)s)
+    RETURNING id, type, request_id, attempts, state, idempotency_key
+), ev AS (
+    INSERT INTO {events} (job_id, type, event, request_id, attempt, reason)
+    SELECT id, type, 'deleted', request_id, attempts, %(reason)s || ' (was ' || state || ')'
+    FROM del
+), free_keys AS (
+    DELETE FROM {keys} AS k USING del WHERE k.key = del.idempotency_key AND k.job_id = del.id
+)
+SELECT id FROM del
+
+
+-- states_of --
+-- The states of these jobs: which an action may act on, and why not the rest.
+SELECT id, state FROM {jobs} WHERE id = ANY(%(ids)s::bigint[])
+
+
+-- cancel --
+-- An operator's cancel: a pending job ends at once; a running one loses its lease token, so
+-- its holder can neither complete nor fail it any more (a late result cannot overwrite the
+-- cancel). The NOTIFY 'cancel' makes runners beat now, and a beat tells a runner which of its
+-- jobs were cancelled (worker_beat), which stops their handlers.
+WITH locked AS (
+    SELECT id, state FROM {jobs}
+    WHERE id = ANY(%(ids)s::bigint[]) AND state IN ('pending', 'claimed')
+    ORDER BY id FOR UPDATE
+), upd AS (
+    UPDATE {jobs} AS j SET state = 'cancelled', failed_at = now(), last_error = %(reason)s,
+        lease_token = NULL, lease_until = NULL
+    FROM locked WHERE j.id = locked.id AND j.state IN ('pending', 'claimed')
+    RETURNING j.id, j.type, j.request_id, j.attempts, j.claimed_by, locked.state AS was,
+              j.has_waiters
+), ev AS (
+    INSERT INTO {events} (job_id, type, event, request_id, attempt, worker, reason)
+    SELECT id, type, 'cancelled', request_id, attempts,
+           CASE WHEN was = 'claimed' THEN claimed_by END, %(reason)s || ' (was ' || was || ')'
+    FROM upd
+)
+SELECT id, was,
+       CASE WHEN was = 'claimed' THEN pg_notify({channel}, 'cancel')::text END,
+       CASE WHEN has_waiters THEN pg_notify({done_channel}, id::text)::text END
+FROM upd
+
+
+-- cancelled_of --
+-- Which of these jobs an operator cancelled, and why: a runner whose lease or ack was refused
+-- tells a cancel from a lost lease by it.
+SELECT id, coalesce(last_error, 'cancelled') FROM {jobs}
+WHERE id = ANY(%(ids)s::bigint[]) AND state = 'cancelled'
+
+
+-- pause --
+-- Paused types: claims skip them (_CLAIM). A pause for a while ends by itself; pausing a
+-- paused type again replaces its duration and reason.
+INSERT INTO {pauses} AS p (type, until, paused_by, reason)
+SELECT t, now() + %(for)s::interval, %(by)s, %(reason)s FROM unnest(%(types)s::text[]) AS t
+ON CONFLICT (type) DO UPDATE SET paused_at = now(), until = excluded.until,
+    paused_by = excluded.paused_by, reason = excluded.reason
+RETURNING type, paused_at, until, paused_by, reason
+
+
+-- resume --
+-- A resume also tidies away pauses that ran out; it wakes runners for the types' backlog.
+WITH gone AS (
+    DELETE FROM {pauses}
+    WHERE type = ANY(%(types)s::text[]) OR (until IS NOT NULL AND until <= now())
+    RETURNING type, until IS NULL OR until > now() AS active
+)
+SELECT type, pg_notify({channel}, '')::text FROM gone WHERE active
+
+
+-- pauses --
+-- The pauses in force.
+SELECT type, paused_at, until, paused_by, reason FROM {pauses}
+WHERE until IS NULL OR until > now() ORDER BY type
+
+
+-- worker_beat --
+-- A runner's beat in the registry: it registers on the first, and learns which of the jobs it
+-- holds an operator cancelled, whether it is asked to drain, and which of its types are
+-- paused. Workers not seen for a day are forgotten (lost ones stay listed until then).
+WITH me AS (
+    INSERT INTO {workers} AS w (id, name, host, pid, types, concurrency, in_flight,
+                                beat_seconds, version)
+    VALUES (%(id)s, %(name)s, %(host)s, %(pid)s, %(types)s::text[], %(concurrency)s,
+            %(in_flight)s, %(beat_seconds)s, %(version)s)
+    ON CONFLICT (id) DO UPDATE SET last_seen = now(), in_flight = excluded.in_flight,
+        types = excluded.types, concurrency = excluded.concurrency,
+        beat_seconds = excluded.beat_seconds
+    RETURNING drain_requested_at, drain_requested_by
+), forgotten AS (
+    DELETE FROM {workers} WHERE last_seen < now() - interval '1 day' AND id <> %(id)s
+)
+SELECT (SELECT drain_requested_by FROM me WHERE drain_requested_at IS NOT NULL),
+       ARRAY(SELECT ARRAY[id::text, coalesce(last_error, 'cancelled')] FROM {jobs}
+             WHERE id = ANY(%(held)s::bigint[]) AND state = 'cancelled'),
+       ARRAY(SELECT type FROM {pauses}
+             WHERE type = ANY(%(types)s::text[]) AND (until IS NULL OR until > now()))
+
+
+-- worker_gone --
+-- A runner that stops cleanly leaves the registry at once.
+DELETE FROM {workers} WHERE id = %(id)s
+
+
+-- workers --
+-- Each worker with its health: alive while it beats, lost after three missed beats.
+SELECT id, name, host, pid, types, concurrency, in_flight, started_at, last_seen,
+       beat_seconds, drain_requested_at, drain_requested_by, version,
+       last_seen > now() - make_interval(secs => 3 * beat_seconds + 5) AS alive,
+       extract(epoch FROM now() - last_seen)::float8 AS silent_for
+FROM {workers} ORDER BY alive DESC, host, pid, id
+
+
+-- drain --
+-- Ask one worker to drain: stop claiming, finish what it runs, and exit. Beats notice it.
+UPDATE {workers} SET drain_requested_at = coalesce(drain_requested_at, now()),
+    drain_requested_by = coalesce(drain_requested_by, %(by)s)
+WHERE id = %(id)s
+RETURNING id, pg_notify({channel}, 'drain')::text
+
+
+-- stats_types --
+-- Every type with live jobs, a pause, or ends in the last hour, by loose index scans: the cost
+-- grows with the number of types, not of jobs. Claimed jobs are few (bounded by the workers'
+-- slots), so they are read as is.
+WITH RECURSIVE pending_types AS (
+    (SELECT type FROM {jobs} WHERE state = 'pending' ORDER BY type LIMIT 1)
+    UNION ALL
+    SELECT (SELECT type FROM {jobs} WHERE state = 'pending' AND type > p.type
+            ORDER BY type LIMIT 1)
+    FROM pending_types p WHERE p.type IS NOT NULL
+), failed_types AS (
+    (SELECT type FROM {jobs} WHERE state = 'failed' ORDER BY type LIMIT 1)
+    UNION ALL
+    SELECT (SELECT type FROM {jobs} WHERE state = 'failed' AND type > f.type
+            ORDER BY type LIMIT 1)
+    FROM failed_types f WHERE f.type IS NOT NULL
+), cancelled_types AS (
+    (SELECT type FROM {jobs} WHERE state = 'cancelled' ORDER BY type LIMIT 1)
+    UNION ALL
+    SELECT (SELECT type FROM {jobs} WHERE state = 'cancelled' AND type > c.type
+            ORDER BY type LIMIT 1)
+    FROM cancelled_types c WHERE c.type IS NOT NULL
+)
+SELECT type FROM pending_types WHERE type IS NOT NULL
+UNION SELECT type FROM failed_types WHERE type IS NOT NULL
+UNION SELECT type FROM cancelled_types WHERE type IS NOT NULL
+UNION SELECT DISTINCT type FROM {jobs} WHERE state = 'claimed'
+UNION SELECT type FROM {pauses} WHERE until IS NULL OR until > now()
+UNION SELECT DISTINCT type FROM {rates}
+      WHERE type <> '' AND minute >= date_trunc('minute', now()) - interval '1 hour'
+-- ends the fold has not reached yet (it leaves the last minute or two): without them a type
+-- whose jobs all finished moments ago would drop out until its minute is folded, and return
+UNION SELECT DISTINCT type FROM {events}
+      WHERE occurred_at >= date_trunc('minute', now() - interval '70 seconds')
+        AND event IN ('completed', 'failed')
+ORDER BY 1
+
+
+-- stats_type --
+-- One type's figures. Counts stop at %(cap)s (due and scheduled ones at %(pending_cap)s) so
+-- that a huge backlog costs no more than a small one; beyond it the caller shows an estimate,
+-- marked as such. Due and scheduled jobs are counted per priority (few), where run_at is a
+-- range of ready_type_idx: counted across priorities, a type whose jobs are all due read its
+-- whole backlog to find no scheduled one.
+WITH RECURSIVE prio AS (
+    (SELECT priority FROM {jobs} WHERE state = 'pending' AND type = %(type)s
+     ORDER BY priority DESC LIMIT 1)
+    UNION ALL
+    SELECT (SELECT priority FROM {jobs} WHERE state = 'pending' AND type = %(type)s
+            AND priority < prio.priority ORDER BY priority DESC LIMIT 1)
+    FROM prio WHERE prio.priority IS NOT NULL
+)
+SELECT
+  (SELECT count(*) FROM (SELECT 1 FROM prio CROSS JOIN LATERAL (
+      SELECT 1 FROM {jobs} WHERE state = 'pending' AND type = %(type)s
+      AND priority = prio.priority AND run_at <= now() LIMIT %(pending_cap)s) AS j
+      LIMIT %(pending_cap)s) s),
+  (SELECT count(*) FROM (SELECT 1 FROM prio CROSS JOIN LATERAL (
+      SELECT 1 FROM {jobs} WHERE state = 'pending' AND type = %(type)s
+      AND priority = prio.priority AND run_at > now() LIMIT %(pending_cap)s) AS j
+      LIMIT %(pending_cap)s) s),
+  (SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'claimed' AND type = %(type)s
+      LIMIT %(cap)s) s),
+  -- late: less than half of its own lease left, so at least one heartbeat was missed (a
+  -- runner renews every third of a lease)
+  (SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'claimed' AND type = %(type)s
+      AND lease_until >= now()
+      AND lease_until < now() + coalesce(lease_ms, 30000) / 2 * interval '1 millisecond'
+      LIMIT %(cap)s) s),
+  (SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'claimed' AND type = %(type)s
+      AND lease_until < now() LIMIT %(cap)s) s),
+  (SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'failed' AND type = %(type)s
+      LIMIT %(cap)s) s),
+  (SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'cancelled' AND type = %(type)s
+      LIMIT %(cap)s) s),
+  -- the oldest due job: the first of each priority's run_at order
+  (SELECT now() - min((SELECT run_at FROM {jobs} WHERE state = 'pending' AND type = %(type)s
+                       AND priority = prio.priority ORDER BY run_at LIMIT 1))
+   FROM prio WHERE prio.priority IS NOT NULL)
+
+
+-- stats_rates --
+-- Completions and failures per type and minute over the last hour (minute 0 the oldest of
+-- 60), for every type at once: one range of the rollup's primary key.
+WITH h AS (SELECT date_trunc('minute', now()) - interval '60 minutes' AS start)
+SELECT type, (extract(epoch FROM minute - h.start) / 60)::int, completed, failed
+FROM {rates}, h
+WHERE minute >= h.start AND minute < h.start + interval '60 minutes' AND type <> ''
+
+
+-- stats_served --
+-- The types some live worker serves: the overview says when none serves a type, rather than
+-- "the next claim takes them back".
+-- alive as `workers` judges it: three missed beats and a margin
+SELECT DISTINCT unnest(types) FROM {workers}
+WHERE last_seen > now() - make_interval(secs => 3 * beat_seconds + 5)
+
+
+-- stats_estimates --
+-- Row estimates for counts beyond the cap, for many (type, state) pairs in one statement,
+-- worked out from the column statistics as the planner does (columns taken as independent:
+-- the share of rows in the state times the type's share), and the share of run_at at or
+-- before now, which splits a type's pending jobs into due and scheduled where neither count
+-- is exact. An EXPLAIN per count cost more than the counting it replaced (1.5 ms each). No
+-- rows when the table was never analyzed, or its statistics cannot be read.
+WITH t AS (
+    -- rows per page as last analyzed, times the pages there are now, as the planner does
+    SELECT c.reltuples / greatest(c.relpages, 1)
+           * greatest(pg_relation_size(c.oid) / current_setting('block_size')::int, 1)
+           AS reltuples, n.nspname, c.relname
+    FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE c.oid = %(jobs_name)s::regclass AND c.reltuples > 0
+), col AS (
+    SELECT s.attname, s.null_frac,
+           CASE WHEN s.n_distinct < 0 THEN -s.n_distinct * t.reltuples
+                ELSE s.n_distinct END AS distinct_values,
+           coalesce(s.most_common_vals::text::text[], '{{}}') AS vals,
+           coalesce(s.most_common_freqs, '{{}}') AS freqs,
+           (SELECT coalesce(sum(f), 0) FROM unnest(s.most_common_freqs) AS f) AS common,
+           s.histogram_bounds::text::text[] AS bounds
+    FROM pg_stats AS s, t
+    WHERE s.schemaname = t.nspname AND s.tablename = t.relname AND NOT s.inherited
+      AND s.attname IN ('type', 'state', 'run_at')
+), share AS (
+    -- a value's share: its own frequency when it is a common value, otherwise an even split
+    -- of what the common values leave
+    SELECT q.type, q.state,
+           coalesce(col.freqs[array_position(col.vals, CASE col.attname WHEN 'type' THEN q.type
+                                                                        ELSE q.state END)],
+                    greatest(1 - col.null_frac - col.common, 0)
+                    / greatest(col.distinct_values - cardinality(col.vals), 1)) AS part
+    FROM unnest(%(types)s::text[], %(states)s::text[]) AS q(type, state)
+    JOIN col ON col.attname IN ('type', 'state')
+), due AS (
+    -- the common values at or before now, and of the rest the histogram's share
+    SELECT (SELECT coalesce(sum(f), 0) FROM unnest(col.vals, col.freqs) AS m(v, f)
+            WHERE v::timestamptz <= now())
+           + greatest(1 - col.null_frac - col.common, 0)
+             * coalesce((SELECT count(*) FILTER (WHERE b::timestamptz <= now())::float8
+                                / nullif(count(*), 0) FROM unnest(col.bounds) AS b),
+                        0.5) AS part
+    FROM col WHERE col.attname = 'run_at'
+)
+SELECT s.type, s.state, round(t.reltuples * exp(sum(ln(greatest(s.part, 1e-12)))))::bigint,
+       coalesce((SELECT part FROM due), 0.5)
+FROM share AS s, t
+GROUP BY s.type, s.state, t.reltuples
+-- both factors or none: one alone would count every state, or every type
+HAVING count(*) = 2
+
+
+-- fold_rates --
+-- Fold finished minutes of history into the rates table, at most one hour back and never
+-- the last 10 seconds' minute (its events may not all be committed). Idempotent: a minute is
+-- folded once, recorded in the table itself by a row with type '', and two folders at once
+-- count the same rows (the second's inserts wait for the first's, then do nothing).
+WITH todo AS (
+    SELECT m FROM generate_series(date_trunc('minute', now()) - interval '60 minutes',
+                                  -- the last minute whose events are all committed
+                                  date_trunc('minute', now() - interval '10 seconds')
+                                      - interval '1 minute',
+                                  interval '1 minute') AS m
+    WHERE NOT EXISTS (SELECT 1 FROM {rates} WHERE minute = m AND type = '')
+), counted AS (
+    SELECT date_trunc('minute', e.occurred_at) AS minute, e.type,
+           count(*) FILTER (WHERE e.event = 'completed') AS completed,
+           count(*) FILTER (WHERE e.event = 'failed') AS failed
+    FROM {events} e
+    WHERE e.occurred_at >= (SELECT min(m) FROM todo)
+      AND e.occurred_at < (SELECT max(m) FROM todo) + interval '1 minute'
+      AND e.event IN ('completed', 'failed')
+      AND date_trunc('minute', e.occurred_at) IN (SELECT m FROM todo)
+    GROUP BY 1, 2
+), ins AS (
+    INSERT INTO {rates} (minute, type, completed, failed)
+    SELECT minute, type, completed, failed FROM counted
+    UNION ALL SELECT m, '', 0, 0 FROM todo
+    ON CONFLICT (minute, type) DO NOTHING
+    RETURNING 1
+), trim AS (
+    DELETE FROM {rates} WHERE minute < date_trunc('minute', now()) - interval '2 hours'
+)
+SELECT count(*) FROM ins
+
+
+-- may_fold --
+-- Whether this call folds: not in a read-only session, not by a role that may not write the
+-- rates (a SELECT-only role reads status all the same), and only one folder at a time. A
+-- folder that must not skip (`wait`: a clear, about to delete what the fold counts) waits for
+-- the one folding now to commit, and then folds what is left. The second column: whether it
+-- may also keep the history's partitions ahead (keep_ahead, by sql.AHEAD_FUNCTION).
+SELECT CASE WHEN current_setting('transaction_read_only') = 'on'
+              OR NOT (has_table_privilege(%(rates)s, 'INSERT')
+                      AND has_table_privilege(%(rates)s, 'DELETE')) THEN false
+            WHEN %(wait)s
+                THEN (SELECT true FROM pg_advisory_xact_lock(hashtextextended(%(key)s, 1)))
+            ELSE pg_try_advisory_xact_lock(hashtextextended(%(key)s, 1)) END,
+       coalesce(has_function_privilege(
+           to_regprocedure(%(ahead)s || '(integer, timestamptz)'), 'EXECUTE'), false)
+
+
+-- keep_ahead --
+-- Create the history's daily partitions %(days)s days ahead.
+SELECT {ahead_fn}(%(days)s)
+
+
+-- small_reads --
+-- For the rest of a transaction of small reads (status, a fold): no JIT, no parallel workers.
+-- Their history reads are bounded by now(), so partitions are pruned when they run, not when
+-- they are planned, and the plan is costed as if every day were read: at 10M history rows
+-- that bought 2 workers and JIT compiling for reads of a minute's rows (100 ms instead of 1 ms
+-- for stats_types, 156 ms instead of 13 ms for fold_rates; benchmarks/README.md).
+SELECT set_config('jit', 'off', true), set_config('max_parallel_workers_per_gather', '0', true)
+
+
+-- doctor_tables --
+-- doctor: sizes, bloat and vacuum of the queue's tables, what holds back the xmin horizon,
+-- invalid indexes. Read from the catalogs and statistics views only. A partitioned table, and
+-- its indexes, count with their partitions.
+SELECT c.relname, sum(pg_total_relation_size(t.relid)), sum(pg_relation_size(t.relid)),
+       coalesce(sum(s.n_live_tup), 0), coalesce(sum(s.n_dead_tup), 0),
+       max(greatest(s.last_autovacuum, s.last_vacuum)),
+       max(greatest(s.last_autoanalyze, s.last_analyze))
+FROM pg_class c
+CROSS JOIN LATERAL (SELECT c.oid AS relid UNION SELECT relid FROM pg_partition_tree(c.oid)) AS t
+LEFT JOIN pg_stat_all_tables s ON s.relid = t.relid
+WHERE c.oid = ANY(ARRAY[to_regclass(%(jobs)s), to_regclass(%(events)s), to_regclass(%(rates)s),
+                        to_regclass(%(keys)s)])
+GROUP BY c.relname
+ORDER BY c.relname
+
+
+-- doctor_indexes --
+-- The queue's indexes, their size (over partitions too) and whether each is valid (a
+-- failed CONCURRENTLY build leaves one that is not).
+SELECT i.indexrelid::regclass::text,
+       (SELECT sum(pg_relation_size(t.relid)) FROM (SELECT i.indexrelid AS relid
+                                                    UNION SELECT relid
+                                                    FROM pg_partition_tree(i.indexrelid)) AS t),
+       i.indisvalid
+FROM pg_index i
+WHERE i.indrelid = ANY(ARRAY[to_regclass(%(jobs)s), to_regclass(%(events)s),
+                             to_regclass(%(keys)s)])
+ORDER BY 1
+
+
+-- doctor_partitions --
+-- The history's partitions: how many, how far ahead they reach, and about how many rows
+-- the DEFAULT partition holds (rows no day covered, and the kept history of live jobs).
+SELECT count(*) FILTER (WHERE NOT p.is_default), max(p.hi),
+       coalesce(max(p.hi) > now() + interval '1 day', false),
+       max(pg_stat_get_live_tuples(p.part)) FILTER (WHERE p.is_default)
+FROM (SELECT c.oid AS part, n.nspname AS nsp, c.relname AS name, c.relowner AS owner,
+       b.bound = 'DEFAULT' AS is_default,
+       CASE WHEN m[1] <> 'MINVALUE' THEN btrim(m[1], '''')::timestamptz END AS lo,
+       CASE WHEN m[2] <> 'MAXVALUE' THEN btrim(m[2], '''')::timestamptz END AS hi
+    FROM pg_catalog.pg_inherits AS i
+    JOIN pg_catalog.pg_class AS c ON c.oid = i.inhrelid
+    JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+    CROSS JOIN LATERAL (SELECT pg_catalog.pg_get_expr(c.relpartbound, c.oid) AS bound) AS b
+    LEFT JOIN LATERAL pg_catalog.regexp_match(b.bound, 'FROM \((.*)\) TO \((.*)\)') AS m
+        ON true
+    WHERE i.inhparent = %(events)s::regclass) AS p
+
+
+-- doctor_holders --
+-- Everything that keeps vacuum from removing this database's dead rows, oldest first:
+-- sessions by their snapshot (backend_xmin) or by their transaction id (backend_xid: a writer
+-- in an open transaction has no snapshot while idle), prepared transactions, and replication
+-- slots (xmin; catalog_xmin holds back the catalogs only). Sessions of other databases do not
+-- hold back this one's tables; walsenders (no database) do, through hot_standby_feedback.
+SELECT kind, pid, name, app, state, seconds, xid_age, via, query FROM (
+    SELECT 'session' AS kind, a.pid, NULL::text AS name, coalesce(a.application_name, '') AS app,
+           coalesce(a.state, a.backend_type, 'unknown') AS state,
+           extract(epoch FROM now() - coalesce(a.xact_start, a.query_start))::float8 AS seconds,
+           greatest(age(a.backend_xmin), age(a.backend_xid)) AS xid_age,
+           CASE WHEN a.backend_xid IS NOT NULL THEN 'transaction id' ELSE 'snapshot' END AS via,
+           left(a.query, 200) AS query
+    FROM pg_stat_activity AS a
+    WHERE (a.backend_xmin IS NOT NULL OR a.backend_xid IS NOT NULL)
+      AND a.pid <> pg_backend_pid() AND a.leader_pid IS NULL
+      AND a.backend_type IS DISTINCT FROM 'autovacuum worker'
+      AND (a.datname = current_database() OR a.datid IS NULL)
+    UNION ALL
+    SELECT 'prepared', NULL, gid, '', 'prepared by ' || owner,
+           extract(epoch FROM now() - prepared)::float8, age(transaction), 'transaction id', NULL
+    FROM pg_prepared_xacts WHERE database = current_database()
+    UNION ALL
+    SELECT 'slot', active_pid, slot_name, coalesce(plugin, ''),
+           CASE WHEN active THEN 'active' ELSE 'inactive' END, NULL, age(xmin), 'xmin', NULL
+    FROM pg_replication_slots WHERE xmin IS NOT NULL
+    UNION ALL
+    SELECT 'catalog slot', active_pid, slot_name, coalesce(plugin, ''),
+           CASE WHEN active THEN 'active' ELSE 'inactive' END, NULL, age(catalog_xmin),
+           'catalog_xmin', NULL
+    FROM pg_replication_slots
+    WHERE catalog_xmin IS NOT NULL AND (database IS NULL OR database = current_database())
+) AS h
+ORDER BY xid_age DESC, seconds DESC NULLS LAST
+
+
+-- doctor_events_sequence --
+-- The trace follower relies on event ids being handed out in order (CACHE 1, the default).
+SELECT seqcache FROM pg_sequence
+WHERE seqrelid = pg_get_serial_sequence(%(events)s, 'id')::regclass
+
+
+-- doctor_expired --
+-- How many leases have run out (up to 10,000): jobs whose holders died or stalled.
+SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE state = 'claimed' AND lease_until < now()
+                      LIMIT 10000) s
+
+
+-- server_identity --
+-- Reads on a replica (admin.Admin with `reads`). Which server a session is on: a standby still
+-- in recovery or not, of which cluster (a primary and all its physical standbys share
+-- pg_control_system's identifier) and which database.
+SELECT pg_is_in_recovery(), (SELECT system_identifier FROM pg_control_system()),
+       current_database()
+
+
+-- replication --
+-- Where a standby stands: whether a WAL receiver runs (its row shows to every role, its
+-- details only to pg_read_all_stats), the WAL it received and replayed, the primary's commit
+-- time of the last transaction replayed and its age by this server's clock, and whether it
+-- has replayed up to `written`, a primary's WAL position (NULL: nothing to wait for).
+SELECT pg_is_in_recovery(), EXISTS (SELECT FROM pg_stat_wal_receiver),
+       pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,
+       greatest(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)::bigint,
+       pg_last_xact_replay_timestamp(), now() - pg_last_xact_replay_timestamp(),
+       %(written)s::pg_lsn IS NULL OR pg_last_wal_replay_lsn() >= %(written)s::pg_lsn
+
+
+-- wal_position --
+-- On the primary, after an action: a WAL position at or past its commit, which a replica has
+-- replayed once the action shows there.
+SELECT pg_current_wal_insert_lsn()::text
