@@ -414,8 +414,8 @@ def fold_rates(st: Statements, *, wait: bool = False) -> Op[int]:
     """Fold finished minutes of history into the rates table; returns the rows added. One
     folder at a time: others skip, or with `wait` wait their turn. A session that may not
     write the rates (read-only, or a role without INSERT and DELETE on them) skips it. A
-    folder also keeps the history's daily partitions ahead (`sql.AHEAD_FUNCTION`). The rest
-    of the caller's transaction is one of small reads (`small_reads`)."""
+    folder also keeps the history's daily partitions ahead (`ahead_function` in queries.sql).
+    The rest of the caller's transaction is one of small reads (`small_reads`)."""
     yield Stmt(st.small_reads)
     may_fold, may_keep_ahead = (yield Stmt(st.may_fold, {
         "key": st.names.lock_key, "rates": st.names.regclass("_rates"), "wait": wait,

@@ -15,39 +15,26 @@ from psycopg import sql
 
 from ._ops import Op, Stmt
 from .errors import LockTimeoutError, PermissionDeniedError, SchemaError
-from .sql import (
-    ADVISORY_LOCK,
-    EARLY_HELD,
-    EARLY_INDEXES,
-    EARLY_LOCK,
-    EARLY_STEPS,
-    EARLY_UNLOCK,
-    EARLY_WAIT,
-    INDEX_INVALID,
-    RESOLVE,
-    SCHEMA_STATE,
-    Names,
-    Statements,
-)
+from .sql import EARLY_INDEXES, EARLY_STEPS, Names, Statements
 
 #: (version, description, statements given the legacy id column if upgrading upstream's layout)
 MIGRATIONS: list[tuple[int, str, Callable[[Statements, str | None], list[bytes]]]] = [
     (1, "initial layout: jobs, history, claim indexes, notify trigger",
-     lambda st, legacy: st.migration_1(legacy)),
+     lambda st, legacy: st.migration(1, legacy)),
     (2, "per-minute rates for the dashboard; index of types with failed jobs",
-     lambda st, legacy: st.migration_2()),
+     lambda st, legacy: st.migration(2)),
     (3, "idempotency keys held by their enqueued event through completion",
-     lambda st, legacy: st.migration_3()),
+     lambda st, legacy: st.migration(3)),
     (4, "notify channel from the resolved schema and table, short enough for any name",
-     lambda st, legacy: st.migration_4()),
+     lambda st, legacy: st.migration(4)),
     (5, "cancelled jobs, lease lengths, kept payloads, paused types and the worker registry",
-     lambda st, legacy: st.migration_5()),
+     lambda st, legacy: st.migration(5)),
     (6, "claimed jobs by type and lease end, for typed claims' expired-lease seeks",
-     lambda st, legacy: st.migration_6()),
+     lambda st, legacy: st.migration(6)),
     (7, "history partitioned by day; idempotency keys held in a table of their own",
-     lambda st, legacy: st.migration_7()),
+     lambda st, legacy: st.migration(7)),
     (8, "the queue table vacuumed and analyzed by its dead rows, not by its size",
-     lambda st, legacy: st.migration_8()),
+     lambda st, legacy: st.migration(8)),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 
@@ -65,7 +52,7 @@ def resolve(st: Statements) -> Op[None]:
     once: channels and the migration lock are named by it."""
     if st.names.channel:
         return
-    rows = yield Stmt(RESOLVE.encode(), {
+    rows = yield Stmt(st.resolve_schema, {
         "jobs": st.names.regclass(), "schema": st.names.schema, "table": st.names.table,
     })
     schema, channel = rows[0]
@@ -79,7 +66,7 @@ def resolve(st: Statements) -> Op[None]:
 def _state(st: Statements) -> Op[tuple[bool, bool, dict[str, str]]]:
     """Whether the jobs and migrations tables exist, and the jobs table's columns by type."""
     names = st.names
-    rows = yield Stmt(SCHEMA_STATE.encode(), {
+    rows = yield Stmt(st.schema_state, {
         "jobs": names.regclass(), "migrations": names.regclass("_migrations"),
     })
     jobs_exist, migrations_exist, columns = rows[0]
@@ -151,7 +138,7 @@ def upgrading(version: int) -> bool:
 def _drop_if_invalid(st: Statements, index: str, *, concurrently: bool) -> Op[bool]:
     """Whether the index exists and is valid. One that an interrupted or failed CONCURRENTLY
     build left invalid goes, so that IF NOT EXISTS builds it again instead of keeping it."""
-    rows = yield Stmt(INDEX_INVALID.encode(), {"index": st.index_name(index)})
+    rows = yield Stmt(st.index_invalid, {"index": st.index_name(index)})
     if rows and rows[0][0]:
         yield Stmt(st.drop_index(index, concurrently=concurrently))
     return bool(rows) and not rows[0][0]
@@ -164,20 +151,20 @@ def build_early(st: Statements) -> Op[list[str]]:
     releases the session lock whatever failed."""
     yield from resolve(st)
     key = {"key": st.names.lock_key}
-    while not (yield Stmt(EARLY_LOCK.encode(), key))[0][0]:
-        yield Stmt(EARLY_WAIT.encode())
+    while not (yield Stmt(st.early_lock, key))[0][0]:
+        yield Stmt(st.early_wait)
     version = yield from current_version(st)
     built: list[str] = []
     for number in sorted(EARLY_INDEXES.keys() | EARLY_STEPS.keys()):
         if number <= version:
             continue
-        for index, template in EARLY_INDEXES.get(number, ()):
+        for index, name in EARLY_INDEXES.get(number, ()):
             yield from _drop_if_invalid(st, index, concurrently=True)
-            yield Stmt(st.build_index(template, concurrently=True))
+            yield Stmt(st.build_index(name, concurrently=True))
             built.append(index)
         for statement in st.early_steps(number):
             yield Stmt(statement)
-    yield Stmt(EARLY_UNLOCK.encode(), key)
+    yield Stmt(st.early_unlock, key)
     return built
 
 
@@ -194,7 +181,7 @@ def migrate(st: Statements, *, dry_run: bool = False) -> Op[list[bytes]]:
     """Bring the tables to `LATEST_VERSION`; returns the statements applied (or, with
     `dry_run`, that would be). Must run inside a transaction."""
     yield from resolve(st)
-    yield Stmt(ADVISORY_LOCK.encode(), {"key": st.names.lock_key})
+    yield Stmt(st.advisory_lock, {"key": st.names.lock_key})
     jobs_exist, migrations_exist, columns = yield from _state(st)
     version = 0
     if migrations_exist:
@@ -206,7 +193,7 @@ def migrate(st: Statements, *, dry_run: bool = False) -> Op[list[bytes]]:
         )
     legacy = _legacy_id(st, columns) if jobs_exist and not migrations_exist else None
     early = any(number > version for number in EARLY_INDEXES)
-    if early and not dry_run and not (yield Stmt(EARLY_HELD.encode(),
+    if early and not dry_run and not (yield Stmt(st.early_held,
                                                  {"key": st.names.lock_key}))[0][0]:
         raise LockTimeoutError(
             f"another session is building indexes of queue {st.names.display!r} "
@@ -222,9 +209,9 @@ def migrate(st: Statements, *, dry_run: bool = False) -> Op[list[bytes]]:
         if dry_run:
             continue
         built = set()  # skipped, not rebuilt IF NOT EXISTS: that would still lock the table
-        for index, template in EARLY_INDEXES.get(number, ()):
+        for index, statement_name in EARLY_INDEXES.get(number, ()):
             if (yield from _drop_if_invalid(st, index, concurrently=False)):
-                built.add(st.build_index(template, concurrently=False))
+                built.add(st.build_index(statement_name, concurrently=False))
         for statement in statements:
             if statement not in built:
                 yield Stmt(statement)

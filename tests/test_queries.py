@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from jobq_core import sql
 from jobq_core.queries import QUERIES, parse
 from jobq_core.sql import Statements
 
@@ -16,16 +17,22 @@ CORE = Path(__file__).resolve().parents[1] / "jobq_core"
 
 
 def _statement_names_used() -> set[str]:
-    """Attributes read off a `Statements` in jobq_core: `st.x`, `self._st.x`, `x.statements.y`."""
+    """Attributes read off a `Statements` in jobq_core (`st.x`, `self._st.x`,
+    `x.statements.y`), names looked up in QUERIES, and the schema's manifests."""
     used: set[str] = set()
     for path in CORE.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if not isinstance(node, ast.Attribute):
-                continue
-            owner = node.value
-            if (isinstance(owner, ast.Name) and owner.id == "st") or (
-                    isinstance(owner, ast.Attribute) and owner.attr in ("_st", "statements")):
-                used.add(node.attr)
+            if isinstance(node, ast.Attribute):
+                owner = node.value
+                if (isinstance(owner, ast.Name) and owner.id == "st") or (
+                        isinstance(owner, ast.Attribute) and owner.attr in ("_st", "statements")):
+                    used.add(node.attr)
+            elif (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name)
+                  and node.value.id == "QUERIES" and isinstance(node.slice, ast.Constant)):
+                used.add(node.slice.value)
+    for steps in (*sql.MIGRATION_STEPS.values(), *sql.EARLY_STEPS.values(), sql.LEGACY_UPGRADE):
+        used.update(steps)
+    used.update(name for pairs in sql.EARLY_INDEXES.values() for _, name in pairs)
     return used
 
 
@@ -54,3 +61,7 @@ def test_descriptions_and_placeholders_stay_out_of_the_text() -> None:
     parsed = parse("preamble\n-- x --\n-- takes %(n)s\n--\n-- more\nSELECT %(n)s -- inline\n")
     assert parsed["x"].description == "takes %(n)s\n\nmore"
     assert parsed["x"].text == "SELECT %(n)s -- inline"
+
+
+def test_the_history_conversion_makes_partitions_as_far_ahead_as_the_folds() -> None:
+    assert f"{{ahead_fn}}({sql.HISTORY_AHEAD_DAYS}, " in QUERIES["convert_history"].text
