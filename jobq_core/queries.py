@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 _NAME = re.compile(r"^-- ([a-z_][a-z0-9_]*) --$", re.MULTILINE)
+_COMMENT_LINE = re.compile(r"^\s*--")
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +17,16 @@ class Query:
     name: str
     description: str
     text: str
+
+
+def _sent(lines: list[str]) -> str:
+    """A statement as it is sent: its comment lines are for the reader, and would travel with
+    every call (a claim's doubled its size) and fill pg_stat_activity, so they go; but in a
+    dollar-quoted function body, where they stay with the function for whoever reads it in
+    the database."""
+    if any("$" in line for line in lines):
+        return "\n".join(lines)
+    return "\n".join(line for line in lines if not _COMMENT_LINE.match(line))
 
 
 def parse(source: str) -> dict[str, Query]:
@@ -33,7 +44,7 @@ def parse(source: str) -> dict[str, Query]:
         while end > described and (not lines[end - 1].strip() or lines[end - 1].startswith("--")):
             end -= 1  # a section head before the next name belongs to no statement
         description = "\n".join(line[2:].strip() for line in lines[:described]).strip()
-        queries[name] = Query(name, description, "\n".join(lines[described:end]))
+        queries[name] = Query(name, description, _sent(lines[described:end]))
     return queries
 
 

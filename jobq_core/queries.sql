@@ -1,11 +1,14 @@
--- jobq's statements, each under a `-- name --` line and described by the comment lines
--- that follow it. What you read is what runs: `{jobs}`, `{events}`, `{keys}`, `{pauses}`,
--- `{channel}`, `{done_channel}` and `{keep_bytes}` are the only placeholders, filled once per
--- queue by `Statements` with identifiers and literals composed by psycopg.sql (a literal
--- brace is written twice; the history's functions are named {free_keys_fn}, {retire_fn} and
--- {ahead_fn}, and the registry's table {workers}, the rates' {rates}); values are always
--- bound parameters, %(name)s, and a literal % is written %%. Lines of comment before a name
--- (like the section heads) belong to no statement.
+-- jobq's statements, each under a `-- name --` line and described by the comment lines that
+-- follow it (the loader strips them). What you read is what runs, less comment lines, which
+-- are not sent but in a dollar-quoted function body. Values are always bound parameters,
+-- %(name)s (a literal % is written %%). Names in braces are filled once per queue by
+-- `sql.Statements`, composed by psycopg.sql (a literal brace is written twice): the tables
+-- ({jobs}, {events}, {keys}, {pauses}, {workers}, {rates}, {migrations}), the functions
+-- ({notify_fn}, {ahead_fn}, {free_keys_fn}, {retire_fn}), the indexes and constraints by
+-- their key in `sql._LOCAL_NAMES`, the channels ({channel}, {done_channel}), {keep_bytes},
+-- and for the schema's statements {states}, {events_list}, the names as text ({jobs_text},
+-- {events_text}, {ahead_text}), {concurrently}, and version 7's and the upstream layout's
+-- own names. Lines of comment before a name (the section heads) belong to no statement.
 --
 -- Conventions that hold throughout:
 -- - Every transition writes its history row (`{events}`) in the same statement.
@@ -856,7 +859,7 @@ WHERE id = ANY(%(ids)s::bigint[]) AND state = 'cancelled'
 
 
 -- pause --
--- Paused types: claims skip them (_CLAIM). A pause for a while ends by itself; pausing a
+-- Paused types: claims skip them (claim_typed, claim_any). A pause for a while ends by itself; pausing a
 -- paused type again replaces its duration and reason.
 INSERT INTO {pauses} AS p (type, until, paused_by, reason)
 SELECT t, now() + %(for)s::interval, %(by)s, %(reason)s FROM unnest(%(types)s::text[]) AS t
@@ -2065,6 +2068,6 @@ SELECT pg_sleep(0.2)
 SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%(index)s)
 
 
--- drop_index --
+-- index_drop --
 -- Drop an index ({index}), CONCURRENTLY when building early.
 DROP INDEX {concurrently}IF EXISTS {index}

@@ -167,8 +167,8 @@ class _QueueCore(Generic[PoolT, ConnT]):
         elif isinstance(target, self._conn_type):
             self._conn = target
         else:
-            raise TypeError(f"target must be a DSN, a psycopg {self._conn_type.__name__} or "
-                            f"a {self._pool_type.__name__}")
+            raise TypeError(f"target must be a DSN, a psycopg {self._conn_type.__name__} "
+                            f"or a pool ({self._pool_type.__name__})")
         self._start()
 
     def _configure(self, conn: Any) -> Any:

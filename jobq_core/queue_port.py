@@ -70,13 +70,16 @@ class _OnThread(Generic[P, R]):
                 owner: type[InThreads]) -> _OnThread[P, R] | Callable[P, Coroutine[Any, Any, R]]:
         if port is None:
             return self
-        method, queue, threads = self._method, port.queue, port.threads
+        name, queue, threads = self._method.__name__, port.queue, port.threads
 
         async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            # The queue's own method, looked up at each call: a subclass's override, or a
+            # method patched on later, runs as it would on an AsyncJobQueue.
+            method: Callable[P, R] = getattr(queue, name)
             return await asyncio.get_running_loop().run_in_executor(
-                threads, functools.partial(method, queue, *args, **kwargs))
+                threads, functools.partial(method, *args, **kwargs))
 
-        call.__name__ = method.__name__  # what a timed-out loop call names
+        call.__name__ = name  # what a timed-out loop call names
         return call
 
 

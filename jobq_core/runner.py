@@ -277,7 +277,9 @@ class TaskRunner:
     def _port(self, threads: DaemonThreadPool | None) -> QueuePort:
         # A sync queue's calls run on threads of the runner's own, never on the loop's
         # default executor, where process waits and user code also run.
-        return InThreads(self.queue, threads) if isinstance(self.queue, JobQueue) else self.queue
+        if isinstance(self.queue, AsyncJobQueue):
+            return self.queue
+        return InThreads(self.queue, threads)
 
     @property
     def _calls(self) -> QueuePort:

@@ -36,7 +36,7 @@ class Names:
     table: str
     #: How the caller spelled it, kept for messages once the schema is resolved.
     spelled: str = ""
-    #: The NOTIFY channel, known once the schema is resolved (`RESOLVE`).
+    #: The NOTIFY channel, known once the schema is resolved (`schema.resolve`).
     channel: str = ""
 
     @classmethod
@@ -444,7 +444,10 @@ class Statements:
         query = QUERIES.get(name)
         if query is None:
             raise AttributeError(f"no statement named {name!r} in queries.sql")
-        rendered = self._render(query.text)
+        try:
+            rendered = self._render(query.text)
+        except KeyError as missing:  # a schema statement, which `migration` renders
+            raise AttributeError(f"{name!r} needs {missing} filled: a schema step") from None
         self.__dict__[name] = rendered
         return rendered
 
@@ -477,7 +480,7 @@ class Statements:
                             concurrently=sql.SQL("CONCURRENTLY " if concurrently else ""))
 
     def drop_index(self, key: str, *, concurrently: bool) -> bytes:
-        return self._render(QUERIES["drop_index"].text,
+        return self._render(QUERIES["index_drop"].text,
                             index=self.names.ident(_LOCAL_NAMES[key]),
                             concurrently=sql.SQL("CONCURRENTLY " if concurrently else ""))
 

@@ -89,7 +89,7 @@ class JobqApp(App[None]):
         self.read_only = read_only
         self.interval = interval
         self.paused = False
-        self.operator = Operator(self, self.db, read_only=read_only, now=self.now)
+        self.operator = Operator(self, self.db)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._perf = perf or time.perf_counter
         self._start = start

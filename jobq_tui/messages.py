@@ -11,7 +11,7 @@ from typing import Any, Literal, Protocol
 from textual.message import Message
 from textual.screen import Screen
 
-from jobq_core.admin import Worker
+from jobq_core.admin import AsyncAdmin, Worker
 from jobq_core.filters import JobFilter
 
 
@@ -19,6 +19,7 @@ class Console(Protocol):
     """What a component may read of the app it runs in."""
 
     read_only: bool
+    admin: AsyncAdmin
 
     def now(self) -> datetime: ...
 

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from rich.text import Text
@@ -30,7 +29,7 @@ from jobq_core.filters import JobFilter
 from jobq_core.models import optional_text
 
 from .connection import ConsoleDB
-from .messages import Acted, Unmark
+from .messages import Acted, Console, Unmark
 from .screens.base import READ_ONLY_REASON
 from .screens.dialogs import (
     ConfirmScreen,
@@ -69,19 +68,21 @@ class Operator:
     """Runs the console's actions as workers of `app`, so the UI never waits on the database;
     tells the app what changed by messages (`Acted`, `Unmark`)."""
 
-    def __init__(self, app: App[Any], db: ConsoleDB, *, read_only: bool,
-                 now: Callable[[], datetime]) -> None:
+    def __init__(self, app: App[Any], db: ConsoleDB) -> None:
         self.app = app
         self.db = db
-        self.read_only = read_only
-        self.now = now
+
+    @property
+    def console(self) -> Console:
+        """The app, as much of it as the operator reads, read at each use."""
+        return cast(Console, self.app)
 
     @property
     def admin(self) -> AsyncAdmin:
-        return self.db.admin
+        return self.console.admin
 
     def _start(self, flow: Callable[[], Awaitable[None]]) -> None:
-        if self.read_only:
+        if self.console.read_only:
             self.app.notify(READ_ONLY_REASON, title="disabled", severity="warning",
                             markup=False)
             return
@@ -251,7 +252,7 @@ class Operator:
             [pause] = await self.admin.pause([job_type], until=duration or None,
                                              reason=reason or None)
             until = "until resumed" if pause.until is None else \
-                f"until {zoned(pause.until, self.now())}"
+                f"until {zoned(pause.until, self.console.now())}"
             self.app.notify(f"{job_type} paused {until}: claims skip it", title="pause",
                             markup=False)
         self._start(flow)

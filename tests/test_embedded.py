@@ -60,7 +60,7 @@ def test_async_queue_recovers_after_a_restart(embedded_server: EmbeddedPostgres)
 
 
 def test_a_failed_start_leaves_nothing_behind() -> None:
-    server = EmbeddedPostgres(binaries=Path("/nonexistent/bin"))
+    server = EmbeddedPostgres(binaries=Path("/nonexistent/bin"), create_user=True)
     root = server.root
     with pytest.raises((JobqError, OSError)), server:
         pass

@@ -905,7 +905,7 @@ def test_cli_filters(cli: CliInvoke, seeded: dict[str, int], words: list[str],
     }[how]
     default = {"retry": "state:failed", "extend": "state:claimed"}.get(how, "")
     try:
-        parse_filter(f"{default} {text}")  # what the command asks Admin.select for
+        parse_filter(f"{default} {text}")  # what the command asks Admin.matching_ids for
         valid: bool | None = True
     except InvalidInputError:
         valid = False

@@ -65,3 +65,31 @@ def test_descriptions_and_placeholders_stay_out_of_the_text() -> None:
 
 def test_the_history_conversion_makes_partitions_as_far_ahead_as_the_folds() -> None:
     assert f"{{ahead_fn}}({sql.HISTORY_AHEAD_DAYS}, " in QUERIES["convert_history"].text
+
+
+def test_no_statement_is_shadowed_by_a_method_of_statements() -> None:
+    assert {name for name in QUERIES if hasattr(Statements, name)} == set()
+
+
+def test_every_statement_renders_with_what_it_is_given() -> None:
+    st = Statements(sql.Names.parse("app.svti_jobs"))
+    st.resolve("app", "jobq_app_svti_jobs_0123456789ab")
+    in_schema = {name for steps in (*sql.MIGRATION_STEPS.values(), *sql.EARLY_STEPS.values(),
+                                    sql.LEGACY_UPGRADE) for name in steps}
+    for name in QUERIES.keys() - in_schema - {"index_drop"}:
+        assert getattr(st, name), name
+    for version in sql.MIGRATION_STEPS:
+        assert all(st.migration(version))
+    assert all(st.migration(1, "svti_jobs_id")) and all(st.early_steps(7))
+    for pairs in sql.EARLY_INDEXES.values():
+        for key, name in pairs:
+            assert b"CONCURRENTLY" in st.build_index(name, concurrently=True)
+            assert st.drop_index(key, concurrently=False)
+
+
+def test_comment_lines_are_not_sent_but_in_a_function_body() -> None:
+    parsed = parse("-- a --\n-- described\nSELECT 1\n  -- why\nFROM t\n\n"
+                   "-- f --\n-- described\nCREATE FUNCTION f() AS $$\n-- kept\n$$\n")
+    assert parsed["a"].text == "SELECT 1\nFROM t"
+    assert "-- kept" in parsed["f"].text
+    assert "--" not in QUERIES["claim_typed"].text
