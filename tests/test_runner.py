@@ -51,7 +51,7 @@ def serving(runner: TaskRunner) -> Iterator[threading.Thread]:
     """The runner serving in a background thread, stopped gracefully on exit."""
     thread = threading.Thread(target=lambda: asyncio.run(runner.serve()), daemon=True)
     thread.start()
-    wait_until(lambda: runner._loop is not None, what="runner start")
+    wait_until(lambda: runner.serving, what="runner start")
     try:
         yield thread
     finally:

@@ -311,8 +311,8 @@ def test_a_runner_logs_once_when_its_types_are_paused_and_once_when_resumed(
     runner: TaskRunner = runner_tasks.make_runner(dsn, heartbeat_interval=0.1)
 
     def beats() -> float | None:
-        health = runner._loops.get("registry")
-        return health.last_ok if health is not None else None
+        health = runner.health()["loops"].get("registry")
+        return health["last_ok"] if health is not None else None
 
     def after_beats(n: int) -> None:
         for _ in range(n):
