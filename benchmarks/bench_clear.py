@@ -26,7 +26,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from benchmarks._common import fresh_database, server_dsn, server_facts
-from jobq_core import JobQueue, sql
+from jobq_core import JobQueue, listings, sql
 from jobq_core.admin import Admin, ClearPreview
 
 #: How old the history is: evenly spread over this many days, oldest rows first.
@@ -173,9 +173,9 @@ def explain(dsn: str) -> dict[str, dict[str, Any]]:
                            "WHERE event = 'completed' AND occurred_at > now() - interval "
                            "'15 days' LIMIT 1").fetchone()
         assert mid is not None
-        page = sql.list_jobs(names, {}, "completed", None, 50)
+        page = listings.list_jobs(names, {}, "completed", None, 50)
         cursor_row = conn.execute(page[0], page[1]).fetchall()[-1]
-        later = sql.list_jobs(names, {}, "completed", (None, cursor_row[-2]), 50)
+        later = listings.list_jobs(names, {}, "completed", (None, cursor_row[-2]), 50)
         # (query, params, whether jobq runs it in a transaction of small reads)
         reads: dict[str, tuple[bytes, dict[str, Any], bool]] = {
             "trace by request id": (st.trace, {"request_id": mid[1], "after": 0,

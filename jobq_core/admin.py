@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql as psql
 
-from . import _ops, sql
+from . import _ops, listings
 from ._ops import Op, Stmt
 from ._twins import share_docstrings
 from .dsn import describe
@@ -277,7 +277,7 @@ def _cursor_for(state: str | None, row: JobRow, key: int, sort: str | None) -> s
         value = _sort_value(row, sort)
         shown = value.isoformat() if isinstance(value, datetime) else value
         return json.dumps([sort, shown, key])
-    if state in sql.RUN_ORDER_STATES:
+    if state in listings.RUN_ORDER_STATES:
         return f"{row.priority}|{row.run_at.isoformat() if row.run_at else ''}|{key}"
     if state == "failed":
         return f"{row.failed_at.isoformat() if row.failed_at else ''}|{key}"
@@ -292,15 +292,15 @@ def _sort_value(row: JobRow, sort: str) -> Any:
 
 
 def validate_sort(sort: object, state: str | None) -> str | None:
-    """A sort name from `sql.SORTS` ("-" first for descending) that the listing has."""
+    """A sort name from `listings.SORTS` ("-" first for descending) that the listing has."""
     if sort is None:
         return None
     if isinstance(sort, str):
         with contextlib.suppress(KeyError):
-            sql.sort_column(sort, state == "completed")
+            listings.sort_column(sort, state == "completed")
             return sort
     listing = "completed jobs" if state == "completed" else "live jobs"
-    names = [n for n in sql.SORTS if sql.SORTS[n][1 if state == "completed" else 0]]
+    names = [n for n in listings.SORTS if listings.SORTS[n][1 if state == "completed" else 0]]
     raise InvalidInputError(f"cannot sort {listing} by {sort!r}: use one of "
                             f"{', '.join(names)} (- first for descending)")
 
@@ -312,7 +312,7 @@ def _parse_sorted_cursor(sort: str, cursor: str) -> tuple[Any, ...]:
         raise InvalidInputError(f"invalid cursor {cursor!r}") from None
     if named != sort or not isinstance(key, int) or isinstance(key, bool):
         raise InvalidInputError(f"cursor {cursor!r} is not one of a listing sorted by {sort}")
-    if sort.removeprefix("-") in sql.TIME_SORTS and value is not None:
+    if sort.removeprefix("-") in listings.TIME_SORTS and value is not None:
         try:
             value = datetime.fromisoformat(value)
         except (ValueError, TypeError):
@@ -324,7 +324,7 @@ def _parse_cursor(state: str | None, cursor: str, sort: str | None) -> tuple[Any
     if sort is not None:
         return _parse_sorted_cursor(sort, cursor)
     try:
-        if state in sql.RUN_ORDER_STATES:
+        if state in listings.RUN_ORDER_STATES:
             priority, at, job_id = cursor.split("|")
             return int(priority), datetime.fromisoformat(at), int(job_id)
         if state in ("failed", "claimed", "expired"):
@@ -347,13 +347,13 @@ def _where(flt: JobFilter) -> dict[str, Any]:
 def list_jobs(st: Statements, flt: JobFilter, after: str | None, limit: int, *,
               sort: str | None = None, total: bool = False) -> Op[Page]:
     """One page of a listing: in the state's own order (by its index), or sorted by a
-    column of `sql.SORTS` across every row the filter selects; with the listing's total
+    column of `listings.SORTS` across every row the filter selects; with the listing's total
     (exact up to `COUNT_CAP`, the planner's estimate above) when `total`."""
     limit = validate_limit(limit, maximum=1000)
     sort = validate_sort(sort, flt.state)
     cursor = _parse_cursor(flt.state, after, sort) if after else None
     where = _where(flt)
-    query, params = sql.list_jobs(st.names, where, flt.state, cursor, limit, sort=sort)
+    query, params = listings.list_jobs(st.names, where, flt.state, cursor, limit, sort=sort)
     keyed = [_row(r) for r in (yield Stmt(query, params))]
     next_cursor = None
     if len(keyed) == limit:
@@ -365,10 +365,10 @@ def list_jobs(st: Statements, flt: JobFilter, after: str | None, limit: int, *,
 
 
 def _total(st: Statements, where: dict[str, Any], state: str | None) -> Op[Count]:
-    counted: int = (yield Stmt(*sql.count_jobs(st.names, where, state, COUNT_CAP)))[0][0]
+    counted: int = (yield Stmt(*listings.count_jobs(st.names, where, state, COUNT_CAP)))[0][0]
     if counted < COUNT_CAP:
         return Count(counted, True)
-    plan = (yield Stmt(*sql.estimate_jobs(st.names, where, state)))[0][0]
+    plan = (yield Stmt(*listings.estimate_jobs(st.names, where, state)))[0][0]
     return Count(max(int(plan[0]["Plan"]["Plan Rows"]), COUNT_CAP), False)
 
 

@@ -160,7 +160,7 @@ class JobsScreen(JobActionsScreen):
         self.pages: list[str | None] = [None]
         self.next_cursor: str | None = None
         self.total: Count | None = None
-        #: The server's sort (a `jobq_core.sql.SORTS` name, "-" first descending); None is
+        #: The server's sort (a `jobq_core.listings.SORTS` name, "-" first descending); None is
         #: the tab's own order.
         self.sort: str | None = None
         #: The tab and the last column's width the table's columns were made for.
