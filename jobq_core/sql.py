@@ -196,7 +196,7 @@ EARLY_STEPS: dict[int, tuple[str, ...]] = {
 }
 
 
-# --- listings (jobq_core.admin.list_jobs): composed here, as their filters vary ------------
+# --- rendering ---------------------------------------------------------------------------
 
 _RESOLVING = threading.Lock()
 
