@@ -108,7 +108,8 @@ class Demo:
     def stop(self) -> None:
         self._stop.set()
         deadline = time.monotonic() + 10
-        while not self.runner.serving and time.monotonic() < deadline:
+        while (not self.runner.serving and self._threads[1].is_alive()
+               and time.monotonic() < deadline):
             time.sleep(0.05)  # the runner thread may still be starting
         self.runner.request_stop()
         for thread in self._threads:

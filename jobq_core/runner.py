@@ -28,7 +28,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Unpack
 
@@ -41,7 +41,7 @@ from .inline import run_inline
 from .loop_health import LoopHealth
 from .models import validate_lease_ms, validate_type
 from .queue import AsyncJobQueue, JobQueue, default_worker_name
-from .runner_state import RunnerState
+from .runner_state import RunnerState, beat_interval
 from .side_loops import SideLoops, wait_for
 from .supervisor import Supervisor
 from .tasks import Task, TaskOptions, exponential_backoff
@@ -97,6 +97,7 @@ class TaskRunner:
         self._state: RunnerState | None = None
         self._serving: _Parts | None = None
         self._status = "stopped"
+        self._retries_due: list[float] = []
 
     # -- registration -----------------------------------------------------------------------
 
@@ -153,10 +154,7 @@ class TaskRunner:
     def heartbeat_interval(self) -> float:
         """Seconds between heartbeats: as given, or a third of the shortest lease in use, so
         that every lease is renewed at least twice before it could run out."""
-        if self._heartbeat_interval is not None:
-            return self._heartbeat_interval
-        shortest = min([self.lease_ms, *(t.lease_ms for t in self._tasks.values() if t.lease_ms)])
-        return shortest / 3000
+        return beat_interval(self._heartbeat_interval, self.lease_ms, self._tasks)
 
     def _check_lease(self, lease_ms: int, what: str) -> None:
         """Refuse a lease that the heartbeat cannot keep alive: it must be renewed at least
@@ -190,13 +188,15 @@ class TaskRunner:
             "free_slots": max(state.free_slots() if state is not None else self.concurrency,
                               0),
             "error": None if fatal is None else str(fatal),
+            # A copy: loops may be added on the serving thread meanwhile.
             "loops": {name: {"failures": h.failures, "last_ok": h.last_ok,
-                             "last_error": h.last_error} for name, h in loops.items()},
+                             "last_error": h.last_error} for name, h in list(loops.items())},
         }
 
     @property
     def serving(self) -> bool:
-        """Whether `serve()` runs: from its start, when `request_stop` is first heard."""
+        """Whether `serve()` runs: True from the moment it can hear `request_stop` until it
+        has shut down."""
         return self._serving is not None
 
     def _write_health(self) -> None:
@@ -215,12 +215,14 @@ class TaskRunner:
 
     # -- serving ----------------------------------------------------------------------------
 
-    def _parts(self) -> _Parts:
-        """The parts of one serve (or inline run), made on the loop they run on."""
+    def _parts(self, *, inline: bool = False) -> _Parts:
+        """The parts of one serve (or inline run), made on the loop they run on. An inline
+        run's failures are its own to raise: they leave the health file alone."""
         state = RunnerState(
-            self.queue, self._tasks, self.concurrency, self.lease_ms, self.heartbeat_interval,
-            self.worker_name, self.counters, self._listeners)
-        supervisor = Supervisor(state, self._write_health)
+            self.queue, self._tasks, self.concurrency, self.lease_ms, self._heartbeat_interval,
+            self.poll_interval, self.shutdown_timeout, self.worker_name, self.counters,
+            self._listeners, self._retries_due)
+        supervisor = Supervisor(state, (lambda: None) if inline else self._write_health)
         side_loops = SideLoops(state, supervisor, self.worker_id)
         return _Parts(state, supervisor, side_loops,
                       AttemptRunner(state, supervisor, side_loops, self.process_workers))
@@ -255,44 +257,20 @@ class TaskRunner:
         `RunnerFailedError`: a runner never hangs silently."""
         if not self._tasks:
             raise InvalidInputError("register at least one task before serving")
+        if self._serving is not None:
+            raise InvalidInputError("this runner is serving already: one serve() at a time")
         parts = self._parts()
-        state, supervisor = parts.state, parts.supervisor
+        state = parts.state
         state.until_idle = until_idle
         state.loops = {name: LoopHealth() for name in ("claim", "heartbeat", "registry", "ack")}
-        self._state, self._serving = state, parts
-        loop = asyncio.get_running_loop()
-        if handle_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.request_stop)
-        self._status = "ok"
         started = time.monotonic()
+        self._state, self._serving = state, parts
+        self._status = "ok"
         undo_logging = _log_somewhere()
-        beats = supervisor.start(parts.side_loops.registry(), "registry")
-        background = [beats, supervisor.start(parts.side_loops.heartbeats(), "heartbeat"),
-                      supervisor.start(parts.attempts.acker(), "ack")]
-        if self.notify and self.queue.listens:
-            background.append(supervisor.start(parts.side_loops.listen(), "listener"))
-        conninfo = self.queue.conninfo
-        log.info("serving %s with concurrency %d as worker %s (claims as %s) on %s, table %s; "
-                 "heartbeat every %.1fs", ", ".join(self.task_types), self.concurrency,
-                 self.worker_id, self.worker_name,
-                 redact(conninfo, conninfo) if conninfo else "the pool it was given",
-                 self.queue.table, state.heartbeat_interval)
-        attempts: set[asyncio.Task[Any]] = set()
-        claiming = asyncio.create_task(self._claim_loop(parts, attempts), name="jobq-claim")
         try:
-            await self._until_stopped(state, claiming)
-        except RunnerFailedError as exc:
-            state.fatal = exc
+            with _signals_to(self.request_stop, handle_signals):
+                await self._serve(parts)
         finally:
-            await self._shutdown(parts, attempts)
-            await parts.side_loops.leave(beats)
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            if handle_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.remove_signal_handler(sig)
             parts.close()
             self._serving = None
             self._status = "failed" if state.fatal is not None else "stopped"
@@ -304,6 +282,37 @@ class TaskRunner:
             if isinstance(state.fatal, RunnerFailedError):
                 raise state.fatal
             raise RunnerFailedError(str(state.fatal)) from state.fatal
+
+    async def _serve(self, parts: _Parts) -> None:
+        """The side loops started, the claim loop until a stop, then shutdown: the running
+        jobs finished or handed back, the registry left, the side loops ended."""
+        state, supervisor = parts.state, parts.supervisor
+        beats = supervisor.start(parts.side_loops.registry(), "registry")
+        background = [beats, supervisor.start(parts.side_loops.heartbeats(), "heartbeat"),
+                      supervisor.start(parts.attempts.acker(), "ack")]
+        if self.notify and self.queue.listens:
+            state.loops["listener"] = LoopHealth()
+            background.append(supervisor.start(parts.side_loops.listen(), "listener"))
+        attempts: set[asyncio.Task[Any]] = set()
+        try:
+            conninfo = self.queue.conninfo
+            log.info("serving %s with concurrency %d as worker %s (claims as %s) on %s, "
+                     "table %s; heartbeat every %.1fs", ", ".join(sorted(state.tasks)),
+                     state.concurrency, self.worker_id, state.worker_name,
+                     redact(conninfo, conninfo) if conninfo else "the pool it was given",
+                     self.queue.table, state.heartbeat_interval)
+            claiming = asyncio.create_task(self._claim_loop(parts, attempts), name="jobq-claim")
+            try:
+                await self._until_stopped(state, claiming)
+            except RunnerFailedError as exc:
+                state.fatal = exc
+            finally:
+                await self._shutdown(parts, attempts)
+                await parts.side_loops.leave(beats)
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
 
     def _summary(self) -> str:
         """The shutdown line's counts: the outcomes always, anything else that happened."""
@@ -342,12 +351,12 @@ class TaskRunner:
             wake.clear()
             state.waiting_for_slot = free <= 0
             if state.waiting_for_slot:
-                await wait_for(wake, self.poll_interval)
+                await wait_for(wake, state.poll_interval)
                 continue
             try:
                 jobs = await supervisor.call("claim", state.loops_queue.claim_many(
-                    free, types=self.task_types, lease_ms=self.lease_ms,
-                    worker=self.worker_name))
+                    free, types=sorted(state.tasks), lease_ms=state.lease_ms,
+                    worker=state.worker_name))
             except Exception as exc:
                 # A NOTIFY or another loop's success (the database is back) ends the pause.
                 await supervisor.recover("claim", exc,
@@ -357,7 +366,7 @@ class TaskRunner:
             for job in jobs:
                 # Registered before the task starts, so the next claim sees the slot taken.
                 attempt = asyncio.create_task(
-                    parts.attempts.run(parts.attempts.begin(job, self.lease_ms)))
+                    parts.attempts.run(parts.attempts.begin(job, state.lease_ms)))
                 attempts.add(attempt)
                 attempt.add_done_callback(attempts.discard)
                 attempt.add_done_callback(state.slot_freed)
@@ -366,7 +375,7 @@ class TaskRunner:
             if (state.until_idle and not jobs and not state.running
                     and not state.retry_due_soon()):
                 break
-            await wait_for(wake, self.poll_interval)
+            await wait_for(wake, state.poll_interval)
 
     async def _shutdown(self, parts: _Parts, attempts: set[asyncio.Task[Any]]) -> None:
         """Let running jobs finish within the deadline, then hand the rest back at no attempt
@@ -384,7 +393,7 @@ class TaskRunner:
             wake = {hard}
             timeout: float | None = None
             if state.asked.is_set():
-                timeout = state.asked_at + self.shutdown_timeout - loop.time()
+                timeout = state.asked_at + state.shutdown_timeout - loop.time()
                 if timeout <= 0:
                     break
             else:
@@ -396,8 +405,8 @@ class TaskRunner:
         asked.cancel()
         # Finished jobs are acked, never handed back. The acker retries until the leases run
         # out, so a drain waits that long at most.
-        left = (state.asked_at + self.shutdown_timeout - loop.time() if state.asked.is_set()
-                else self.lease_ms / 1000)
+        left = (state.asked_at + state.shutdown_timeout - loop.time() if state.asked.is_set()
+                else state.lease_ms / 1000)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(state.acks.join(), max(left, 5.0))
         unfinished = list(state.running.values())
@@ -412,7 +421,7 @@ class TaskRunner:
                 log.error("could not hand back %d jobs (their leases will expire): %s",
                           len(unfinished), exc)
                 released = []
-            self.counters["handed_back"] += len(released)
+            state.counters["handed_back"] += len(released)
             for attempt in unfinished:
                 if attempt.job.id in released:
                     state.emit("released", attempt.job)
@@ -439,7 +448,7 @@ class TaskRunner:
             # Inside a serving runner: its slots, heartbeat and executors.
             return await run_inline(serving.attempts, type, payload, timeout=timeout,
                                     idempotency_key=idempotency_key, request_id=request_id)
-        parts = self._parts()
+        parts = self._parts(inline=True)
         heartbeat = asyncio.create_task(parts.side_loops.heartbeats())
         heartbeat.add_done_callback(functools.partial(_heartbeat_ended, parts.state))
         try:
@@ -453,6 +462,22 @@ class TaskRunner:
     def run(self, type: str, payload: Any = None, **options: Any) -> Any:
         """The sync form of `arun`, for code without an event loop."""
         return asyncio.run(self.arun(type, payload, **options))
+
+
+@contextlib.contextmanager
+def _signals_to(handler: Callable[[], None], on: bool) -> Iterator[None]:
+    """SIGTERM and SIGINT call `handler` while inside, when `on`."""
+    loop = asyncio.get_running_loop()
+    added: list[signal.Signals] = []
+    try:
+        if on:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, handler)
+                added.append(sig)
+        yield
+    finally:
+        for sig in added:
+            loop.remove_signal_handler(sig)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """What the parts of a serving task runner share: its settings as serving began, its slots,
-the events the parts wake each other with, and its counts. One per `serve()`, or per inline
-run outside a serving loop; made inside the event loop it serves on."""
+the events the parts wake each other with, and the runner's task table, counters and
+listeners (the runner's own objects, shared with it). One per `serve()`, or per inline run
+outside a serving loop; made inside the event loop it serves on."""
 
 from __future__ import annotations
 
@@ -29,16 +30,31 @@ IDLE_GRACE = 1.0
 LOOP_THREADS = 3
 
 
+def beat_interval(given: float | None, lease_ms: int, tasks: dict[str, Task]) -> float:
+    """Seconds between heartbeats: as given, or a third of the shortest lease in use, so
+    that every lease is renewed at least twice before it could run out."""
+    if given is not None:
+        return given
+    return min([lease_ms, *(t.lease_ms for t in tasks.values() if t.lease_ms)]) / 3000
+
+
 @dataclass(eq=False)
 class RunnerState:
     queue: JobQueue | AsyncJobQueue
+    #: The runner's tasks, by type: a task registered while serving is claimed and beaten for.
     tasks: dict[str, Task]
     concurrency: int
     lease_ms: int
-    heartbeat_interval: float
+    #: `heartbeat_interval` as the runner was given it, if it was.
+    beat_every: float | None
+    poll_interval: float
+    shutdown_timeout: float
     worker_name: str
     counters: Counter[str]
     listeners: list[Callable[[RunnerEvent], None]]
+    #: When the retries this runner scheduled come due (monotonic s), across its serves and
+    #: inline runs: `serve(until_idle=True)` waits for them.
+    retries_due: list[float]
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     #: Set when claiming should end: a stop asked for, a drain ordered, a loop that failed.
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -66,7 +82,6 @@ class RunnerState:
     stuck_threads: int = 0
     waiting_for_slot: bool = False
     until_idle: bool = False
-    retries_due: list[float] = field(default_factory=list)
     #: Finished attempts waiting for the acker: (attempt, result, monotonic start).
     acks: asyncio.Queue[tuple[Attempt, Any, float]] = field(default_factory=asyncio.Queue)
     loops: dict[str, LoopHealth] = field(default_factory=dict)
@@ -74,6 +89,10 @@ class RunnerState:
     fatal: BaseException | None = None
     loop_threads: DaemonThreadPool | None = None
     call_threads: DaemonThreadPool | None = None
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return beat_interval(self.beat_every, self.lease_ms, self.tasks)
 
     def __post_init__(self) -> None:
         if isinstance(self.queue, JobQueue):
@@ -151,14 +170,14 @@ class RunnerState:
     def retry_due_in(self, delay: float) -> None:
         """A retry of this runner's comes due in `delay` s: pick it up on time."""
         now = time.monotonic()
-        self.retries_due = [t for t in self.retries_due if t > now - IDLE_GRACE]
+        self.retries_due[:] = [t for t in self.retries_due if t > now - IDLE_GRACE]
         self.retries_due.append(now + delay)
         self.loop.call_later(delay, self.wake_up)
 
     def retry_due_soon(self) -> bool:
         """Whether a retry this runner scheduled comes due within `IDLE_GRACE` seconds."""
         now = time.monotonic()
-        self.retries_due = [t for t in self.retries_due if t > now - IDLE_GRACE]
+        self.retries_due[:] = [t for t in self.retries_due if t > now - IDLE_GRACE]
         return any(t < now + IDLE_GRACE for t in self.retries_due)
 
     def emit(self, kind: str, job: Job, **details: Any) -> None:

@@ -354,7 +354,7 @@ def test_a_stop_is_not_held_up_by_a_claim_that_hangs(dsn: str) -> None:
     with psycopg.connect(dsn) as locker:
         thread = threading.Thread(target=lambda: asyncio.run(runner.serve()), daemon=True)
         thread.start()
-        wait_until(lambda: runner.serving, what="runner start")
+        wait_until(lambda: runner.serving or not thread.is_alive(), what="runner start")
         locker.execute("LOCK TABLE svti_jobs IN ACCESS EXCLUSIVE MODE")
         time.sleep(0.5)  # the next claim is stuck behind the lock
         runner.request_stop()

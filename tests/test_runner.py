@@ -51,7 +51,7 @@ def serving(runner: TaskRunner) -> Iterator[threading.Thread]:
     """The runner serving in a background thread, stopped gracefully on exit."""
     thread = threading.Thread(target=lambda: asyncio.run(runner.serve()), daemon=True)
     thread.start()
-    wait_until(lambda: runner.serving, what="runner start")
+    wait_until(lambda: runner.serving or not thread.is_alive(), what="runner start")
     try:
         yield thread
     finally:
@@ -370,6 +370,39 @@ def test_a_lease_the_heartbeat_cannot_keep_alive_is_refused(dsn: str) -> None:
     with pytest.raises(InvalidInputError, match="cannot be kept alive"):
         runner.register("short", runner_tasks.sleepy, lease_ms=8000)
     runner.register("long-enough", runner_tasks.sleepy, lease_ms=10_000)
+
+
+def test_serving_holds_only_while_serve_runs_and_one_serve_at_a_time(dsn: str) -> None:
+    runner = create_task_runner(JobQueue(dsn), poll_interval=0.05)
+    runner.register("t", runner_tasks.noop)
+    assert not runner.serving
+    with serving(runner):
+        assert runner.serving
+        with pytest.raises(InvalidInputError, match="serving already"):
+            asyncio.run(runner.serve())
+        assert runner.serving and runner.health()["status"] == "ok"
+    assert not runner.serving and runner.health()["status"] == "stopped"
+
+
+def test_a_serve_that_cannot_start_leaves_the_runner_stopped(dsn: str) -> None:
+    """Signal handlers can only be set on the main thread: serve_forever elsewhere fails at
+    once, and leaves nothing behind that says it serves."""
+    runner = create_task_runner(JobQueue(dsn), poll_interval=0.05)
+    runner.register("t", runner_tasks.noop)
+    failed: list[BaseException] = []
+
+    def off_the_main_thread() -> None:
+        try:
+            runner.serve_forever()
+        except (RuntimeError, ValueError) as exc:  # as asyncio words it, by Python version
+            failed.append(exc)
+
+    thread = threading.Thread(target=off_the_main_thread)
+    thread.start()
+    thread.join(20)
+    assert failed and not runner.serving and runner.health()["status"] == "stopped"
+    with serving(runner):  # and it serves later all the same
+        assert runner.serving
 
 
 def test_ctx_extend_lengthens_the_lease(dsn: str, db: psycopg.Connection[Any]) -> None:
