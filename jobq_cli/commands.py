@@ -28,7 +28,7 @@ import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, is_dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 from uuid import UUID
 
@@ -63,6 +63,7 @@ from jobq_core.admin import (
     Preview,
     RepairResult,
     Replication,
+    ScheduleRow,
     TraceTail,
     TypeStats,
     Worker,
@@ -77,7 +78,7 @@ from jobq_core.filters import parse_filter
 from jobq_core.models import parse_id
 from jobq_core.sql import Names
 
-from .format import lag
+from .format import lag, zoned
 from .safe import redact, visible
 from .usage import READ_DSN_HELP, OneLineGroup, error_line
 
@@ -1008,6 +1009,46 @@ def workers(
             if w.drain_requested_at is not None:
                 out.print(Text(visible(f"{w.id}: drain asked by {w.drain_requested_by} at "
                                        f"{at(w.drain_requested_at)}")))
+
+
+def schedules_table(found: list[ScheduleRow]) -> Table:
+    """Fits 80 columns: names and expressions fold; slots in UTC, the date only when it is
+    not today (`--json` has every field in full)."""
+    now = datetime.now(UTC)
+    grid = Table(box=None, header_style="bold", padding=(0, 1, 0, 0), pad_edge=False)
+    grid.add_column("NAME", overflow="fold", min_width=6, ratio=1)
+    grid.add_column("SCHEDULE", overflow="fold", min_width=8, ratio=2)
+    for name in ("NEXT SLOT", "LAST SLOT"):  # "2026-12-06 02:00 UTC" on one line
+        grid.add_column(name, no_wrap=True, min_width=20)
+    for name in ("LAST JOB", "MISSED"):
+        grid.add_column(name, overflow="fold", min_width=len(name))
+    for s in found:
+        job = (f"{s.last_job_id} {s.last_state or 'cleared'}" if s.last_job_id is not None
+               else "—")
+        grid.add_row(cell(s.name, 200), cell(s.spec, 200),
+                     Text(zoned(s.next_slot, now) if s.next_slot is not None else "unknown"),
+                     Text(zoned(s.last_slot, now)), Text(visible(job)), Text(s.missed))
+    return grid
+
+
+@app.command()
+def schedules(
+    ctx: typer.Context,
+    dsn: Dsn = None, table: TableName = "svti_jobs", as_json: AsJson = False,
+    read_dsn: ReadDsn = None,
+) -> None:
+    """Periodic jobs' schedules, as their runners registered them.
+
+    Per schedule: its cron expression and time zone or its interval, what it does with
+    missed slots, the newest slot handled, that slot's job and its state, and the next
+    slot."""
+    with connected(ctx, dsn, table, writes=False, read_dsn=read_dsn) as admin:
+        found = admin.schedules()
+    if as_json:
+        emit_json([_plain(s) for s in found])
+    else:
+        out.print(schedules_table(found) if found else Text(
+            "no schedule is registered: a runner registers its periodic jobs as it starts"))
 
 
 @app.command()

@@ -4,7 +4,8 @@
 - ``slow``: seconds of work on a long lease, kept alive by the runner's heartbeat;
 - ``flaky``: fails its first attempts, then succeeds after persisted retries;
 - ``poison``: always fails, and ends ``failed`` after its attempts;
-- ``scheduled``: enqueued to run a little later.
+- ``scheduled``: enqueued to run a little later;
+- ``report``: a periodic job, fired every 10 seconds by the runner's scheduler.
 
 Every burst of jobs shares one request id, as one web request would, so `jobq trace` shows
 everything that happened under it.
@@ -24,7 +25,7 @@ from typing import Any
 
 from jobq_core import JobQueue, NewJob, TaskRunner, create_task_runner
 
-TYPES = ("fast", "slow", "flaky", "poison", "scheduled")
+TYPES = ("fast", "slow", "flaky", "poison", "scheduled", "report")
 
 
 def _fast(payload: Any, ctx: Any) -> Any:
@@ -49,6 +50,11 @@ def _poison(payload: Any, ctx: Any) -> Any:
     raise ValueError(f"cannot parse record {payload.get('record')!r}")
 
 
+def _report(payload: Any, ctx: Any) -> Any:
+    time.sleep(random.uniform(0.05, 0.2))
+    return {"slot": ctx.request_id}  # cron:report:<slot>
+
+
 def build_runner(queue: JobQueue, concurrency: int = 8) -> TaskRunner:
     runner = create_task_runner(queue, concurrency=concurrency, poll_interval=0.5,
                                 shutdown_timeout=2.0)
@@ -57,6 +63,7 @@ def build_runner(queue: JobQueue, concurrency: int = 8) -> TaskRunner:
     runner.register("slow", _slow, lease_ms=60_000)
     runner.register("flaky", _flaky, max_attempts=4, backoff=lambda attempt: 1.0 * attempt)
     runner.register("poison", _poison, max_attempts=3, backoff=lambda attempt: 0.5)
+    runner.periodic("report", every=datetime.timedelta(seconds=10))(_report)
     return runner
 
 

@@ -22,6 +22,7 @@ from .errors import (
 from .models import Job, NewJob
 from .queue import AsyncJobQueue, JobQueue, create_async_job_queue, create_job_queue
 from .runner import Context, RunnerEvent, TaskRunner, create_task_runner, exponential_backoff
+from .schedules import Schedule
 
 __all__ = [
     "AsyncJobQueue",
@@ -40,6 +41,7 @@ __all__ = [
     "PermissionDeniedError",
     "ReplicaError",
     "RunnerEvent",
+    "Schedule",
     "SchemaError",
     "TaskRunner",
     "UnknownTaskError",

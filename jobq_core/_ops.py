@@ -39,6 +39,7 @@ from .models import (
     validate_when,
     validate_worker,
 )
+from .schedules import Schedule
 from .sql import Statements
 
 T = TypeVar("T")
@@ -347,6 +348,59 @@ def claim_by_id(st: Statements, job_id: int, lease_ms: object, worker: str) -> O
         "worker": validate_worker(worker),
     })
     return job_from_row(rows[0]) if rows else None
+
+
+# -- periodic jobs --------------------------------------------------------------------------
+
+def register_schedules(st: Statements, schedules: Sequence[Schedule], by: str,
+                       now: datetime | None = None) -> Op[None]:
+    """Record the schedules a runner serves, for `jobq schedules` and the console. One
+    seen for the first time starts at `now` (the database's clock unless given)."""
+    if not schedules:
+        return
+    yield Stmt(st.schedule_register, {
+        "names": [s.name for s in schedules],
+        "crons": [s.cron for s in schedules],
+        "tzs": [s.tz if s.cron is not None else None for s in schedules],
+        "everys": [s.every for s in schedules],
+        "missed": [s.missed for s in schedules],
+        "by": validate_worker(by),
+        "now": now,
+    })
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """What one tick of a schedule did: the jobs it enqueued and their slots, the
+    database's clock, and the schedule's next slot after it."""
+
+    fired: list[int]
+    slots: list[datetime]
+    now: datetime
+    next_slot: datetime
+
+
+def fire_schedule(st: Statements, schedule: Schedule, now: datetime | None = None
+                  ) -> Op[Tick]:
+    """One tick of a schedule, in one transaction (run it atomically): take its row, enqueue
+    a job for each slot to fire, due at the slot and keyed `cron:<name>:<slot>` (which is
+    also its request id), and record the newest slot handled. `now`, when given, stands in
+    for the database's clock."""
+    rows = yield Stmt(st.schedule_lock, {"name": schedule.name})
+    if not rows:
+        raise NotFoundError(f"schedule {schedule.name!r} is not registered")
+    last, db_now = rows[0]
+    now = now or db_now
+    slots, newest = schedule.to_fire(last, now)
+    ids: list[int] = []
+    if newest is not None:
+        ids = yield from enqueue_many(st, [
+            NewJob(schedule.name, schedule.payload, run_at=slot, priority=schedule.priority,
+                   idempotency_key=schedule.key(slot), request_id=schedule.key(slot))
+            for slot in slots])
+        yield Stmt(st.schedule_advance, {"name": schedule.name, "last_slot": newest,
+                                         "job_id": ids[-1] if ids else None})
+    return Tick(ids, slots, now, schedule.next_slot(max(now, newest or now)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ from .models import (
     validate_when,
 )
 from .queue import AsyncJobQueue, JobQueue
+from .schedules import Schedule
 from .sql import Statements
 
 T = TypeVar("T")
@@ -234,6 +235,27 @@ class Worker:
         if not self.alive:
             return "lost"
         return "draining" if self.drain_requested_at is not None else "running"
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRow:
+    """A periodic job's schedule, as the runners serving it registered it."""
+
+    name: str
+    #: `cron <expression> <time zone>` or `every <seconds>s`.
+    spec: str
+    missed: str
+    #: The newest slot handled (fired, or passed over as missed).
+    last_slot: datetime
+    #: The job of the newest slot fired, and its state: live, or its last event.
+    last_job_id: int | None
+    last_state: str | None
+    fired_at: datetime | None
+    #: When the schedule fires next; None when this machine cannot read it (an unknown
+    #: time zone, say).
+    next_slot: datetime | None
+    registered_at: datetime
+    registered_by: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -622,6 +644,21 @@ def pauses(st: Statements) -> Op[list[Pause]]:
 
 def workers(st: Statements) -> Op[list[Worker]]:
     return [Worker(*r) for r in (yield Stmt(st.workers))]  # text[] arrives as a list
+
+
+def schedules(st: Statements) -> Op[list[ScheduleRow]]:
+    found = []
+    for (name, cron, tz, every, missed, last_slot, job_id, fired_at, registered_at,
+         registered_by, last_state, now) in (yield Stmt(st.schedules)):
+        try:
+            schedule = Schedule(name, cron=cron, every=every, tz=tz or "UTC", missed=missed)
+            spec, next_slot = schedule.spec, schedule.next_slot(max(now, last_slot))
+        except InvalidInputError:
+            spec = f"every {every}" if every is not None else f"cron {cron} {tz}"
+            next_slot = None
+        found.append(ScheduleRow(name, spec, missed, last_slot, job_id, last_state, fired_at,
+                                 next_slot, registered_at, registered_by))
+    return found
 
 
 def drain(st: Statements, worker_id: str, by: str) -> Op[None]:
@@ -1276,6 +1313,10 @@ class Admin:
     def workers(self) -> list[Worker]:
         return self._read(workers)
 
+    def schedules(self) -> list[ScheduleRow]:
+        """Every periodic job's schedule: last slot handled, its job, and the next slot."""
+        return self._read(schedules)
+
     def drain(self, worker_id: str, *, by: str | None = None) -> None:
         self._write(drain(self._st, worker_id, by or operator_name()))
 
@@ -1422,6 +1463,9 @@ class AsyncAdmin:
 
     async def workers(self) -> list[Worker]:
         return await self._read(workers)
+
+    async def schedules(self) -> list[ScheduleRow]:
+        return await self._read(schedules)
 
     async def drain(self, worker_id: str, *, by: str | None = None) -> None:
         await self._write(drain(self._st, worker_id, by or operator_name()))

@@ -3,7 +3,7 @@
 -- are not sent but in a dollar-quoted function body. Values are always bound parameters,
 -- %(name)s (a literal % is written %%). Names in braces are filled once per queue by
 -- `sql.Statements`, composed by psycopg.sql (a literal brace is written twice): the tables
--- ({jobs}, {events}, {keys}, {pauses}, {workers}, {rates}, {migrations}), the functions
+-- ({jobs}, {events}, {keys}, {pauses}, {workers}, {rates}, {schedules}, {migrations}), the functions
 -- ({notify_fn}, {ahead_fn}, {free_keys_fn}, {retire_fn}), the indexes and constraints by
 -- their key in `sql._LOCAL_NAMES`, the channels ({channel}, {done_channel}), {keep_bytes},
 -- and for the schema's statements {states}, {events_list}, the names as text ({jobs_text},
@@ -927,6 +927,48 @@ UPDATE {workers} SET drain_requested_at = coalesce(drain_requested_at, now()),
     drain_requested_by = coalesce(drain_requested_by, %(by)s)
 WHERE id = %(id)s
 RETURNING id, pg_notify({channel}, 'drain')::text
+
+
+-- schedule_register --
+-- A runner that serves periodic jobs records each of its schedules as it starts, for `jobq
+-- schedules` and the console. A schedule seen for the first time starts from now: slots
+-- before it are not missed ones. One registered again keeps the newest slot it handled, so
+-- a changed expression takes effect from there.
+INSERT INTO {schedules} AS s (name, cron, tz, every, missed, last_slot, registered_by)
+SELECT * FROM unnest(%(names)s::text[], %(crons)s::text[], %(tzs)s::text[],
+                     %(everys)s::interval[], %(missed)s::text[]),
+     LATERAL (SELECT coalesce(%(now)s::timestamptz, statement_timestamp()),
+                     %(by)s::text) AS registered
+ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, tz = excluded.tz,
+    every = excluded.every, missed = excluded.missed, registered_at = now(),
+    registered_by = excluded.registered_by
+
+
+-- schedule_lock --
+-- A tick takes its schedule's row for the rest of its transaction: ticks of the same
+-- schedule, on any number of runners, follow each other, and each sees the slot the one
+-- before it handled. The clock is the database's, the same for every runner.
+SELECT last_slot, statement_timestamp() FROM {schedules} WHERE name = %(name)s FOR UPDATE
+
+
+-- schedule_advance --
+-- After the tick's jobs are enqueued, in the same transaction: the newest slot handled
+-- (fired, or passed over as missed), and the job of the newest slot fired.
+UPDATE {schedules} SET last_slot = %(last_slot)s,
+    last_job_id = coalesce(%(job_id)s, last_job_id),
+    fired_at = CASE WHEN %(job_id)s::bigint IS NULL THEN fired_at ELSE statement_timestamp() END
+WHERE name = %(name)s
+
+
+-- schedules --
+-- Every schedule with its last job's state: live, or its last event once it finished.
+SELECT s.name, s.cron, s.tz, s.every, s.missed, s.last_slot, s.last_job_id, s.fired_at,
+       s.registered_at, s.registered_by,
+       coalesce((SELECT j.state FROM {jobs} j WHERE j.id = s.last_job_id),
+                (SELECT e.event FROM {events} e WHERE e.job_id = s.last_job_id
+                 ORDER BY e.id DESC LIMIT 1)) AS last_state,
+       statement_timestamp()
+FROM {schedules} s ORDER BY s.name
 
 
 -- stats_types --
@@ -2071,3 +2113,23 @@ SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%(index)s)
 -- index_drop --
 -- Drop an index ({index}), CONCURRENTLY when building early.
 DROP INDEX {concurrently}IF EXISTS {index}
+
+
+-- schedules_table --
+-- Version 9: periodic jobs' schedules (jobq_core/schedules.py), as the runners serving them
+-- registered them, and the newest slot handled, which ticks move on under the row's lock.
+CREATE TABLE IF NOT EXISTS {schedules} (
+        name text PRIMARY KEY,
+        -- a five-field expression read in the time zone tz, or an interval: one of the two
+        cron text,
+        tz text,
+        every interval,
+        -- what a tick does with slots no runner fired in time: skip, latest or all
+        missed text NOT NULL,
+        last_slot timestamptz NOT NULL,
+        last_job_id bigint,
+        fired_at timestamptz,
+        registered_at timestamptz NOT NULL DEFAULT now(),
+        registered_by text NOT NULL,
+        CHECK ((cron IS NULL) <> (every IS NULL))
+    )

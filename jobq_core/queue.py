@@ -40,6 +40,7 @@ from .errors import (
     classify,
 )
 from .models import Job, NewJob, job_list, load_json, validate_lease_ms
+from .schedules import Schedule
 from .sql import PAYLOAD_BYTES, Names, Statements
 
 T = TypeVar("T")
@@ -619,6 +620,18 @@ class JobQueue(_QueueCore[ConnectionPool[Any], psycopg.Connection[Any]]):
         """Leave the worker registry (a clean stop)."""
         self._run(_ops.worker_gone(self.statements, worker_id))
 
+    def register_schedules(self, schedules: Sequence[Schedule], *, by: str,
+                           now: datetime | None = None) -> None:
+        """Record the periodic jobs a runner (`by`) serves, for `jobq schedules`. A schedule
+        seen for the first time starts at `now` (the database's clock unless given)."""
+        self._run(_ops.register_schedules(self.statements, schedules, by, now))
+
+    def fire_schedule(self, schedule: Schedule, *, now: datetime | None = None) -> _ops.Tick:
+        """One tick of a registered schedule: enqueue the jobs of its slots due, each once
+        across all runners, and record the newest slot handled. `now` stands in for the
+        database's clock."""
+        return self._run(_ops.fire_schedule(self.statements, schedule, now), atomic=True)
+
     def cancelled(self, ids: Sequence[int]) -> dict[int, str]:
         """Which of these jobs an operator cancelled, with who and why."""
         return self._run(_ops.cancelled(self.statements, ids))
@@ -921,6 +934,15 @@ class AsyncJobQueue(_QueueCore[AsyncConnectionPool[Any], psycopg.AsyncConnection
 
     async def worker_gone(self, worker_id: str) -> None:
         await self._run(_ops.worker_gone(self.statements, worker_id))
+
+    async def register_schedules(self, schedules: Sequence[Schedule], *, by: str,
+                                 now: datetime | None = None) -> None:
+        await self._run(_ops.register_schedules(self.statements, schedules, by, now))
+
+    async def fire_schedule(self, schedule: Schedule, *,
+                            now: datetime | None = None) -> _ops.Tick:
+        return await self._run(_ops.fire_schedule(self.statements, schedule, now),
+                               atomic=True)
 
     async def cancelled(self, ids: Sequence[int]) -> dict[int, str]:
         return await self._run(_ops.cancelled(self.statements, ids))

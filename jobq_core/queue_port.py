@@ -13,9 +13,10 @@ from concurrent.futures import Executor
 from datetime import datetime, timedelta
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
-from ._ops import Orders, Outcome, WorkerInfo
+from ._ops import Orders, Outcome, Tick, WorkerInfo
 from .models import Job
 from .queue import JobQueue
+from .schedules import Schedule
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -49,6 +50,10 @@ class QueuePort(Protocol):
     async def worker_beat(self, me: WorkerInfo, held: Sequence[int]) -> Orders: ...
     async def worker_gone(self, worker_id: str) -> None: ...
     async def fold_rates(self) -> int: ...
+    async def register_schedules(self, schedules: Sequence[Schedule], *, by: str,
+                                 now: datetime | None = None) -> None: ...
+    async def fire_schedule(self, schedule: Schedule, *,
+                            now: datetime | None = None) -> Tick: ...
     async def outcome(self, job_id: int) -> Outcome: ...
     async def wait(self, job_id: int, timeout: float | None = None) -> Any: ...
 
@@ -110,6 +115,8 @@ class InThreads:
     worker_beat = _OnThread(JobQueue.worker_beat)
     worker_gone = _OnThread(JobQueue.worker_gone)
     fold_rates = _OnThread(JobQueue.fold_rates)
+    register_schedules = _OnThread(JobQueue.register_schedules)
+    fire_schedule = _OnThread(JobQueue.fire_schedule)
     outcome = _OnThread(JobQueue.outcome)
     wait = _OnThread(JobQueue.wait)
 

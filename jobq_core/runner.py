@@ -30,6 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Unpack
 
 from .attempt_runner import AttemptRunner
@@ -39,9 +40,11 @@ from .errors import InvalidInputError, JobqError, RunnerFailedError, UnknownTask
 from .executors import FallbackHandler
 from .inline import run_inline
 from .loop_health import LoopHealth
-from .models import validate_lease_ms, validate_type
+from .models import NewJob, new_job_params, validate_lease_ms, validate_type
 from .queue import AsyncJobQueue, JobQueue, default_worker_name
 from .runner_state import RunnerState, beat_interval
+from .scheduler import Scheduler
+from .schedules import Missed, Schedule
 from .side_loops import SideLoops, wait_for
 from .supervisor import Supervisor
 from .tasks import Task, TaskOptions, exponential_backoff
@@ -92,6 +95,7 @@ class TaskRunner:
         self.counters: Counter[str] = Counter()
         self._listeners: list[Callable[[RunnerEvent], None]] = [on_event] if on_event else []
         self._tasks: dict[str, Task] = {}
+        self._schedules: dict[str, Schedule] = {}
         #: The last serve's shared state (the current one's while serving), for `health()`
         #: and `request_stop()`; its parts while serving, for inline runs on its loop.
         self._state: RunnerState | None = None
@@ -145,6 +149,35 @@ class TaskRunner:
             name, fn, max_attempts, options.get("backoff") or exponential_backoff(), timeout,
             chosen, options.get("retry_on"), lease_ms,
         )
+
+    def periodic(
+        self, name: str, *, cron: str | None = None, every: timedelta | None = None,
+        tz: str = "UTC", missed: Missed = "latest", payload: Any = None, priority: int = 0,
+        **options: Unpack[TaskOptions],
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register the decorated `fn(payload, ctx)` for jobs of type `name`, and enqueue one
+        such job at every slot of a schedule: `cron`, a five-field expression read in the
+        time zone `tz` (an IANA name), or `every`, an interval from the Unix epoch. Each slot
+        is fired once across all the runners that serve it, with no leader; `missed` says
+        what happens to slots that came while none ran: "skip", "latest" (the newest of
+        them) or "all" (those of the last day). See `jobq_core.schedules`. The other options
+        are those of `register`."""
+        schedule = Schedule(name, cron=cron, every=every, tz=tz, missed=missed,
+                            payload=payload, priority=priority)
+        new_job_params(NewJob(name, payload, priority=priority))  # refuse them now, not later
+        if name in self._schedules:
+            raise InvalidInputError(f"schedule {name!r} is already registered")
+
+        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.register(name, fn, **options)
+            self._schedules[name] = schedule
+            return fn
+
+        return decorate
+
+    @property
+    def schedules(self) -> list[Schedule]:
+        return [self._schedules[name] for name in sorted(self._schedules)]
 
     @property
     def task_types(self) -> list[str]:
@@ -293,6 +326,10 @@ class TaskRunner:
         if self.notify and self.queue.listens:
             state.loops["listener"] = LoopHealth()
             background.append(supervisor.start(parts.side_loops.listen(), "listener"))
+        if self._schedules:
+            state.loops["schedules"] = LoopHealth()
+            scheduler = Scheduler(state, supervisor, self.schedules, self.worker_id)
+            background.append(supervisor.start(scheduler.run(), "schedules"))
         attempts: set[asyncio.Task[Any]] = set()
         try:
             conninfo = self.queue.conninfo

@@ -35,6 +35,8 @@ MIGRATIONS: list[tuple[int, str, Callable[[Statements, str | None], list[bytes]]
      lambda st, legacy: st.migration(7)),
     (8, "the queue table vacuumed and analyzed by its dead rows, not by its size",
      lambda st, legacy: st.migration(8)),
+    (9, "periodic jobs' schedules and the newest slot each has handled",
+     lambda st, legacy: st.migration(9)),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

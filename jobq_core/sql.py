@@ -105,6 +105,7 @@ class Names:
             rates=self.ident("_rates"),
             pauses=self.ident("_pauses"),
             workers=self.ident("_workers"),
+            schedules=self.ident("_schedules"),
             keys=self.ident("_keys"),
             events_default=self.ident("_events_default"),
             events_legacy=self.ident("_events_legacy"),
@@ -173,6 +174,7 @@ MIGRATION_STEPS: dict[int, tuple[str, ...]] = {
         "free_keys_function", "retire_function", "convert_history", "keys_copy_history",
         "keys_copy_jobs"),
     8: ("jobs_autovacuum",),
+    9: ("schedules_table",),
 }
 
 # An upgrade builds the indexes of its migrations CONCURRENTLY first, outside the

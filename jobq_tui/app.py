@@ -46,6 +46,7 @@ from .screens.detail import DetailScreen
 from .screens.dialogs import HelpScreen, PromptScreen
 from .screens.jobs import JobsScreen
 from .screens.overview import OverviewScreen
+from .screens.schedules import SchedulesScreen
 from .screens.trace import TraceScreen
 from .screens.workers import WorkersScreen
 from .widgets.status import Banner, Crumbs, Freshness, StatusBar
@@ -58,7 +59,7 @@ MAX_BACKOFF = 30.0
 #: while it still has not, the console refreshes every `BEHIND_POLL` seconds.
 CATCH_UP, BEHIND_POLL = 2.0, 0.5
 COMMANDS_HELP = ("commands: trace <request-id> · job <id> · jobs [filter] · failed · "
-                 "overview · workers · clear <age> · refresh <seconds> · quit")
+                 "overview · workers · schedules · clear <age> · refresh <seconds> · quit")
 
 
 class JobqApp(App[None]):
@@ -360,6 +361,8 @@ class JobqApp(App[None]):
                 return self._to_overview
             case "workers" | "w":
                 return lambda: self.open(WorkersScreen())
+            case "schedules":
+                return lambda: self.open(SchedulesScreen())
             case "clear" if rest:
                 parse_duration(rest)
                 return lambda: self.operator.start_clear(rest)
@@ -386,6 +389,8 @@ class JobqApp(App[None]):
                             "rates", lambda: self.run_command("overview"))
         yield SystemCommand("Workers", "Every runner: host, in flight, last heartbeat; drain",
                             lambda: self.run_command("workers"))
+        yield SystemCommand("Schedules", "Every periodic job: its next slot, its last slot "
+                            "and job", lambda: self.run_command("schedules"))
         for state in ("pending", "claimed", "failed", "completed"):
             yield SystemCommand(f"Jobs: {state}", f"List {state} jobs",
                                 lambda s=state: self.open(JobsScreen(parse_filter(f"state:{s}"))))

@@ -29,6 +29,7 @@ from jobq_tui.app import JobqApp
 from jobq_tui.screens.detail import DetailScreen
 from jobq_tui.screens.dialogs import ConfirmScreen
 from jobq_tui.screens.jobs import JobsScreen
+from jobq_tui.screens.schedules import SchedulesScreen
 from jobq_tui.screens.trace import TraceScreen
 from jobq_tui.screens.workers import WorkersScreen
 
@@ -107,6 +108,11 @@ async def capture(dsn: str) -> None:
         await pilot.press("w")
         await wait(pilot, lambda: isinstance(app.screen, WorkersScreen) and app.screen.listed)
         await shoot(pilot, "workers")
+        await pilot.press("escape")
+
+        await pilot.press("s")
+        await wait(pilot, lambda: isinstance(app.screen, SchedulesScreen) and app.screen.listed)
+        await shoot(pilot, "schedules")
         await pilot.press("escape")
 
         app.run_command("jobs state:failed")

@@ -26,13 +26,15 @@ def test_demo_produces_every_kind_of_job(dsn: str, db: psycopg.Connection[Any]) 
                 "SELECT type || ':' || event, count(*) FROM svti_jobs_events GROUP BY 1"
             ).fetchall())
             if all(k in seen for k in ("fast:completed", "flaky:retried", "flaky:completed",
-                                       "poison:failed", "slow:claimed", "scheduled:enqueued")):
+                                       "poison:failed", "slow:claimed", "scheduled:enqueued",
+                                       "report:completed")):
                 break
             time.sleep(0.25)
     finally:
         demo.stop()
     assert seen.get("fast:completed", 0) > 10
-    assert {"flaky:retried", "flaky:completed", "poison:failed", "slow:claimed"} <= set(seen)
+    assert {"flaky:retried", "flaky:completed", "poison:failed", "slow:claimed",
+            "report:completed"} <= set(seen)
     # Jobs of one burst share a request id, so a trace shows the whole request.
     shared = db.execute("SELECT count(DISTINCT job_id) FROM svti_jobs_events "
                         "GROUP BY request_id ORDER BY 1 DESC LIMIT 1").fetchone()[0]

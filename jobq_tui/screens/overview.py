@@ -64,6 +64,7 @@ class OverviewScreen(LiveScreen):
         Binding("x", "cancelled_jobs", "Cancelled", show=False),
         Binding("p", "pause_type", "Pause/resume type"),
         Binding("w", "workers", "Workers"),
+        Binding("s", "schedules", "Schedules", show=False),
         Binding("slash", "filter", "Filter"),
         Binding("C", "clear", "Clear old…"),
     ]
@@ -234,6 +235,11 @@ class OverviewScreen(LiveScreen):
         from .workers import WorkersScreen
 
         self.post_message(Open(WorkersScreen()))
+
+    def action_schedules(self) -> None:
+        from .schedules import SchedulesScreen
+
+        self.post_message(Open(SchedulesScreen()))
 
     def action_filter(self) -> None:
         from .jobs import JobsScreen
