@@ -8,18 +8,13 @@ from datetime import datetime
 from typing import ClassVar
 
 from rich.text import Text
-from textual import on
-from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.widgets import DataTable, Footer, Static
 
 from jobq_cli.format import literal, span, zoned
 from jobq_core.admin import AsyncAdmin, Worker
 
 from ..messages import Act
-from ..widgets.status import Banner, Crumbs, StatusBar
-from ..widgets.table import add_columns, sync_table
-from .base import LiveScreen
+from .rows import RowsScreen
 
 #: The most useful first: an 80-column terminal cuts the id and types, which the line under
 #: the table shows in full for the highlighted worker.
@@ -43,78 +38,46 @@ def _cells(w: Worker, now: datetime) -> list[Text]:
     ]
 
 
-class WorkersScreen(LiveScreen):
+class WorkersScreen(RowsScreen[Worker]):
     crumb = "workers"
     help_note = ("in flight: running jobs / concurrency · lost: three heartbeats missed "
                  "(red); a day later it leaves the list · d = jobq workers --drain <id>")
+    table_id = "workers"
+    columns = COLUMNS
+    empty = EMPTY
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("d", "drain", "Drain…"),
     ]
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.listed: dict[str, Worker] = {}
-
-    def compose(self) -> ComposeResult:
-        yield Crumbs(id="crumbs")
-        yield Banner(id="banner")
-        yield DataTable(id="workers", cursor_type="row", zebra_stripes=True)
-        yield Static(id="workers-info")
-        yield StatusBar(id="status")
-        yield Footer()
-
-    def on_mount(self) -> None:
-        self.query_one("#banner", Banner).show(None)
-        table: DataTable[Text] = self.query_one(DataTable)
-        if not table.columns:  # a refresh may have drawn it already
-            add_columns(table, COLUMNS)
-        table.focus()
-        self._show_info()
-
     async def fetch(self, admin: AsyncAdmin) -> list[Worker]:
         return await admin.workers()
 
-    def show(self, data: list[Worker]) -> None:
-        self.listed = {w.id: w for w in data}
-        table: DataTable[Text] = self.query_one(DataTable)
-        now = self.jobq.now()
-        sync_table(table, COLUMNS, {w.id: _cells(w, now) for w in data})
-        self._show_info()
+    def key(self, row: Worker) -> str:
+        return row.id
 
-    def _selected(self) -> Worker | None:
-        table: DataTable[Text] = self.query_one(DataTable)
-        if not table.row_count:
-            return None
-        key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
-        return self.listed.get(key.value or "")
+    def cells(self, row: Worker, now: datetime) -> list[Text]:
+        return _cells(row, now)
 
-    @on(DataTable.RowHighlighted)
-    def _show_info(self) -> None:
-        """The highlighted worker in full: what an 80-column row cuts."""
+    def describe(self, row: Worker, now: datetime) -> Text:
         info = Text()
-        worker = self._selected()
-        if worker is None:
-            info.append(EMPTY, style="dim")
-        else:
-            now = self.jobq.now()
-            info.append("worker ", style="dim")
-            info.append(literal(worker.id, 80, style="bold"))
-            info.append(f" · {worker.in_flight} of {worker.concurrency} slots busy · "
-                        f"beats every {worker.beat_seconds:g}s", style="dim")
-            info.append("\ntypes: ", style="dim")
-            info.append(literal(", ".join(worker.types) or "every type", 200))
-            if worker.drain_requested_at is not None:
-                info.append("\ndrain asked by ", style="yellow")
-                info.append(literal(worker.drain_requested_by or "?", 60, style="yellow"))
-                info.append(f" at {zoned(worker.drain_requested_at, now)}", style="yellow")
-            if not worker.alive:
-                info.append(f"\nlost: no heartbeat for {span(worker.silent_for)} (it died or "
-                            "cannot reach the database); its leases expire and are taken "
-                            "back", style="bold red")
-        self.query_one("#workers-info", Static).update(info)
+        info.append("worker ", style="dim")
+        info.append(literal(row.id, 80, style="bold"))
+        info.append(f" · {row.in_flight} of {row.concurrency} slots busy · "
+                    f"beats every {row.beat_seconds:g}s", style="dim")
+        info.append("\ntypes: ", style="dim")
+        info.append(literal(", ".join(row.types) or "every type", 200))
+        if row.drain_requested_at is not None:
+            info.append("\ndrain asked by ", style="yellow")
+            info.append(literal(row.drain_requested_by or "?", 60, style="yellow"))
+            info.append(f" at {zoned(row.drain_requested_at, now)}", style="yellow")
+        if not row.alive:
+            info.append(f"\nlost: no heartbeat for {span(row.silent_for)} (it died or "
+                        "cannot reach the database); its leases expire and are taken "
+                        "back", style="bold red")
+        return info
 
     def action_drain(self) -> None:
-        worker = self._selected()
+        worker = self.selected()
         if worker is None:
             self.notify(EMPTY, severity="warning", markup=False)
         elif not worker.alive:
@@ -124,4 +87,3 @@ class WorkersScreen(LiveScreen):
             self.notify(f"worker {worker.id} is already draining", markup=False)
         else:
             self.post_message(Act("drain", worker=worker))
-
