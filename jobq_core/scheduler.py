@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from datetime import timedelta
 
+from .errors import NotFoundError
 from .runner_state import RunnerState
 from .schedules import Schedule
 from .supervisor import Supervisor
@@ -36,15 +37,8 @@ class Scheduler:
         self.worker_id = worker_id
 
     async def run(self) -> None:
+        await self._register()
         supervisor, queue = self.supervisor, self.state.loops_queue
-        while True:
-            try:
-                await supervisor.call("schedules", queue.register_schedules(
-                    self.schedules, by=self.worker_id))
-                supervisor.ok("schedules")
-                break
-            except Exception as exc:
-                await supervisor.recover("schedules", exc)
         while True:
             pause = TICK_MAX
             try:
@@ -56,6 +50,22 @@ class Scheduler:
                                  ", ".join(s.isoformat() for s in tick.slots))
                     pause = min(pause, (tick.next_slot - tick.now) / timedelta(seconds=1))
                 supervisor.ok("schedules")
+            except NotFoundError:
+                # Its row went (the table was emptied by hand): registered again, it starts
+                # from now, as a new schedule does.
+                log.warning("a schedule's row is gone; registering the schedules again")
+                await self._register()
+                pause = 0.0
             except Exception as exc:
                 pause = min(pause, await supervisor.recover("schedules", exc, sleep=False))
             await asyncio.sleep(max(pause, TICK_MIN))
+
+    async def _register(self) -> None:
+        while True:
+            try:
+                await self.supervisor.call("schedules", self.state.loops_queue.register_schedules(
+                    self.schedules, by=self.worker_id))
+                self.supervisor.ok("schedules")
+                return
+            except Exception as exc:
+                await self.supervisor.recover("schedules", exc)

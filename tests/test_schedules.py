@@ -242,6 +242,31 @@ def test_two_runners_every_second_run_one_job_per_slot(
     assert sum(r.counters["completed"] for r in runners) == len(completed)
 
 
+def test_a_schedule_whose_row_is_deleted_is_registered_again(
+    dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    """Someone empties the schedules table under a serving runner: it registers its
+    schedules again and goes on firing, rather than failing its loop."""
+    runner = create_task_runner(JobQueue(dsn), poll_interval=0.05)
+    runner.periodic("beat", every=timedelta(seconds=1))(runner_tasks.noop)
+    thread = threading.Thread(target=lambda: asyncio.run(runner.serve()), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while sum(_jobs_by_key(db, "beat").values()) < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        db.execute("DELETE FROM svti_jobs_schedules")
+        fired = sum(_jobs_by_key(db, "beat").values())
+        while sum(_jobs_by_key(db, "beat").values()) < fired + 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sum(_jobs_by_key(db, "beat").values()) >= fired + 2
+        assert db.execute("SELECT count(*) FROM svti_jobs_schedules").fetchone() == (1,)
+        assert runner.health()["status"] == "ok"
+    finally:
+        runner.request_stop()
+        thread.join(30)
+
+
 def test_jobq_schedules_lists_each_schedule_with_its_last_and_next_slot(
     dsn: str, cli: Any  # noqa: F811  (the fixture)
 ) -> None:
