@@ -1027,7 +1027,7 @@ def schedules_table(found: list[ScheduleRow]) -> Table:
                else "—")
         grid.add_row(cell(s.name, 200), cell(s.spec, 200),
                      Text(zoned(s.next_slot, now) if s.next_slot is not None else "unknown"),
-                     Text(zoned(s.last_slot, now)), Text(visible(job)), Text(s.missed))
+                     Text(zoned(s.last_slot, now)), Text(visible(job)), Text(visible(s.missed)))
     return grid
 
 

@@ -377,7 +377,8 @@ class Tick:
     fired: list[int]
     slots: list[datetime]
     now: datetime
-    next_slot: datetime
+    #: None when the schedule has no slot left before the year 9999.
+    next_slot: datetime | None
 
 
 def fire_schedule(st: Statements, schedule: Schedule, now: datetime | None = None
@@ -386,6 +387,7 @@ def fire_schedule(st: Statements, schedule: Schedule, now: datetime | None = Non
     a job for each slot to fire, due at the slot and keyed `cron:<name>:<slot>` (which is
     also its request id), and record the newest slot handled. `now`, when given, stands in
     for the database's clock."""
+    yield Stmt(st.schedule_patience)
     rows = yield Stmt(st.schedule_lock, {"name": schedule.name})
     if not rows:
         raise NotFoundError(f"schedule {schedule.name!r} is not registered")
@@ -400,7 +402,7 @@ def fire_schedule(st: Statements, schedule: Schedule, now: datetime | None = Non
             for slot in slots])
         yield Stmt(st.schedule_advance, {"name": schedule.name, "last_slot": newest,
                                          "job_id": ids[-1] if ids else None})
-    return Tick(ids, slots, now, schedule.next_slot(max(now, newest or now)))
+    return Tick(ids, slots, now, schedule.next_slot(max(now, newest or last)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -653,7 +653,7 @@ def schedules(st: Statements) -> Op[list[ScheduleRow]]:
         try:
             schedule = Schedule(name, cron=cron, every=every, tz=tz or "UTC", missed=missed)
             spec, next_slot = schedule.spec, schedule.next_slot(max(now, last_slot))
-        except InvalidInputError:
+        except InvalidInputError:  # a row this version cannot read: shown as it is
             spec = f"every {every}" if every is not None else f"cron {cron} {tz}"
             next_slot = None
         found.append(ScheduleRow(name, spec, missed, last_slot, job_id, last_state, fired_at,
@@ -1107,7 +1107,8 @@ class Admin:
     """Operator operations over a `JobQueue`'s database.
 
     Given `reads`, a queue on a hot standby of that database, the listings read there:
-    `list_jobs`, `show`, `trace` (and `trace_pages`), `stats`, `pauses` and `workers`, after a
+    `list_jobs`, `show`, `trace` (and `trace_pages`), `stats`, `pauses`, `workers` and
+    `schedules`, after a
     check, at the first of them, that it is a standby of this very database (`ReplicaError`
     otherwise); `replication` says how far behind it is. Everything else uses `queue`, the
     primary: every action, its `preview` and `matching_ids` (an action acts on what was

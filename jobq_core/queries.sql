@@ -944,6 +944,13 @@ ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, tz = excluded.tz,
     registered_by = excluded.registered_by
 
 
+-- schedule_patience --
+-- A tick waits this long at most for its schedule's row (another runner's tick holds it for
+-- milliseconds; a session that died holding it may keep it until the server notices), so
+-- that one stuck row never holds up the other schedules' ticks.
+SELECT set_config('lock_timeout', '5s', true)
+
+
 -- schedule_lock --
 -- A tick takes its schedule's row for the rest of its transaction: ticks of the same
 -- schedule, on any number of runners, follow each other, and each sees the slot the one
@@ -2124,12 +2131,13 @@ CREATE TABLE IF NOT EXISTS {schedules} (
         cron text,
         tz text,
         every interval,
-        -- what a tick does with slots no runner fired in time: skip, latest or all
-        missed text NOT NULL,
+        -- what a tick does with slots no runner fired in time
+        missed text NOT NULL CHECK (missed IN ('skip', 'latest', 'all')),
         last_slot timestamptz NOT NULL,
         last_job_id bigint,
         fired_at timestamptz,
         registered_at timestamptz NOT NULL DEFAULT now(),
         registered_by text NOT NULL,
-        CHECK ((cron IS NULL) <> (every IS NULL))
+        CHECK ((cron IS NULL) <> (every IS NULL)),
+        CHECK (every > interval '0')
     )

@@ -38,27 +38,35 @@ class Scheduler:
 
     async def run(self) -> None:
         await self._register()
-        supervisor, queue = self.supervisor, self.state.loops_queue
         while True:
-            pause = TICK_MAX
-            try:
-                for schedule in self.schedules:
-                    tick = await supervisor.call("schedules", queue.fire_schedule(schedule))
-                    if tick.fired:
-                        log.info("schedule %s: enqueued %s for %s", schedule.name,
-                                 ", ".join(map(str, tick.fired)),
-                                 ", ".join(s.isoformat() for s in tick.slots))
-                    pause = min(pause, (tick.next_slot - tick.now) / timedelta(seconds=1))
-                supervisor.ok("schedules")
-            except NotFoundError:
-                # Its row went (the table was emptied by hand): registered again, it starts
-                # from now, as a new schedule does.
-                log.warning("a schedule's row is gone; registering the schedules again")
-                await self._register()
-                pause = 0.0
-            except Exception as exc:
-                pause = min(pause, await supervisor.recover("schedules", exc, sleep=False))
-            await asyncio.sleep(max(pause, TICK_MIN))
+            pauses = [await self._tick(schedule) for schedule in self.schedules]
+            await asyncio.sleep(max(min(pauses, default=TICK_MAX), TICK_MIN))
+
+    async def _tick(self, schedule: Schedule) -> float:
+        """Tick one schedule; returns the pause until its next slot. Each schedule fails on
+        its own: one whose tick fails does not hold up the others'."""
+        supervisor = self.supervisor
+        try:
+            tick = await supervisor.call("schedules",
+                                         self.state.loops_queue.fire_schedule(schedule))
+        except NotFoundError:
+            # Its row went (the table was emptied by hand): registered again, it starts from
+            # now, as a new schedule does.
+            log.warning("schedule %s: its row is gone; registering the schedules again",
+                        schedule.name)
+            await self._register()
+            return 0.0
+        except Exception as exc:
+            return min(TICK_MAX, await supervisor.recover("schedules", exc, sleep=False))
+        supervisor.ok("schedules")
+        if tick.fired:
+            log.info("schedule %s: enqueued %d job(s), for %s%s", schedule.name,
+                     len(tick.fired), ", ".join(s.isoformat() for s in tick.slots[-3:]),
+                     f" and {len(tick.slots) - 3} earlier slots" if len(tick.slots) > 3
+                     else "")
+        if tick.next_slot is None:
+            return TICK_MAX
+        return min(TICK_MAX, (tick.next_slot - tick.now) / timedelta(seconds=1))
 
     async def _register(self) -> None:
         while True:

@@ -34,15 +34,19 @@ from .models import validate_type
 Missed = Literal["skip", "latest", "all"]
 MISSED_POLICIES: tuple[Missed, ...] = ("skip", "latest", "all")
 
-#: A slot fired within this long of its time is on time; an older one was missed (the
-#: runners were down or behind) and its schedule's `missed` policy decides.
+#: A tick whose oldest due slot is at most this old catches up on all of them. One that
+#: finds an older slot (the runners were away or far behind) fires the newest slot if it is
+#: this recent, and the schedule's `missed` policy decides about the others.
 ON_TIME = timedelta(seconds=60)
 #: Under `missed="all"`, how far back missed slots are fired, and the most of them one
 #: tick fires (the newest).
 MISSED_WINDOW, MISSED_MAX = timedelta(days=1), 1000
-#: How far apart two consecutive slots of a cron expression may be: an expression that
-#: matches nothing for this long (say, February 30th) is refused when registered.
+#: How far ahead the next slot is looked for: an expression whose slots can be further apart
+#: (say, a fifth Monday in February) is refused when registered.
 _HORIZON = timedelta(days=4 * 366 + 1)
+#: The longest interval; and zone names that are not one place's rules everywhere.
+EVERY_MAX = timedelta(days=366)
+_NOT_A_ZONE = frozenset({"localtime", "posixrules", "Factory"})
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -70,29 +74,45 @@ class Schedule:
             raise InvalidInputError(f"schedule {self.name!r}: missed must be one of "
                                     f"{', '.join(MISSED_POLICIES)}, got {self.missed!r}")
         if self.every is not None:
-            if not isinstance(self.every, timedelta) or self.every < timedelta(seconds=1):
-                raise InvalidInputError(
-                    f"schedule {self.name!r}: every must be a timedelta of at least 1 s")
+            if (not isinstance(self.every, timedelta)
+                    or not timedelta(seconds=1) <= self.every <= EVERY_MAX):
+                raise InvalidInputError(f"schedule {self.name!r}: every must be a timedelta "
+                                        f"from 1 s to {EVERY_MAX.days} days")
             if self.tz != "UTC":
                 raise InvalidInputError(
                     f"schedule {self.name!r}: tz applies to cron schedules only")
             return
-        assert self.cron is not None
+        if not isinstance(self.cron, str) or len(self.cron.split()) != 5:
+            raise InvalidInputError(f"schedule {self.name!r}: cron takes five fields (minute "
+                                    f"hour day-of-month month day-of-week), got {self.cron!r}")
         self.zone  # noqa: B018 - raises for an unknown zone
         try:
             walk = CronSim(self.cron, datetime(2001, 1, 1))
         except CronSimError as exc:
             raise InvalidInputError(
                 f"schedule {self.name!r}: not a cron expression: {self.cron!r} ({exc})") from None
-        if next(walk, None) is None:
-            raise InvalidInputError(
-                f"schedule {self.name!r}: {self.cron!r} matches no time")
+        # Slots never further apart than the horizon: the next one is always found. Four
+        # years from 2001 hold every pattern a slot can have, leap days included.
+        previous = datetime(2001, 1, 1)
+        for local in walk:
+            if local - previous > _HORIZON:
+                break
+            previous = local
+            if local.year >= 2009:
+                return
+        raise InvalidInputError(f"schedule {self.name!r}: {self.cron!r} can go more than four "
+                                "years without a slot")
 
     @property
     def zone(self) -> ZoneInfo:
+        """The IANA zone `tz` names; a name that means the host's own zone is refused, as
+        runners on different hosts would place the same slots differently."""
+        if self.tz in _NOT_A_ZONE or not isinstance(self.tz, str):
+            raise InvalidInputError(f"schedule {self.name!r}: {self.tz!r} is not an IANA "
+                                    "time zone the same on every host")
         try:
             return ZoneInfo(self.tz)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):
             raise InvalidInputError(
                 f"schedule {self.name!r}: unknown time zone {self.tz!r}") from None
 
@@ -132,11 +152,12 @@ class Schedule:
                 return
             yield placed
 
-    def next_slot(self, after: datetime) -> datetime:
-        """The first slot after `after`."""
-        for slot in self.slots(after, after + _HORIZON):
-            return slot
-        raise InvalidInputError(f"schedule {self.name!r} has no slot after {after}")
+    def next_slot(self, after: datetime) -> datetime | None:
+        """The first slot after `after`; None past the end of time (year 9999)."""
+        try:
+            return next(self.slots(after, after + _HORIZON), None)
+        except (OverflowError, ValueError):
+            return None
 
     def newest_slot(self, at: datetime) -> datetime | None:
         """The last slot at or before `at`."""
@@ -159,20 +180,27 @@ class Schedule:
         newest of all of them, fired or not, which the schedule's row then records as
         handled (None when there is none).
 
-        A slot less than `ON_TIME` old always fires. Older ones were missed, and the
-        schedule's `missed` policy picks among them: none, the newest, or each of those in
-        the last `MISSED_WINDOW` (at most `MISSED_MAX`, the newest)."""
+        When every due slot is less than `ON_TIME` old, all of them fire: the runners were
+        only a little behind. Otherwise they were away: the newest slot fires if it is less
+        than `ON_TIME` old, and the others were missed, for the schedule's `missed` policy to
+        pick among: none, the newest, or each of those in the last `MISSED_WINDOW` (at most
+        `MISSED_MAX`, the newest)."""
         newest = self.newest_slot(now)
         if newest is None or newest <= last:
             return [], None
         late = now - ON_TIME
-        on_time = list(self.slots(max(last, late), now))
+        oldest = self.next_slot(last)
+        if oldest is None or oldest > late:
+            return list(self.slots(last, now)), newest
+        on_time = [newest] if newest > late else []
+        missed_until = self.newest_slot(newest - timedelta(microseconds=1)) if on_time else newest
         chosen: list[datetime] = []
-        if late > last and self.missed == "latest":
-            newest_missed = self.newest_slot(late)
-            chosen = [newest_missed] if newest_missed is not None and newest_missed > last else []
-        elif late > last and self.missed == "all":
-            chosen = list(self.slots(max(last, now - MISSED_WINDOW), late))[-MISSED_MAX:]
+        if missed_until is not None and missed_until > last:
+            if self.missed == "latest":
+                chosen = [missed_until]
+            elif self.missed == "all":
+                chosen = list(self.slots(max(last, now - MISSED_WINDOW),
+                                         missed_until))[-MISSED_MAX:]
         return chosen + on_time, newest
 
 

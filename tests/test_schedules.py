@@ -97,6 +97,23 @@ def test_missed_slots_follow_the_schedules_policy(missed: str, fired: list[str])
     assert schedule.to_fire(newest, utc(2026, 12, 7, 12, 10, 59)) == ([], None)
 
 
+@pytest.mark.parametrize(("missed", "count"), [("skip", 1), ("latest", 2), ("all", 600)])
+def test_a_second_interval_back_from_an_outage_fires_by_its_policy_too(
+    missed: str, count: int
+) -> None:
+    """Ten minutes away with every=1s: not the last minute's 60 slots, but the newest slot,
+    and the missed ones as the policy says."""
+    schedule = Schedule("s", every=timedelta(seconds=1), missed=missed)  # type: ignore[arg-type]
+    slots, newest = schedule.to_fire(utc(2026, 12, 7, 12), utc(2026, 12, 7, 12, 10, 0, 500000))
+    assert len(slots) == count and slots[-1] == newest == utc(2026, 12, 7, 12, 10)
+
+
+def test_a_runner_a_little_behind_catches_up_on_every_slot() -> None:
+    schedule = Schedule("s", every=timedelta(seconds=1), missed="skip")
+    slots, _ = schedule.to_fire(utc(2026, 12, 7, 12), utc(2026, 12, 7, 12, 0, 30))
+    assert len(slots) == 30
+
+
 def test_all_missed_slots_reach_back_one_day_at_most() -> None:
     schedule = Schedule("m", every=timedelta(hours=1), missed="all")
     slots, newest = schedule.to_fire(utc(2026, 12, 1), utc(2026, 12, 7, 12, 0, 30))
@@ -107,10 +124,16 @@ def test_all_missed_slots_reach_back_one_day_at_most() -> None:
 @pytest.mark.parametrize(("options", "message"), [
     ({"cron": "61 * * * *"}, "not a cron expression"),
     ({"cron": "0 0 30 2 *"}, "not a cron expression"),
+    ({"cron": "0 0 * 2 MON#5"}, "more than four years without a slot"),
+    ({"cron": "*/5 * * * * *"}, "five fields"),
+    ({"cron": "@daily"}, "five fields"),
+    ({"cron": "0 3 * * *", "tz": "localtime"}, "the same on every host"),
+    ({"cron": "0 3 * * *", "tz": "America"}, "unknown time zone"),
+    ({"every": timedelta(days=400)}, "from 1 s to 366 days"),
     ({"cron": "0 3 * * *", "tz": "Mars/Olympus"}, "unknown time zone"),
     ({}, "exactly one of cron= and every="),
     ({"cron": "* * * * *", "every": timedelta(minutes=1)}, "exactly one"),
-    ({"every": timedelta(milliseconds=500)}, "at least 1 s"),
+    ({"every": timedelta(milliseconds=500)}, "from 1 s to 366 days"),
     ({"every": timedelta(minutes=1), "tz": "Europe/Berlin"}, "cron schedules only"),
     ({"every": timedelta(minutes=1), "missed": "some"}, "missed must be one of"),
 ])
@@ -220,7 +243,9 @@ def test_two_runners_every_second_run_one_job_per_slot(
     with caplog.at_level(logging.INFO, logger="jobq.runner"):
         for t in threads:
             t.start()
-        time.sleep(7.5)
+        deadline = time.monotonic() + 60
+        while len(_jobs_by_key(db, "beat")) < 7 and time.monotonic() < deadline:
+            time.sleep(0.2)
         for r in runners:
             r.request_stop()
         for t in threads:
@@ -234,8 +259,11 @@ def test_two_runners_every_second_run_one_job_per_slot(
                     for slot in re.findall(r"\d{4}-\d\d-\d\dT[\d:+]+",
                                            record.getMessage().partition(" for ")[2])
                     if record.getMessage().startswith("schedule beat: enqueued"))
-    assert sorted(datetime.fromisoformat(s) for s in fired) == slots
-    assert set(fired.values()) == {1}  # no slot claimed by two ticks
+    # No slot fired by two ticks (the row lock; the keys alone would hide a double fire).
+    # A tick that committed as its runner stopped may not have logged.
+    assert set(fired.values()) == {1}
+    assert {datetime.fromisoformat(s) for s in fired} <= set(slots)
+    assert len(fired) >= len(slots) - 2
     completed = Counter(job_id for (job_id,) in db.execute(
         "SELECT job_id FROM svti_jobs_events WHERE type = 'beat' AND event = 'completed'"))
     assert set(completed.values()) <= {1}
@@ -313,7 +341,8 @@ async def test_the_console_lists_schedules_and_opens_the_last_job(dsn: str) -> N
         assert table.get_cell("report", "spec").plain == "cron 0 3 * * * Europe/Berlin"
         assert table.get_cell("report", "job").plain == f"{tick.fired[0]} pending"
         assert table.get_cell("tick", "job").plain == "—"
-        assert table.get_cell("tick", "next").plain.startswith("in ")
+        assert re.fullmatch(r"in \d+m\d\ds|in \d+s|now",
+                            table.get_cell("tick", "next").plain)
         info = text_of(app, "#schedules-info")
         assert "registered by web-1:42" in info and "2026-12-06 02:00:00 UTC" in info
         await pilot.press("enter")

@@ -34,7 +34,7 @@ def _cells(s: ScheduleRow, now: datetime) -> list[Text]:
         Text(relative(s.next_slot, now) if s.next_slot is not None else "unknown"),
         Text(relative(s.last_slot, now)),
         job,
-        Text(s.missed),
+        literal(s.missed, 10),
     ]
 
 
