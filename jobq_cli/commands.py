@@ -78,7 +78,7 @@ from jobq_core.filters import parse_filter
 from jobq_core.models import parse_id
 from jobq_core.sql import Names
 
-from .format import lag, zoned
+from .format import lag
 from .safe import redact, visible
 from .usage import READ_DSN_HELP, OneLineGroup, error_line
 
@@ -1011,6 +1011,13 @@ def workers(
                                        f"{at(w.drain_requested_at)}")))
 
 
+def slot_at(when: datetime, now: datetime) -> str:
+    """A slot to the second, in UTC (the columns say so), with its date unless it is
+    today's."""
+    utc = when.astimezone(UTC)
+    return utc.strftime("%H:%M:%S" if utc.date() == now.date() else "%Y-%m-%d %H:%M:%S")
+
+
 def schedules_table(found: list[ScheduleRow]) -> Table:
     """Fits 80 columns: names and expressions fold; slots in UTC, the date only when it is
     not today (`--json` has every field in full)."""
@@ -1018,33 +1025,50 @@ def schedules_table(found: list[ScheduleRow]) -> Table:
     grid = Table(box=None, header_style="bold", padding=(0, 1, 0, 0), pad_edge=False)
     grid.add_column("NAME", overflow="fold", min_width=6, ratio=1)
     grid.add_column("SCHEDULE", overflow="fold", min_width=8, ratio=2)
-    for name in ("NEXT SLOT", "LAST SLOT"):  # "2026-12-06 02:00 UTC" on one line
-        grid.add_column(name, no_wrap=True, min_width=20)
+    for name in ("NEXT SLOT UTC", "LAST SLOT UTC"):  # "2026-12-06 02:00:00" on one line
+        grid.add_column(name, no_wrap=True, min_width=8)
     for name in ("LAST JOB", "MISSED"):
         grid.add_column(name, overflow="fold", min_width=len(name))
     for s in found:
         job = (f"{s.last_job_id} {s.last_state or 'cleared'}" if s.last_job_id is not None
                else "—")
         grid.add_row(cell(s.name, 200), cell(s.spec, 200),
-                     Text(zoned(s.next_slot, now) if s.next_slot is not None else "unknown"),
-                     Text(zoned(s.last_slot, now)), Text(visible(job)), Text(visible(s.missed)))
+                     Text(slot_at(s.next_slot, now) if s.next_slot is not None else "none"),
+                     Text(slot_at(s.last_slot, now)), Text(visible(job)), Text(visible(s.missed)))
     return grid
 
 
 @app.command()
 def schedules(
     ctx: typer.Context,
-    dsn: Dsn = None, table: TableName = "svti_jobs", as_json: AsJson = False,
-    read_dsn: ReadDsn = None,
+    remove: Annotated[str | None, typer.Option(
+        "--remove", metavar="NAME", help="forget a schedule that no runner serves any more "
+        "(one that still does registers it again at its next tick)")] = None,
+    dsn: Dsn = None, table: TableName = "svti_jobs", yes: Yes = False,
+    as_json: AsJson = False, read_dsn: ReadDsn = None,
 ) -> None:
-    """Periodic jobs' schedules, as their runners registered them.
+    """Periodic jobs' schedules, as their runners registered them; --remove NAME forgets one.
 
     Per schedule: its cron expression and time zone or its interval, what it does with
     missed slots, the newest slot handled, that slot's job and its state, and the next
-    slot."""
+    slot. A removal reads and writes the primary, even with --read-dsn."""
+    if remove is not None:
+        refuse_if_read_only(ctx, "schedules --remove")
+        read_dsn = None
     with connected(ctx, dsn, table, writes=False, read_dsn=read_dsn) as admin:
         found = admin.schedules()
-    if as_json:
+        if remove is not None:
+            if not any(s.name == remove for s in found):
+                raise NotFoundError(f"no schedule named {remove!r} (see `jobq schedules`)")
+            confirm(visible(f"remove schedule {remove}"), yes)
+            admin.remove_schedule(remove)
+            found = [s for s in found if s.name != remove]
+    if remove is not None:
+        if as_json:
+            emit_json({"removed": remove})
+        else:
+            out.print(Text(visible(f"removed schedule {remove}")))
+    elif as_json:
         emit_json([_plain(s) for s in found])
     else:
         out.print(schedules_table(found) if found else Text(

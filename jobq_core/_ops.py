@@ -39,7 +39,7 @@ from .models import (
     validate_when,
     validate_worker,
 )
-from .schedules import Schedule
+from .schedules import Schedule, spec_of
 from .sql import Statements
 
 T = TypeVar("T")
@@ -379,6 +379,9 @@ class Tick:
     now: datetime
     #: None when the schedule has no slot left before the year 9999.
     next_slot: datetime | None
+    #: How the schedule's row says it was registered, when that differs from the schedule
+    #: ticked: two definitions under one name, whose slots are both fired.
+    conflict: str | None = None
 
 
 def fire_schedule(st: Statements, schedule: Schedule, now: datetime | None = None
@@ -391,8 +394,9 @@ def fire_schedule(st: Statements, schedule: Schedule, now: datetime | None = Non
     rows = yield Stmt(st.schedule_lock, {"name": schedule.name})
     if not rows:
         raise NotFoundError(f"schedule {schedule.name!r} is not registered")
-    last, db_now = rows[0]
+    last, db_now, cron, tz, every = rows[0]
     now = now or db_now
+    registered = spec_of(cron, tz, every)
     slots, newest = schedule.to_fire(last, now)
     ids: list[int] = []
     if newest is not None:
@@ -402,7 +406,8 @@ def fire_schedule(st: Statements, schedule: Schedule, now: datetime | None = Non
             for slot in slots])
         yield Stmt(st.schedule_advance, {"name": schedule.name, "last_slot": newest,
                                          "job_id": ids[-1] if ids else None})
-    return Tick(ids, slots, now, schedule.next_slot(max(now, newest or last)))
+    return Tick(ids, slots, now, schedule.next_slot(max(now, newest or last)),
+                registered if registered != schedule.spec else None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,7 +49,7 @@ from .models import (
     validate_when,
 )
 from .queue import AsyncJobQueue, JobQueue
-from .schedules import Schedule
+from .schedules import Schedule, spec_of
 from .sql import Statements
 
 T = TypeVar("T")
@@ -654,11 +654,17 @@ def schedules(st: Statements) -> Op[list[ScheduleRow]]:
             schedule = Schedule(name, cron=cron, every=every, tz=tz or "UTC", missed=missed)
             spec, next_slot = schedule.spec, schedule.next_slot(max(now, last_slot))
         except InvalidInputError:  # a row this version cannot read: shown as it is
-            spec = f"every {every}" if every is not None else f"cron {cron} {tz}"
-            next_slot = None
+            spec, next_slot = spec_of(cron, tz, every), None
         found.append(ScheduleRow(name, spec, missed, last_slot, job_id, last_state, fired_at,
                                  next_slot, registered_at, registered_by))
     return found
+
+
+def remove_schedule(st: Statements, name: str) -> Op[None]:
+    """Forget a schedule no runner serves any more (one that still does registers it again
+    at its next tick)."""
+    if not (yield Stmt(st.schedule_remove, {"name": validate_type(name, "schedule name")})):
+        raise NotFoundError(f"no schedule named {name!r} (see `jobq schedules`)")
 
 
 def drain(st: Statements, worker_id: str, by: str) -> Op[None]:
@@ -1318,6 +1324,9 @@ class Admin:
         """Every periodic job's schedule: last slot handled, its job, and the next slot."""
         return self._read(schedules)
 
+    def remove_schedule(self, name: str) -> None:
+        self._write(remove_schedule(self._st, name))
+
     def drain(self, worker_id: str, *, by: str | None = None) -> None:
         self._write(drain(self._st, worker_id, by or operator_name()))
 
@@ -1467,6 +1476,9 @@ class AsyncAdmin:
 
     async def schedules(self) -> list[ScheduleRow]:
         return await self._read(schedules)
+
+    async def remove_schedule(self, name: str) -> None:
+        await self._write(remove_schedule(self._st, name))
 
     async def drain(self, worker_id: str, *, by: str | None = None) -> None:
         await self._write(drain(self._st, worker_id, by or operator_name()))

@@ -955,7 +955,8 @@ SELECT set_config('lock_timeout', '5s', true)
 -- A tick takes its schedule's row for the rest of its transaction: ticks of the same
 -- schedule, on any number of runners, follow each other, and each sees the slot the one
 -- before it handled. The clock is the database's, the same for every runner.
-SELECT last_slot, statement_timestamp() FROM {schedules} WHERE name = %(name)s FOR UPDATE
+SELECT last_slot, statement_timestamp(), cron, tz, every FROM {schedules}
+WHERE name = %(name)s FOR UPDATE
 
 
 -- schedule_advance --
@@ -965,6 +966,11 @@ UPDATE {schedules} SET last_slot = %(last_slot)s,
     last_job_id = coalesce(%(job_id)s, last_job_id),
     fired_at = CASE WHEN %(job_id)s::bigint IS NULL THEN fired_at ELSE statement_timestamp() END
 WHERE name = %(name)s
+
+
+-- schedule_remove --
+-- An operator removes a schedule that no runner serves any more.
+DELETE FROM {schedules} WHERE name = %(name)s RETURNING name
 
 
 -- schedules --

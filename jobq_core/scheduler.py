@@ -35,6 +35,8 @@ class Scheduler:
         self.supervisor = supervisor
         self.schedules = list(schedules)
         self.worker_id = worker_id
+        #: The other definitions warned about, by schedule: each is said once.
+        self._conflicts: dict[str, str] = {}
 
     async def run(self) -> None:
         await self._register()
@@ -59,6 +61,11 @@ class Scheduler:
         except Exception as exc:
             return min(TICK_MAX, await supervisor.recover("schedules", exc, sleep=False))
         supervisor.ok("schedules")
+        if tick.conflict is not None and self._conflicts.get(schedule.name) != tick.conflict:
+            self._conflicts[schedule.name] = tick.conflict
+            log.warning("schedule %s: another runner registered it as %r, this one as %r; "
+                        "the slots of both are fired until every runner has one definition",
+                        schedule.name, tick.conflict, schedule.spec)
         if tick.fired:
             log.info("schedule %s: enqueued %d job(s), for %s%s", schedule.name,
                      len(tick.fired), ", ".join(s.isoformat() for s in tick.slots[-3:]),

@@ -118,11 +118,8 @@ class Schedule:
 
     @property
     def spec(self) -> str:
-        """How the schedule is shown and stored: `cron 0 3 * * * Europe/Berlin` or
-        `every 90s`."""
-        if self.every is not None:
-            return f"every {self.every.total_seconds():g}s"
-        return f"cron {self.cron} {self.tz}"
+        """How the schedule is shown: `cron 0 3 * * * Europe/Berlin` or `every 90s`."""
+        return spec_of(self.cron, self.tz if self.cron is not None else None, self.every)
 
     def key(self, slot: datetime) -> str:
         """The idempotency key of the job for `slot`."""
@@ -202,6 +199,13 @@ class Schedule:
                 chosen = list(self.slots(max(last, now - MISSED_WINDOW),
                                          missed_until))[-MISSED_MAX:]
         return chosen + on_time, newest
+
+
+def spec_of(cron: str | None, tz: str | None, every: timedelta | None) -> str:
+    """A schedule as shown, from its stored columns."""
+    if every is not None:
+        return f"every {every.total_seconds():g}s"
+    return f"cron {cron} {tz}"
 
 
 def _first_occurrence(local: datetime, zone: ZoneInfo) -> datetime | None:

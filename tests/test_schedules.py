@@ -315,10 +315,11 @@ def test_jobq_schedules_lists_each_schedule_with_its_last_and_next_slot(
     listed = cli("schedules")
     assert listed.exit_code == 0, listed.output
     lines = listed.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "SCHEDULE", "NEXT", "SLOT", "LAST", "SLOT", "LAST",
-                                "JOB", "MISSED"]
+    assert lines[0].split() == ["NAME", "SCHEDULE", "NEXT", "SLOT", "UTC", "LAST", "SLOT",
+                                "UTC", "LAST", "JOB", "MISSED"]
     assert all(len(line) <= 80 for line in lines), listed.stdout
-    assert "2026-12-06 02:00 UTC" in listed.stdout and f"{tick.fired[0]} pending" in listed.stdout
+    assert "2026-12-06 02:00:00" in listed.stdout
+    assert f"{tick.fired[0]} pending" in listed.stdout
 
 
 async def test_the_console_lists_schedules_and_opens_the_last_job(dsn: str) -> None:
@@ -349,3 +350,32 @@ async def test_the_console_lists_schedules_and_opens_the_last_job(dsn: str) -> N
         detail = await until(pilot, lambda: isinstance(app.screen, DetailScreen)
                              and app.screen)
         assert detail.job_id == tick.fired[0]
+
+
+def test_two_definitions_under_one_name_are_told_apart(dsn: str) -> None:
+    """A rolling deploy changes a schedule: the runner still on the old definition learns
+    from each tick that the row says otherwise (and its scheduler warns once)."""
+    old = Schedule("report", cron="0 3 * * *", tz="Europe/Berlin")
+    new = Schedule("report", cron="0 4 * * *", tz="Europe/Berlin")
+    with JobQueue(dsn) as queue:
+        queue.register_schedules([old], by="web-1:1", now=utc(2026, 12, 6, 1))
+        assert queue.fire_schedule(old, now=utc(2026, 12, 6, 1, 30)).conflict is None
+        queue.register_schedules([new], by="web-2:2")
+        assert queue.fire_schedule(new, now=utc(2026, 12, 6, 1, 40)).conflict is None
+        assert (queue.fire_schedule(old, now=utc(2026, 12, 6, 1, 50)).conflict
+                == "cron 0 4 * * * Europe/Berlin")
+
+
+def test_jobq_schedules_remove_forgets_a_schedule(
+    dsn: str, db: psycopg.Connection[Any], cli: Any  # noqa: F811  (the fixture)
+) -> None:
+    with JobQueue(dsn) as queue:
+        queue.register_schedules([Schedule("gone", every=timedelta(minutes=1)),
+                                  Schedule("kept", every=timedelta(minutes=1))], by="w:1")
+    missing = cli("schedules", "--remove", "nothing", "--yes")
+    assert missing.exit_code == 3 and "no schedule named 'nothing'" in missing.output
+    refused = cli("--read-only", "schedules", "--remove", "gone", "--yes")
+    assert refused.exit_code == 2, refused.output
+    assert as_json(cli("schedules", "--remove", "gone", "--yes", "--json")) == {
+        "removed": "gone"}
+    assert db.execute("SELECT name FROM svti_jobs_schedules").fetchall() == [("kept",)]
