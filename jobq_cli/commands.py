@@ -59,6 +59,7 @@ from jobq_core.admin import (
     Admin,
     Event,
     JobRow,
+    LimitRow,
     Pause,
     Preview,
     RepairResult,
@@ -445,6 +446,10 @@ def status_table(stats: list[TypeStats]) -> None:
               for rate in (s.completed_per_min, s.failed_per_min)))
     out.print(grid)
     for s in stats:
+        if s.limits is not None:
+            out.print(Text(visible(f"{s.type}: limits {s.limits.summary}; "
+                                   f"{s.limits.usage}")))
+    for s in stats:
         if s.paused is not None:
             out.print(pause_line(s.paused))
         elif s.expired.value and not s.served:
@@ -491,7 +496,8 @@ def show(ctx: typer.Context,
     with connected(ctx, dsn, table, writes=False, read_dsn=read_dsn) as admin:
         detail = admin.show(job_id)
     if as_json:
-        emit_json({"job": detail.job, "state": detail.state, "events": detail.events})
+        emit_json({"job": detail.job, "state": detail.state, "events": detail.events,
+                   "limits": detail.limits, "schedule": detail.schedule})
         return
     if detail.job is not None:
         job = detail.job
@@ -500,7 +506,8 @@ def show(ctx: typer.Context,
                              ("run at", job.run_at), ("request id", job.request_id),
                              ("idempotency key", job.idempotency_key),
                              ("lease until", job.lease_until), ("claimed by", job.claimed_by),
-                             ("created", job.created_at)):
+                             ("created", job.created_at),
+                             ("concurrency key", job.concurrency_key)):
             out.print(Text(f"{label:>16}: ") + cell(value, 200))
         out.print(Text("         payload:"))
         out.print(Text("\n".join(  # its own line breaks kept, anything else made visible
@@ -511,6 +518,11 @@ def show(ctx: typer.Context,
             out.print(Text(visible(job.last_error).replace("\\n", "\n")))
     else:
         out.print(Text(f"job {job_id}: {detail.state} (no longer in the queue)"))
+    if detail.limits is not None:
+        out.print(Text(f"{'limits':>16}: " + visible(
+            f"{detail.limits.summary} ({detail.limits.usage})")))
+    if detail.schedule is not None:
+        out.print(Text(f"{'schedule':>16}: " + visible(detail.schedule.spec)))
     out.print(_events_table(detail.events))
 
 
@@ -1073,6 +1085,56 @@ def schedules(
     else:
         out.print(schedules_table(found) if found else Text(
             "no schedule is registered: a runner registers its periodic jobs as it starts"))
+
+
+def limits_table(found: list[LimitRow]) -> Table:
+    """Fits 80 columns; `--json` has every field."""
+    grid = Table(box=None, header_style="bold", padding=(0, 1, 0, 0), pad_edge=False)
+    grid.add_column("TYPE", overflow="fold", min_width=6, ratio=1)
+    grid.add_column("LIMITS", overflow="fold", min_width=10, ratio=2)
+    grid.add_column("IN USE", overflow="fold", min_width=10, ratio=2)
+    grid.add_column("BY", overflow="fold", min_width=4, ratio=1)
+    for row in found:
+        grid.add_row(cell(row.type, 200), Text(visible(row.summary)), Text(row.usage),
+                     cell(row.registered_by, 80))
+    return grid
+
+
+@app.command()
+def limits(
+    ctx: typer.Context,
+    remove: Annotated[str | None, typer.Option(
+        "--remove", metavar="TYPE", help="forget a type's limits (a runner serving it with "
+        "limits records them again when it starts)")] = None,
+    dsn: Dsn = None, table: TableName = "svti_jobs", yes: Yes = False,
+    as_json: AsJson = False, read_dsn: ReadDsn = None,
+) -> None:
+    """Fleet-wide limits, as their runners registered them; --remove TYPE forgets one.
+
+    Per type: its concurrency limit, its per-key limit (and the payload field its key comes
+    from), its rate and burst; the slots in use, the busiest key's, and the rate's tokens
+    now. A removal reads and writes the primary, even with --read-dsn."""
+    if remove is not None:
+        refuse_if_read_only(ctx, "limits --remove")
+        read_dsn = None
+    with connected(ctx, dsn, table, writes=False, read_dsn=read_dsn) as admin:
+        found = admin.limits()
+        if remove is not None:
+            if not any(row.type == remove for row in found):
+                raise NotFoundError(f"type {remove!r} has no limits (see `jobq limits`)")
+            confirm(visible(f"remove the limits of {remove}"), yes)
+            admin.remove_limit(remove)
+            found = [row for row in found if row.type != remove]
+    if remove is not None:
+        if as_json:
+            emit_json({"removed": remove})
+        else:
+            out.print(Text(visible(f"removed the limits of {remove}")))
+    elif as_json:
+        emit_json([_plain(row) for row in found])
+    else:
+        out.print(limits_table(found) if found else Text(
+            "no type has limits: a runner registers its tasks' limits as it starts"))
 
 
 @app.command()

@@ -25,7 +25,9 @@ from .errors import (
     NotFoundError,
     WaitTimeoutError,
 )
+from .limits import KeyOf, Limits, describe_limits, rate_of
 from .models import (
+    DELAY_MAX,
     EnqueueParams,
     Job,
     NewJob,
@@ -94,8 +96,9 @@ def _target(job: Job | int) -> tuple[int, UUID | None]:
     return validate_id(job), None
 
 
-def enqueue(st: Statements, item: NewJob) -> Op[int]:
-    ids = yield from enqueue_many(st, [item], single=True)
+def enqueue(st: Statements, item: NewJob,
+            keys_of: Mapping[str, KeyOf] | None = None) -> Op[int]:
+    ids = yield from enqueue_many(st, [item], keys_of, single=True)
     return ids[0]
 
 
@@ -103,14 +106,18 @@ def _params(p: EnqueueParams) -> dict[str, Any]:
     return {
         "type": p.type, "payload": p.payload, "priority": p.priority, "run_at": p.run_at,
         "delay": p.delay, "request_id": p.request_id, "idempotency_key": p.idempotency_key,
+        "concurrency_key": p.concurrency_key,
     }
 
 
 def enqueue_many(
-    st: Statements, items: Sequence[NewJob | Mapping[str, Any]], *, single: bool = False
+    st: Statements, items: Sequence[NewJob | Mapping[str, Any]],
+    keys_of: Mapping[str, KeyOf] | None = None, *, single: bool = False
 ) -> Op[list[int]]:
+    """Enqueue; `keys_of` gives the concurrency keys of jobs enqueued without one, by type
+    (the key functions of the tasks the queue knows)."""
     # Validate everything first: one bad item enqueues nothing.
-    params = [new_job_params(item) for item in items]
+    params = [new_job_params(item, keys_of) for item in items]
     if not params:
         return []
     if not single and all(p.idempotency_key is None for p in params):
@@ -136,6 +143,7 @@ def enqueue_many(
                 "delays": [p.delay for p in batch],
                 "request_ids": [p.request_id for p in batch],
                 "keys": [p.idempotency_key for p in batch],
+                "concurrency_keys": [p.concurrency_key for p in batch],
             })
             got = [row[1] for row in rows]
         for i, job_id in zip(todo, got, strict=True):
@@ -165,7 +173,8 @@ def _copy_many(st: Statements, params: list[EnqueueParams]) -> Op[list[int]]:
     now, ids = rows[0]
     yield Stmt(st.copy_jobs, copy=[
         (job_id, p.type, p.payload, p.priority,
-         p.run_at or (now + p.delay if p.delay is not None else now), p.request_id)
+         p.run_at or (now + p.delay if p.delay is not None else now), p.request_id,
+         p.concurrency_key)
         for job_id, p in zip(ids, params, strict=True)
     ])
     yield Stmt(st.copy_enqueued, copy=[
@@ -350,6 +359,62 @@ def claim_by_id(st: Statements, job_id: int, lease_ms: object, worker: str) -> O
     return job_from_row(rows[0]) if rows else None
 
 
+def snooze(st: Statements, job: Job, delay: object, reason: str | None = None) -> Op[datetime]:
+    """Hand a claimed job back until `delay` from now at no attempt cost, fenced by its
+    lease; returns when it is due again."""
+    if (isinstance(delay, int | float) and not isinstance(delay, bool)
+            and 0 <= delay <= DELAY_MAX.total_seconds()):
+        delay = timedelta(seconds=delay)
+    if not isinstance(delay, timedelta):
+        raise InvalidInputError("snooze takes a delay: seconds (0 to "
+                                f"{DELAY_MAX.days} days) or a timedelta, got {delay!r}")
+    _, until = validate_when(delay, "snooze")
+    rows = yield Stmt(st.snooze, {"id": job.id, "token": job.lease_token, "delay": until,
+                                  "reason": clean_reason(reason) if reason else None})
+    if not rows:
+        raise (yield from _diagnose(st, job.id, True, "snooze"))
+    when: datetime = rows[0][1]
+    return when
+
+
+# -- limits -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class LimitConflict:
+    """A type's limits as another runner had registered them, before this one replaced them."""
+
+    type: str
+    was: str
+    by: str
+
+
+def register_limits(st: Statements, limits: Mapping[str, Limits], by: str
+                    ) -> Op[list[LimitConflict]]:
+    """Record the limits of the tasks a runner serves, which every claim of their types then
+    keeps; returns the definitions replaced that differed."""
+    if not limits:
+        return []
+    types = sorted(limits)
+    rates = [limits[t].rate for t in types]
+    key_rates = [limits[t].key_rate for t in types]
+    rows = yield Stmt(st.limit_register, {
+        "types": types,
+        "global": [limits[t].global_concurrency for t in types],
+        "key_limit": [limits[t].key_concurrency for t in types],
+        "key_field": [limits[t].key_field for t in types],
+        "rate_count": [r.count if r else None for r in rates],
+        "rate_period": [r.period if r else None for r in rates],
+        "rate_burst": [r.burst if r else None for r in rates],
+        "key_rate_count": [r.count if r else None for r in key_rates],
+        "key_rate_period": [r.period if r else None for r in key_rates],
+        "key_rate_burst": [r.burst if r else None for r in key_rates],
+        "by": validate_worker(by),
+    })
+    return [LimitConflict(t, describe_limits(g, k, f, rate_of(c, p, b), rate_of(kc, kp, kb)),
+                          who)
+            for t, g, k, f, c, p, b, kc, kp, kb, who in rows]
+
+
 # -- periodic jobs --------------------------------------------------------------------------
 
 def register_schedules(st: Statements, schedules: Sequence[Schedule], by: str,
@@ -384,8 +449,8 @@ class Tick:
     conflict: str | None = None
 
 
-def fire_schedule(st: Statements, schedule: Schedule, now: datetime | None = None
-                  ) -> Op[Tick]:
+def fire_schedule(st: Statements, schedule: Schedule, now: datetime | None = None,
+                  keys_of: Mapping[str, KeyOf] | None = None) -> Op[Tick]:
     """One tick of a schedule, in one transaction (run it atomically): take its row, enqueue
     a job for each slot to fire, due at the slot and keyed `cron:<name>:<slot>` (which is
     also its request id), and record the newest slot handled. `now`, when given, stands in
@@ -403,7 +468,7 @@ def fire_schedule(st: Statements, schedule: Schedule, now: datetime | None = Non
         ids = yield from enqueue_many(st, [
             NewJob(schedule.name, schedule.payload, run_at=slot, priority=schedule.priority,
                    idempotency_key=schedule.key(slot), request_id=schedule.key(slot))
-            for slot in slots])
+            for slot in slots], keys_of)
         yield Stmt(st.schedule_advance, {"name": schedule.name, "last_slot": newest,
                                          "job_id": ids[-1] if ids else None})
     return Tick(ids, slots, now, schedule.next_slot(max(now, newest or last)),

@@ -39,6 +39,7 @@ from .errors import (
     classify,
 )
 from .filters import JobFilter, parse_filter
+from .limits import Rate, describe_limits, rate_of
 from .models import (
     LEASE_MS_MAX,
     clean_reason,
@@ -91,6 +92,8 @@ class JobRow:
     #: The length of the lease its holder renews (None before schema 5 and in history).
     lease_ms: int | None = None
     result: Any = None
+    #: The key a key limit counts it under, when its producer gave one.
+    concurrency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +134,9 @@ class Page:
 class JobDetail:
     job: JobRow | None  # None once the job has left the queue (completed or deleted)
     events: list[Event]
+    #: Its type's limits, and the schedule that fires jobs of its type, if any.
+    limits: LimitRow | None = None
+    schedule: ScheduleRow | None = None
 
     @property
     def state(self) -> str:
@@ -173,7 +179,9 @@ class RepairResult:
 
 
 Progress = Callable[[int, int], None]
-_ROW_FIELDS = [name for name in JobRow.__dataclass_fields__ if name != "result"]
+#: The listings' columns (listings.py): a listing shows neither results nor keys.
+_ROW_FIELDS = [name for name in JobRow.__dataclass_fields__
+               if name not in ("result", "concurrency_key")]
 
 @dataclass(frozen=True, slots=True)
 class Pause:
@@ -207,6 +215,8 @@ class TypeStats:
     paused: Pause | None = None
     #: Whether a live worker (one that beats) serves the type.
     served: bool = False
+    #: Its fleet-wide limits and their use, if it has any.
+    limits: LimitRow | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +266,48 @@ class ScheduleRow:
     next_slot: datetime | None
     registered_at: datetime
     registered_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class LimitRow:
+    """A type's fleet-wide limits (`jobq_core.limits`), as the runners serving it registered
+    them, and how much of them is in use."""
+
+    type: str
+    global_concurrency: int | None
+    key_concurrency: int | None
+    #: The payload field a key is read from, when the task names one.
+    key_field: str | None
+    #: The type's rate, and the per-key rate; None without.
+    rate: Rate | None
+    key_rate: Rate | None
+    #: Claimed jobs of the type now (expired leases included), how many keys they are
+    #: under, and the most under one key.
+    in_use: int
+    keys_in_use: int
+    busiest_key: int
+    #: Whole claims the rate allows now (its tokens).
+    tokens: float | None
+    registered_at: datetime
+    registered_by: str
+
+    @property
+    def summary(self) -> str:
+        """The limits: "global 4, per key 2 (field 'tenant'), rate 100/s burst 100"."""
+        return describe_limits(self.global_concurrency, self.key_concurrency, self.key_field,
+                               self.rate, self.key_rate)
+
+    @property
+    def usage(self) -> str:
+        """What is in use: "slots 3/4, busiest key 2/2 of 3 keys, tokens 57/100"."""
+        parts = [f"slots {self.in_use}/{self.global_concurrency}"
+                 if self.global_concurrency is not None else f"claimed {self.in_use}"]
+        if self.key_concurrency is not None:
+            keys = f"{self.keys_in_use} key" + ("" if self.keys_in_use == 1 else "s")
+            parts.append(f"busiest key {self.busiest_key}/{self.key_concurrency} of {keys}")
+        if self.tokens is not None and self.rate is not None:
+            parts.append(f"tokens {int(self.tokens)}/{self.rate.burst}")
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,7 +453,11 @@ def show(st: Statements, job_id: int) -> Op[JobDetail]:
     if not live and not history:
         raise NotFoundError(f"no job with id {job_id}, live or in history")
     job = JobRow(*live[0]) if live else None
-    return JobDetail(job, history)
+    job_type = job.type if job is not None else history[0].type
+    limited = [row for row in (yield from limits(st)) if row.type == job_type]
+    scheduled = [row for row in (yield from schedules(st)) if row.name == job_type]
+    return JobDetail(job, history, limited[0] if limited else None,
+                     scheduled[0] if scheduled else None)
 
 
 def validate_trace(request_id: object, after: object) -> None:
@@ -567,6 +623,7 @@ def stats(st: Statements, *, fold: bool = True) -> Op[list[TypeStats]]:
         yield Stmt(st.small_reads)
     types = [r[0] for r in (yield Stmt(st.stats_types))]
     paused = {p.type: p for p in (yield from pauses(st))}
+    limited = {row.type: row for row in (yield from limits(st))}
     served = {r[0] for r in (yield Stmt(st.stats_served))}
     done_per_minute: dict[str, list[int]] = {}
     failed_per_minute: dict[str, list[int]] = {}
@@ -603,7 +660,7 @@ def stats(st: Statements, *, fold: bool = True) -> Op[list[TypeStats]]:
         result.append(TypeStats(job_type, ready, scheduled, claimed, late, expired, failed,
                                 cancelled, row[7], done_per_minute.get(job_type, [0] * 60),
                                 failed_per_minute.get(job_type, [0] * 60), paused.get(job_type),
-                                job_type in served))
+                                job_type in served, limited.get(job_type)))
     return result
 
 
@@ -665,6 +722,24 @@ def remove_schedule(st: Statements, name: str) -> Op[None]:
     at its next tick)."""
     if not (yield Stmt(st.schedule_remove, {"name": validate_type(name, "schedule name")})):
         raise NotFoundError(f"no schedule named {name!r} (see `jobq schedules`)")
+
+
+def limits(st: Statements) -> Op[list[LimitRow]]:
+    found = []
+    for (type_, global_c, key_c, key_field, count, period, burst, key_count, key_period,
+         key_burst, in_use, keys, busiest, tokens, registered_at,
+         registered_by) in (yield Stmt(st.limits)):
+        found.append(LimitRow(type_, global_c, key_c, key_field, rate_of(count, period, burst),
+                              rate_of(key_count, key_period, key_burst), in_use, keys,
+                              busiest, tokens, registered_at, registered_by))
+    return found
+
+
+def remove_limit(st: Statements, type_: str) -> Op[None]:
+    """Forget a type's limits (a runner serving it with limits records them again when it
+    starts)."""
+    if not (yield Stmt(st.limit_remove, {"type": validate_type(type_)})):
+        raise NotFoundError(f"type {type_!r} has no limits (see `jobq limits`)")
 
 
 def drain(st: Statements, worker_id: str, by: str) -> Op[None]:
@@ -1327,6 +1402,13 @@ class Admin:
     def remove_schedule(self, name: str) -> None:
         self._write(remove_schedule(self._st, name))
 
+    def limits(self) -> list[LimitRow]:
+        """Every limited type's limits, slots in use and rate tokens."""
+        return self._read(limits)
+
+    def remove_limit(self, type: str) -> None:
+        self._write(remove_limit(self._st, type))
+
     def drain(self, worker_id: str, *, by: str | None = None) -> None:
         self._write(drain(self._st, worker_id, by or operator_name()))
 
@@ -1479,6 +1561,12 @@ class AsyncAdmin:
 
     async def remove_schedule(self, name: str) -> None:
         await self._write(remove_schedule(self._st, name))
+
+    async def limits(self) -> list[LimitRow]:
+        return await self._read(limits)
+
+    async def remove_limit(self, type: str) -> None:
+        await self._write(remove_limit(self._st, type))
 
     async def drain(self, worker_id: str, *, by: str | None = None) -> None:
         await self._write(drain(self._st, worker_id, by or operator_name()))

@@ -11,8 +11,8 @@ import traceback
 from datetime import timedelta
 from typing import Any
 
-from .attempts import Attempt, AttemptEnd, Context
-from .errors import DatabaseUnavailableError, LeaseLostError
+from .attempts import Attempt, AttemptEnd, Context, Snooze
+from .errors import DatabaseUnavailableError, InvalidInputError, LeaseLostError
 from .executors import AttemptCancelledError, ChildSettings, DaemonThreadPool, ProcessPool
 from .models import DELAY_MAX, Job, UndecodableJSON, dump_json
 from .runner_state import RunnerState
@@ -35,13 +35,15 @@ class AttemptRunner:
         self._threads: DaemonThreadPool | None = None
         self._processes: ProcessPool | None = None
 
-    def begin(self, job: Job, claim_lease_ms: int) -> Attempt:
-        """Take a slot for a job claimed with a lease of `claim_lease_ms`."""
+    def begin(self, job: Job, claim_lease_ms: int, sent: float) -> Attempt:
+        """Take a slot for a job claimed with a lease of `claim_lease_ms` by a claim sent at
+        `sent` (monotonic): the database's lease runs from after that, so the deadline
+        measured from it comes first."""
         task = self.state.tasks[job.type]
         # A task's own lease applies from the first heartbeat, which comes well before the
         # claim's lease (a third of it) runs out: no extra round trip per job.
         attempt = Attempt(job, task, task.lease_ms or self.state.lease_ms,
-                          time.monotonic() + claim_lease_ms / 1000)
+                          sent + claim_lease_ms / 1000)
         self.state.running[job.id] = attempt
         return attempt
 
@@ -72,6 +74,10 @@ class AttemptRunner:
                 dump_json(result, "result")  # not JSON: fail the attempt, never the ack
             except AttemptCancelledError:
                 return self._discard(attempt, started)
+            except Snooze as snooze:
+                if attempt.cancel_reason is not None:
+                    return self._discard(attempt, started)
+                return await self._snooze(attempt, snooze, started)
             except asyncio.CancelledError:
                 if attempt.cancel_reason is None:
                     raise
@@ -90,6 +96,7 @@ class AttemptRunner:
                 state.acks.put_nowait((attempt, result, started))
                 handed_over = True  # the acker completes it and frees the slot
                 return AttemptEnd.COMPLETED, result
+            attempt.acking = True
             try:
                 await state.calls.complete(job, result=result)
             except LeaseLostError:
@@ -117,10 +124,32 @@ class AttemptRunner:
             state.emit("lease_lost", attempt.job, error=why, duration=time.monotonic() - started)
         return AttemptEnd.DISCARDED, None
 
+    async def _snooze(self, attempt: Attempt, snooze: Snooze, started: float
+                      ) -> tuple[str, Any]:
+        state, job = self.state, attempt.job
+        attempt.acking = True  # the handler is done: no deadline to stop it at
+        try:
+            until = await state.calls.snooze(job, snooze.delay, reason=snooze.reason)
+        except LeaseLostError:
+            await self.side_loops.note_cancels([attempt])
+            return self._discard(attempt, started, "lease lost before the snooze")
+        except InvalidInputError as exc:  # a bad delay is the handler's failure
+            return await self._fail(attempt, f"ctx.snooze: {exc}", retry=False,
+                                    started=started)
+        log.info("job %s (%s, request %s): snoozed until %s%s", job.id, job.type,
+                 job.request_id, until.isoformat(timespec="seconds"),
+                 f": {snooze.reason}" if snooze.reason else "")
+        state.counters["snoozed"] += 1
+        state.emit("snoozed", job, duration=time.monotonic() - started, error=snooze.reason)
+        delay = snooze.delay
+        state.retry_due_in(delay.total_seconds() if isinstance(delay, timedelta) else delay)
+        return AttemptEnd.SNOOZED, until
+
     async def _fail(self, attempt: Attempt, reason: str, *, retry: bool, started: float,
                     exc: BaseException | None = None) -> tuple[str, Any]:
         state = self.state
         job, task = attempt.job, attempt.task
+        attempt.acking = True  # the handler is done: no deadline to stop it at
         retry = retry and job.attempts < task.max_attempts
         # A backoff's answer is clamped to what a delay may be, so no backoff can break it.
         delay = min(max(float(task.backoff(job.attempts)), 0.0),

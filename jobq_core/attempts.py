@@ -9,7 +9,8 @@ import logging
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import Any, NoReturn
 
 from .errors import JobqError
 from .executors import bound_logger
@@ -23,7 +24,7 @@ class RunnerEvent:
     """What `on_event` callbacks receive, once per transition this runner makes.
 
     `kind` is one of claimed, completed, retried, failed, cancelled (by an operator),
-    lease_lost, released, timed_out."""
+    lease_lost, released, snoozed, timed_out."""
 
     kind: str
     job: Job
@@ -66,7 +67,18 @@ class Attempt:
 
 
 class AttemptEnd:
-    COMPLETED, RETRIED, FAILED, DISCARDED = "completed", "retried", "failed", "discarded"
+    COMPLETED, RETRIED, FAILED, DISCARDED, SNOOZED = (
+        "completed", "retried", "failed", "discarded", "snoozed")
+
+
+class Snooze(BaseException):
+    """Raised by `ctx.snooze`: the runner hands the job back. A BaseException, like
+    asyncio.CancelledError, so that a handler's `except Exception` does not swallow it."""
+
+    def __init__(self, delay: float | timedelta, reason: str | None) -> None:
+        super().__init__(f"snoozed for {delay}")
+        self.delay = delay
+        self.reason = reason
 
 
 class Context:
@@ -111,6 +123,12 @@ class Context:
         options.setdefault("request_id", self.request_id)
         job_id: int = await self._queue().enqueue(type, payload, **options)
         return job_id
+
+    def snooze(self, delay: float | timedelta, reason: str | None = None) -> NoReturn:
+        """Stop here and hand the job back until `delay` (seconds or a timedelta) from now, at
+        no attempt cost, for example on an HTTP 429: its slot is free at once, and its
+        history says `snoozed` with `reason`. Raises; code after it does not run."""
+        raise Snooze(delay, reason)
 
     def enqueue(self, type: str, payload: Any = None, **options: Any) -> int:
         job_id: int = self._blocking(self.aenqueue(type, payload, **options))

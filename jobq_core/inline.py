@@ -25,10 +25,15 @@ async def run_inline(attempts: AttemptRunner, type: str, payload: Any, *,
         done = await calls.outcome(job_id)
         if done.finished:
             return finished_result(job_id, done)
-        lease_ms = state.tasks[type].lease_ms or state.lease_ms
+        task = state.tasks[type]
+        lease_ms = task.lease_ms or state.lease_ms
+        if task.limits is not None:  # its claim keeps them, as a runner's would
+            await calls.register_limits({type: task.limits}, by=state.worker_name)
+        sent = time.monotonic()
         job = await calls.claim_by_id(job_id, lease_ms=lease_ms, worker=state.worker_name)
         if job is not None:
-            outcome, value = await attempts.run(attempts.begin(job, lease_ms), batch_ack=False)
+            outcome, value = await attempts.run(attempts.begin(job, lease_ms, sent),
+                                                batch_ack=False)
             if outcome == AttemptEnd.COMPLETED:
                 return value
             if outcome == AttemptEnd.FAILED and isinstance(value, BaseException):

@@ -12,6 +12,7 @@ from typing import Any
 from uuid import UUID
 
 from .errors import InvalidInputError
+from .limits import KEY_MAX, KeyOf, key_of
 
 #: The priority range: it is stored as SMALLINT.
 PRIORITY_MIN, PRIORITY_MAX = -32768, 32767
@@ -67,6 +68,8 @@ class NewJob:
     priority: int = 0
     idempotency_key: str | None = None
     request_id: str | None = None
+    #: What a key limit counts the job under (see `jobq_core.limits`).
+    concurrency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,7 @@ class EnqueueParams:
     priority: int
     idempotency_key: str | None
     request_id: str | None
+    concurrency_key: str | None
 
 
 def validate_type(value: object, what: str = "job type") -> str:
@@ -291,7 +295,10 @@ def clean_reason(value: object) -> str:
     return text
 
 
-def new_job_params(job: NewJob | Mapping[str, Any]) -> EnqueueParams:
+def new_job_params(job: NewJob | Mapping[str, Any],
+                   keys_of: Mapping[str, KeyOf] | None = None) -> EnqueueParams:
+    """A job checked and encoded; its concurrency key, unless given, from its task's key
+    function when `keys_of` (a queue's, by type) has one."""
     if isinstance(job, Mapping):
         try:
             job = NewJob(**job)
@@ -308,4 +315,8 @@ def new_job_params(job: NewJob | Mapping[str, Any]) -> EnqueueParams:
         priority=validate_priority(job.priority),
         idempotency_key=optional_text(job.idempotency_key, "idempotency_key"),
         request_id=optional_text(job.request_id, "request_id"),
+        concurrency_key=(
+            optional_text(job.concurrency_key, "concurrency_key", KEY_MAX)
+            if job.concurrency_key is not None or keys_of is None or job.type not in keys_of
+            else key_of(keys_of[job.type], job.type, job.payload)),
     )

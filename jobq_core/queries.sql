@@ -3,8 +3,9 @@
 -- are not sent but in a dollar-quoted function body. Values are always bound parameters,
 -- %(name)s (a literal % is written %%). Names in braces are filled once per queue by
 -- `sql.Statements`, composed by psycopg.sql (a literal brace is written twice): the tables
--- ({jobs}, {events}, {keys}, {pauses}, {workers}, {rates}, {schedules}, {migrations}), the functions
--- ({notify_fn}, {ahead_fn}, {free_keys_fn}, {retire_fn}), the indexes and constraints by
+-- ({jobs}, {events}, {keys}, {pauses}, {workers}, {rates}, {schedules}, {limits},
+-- {limit_keys}, {migrations}), the functions ({notify_fn}, {ahead_fn}, {free_keys_fn}, {retire_fn},
+-- {limits_fn}), the indexes and constraints by
 -- their key in `sql._LOCAL_NAMES`, the channels ({channel}, {done_channel}), {keep_bytes},
 -- and for the schema's statements {states}, {events_list}, the names as text ({jobs_text},
 -- {events_text}, {ahead_text}), {concurrently}, and version 7's and the upstream layout's
@@ -30,10 +31,10 @@
 -- enqueue_plain --
 -- Enqueue without a key: nothing can conflict, so the plain insert.
 WITH ins AS (
-    INSERT INTO {jobs} (type, payload, priority, run_at, request_id)
+    INSERT INTO {jobs} (type, payload, priority, run_at, request_id, concurrency_key)
     VALUES (%(type)s, %(payload)s::jsonb, %(priority)s,
             coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval, now()),
-            %(request_id)s)
+            %(request_id)s, %(concurrency_key)s)
     RETURNING id, type, request_id
 ), ev AS (
     INSERT INTO {events} (job_id, type, event, request_id)
@@ -62,10 +63,11 @@ WITH xact AS (
     INSERT INTO {events} (job_id, type, event, request_id, idempotency_key)
     SELECT job_id, %(type)s, 'enqueued', %(request_id)s, %(idempotency_key)s FROM held
 ), ins AS (
-    INSERT INTO {jobs} (id, type, payload, priority, run_at, request_id, idempotency_key)
+    INSERT INTO {jobs} (id, type, payload, priority, run_at, request_id, idempotency_key,
+                        concurrency_key)
     SELECT job_id, %(type)s, %(payload)s::jsonb, %(priority)s,
            coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval, now()),
-           %(request_id)s, %(idempotency_key)s
+           %(request_id)s, %(idempotency_key)s, %(concurrency_key)s
     FROM held
     RETURNING id
 )
@@ -83,9 +85,9 @@ WITH xact AS (
     FROM xact,
          unnest(%(types)s::text[], %(payloads)s::jsonb[], %(priorities)s::smallint[],
                 %(run_ats)s::timestamptz[], %(delays)s::interval[], %(request_ids)s::text[],
-                %(keys)s::text[])
+                %(keys)s::text[], %(concurrency_keys)s::text[])
          WITH ORDINALITY AS i(type, payload, priority, run_at, delay, request_id,
-                              idempotency_key, ord)
+                              idempotency_key, concurrency_key, ord)
 ), live AS (
     SELECT idempotency_key FROM {jobs} WHERE idempotency_key = ANY(%(keys)s::text[])
 ), held AS (
@@ -104,9 +106,10 @@ WITH xact AS (
     INSERT INTO {events} (job_id, type, event, request_id, idempotency_key)
     SELECT id, type, 'enqueued', request_id, idempotency_key FROM taken ORDER BY ord
 ), ins AS (
-    INSERT INTO {jobs} (id, type, payload, priority, run_at, request_id, idempotency_key)
+    INSERT INTO {jobs} (id, type, payload, priority, run_at, request_id, idempotency_key,
+                        concurrency_key)
     SELECT id, type, payload, priority, coalesce(run_at, now() + delay, now()), request_id,
-           idempotency_key
+           idempotency_key, concurrency_key
     FROM taken
     RETURNING id, idempotency_key
 )
@@ -127,7 +130,7 @@ SELECT now(), ARRAY(SELECT nextval(s.seq) FROM s, generate_series(1, %(n)s))
 
 -- copy_jobs --
 -- The jobs of a batch without keys, with the ids reserve_ids drew.
-COPY {jobs} (id, type, payload, priority, run_at, request_id) FROM STDIN
+COPY {jobs} (id, type, payload, priority, run_at, request_id, concurrency_key) FROM STDIN
 
 
 -- copy_enqueued --
@@ -168,6 +171,16 @@ WITH paused AS (
     -- never read
     SELECT name FROM unnest(%(types)s::text[]) AS u(name)
     WHERE name NOT IN (SELECT type FROM paused)
+), lim AS MATERIALIZED (
+    -- The given types' limits ({limits_fn}): their rows locked until this claim commits, so
+    -- that claims of a limited type follow each other, and what they leave free, read after
+    -- the lock. No row for a type without limits.
+    SELECT * FROM {limits_fn}(ARRAY(SELECT name FROM given))
+), open AS (
+    -- the given types whose ready jobs a claim may take now: no limit, or one not reached
+    SELECT g.name, l.cap, l.key_field, l.full_keys
+    FROM given AS g LEFT JOIN lim AS l ON l.type = g.name
+    WHERE l.cap IS NULL OR l.cap > 0
 ), expired AS (
     -- Expired leases: a seek per type on lease_type_idx, the only index of claimed jobs, so
     -- expired leases of types nobody serves any more (a renamed task, a retired fleet) are
@@ -187,17 +200,18 @@ WITH paused AS (
 ), active AS (
     -- the types with a due job, by a seek each, numbered in turn order from 0; a claim of one
     -- type needs no such seek (its share seek finds the same), and no leftover round
-    SELECT name, (row_number() OVER (ORDER BY name) - 1 + %(turn)s) %% count(*) OVER () AS turn,
+    SELECT name, cap, key_field, full_keys,
+           (row_number() OVER (ORDER BY name) - 1 + %(turn)s) %% count(*) OVER () AS turn,
            count(*) OVER () AS k
-    FROM given
-    WHERE (SELECT count(*) FROM given) = 1
-       OR EXISTS (SELECT FROM {jobs} WHERE state = 'pending' AND type >= given.name
-                  AND type <= given.name AND run_at <= now())
-    ORDER BY 2
+    FROM open
+    WHERE (SELECT count(*) FROM open) = 1
+       OR EXISTS (SELECT FROM {jobs} WHERE state = 'pending' AND type >= open.name
+                  AND type <= open.name AND run_at <= now())
+    ORDER BY 5
 ), share AS (
-    -- each type's share of what expired leases left of the batch
-    SELECT r.id FROM (
-        SELECT name, w.n / k + (turn < w.n %% k)::int AS quota
+    -- each type's share of what expired leases left of the batch, within its limit
+    SELECT r.id, t.name AS type, r.key, r.priority, r.run_at FROM (
+        SELECT name, key_field, full_keys, least(w.n / k + (turn < w.n %% k)::int, cap) AS quota
         FROM active, (SELECT (%(limit)s - (SELECT count(*) FROM expired)) AS n) AS w
         WHERE turn < w.n
     ) AS t
@@ -209,27 +223,58 @@ WITH paused AS (
         -- filtering on type: behind a backlog of other types that read 1M rows per claim
         -- (194 ms, tests/test_claim_plan.py). An equality on type would make ordering by type
         -- redundant to the planner, so type is bounded as a closed range and ordered first:
-        -- an order only ready_type_idx gives.
-        SELECT id, priority, run_at FROM {jobs}
+        -- an order only ready_type_idx gives. A key-limited type passes over the jobs of
+        -- keys whose slots are all taken.
+        SELECT id, priority, run_at,
+               coalesce(concurrency_key, payload ->> t.key_field, '') AS key
+        FROM {jobs}
         WHERE state = 'pending' AND type >= t.name AND type <= t.name AND run_at <= now()
+          AND (t.full_keys IS NULL
+               OR coalesce(concurrency_key, payload ->> t.key_field, '') <> ALL(t.full_keys))
         ORDER BY type, priority DESC, run_at, id LIMIT t.quota
         FOR UPDATE SKIP LOCKED
     ) AS r
 ), rest AS (
-    -- what the shares left, to the other types' next jobs, by the same seek
-    SELECT r.id FROM active AS t
+    -- what the shares left, to the other types' next jobs, by the same seek, each type
+    -- within what its limit left
+    SELECT r.id, t.name AS type, r.key, r.priority, r.run_at FROM active AS t
     CROSS JOIN LATERAL (
-        SELECT id, priority, run_at FROM {jobs}
+        SELECT id, priority, run_at,
+               coalesce(concurrency_key, payload ->> t.key_field, '') AS key
+        FROM {jobs}
         WHERE state = 'pending' AND type >= t.name AND type <= t.name AND run_at <= now()
           AND id <> ALL(ARRAY(SELECT id FROM share))
+          AND (t.full_keys IS NULL
+               OR coalesce(concurrency_key, payload ->> t.key_field, '') <> ALL(t.full_keys))
         ORDER BY type, priority DESC, run_at, id
-        LIMIT (%(limit)s - (SELECT count(*) FROM expired)) - (SELECT count(*) FROM share)
+        LIMIT least((%(limit)s - (SELECT count(*) FROM expired)) - (SELECT count(*) FROM share),
+                    CASE WHEN t.cap IS NOT NULL
+                         THEN t.cap - (SELECT count(*) FROM share WHERE share.type = t.name) END)
         FOR UPDATE SKIP LOCKED
     ) AS r
     WHERE t.k > 1
     LIMIT (%(limit)s - (SELECT count(*) FROM expired)) - (SELECT count(*) FROM share)
 ), ready AS (
-    SELECT id FROM share UNION ALL SELECT id FROM rest
+    SELECT * FROM share UNION ALL SELECT * FROM rest
+), kept AS (
+    -- Of a key-limited type, each key's first jobs in claim order, as many as its free
+    -- slots: the seeks kept out full keys, not two jobs of a key with one slot left. (The
+    -- rows left go back when this claim commits; no claim of their type could have taken
+    -- them meanwhile, as it waits for this one's lock on the type's limits.)
+    SELECT id FROM ready
+    WHERE NOT EXISTS (SELECT FROM lim WHERE key_limit IS NOT NULL OR key_rate_count IS NOT NULL)
+    UNION ALL
+    SELECT id FROM (
+        SELECT r.id,
+               least(l.key_limit - coalesce((l.key_used ->> r.key)::int, 0),
+                     floor(coalesce((l.key_tokens ->> r.key)::float8, l.key_rate_burst))::int)
+                   AS key_free,
+               row_number() OVER (PARTITION BY r.type, r.key
+                                  ORDER BY r.priority DESC, r.run_at, r.id) AS nth
+        FROM ready AS r LEFT JOIN lim AS l ON l.type = r.type
+        WHERE EXISTS (SELECT FROM lim WHERE key_limit IS NOT NULL OR key_rate_count IS NOT NULL)
+    ) AS x
+    WHERE key_free IS NULL OR nth <= key_free
 ), upd AS (
     UPDATE {jobs} SET
         state = 'claimed',
@@ -239,7 +284,7 @@ WITH paused AS (
         lease_ms = %(lease_ms)s,
         claimed_by = %(worker)s,
         claimed_at = now()
-    WHERE id = ANY((ARRAY(SELECT id FROM expired) || ARRAY(SELECT id FROM ready))[1:%(limit)s])
+    WHERE id = ANY((ARRAY(SELECT id FROM expired) || ARRAY(SELECT id FROM kept))[1:%(limit)s])
     RETURNING *
 ), ev AS (
     INSERT INTO {events} (job_id, type, event, request_id, attempt, worker)
@@ -247,6 +292,31 @@ WITH paused AS (
            CASE WHEN id IN (SELECT id FROM expired) THEN 'recovered' ELSE 'claimed' END,
            request_id, attempts, claimed_by
     FROM upd
+), spent AS (
+    -- A rate's tokens, less the jobs this claim started (a job taken back from a dead holder
+    -- started before, and spends none)
+    UPDATE {limits} AS l SET tokens = b.tokens - b.n, refilled_at = b.at
+    FROM (SELECT lim.type, lim.tokens, lim.at,
+                 (SELECT count(*) FROM upd WHERE upd.type = lim.type
+                    AND upd.id NOT IN (SELECT id FROM expired)) AS n
+          FROM lim WHERE lim.tokens IS NOT NULL) AS b
+    WHERE l.type = b.type
+), spent_keys AS (
+    -- and each key's tokens, for a per-key rate; its row says when its bucket is full again
+    INSERT INTO {limit_keys} AS k (type, key, tokens, refilled_at, full_at)
+    SELECT s.type, s.key, s.left_over, s.at,
+           s.at + s.key_rate_period * ((s.key_rate_burst - s.left_over) / s.key_rate_count)
+    FROM (SELECT lim.type, u.key, lim.at, lim.key_rate_count, lim.key_rate_period,
+                 lim.key_rate_burst,
+                 coalesce((lim.key_tokens ->> u.key)::float8, lim.key_rate_burst) - count(*)
+                     AS left_over
+          FROM upd JOIN lim ON lim.type = upd.type AND lim.key_rate_count IS NOT NULL
+          CROSS JOIN LATERAL (SELECT coalesce(upd.concurrency_key,
+                                              upd.payload ->> lim.key_field, '') AS key) AS u
+          WHERE upd.id NOT IN (SELECT id FROM expired)
+          GROUP BY 1, 2, 3, 4, 5, 6, lim.key_tokens) AS s
+    ON CONFLICT (type, key) DO UPDATE SET
+        tokens = excluded.tokens, refilled_at = excluded.refilled_at, full_at = excluded.full_at
 )
 SELECT id, type, payload, priority, run_at, attempts, request_id, idempotency_key,
        lease_token, lease_until, claimed_by, created_at
@@ -264,8 +334,13 @@ ORDER BY priority DESC, run_at, id
 -- seeks only choose, four times the batch so that claimers choosing alike still fill theirs;
 -- rows are then locked by id in claim order until the batch is full. Each branch is gated by a
 -- one-time filter: only one runs.
+--
+-- Types with limits ({limits}) are left to typed claims, which keep them, as if paused: a claim
+-- of any type cannot take their locks in type order before it knows its types.
 WITH paused AS (
     SELECT type FROM {pauses} WHERE until IS NULL OR until > now()
+    UNION ALL
+    SELECT type FROM {limits}
 ), given AS (
     -- the claimed types, by a loose index scan (a seek per type), less the paused ones, for
     -- the expired-lease seeks
@@ -512,12 +587,42 @@ WITH hand AS (
 SELECT id, pg_notify({channel}, '')::text FROM upd
 
 
+-- snooze --
+-- A handler hands its job back until %(delay)s from now (ctx.snooze), fenced: pending again at
+-- no attempt cost, its slot free at once, and its `snoozed` event says for how long.
+WITH upd AS (
+    UPDATE {jobs} SET
+        state = 'pending',
+        attempts = greatest(attempts - 1, 0),
+        run_at = now() + %(delay)s::interval,
+        lease_token = NULL,
+        lease_until = NULL
+    WHERE id = %(id)s AND state = 'claimed' AND lease_token = %(token)s::uuid
+    RETURNING id, type, request_id, attempts, claimed_by, run_at
+), ev AS (
+    INSERT INTO {events} (job_id, type, event, request_id, attempt, worker, reason)
+    SELECT id, type, 'snoozed', request_id, attempts, claimed_by,
+           'until ' || run_at::text || coalesce(': ' || %(reason)s, '')
+    FROM upd
+)
+SELECT id, run_at FROM upd
+
+
 -- claim_by_id --
--- Claim one given job, if it is due or its lease expired (inline runs).
-WITH cur AS (
-    SELECT id, state FROM {jobs}
-    WHERE id = %(id)s AND ((state = 'pending' AND run_at <= now())
-                           OR (state = 'claimed' AND lease_until < now()))
+-- Claim one given job, if it is due or its lease expired (inline runs), and if a pending
+-- job's limits let it start as claim_typed judges them (a job taken back keeps its slot).
+WITH target AS (
+    SELECT type FROM {jobs} WHERE id = %(id)s
+), lim AS MATERIALIZED (
+    SELECT * FROM {limits_fn}(ARRAY(SELECT type FROM target))
+), cur AS (
+    SELECT id, state FROM {jobs} AS j
+    WHERE id = %(id)s
+      AND ((state = 'pending' AND run_at <= now()
+            AND NOT EXISTS (SELECT FROM lim WHERE lim.cap = 0
+                OR coalesce(j.concurrency_key, j.payload ->> lim.key_field, '')
+                   = ANY(lim.full_keys)))
+           OR (state = 'claimed' AND lease_until < now()))
     FOR UPDATE SKIP LOCKED
 ), upd AS (
     UPDATE {jobs} AS j SET
@@ -535,6 +640,23 @@ WITH cur AS (
     SELECT id, type, CASE WHEN recovered THEN 'recovered' ELSE 'claimed' END,
            request_id, attempts, claimed_by
     FROM upd
+), spent AS (
+    UPDATE {limits} AS l SET tokens = lim.tokens - 1, refilled_at = lim.at
+    FROM lim, upd WHERE l.type = lim.type AND lim.tokens IS NOT NULL AND NOT upd.recovered
+), spent_keys AS (
+    INSERT INTO {limit_keys} AS k (type, key, tokens, refilled_at, full_at)
+    SELECT lim.type, u.key, u.left_over, lim.at,
+           lim.at + lim.key_rate_period * ((lim.key_rate_burst - u.left_over)
+                                           / lim.key_rate_count)
+    FROM upd JOIN lim ON lim.type = upd.type AND lim.key_rate_count IS NOT NULL
+    CROSS JOIN LATERAL (
+        SELECT coalesce(upd.concurrency_key, upd.payload ->> lim.key_field, '') AS key) AS k0
+    CROSS JOIN LATERAL (
+        SELECT k0.key, coalesce((lim.key_tokens ->> k0.key)::float8, lim.key_rate_burst) - 1
+                   AS left_over) AS u
+    WHERE NOT upd.recovered
+    ON CONFLICT (type, key) DO UPDATE SET
+        tokens = excluded.tokens, refilled_at = excluded.refilled_at, full_at = excluded.full_at
 )
 SELECT id, type, payload, priority, run_at, attempts, request_id, idempotency_key,
        lease_token, lease_until, claimed_by, created_at
@@ -709,7 +831,8 @@ SELECT count(*) FROM del
 -- show_job --
 -- One job as `jobq show` and the console's detail show it (admin.JobRow's columns).
 SELECT id, type, state, payload, priority, run_at, attempts, request_id, idempotency_key,
-       lease_until, claimed_by, claimed_at, last_error, failed_at, created_at, lease_ms
+       lease_until, claimed_by, claimed_at, last_error, failed_at, created_at, lease_ms,
+       NULL, concurrency_key
 FROM {jobs} WHERE id = %(id)s
 
 
@@ -927,6 +1050,95 @@ UPDATE {workers} SET drain_requested_at = coalesce(drain_requested_at, now()),
     drain_requested_by = coalesce(drain_requested_by, %(by)s)
 WHERE id = %(id)s
 RETURNING id, pg_notify({channel}, 'drain')::text
+
+
+-- limit_register --
+-- A runner records the limits of the tasks it serves as it starts (jobq_core/limits.py): the
+-- claims read them from here, whichever runner claims. A changed rate starts with a full
+-- bucket; an unchanged one keeps its tokens. Returns the definition each replaced, if it
+-- differed (runners of two versions of a task disagree; the newest to start wins).
+WITH given AS (
+    SELECT * FROM unnest(%(types)s::text[], %(global)s::int[], %(key_limit)s::int[],
+                         %(key_field)s::text[], %(rate_count)s::int[],
+                         %(rate_period)s::interval[], %(rate_burst)s::int[],
+                         %(key_rate_count)s::int[], %(key_rate_period)s::interval[],
+                         %(key_rate_burst)s::int[])
+        AS g(type, global_concurrency, key_concurrency, key_field, rate_count, rate_period,
+             rate_burst, key_rate_count, key_rate_period, key_rate_burst)
+), before AS (
+    SELECT l.* FROM {limits} AS l JOIN given USING (type) ORDER BY l.type FOR UPDATE OF l
+), saved AS (
+    -- A new row starts with an empty bucket: a claim whose snapshot predates the row could
+    -- not spend from it. A changed rate starts full: every claim sees some version of the row.
+    INSERT INTO {limits} AS l (type, global_concurrency, key_concurrency, key_field,
+                               rate_count, rate_period, rate_burst, tokens, refilled_at,
+                               key_rate_count, key_rate_period, key_rate_burst,
+                               registered_by)
+    SELECT type, global_concurrency, key_concurrency, key_field, rate_count, rate_period,
+           rate_burst, 0, clock_timestamp(), key_rate_count, key_rate_period, key_rate_burst,
+           %(by)s
+    FROM given ORDER BY type
+    ON CONFLICT (type) DO UPDATE SET
+        global_concurrency = excluded.global_concurrency,
+        key_concurrency = excluded.key_concurrency,
+        key_field = excluded.key_field,
+        rate_count = excluded.rate_count,
+        rate_period = excluded.rate_period,
+        rate_burst = excluded.rate_burst,
+        key_rate_count = excluded.key_rate_count,
+        key_rate_period = excluded.key_rate_period,
+        key_rate_burst = excluded.key_rate_burst,
+        tokens = CASE WHEN (l.rate_count, l.rate_period, l.rate_burst)
+                           IS NOT DISTINCT FROM
+                           (excluded.rate_count, excluded.rate_period, excluded.rate_burst)
+                      THEN l.tokens ELSE coalesce(excluded.rate_burst, 0) END,
+        refilled_at = CASE WHEN (l.rate_count, l.rate_period, l.rate_burst)
+                                IS NOT DISTINCT FROM
+                                (excluded.rate_count, excluded.rate_period, excluded.rate_burst)
+                           THEN l.refilled_at ELSE excluded.refilled_at END,
+        registered_at = now(),
+        registered_by = excluded.registered_by
+)
+SELECT b.type, b.global_concurrency, b.key_concurrency, b.key_field, b.rate_count,
+       b.rate_period, b.rate_burst, b.key_rate_count, b.key_rate_period, b.key_rate_burst,
+       b.registered_by
+FROM before AS b JOIN given AS g USING (type)
+WHERE (b.global_concurrency, b.key_concurrency, b.key_field, b.rate_count, b.rate_period,
+       b.rate_burst, b.key_rate_count, b.key_rate_period, b.key_rate_burst)
+      IS DISTINCT FROM
+      (g.global_concurrency, g.key_concurrency, g.key_field, g.rate_count, g.rate_period,
+       g.rate_burst, g.key_rate_count, g.key_rate_period, g.key_rate_burst)
+
+
+-- limit_remove --
+-- An operator removes a type's limits (a runner serving the type with limits records them
+-- again when it starts), and its keys' buckets.
+WITH keys AS (
+    DELETE FROM {limit_keys} WHERE type = %(type)s
+)
+DELETE FROM {limits} WHERE type = %(type)s RETURNING type
+
+
+-- limits --
+-- Every type's limits, its slots in use (claimed jobs, expired leases included: their slots
+-- pass to whoever takes them back), its busiest key's, and its rate's tokens now. A read: it
+-- locks nothing, so it may lag a claim in flight.
+SELECT l.type, l.global_concurrency, l.key_concurrency, l.key_field, l.rate_count,
+       l.rate_period, l.rate_burst, l.key_rate_count, l.key_rate_period, l.key_rate_burst,
+       u.in_use, u.keys_in_use, u.busiest,
+       CASE WHEN l.rate_count IS NOT NULL THEN least(l.rate_burst::float8, l.tokens
+            + l.rate_count * extract(epoch FROM clock_timestamp() - l.refilled_at)
+              / extract(epoch FROM l.rate_period)) END,
+       l.registered_at, l.registered_by
+FROM {limits} AS l
+CROSS JOIN LATERAL (
+    SELECT coalesce(sum(n), 0)::int AS in_use, count(*)::int AS keys_in_use,
+           coalesce(max(n), 0)::int AS busiest
+    FROM (SELECT count(*) AS n FROM {jobs} AS j
+          WHERE j.state = 'claimed' AND j.type = l.type
+          GROUP BY coalesce(j.concurrency_key, j.payload ->> l.key_field, '')) AS k
+) AS u
+ORDER BY l.type
 
 
 -- schedule_register --
@@ -2147,3 +2359,132 @@ CREATE TABLE IF NOT EXISTS {schedules} (
         CHECK ((cron IS NULL) <> (every IS NULL)),
         CHECK (every > interval '0')
     )
+
+
+-- limits_table --
+-- Version 10: limits (jobq_core/limits.py), as the runners serving them registered them, and
+-- each rate's token bucket, which claims spend under the row's lock.
+CREATE TABLE IF NOT EXISTS {limits} (
+        type text PRIMARY KEY,
+        -- claimed jobs of the type at once, across every runner
+        global_concurrency integer CHECK (global_concurrency > 0),
+        -- claimed jobs of one key at once: the job's concurrency_key, else the payload's
+        -- field key_field, else '' (one key for all the rest)
+        key_concurrency integer CHECK (key_concurrency > 0),
+        key_field text,
+        -- claims started per period, in bursts of at most rate_burst
+        rate_count integer CHECK (rate_count > 0),
+        rate_period interval CHECK (rate_period > interval '0'),
+        rate_burst integer CHECK (rate_burst > 0),
+        tokens double precision NOT NULL DEFAULT 0,
+        refilled_at timestamptz NOT NULL DEFAULT now(),
+        -- the same per key, each key's bucket in {limit_keys}
+        key_rate_count integer CHECK (key_rate_count > 0),
+        key_rate_period interval CHECK (key_rate_period > interval '0'),
+        key_rate_burst integer CHECK (key_rate_burst > 0),
+        registered_at timestamptz NOT NULL DEFAULT now(),
+        registered_by text NOT NULL,
+        CHECK (num_nonnulls(global_concurrency, key_concurrency, rate_count,
+                            key_rate_count) > 0),
+        CHECK ((rate_count IS NULL) = (rate_period IS NULL)
+               AND (rate_count IS NULL) = (rate_burst IS NULL)),
+        CHECK ((key_rate_count IS NULL) = (key_rate_period IS NULL)
+               AND (key_rate_count IS NULL) = (key_rate_burst IS NULL)),
+        CHECK (key_field IS NULL OR key_concurrency IS NOT NULL
+               OR key_rate_count IS NOT NULL)
+    )
+
+
+-- limit_keys_table --
+-- The buckets of a per-key rate that are not full: a key's row says when its bucket is full
+-- again (full_at). A key with no row has a full bucket; each claim of the type deletes the
+-- rows of buckets that are full again.
+CREATE TABLE IF NOT EXISTS {limit_keys} (
+        type text NOT NULL,
+        key text NOT NULL,
+        tokens double precision NOT NULL,
+        refilled_at timestamptz NOT NULL,
+        full_at timestamptz NOT NULL,
+        PRIMARY KEY (type, key)
+    )
+
+
+-- limit_keys_index --
+-- The keys of a type whose buckets are filling.
+CREATE INDEX IF NOT EXISTS {limit_keys_idx} ON {limit_keys} (type, full_at)
+
+
+-- jobs_concurrency_key --
+-- The key a key limit counts a job under, when its producer gave one (no default: adding the
+-- column rewrites nothing).
+ALTER TABLE {jobs} ADD COLUMN IF NOT EXISTS concurrency_key text
+
+
+-- limits_function --
+-- What limits leave free for a claim of these types. The types' rows are locked first, in
+-- type order, until the claim commits: claims of a limited type follow each other. Then a
+-- query of its own counts what is in use: a VOLATILE function's query sees what committed
+-- before it began, so it sees the claims that held the lock before, which the calling
+-- statement's older snapshot cannot. Per type: `cap`, how many jobs may start (slots free,
+-- and whole tokens), NULL for no such limit; the key limit, its field, the keys in use with
+-- their counts, and those that are full (no slot, or no whole token of a per-key rate); the
+-- rate's tokens now, with the clock read; and the tokens of each key whose bucket is filling,
+-- with the per-key rate.
+CREATE OR REPLACE FUNCTION {limits_fn}(types text[])
+RETURNS TABLE (type text, cap integer, key_limit integer, key_field text, key_used jsonb,
+               full_keys text[], tokens double precision, at timestamptz,
+               key_tokens jsonb, key_rate_count integer, key_rate_period interval,
+               key_rate_burst integer)
+LANGUAGE plpgsql VOLATILE AS $fn$
+#variable_conflict use_column
+DECLARE
+    clock timestamptz;
+BEGIN
+    PERFORM FROM {limits} AS l WHERE l.type = ANY(types) ORDER BY l.type FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    clock := clock_timestamp();
+    -- keys whose buckets are full again need no row (each claim of the type keeps it so)
+    DELETE FROM {limit_keys} AS k USING {limits} AS l
+    WHERE l.type = ANY(types) AND l.key_rate_count IS NOT NULL AND k.type = l.type
+      AND k.full_at <= clock;
+    RETURN QUERY
+    SELECT l.type,
+           CASE WHEN l.global_concurrency IS NOT NULL OR b.tokens IS NOT NULL THEN
+               greatest(0, least(l.global_concurrency - u.in_use,
+                                 floor(b.tokens)::integer)) END,
+           l.key_concurrency, l.key_field, u.key_used,
+           CASE WHEN l.key_concurrency IS NOT NULL OR l.key_rate_count IS NOT NULL THEN
+               ARRAY(SELECT k FROM jsonb_each_text(u.key_used) AS e(k, n)
+                     WHERE n::integer >= l.key_concurrency
+                     UNION
+                     SELECT k FROM jsonb_each_text(kt.key_tokens) AS e(k, t)
+                     WHERE t::float8 < 1) END,
+           b.tokens, clock, kt.key_tokens, l.key_rate_count, l.key_rate_period,
+           l.key_rate_burst
+    FROM {limits} AS l
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(n), 0)::integer AS in_use,
+               coalesce(jsonb_object_agg(key, n), '{{}}') AS key_used
+        FROM (SELECT coalesce(j.concurrency_key, j.payload ->> l.key_field, '') AS key,
+                     count(*) AS n
+              FROM {jobs} AS j WHERE j.state = 'claimed' AND j.type = l.type
+              GROUP BY 1) AS k
+    ) AS u
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN l.rate_count IS NOT NULL THEN
+                   least(l.rate_burst::float8, l.tokens + l.rate_count
+                         * greatest(0, extract(epoch FROM clock - l.refilled_at))
+                         / extract(epoch FROM l.rate_period)) END AS tokens
+    ) AS b
+    CROSS JOIN LATERAL (
+        SELECT coalesce(jsonb_object_agg(k.key, least(l.key_rate_burst::float8, k.tokens
+                   + l.key_rate_count * greatest(0, extract(epoch FROM clock - k.refilled_at))
+                     / extract(epoch FROM l.key_rate_period))), '{{}}') AS key_tokens
+        FROM {limit_keys} AS k
+        WHERE l.key_rate_count IS NOT NULL AND k.type = l.type AND k.full_at > clock
+    ) AS kt
+    WHERE l.type = ANY(types);
+END
+$fn$

@@ -39,6 +39,7 @@ from .errors import (
     PoolExhaustedError,
     classify,
 )
+from .limits import KeyOf, Limits
 from .models import Job, NewJob, job_list, load_json, validate_lease_ms
 from .schedules import Schedule
 from .sql import PAYLOAD_BYTES, Names, Statements
@@ -154,6 +155,9 @@ class _QueueCore(Generic[PoolT, ConnT]):
         self._ready = False
         #: Advanced by every claim: the claimed types take turns to come first (fairness).
         self._turns = itertools.count()
+        #: The concurrency-key functions of the tasks registered on runners of this queue,
+        #: by type: an enqueue without a key gets its key from them.
+        self.key_functions: dict[str, KeyOf] = {}
         self.pgbouncer = pgbouncer
         self._conn: ConnT | None = None
         self._pool: PoolT | None = None
@@ -243,10 +247,11 @@ class _QueueCore(Generic[PoolT, ConnT]):
 
     def _enqueue_op(
         self, type: str, *, payload: Any, run_at: datetime | timedelta | None, priority: int,
-        idempotency_key: str | None, request_id: str | None,
+        idempotency_key: str | None, request_id: str | None, concurrency_key: str | None,
     ) -> Op[int]:
-        item = NewJob(type, payload, run_at, priority, idempotency_key, request_id)
-        return _ops.enqueue(self.statements, item)
+        item = NewJob(type, payload, run_at, priority, idempotency_key, request_id,
+                      concurrency_key)
+        return _ops.enqueue(self.statements, item, self.key_functions)
 
     def _clear_op(self, older_than: timedelta | str) -> Op[int]:
         return _ops.clear(self.statements, parse_duration(older_than))
@@ -520,16 +525,19 @@ class JobQueue(_QueueCore[ConnectionPool[Any], psycopg.Connection[Any]]):
     def enqueue(
         self, type: str, payload: Any = None, *, run_at: datetime | timedelta | None = None,
         priority: int = 0, idempotency_key: str | None = None, request_id: str | None = None,
-        conn: psycopg.Connection[Any] | None = None,
+        concurrency_key: str | None = None, conn: psycopg.Connection[Any] | None = None,
     ) -> int:
         """Add a job; returns its id. A key already held by a live job returns that job's id.
 
-        `run_at` is a timezone-aware datetime or a delay. Pass `conn` to enqueue inside your own
-        transaction, atomically with your writes.
+        `run_at` is a timezone-aware datetime or a delay. `concurrency_key` is what a key limit
+        counts the job under (by default, from its task's key function if this queue's
+        runner registered the task). Pass `conn` to enqueue inside your own transaction,
+        atomically with your writes.
         """
         op = self._enqueue_op(
             type, payload=payload, run_at=run_at, priority=priority,
             idempotency_key=idempotency_key, request_id=request_id,
+            concurrency_key=concurrency_key,
         )
         return self._run(op, conn)
 
@@ -539,7 +547,8 @@ class JobQueue(_QueueCore[ConnectionPool[Any], psycopg.Connection[Any]]):
     ) -> list[int]:
         """Add many jobs in one statement; ids come back in input order. One bad item
         enqueues nothing."""
-        return self._run(_ops.enqueue_many(self.statements, job_list(jobs)), conn, atomic=True)
+        return self._run(_ops.enqueue_many(self.statements, job_list(jobs), self.key_functions),
+                         conn, atomic=True)
 
     def claim(
         self, *, types: Sequence[str] | None = None, lease_ms: int | None = None,
@@ -620,6 +629,19 @@ class JobQueue(_QueueCore[ConnectionPool[Any], psycopg.Connection[Any]]):
         """Leave the worker registry (a clean stop)."""
         self._run(_ops.worker_gone(self.statements, worker_id))
 
+    def snooze(self, job: Job, delay: float | timedelta, *, reason: str | None = None
+               ) -> datetime:
+        """Hand a claimed job back until `delay` from now, at no attempt cost (its `snoozed`
+        event says so); returns when it is due. Fenced: a `LeaseLostError` if it is no
+        longer this holder's."""
+        return self._run(_ops.snooze(self.statements, job, delay, reason))
+
+    def register_limits(self, limits: Mapping[str, Limits], *, by: str
+                        ) -> list[_ops.LimitConflict]:
+        """Record the limits of the tasks a runner (`by`) serves, by type; every claim of
+        those types then keeps them. Returns the definitions replaced that differed."""
+        return self._run(_ops.register_limits(self.statements, limits, by))
+
     def register_schedules(self, schedules: Sequence[Schedule], *, by: str,
                            now: datetime | None = None) -> None:
         """Record the periodic jobs a runner (`by`) serves, for `jobq schedules`. A schedule
@@ -630,7 +652,8 @@ class JobQueue(_QueueCore[ConnectionPool[Any], psycopg.Connection[Any]]):
         """One tick of a registered schedule: enqueue the jobs of its slots due, each once
         across all runners, and record the newest slot handled. `now` stands in for the
         database's clock."""
-        return self._run(_ops.fire_schedule(self.statements, schedule, now), atomic=True)
+        return self._run(_ops.fire_schedule(self.statements, schedule, now, self.key_functions),
+                         atomic=True)
 
     def cancelled(self, ids: Sequence[int]) -> dict[int, str]:
         """Which of these jobs an operator cancelled, with who and why."""
@@ -863,11 +886,12 @@ class AsyncJobQueue(_QueueCore[AsyncConnectionPool[Any], psycopg.AsyncConnection
     async def enqueue(
         self, type: str, payload: Any = None, *, run_at: datetime | timedelta | None = None,
         priority: int = 0, idempotency_key: str | None = None, request_id: str | None = None,
-        conn: psycopg.AsyncConnection[Any] | None = None,
+        concurrency_key: str | None = None, conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> int:
         op = self._enqueue_op(
             type, payload=payload, run_at=run_at, priority=priority,
             idempotency_key=idempotency_key, request_id=request_id,
+            concurrency_key=concurrency_key,
         )
         return await self._run(op, conn)
 
@@ -876,8 +900,8 @@ class AsyncJobQueue(_QueueCore[AsyncConnectionPool[Any], psycopg.AsyncConnection
         conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> list[int]:
         return await self._run(
-            _ops.enqueue_many(self.statements, job_list(jobs)), conn, atomic=True
-        )
+            _ops.enqueue_many(self.statements, job_list(jobs), self.key_functions), conn,
+            atomic=True)
 
     async def claim(
         self, *, types: Sequence[str] | None = None, lease_ms: int | None = None,
@@ -935,14 +959,22 @@ class AsyncJobQueue(_QueueCore[AsyncConnectionPool[Any], psycopg.AsyncConnection
     async def worker_gone(self, worker_id: str) -> None:
         await self._run(_ops.worker_gone(self.statements, worker_id))
 
+    async def snooze(self, job: Job, delay: float | timedelta, *, reason: str | None = None
+                     ) -> datetime:
+        return await self._run(_ops.snooze(self.statements, job, delay, reason))
+
+    async def register_limits(self, limits: Mapping[str, Limits], *, by: str
+                              ) -> list[_ops.LimitConflict]:
+        return await self._run(_ops.register_limits(self.statements, limits, by))
+
     async def register_schedules(self, schedules: Sequence[Schedule], *, by: str,
                                  now: datetime | None = None) -> None:
         await self._run(_ops.register_schedules(self.statements, schedules, by, now))
 
     async def fire_schedule(self, schedule: Schedule, *,
                             now: datetime | None = None) -> _ops.Tick:
-        return await self._run(_ops.fire_schedule(self.statements, schedule, now),
-                               atomic=True)
+        return await self._run(
+            _ops.fire_schedule(self.statements, schedule, now, self.key_functions), atomic=True)
 
     async def cancelled(self, ids: Sequence[int]) -> dict[int, str]:
         return await self._run(_ops.cancelled(self.statements, ids))

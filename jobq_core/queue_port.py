@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Executor
 from datetime import datetime, timedelta
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
-from ._ops import Orders, Outcome, Tick, WorkerInfo
+from ._ops import LimitConflict, Orders, Outcome, Tick, WorkerInfo
+from .limits import Limits
 from .models import Job
 from .queue import JobQueue
 from .schedules import Schedule
@@ -31,7 +32,8 @@ class QueuePort(Protocol):
     async def enqueue(self, type: str, payload: Any = None, *,
                       run_at: datetime | timedelta | None = None, priority: int = 0,
                       idempotency_key: str | None = None,
-                      request_id: str | None = None) -> int: ...
+                      request_id: str | None = None,
+                      concurrency_key: str | None = None) -> int: ...
     async def claim_many(self, limit: int, *, types: Sequence[str] | None = None,
                          lease_ms: int | None = None, worker: str | None = None) -> list[Job]: ...
     async def claim_by_id(self, job_id: int, *, lease_ms: int | None = None,
@@ -50,6 +52,10 @@ class QueuePort(Protocol):
     async def worker_beat(self, me: WorkerInfo, held: Sequence[int]) -> Orders: ...
     async def worker_gone(self, worker_id: str) -> None: ...
     async def fold_rates(self) -> int: ...
+    async def snooze(self, job: Job, delay: float | timedelta, *,
+                     reason: str | None = None) -> datetime: ...
+    async def register_limits(self, limits: Mapping[str, Limits], *,
+                              by: str) -> list[LimitConflict]: ...
     async def register_schedules(self, schedules: Sequence[Schedule], *, by: str,
                                  now: datetime | None = None) -> None: ...
     async def fire_schedule(self, schedule: Schedule, *,
@@ -115,6 +121,8 @@ class InThreads:
     worker_beat = _OnThread(JobQueue.worker_beat)
     worker_gone = _OnThread(JobQueue.worker_gone)
     fold_rates = _OnThread(JobQueue.fold_rates)
+    snooze = _OnThread(JobQueue.snooze)
+    register_limits = _OnThread(JobQueue.register_limits)
     register_schedules = _OnThread(JobQueue.register_schedules)
     fire_schedule = _OnThread(JobQueue.fire_schedule)
     outcome = _OnThread(JobQueue.outcome)

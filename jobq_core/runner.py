@@ -39,6 +39,7 @@ from .dsn import redact
 from .errors import InvalidInputError, JobqError, RunnerFailedError, UnknownTaskError
 from .executors import FallbackHandler
 from .inline import run_inline
+from .limits import Limits
 from .loop_health import LoopHealth
 from .models import NewJob, new_job_params, validate_lease_ms, validate_type
 from .queue import AsyncJobQueue, JobQueue, default_worker_name
@@ -126,6 +127,12 @@ class TaskRunner:
         worker process, so it must be importable by name), `retry_on` (a tuple of exception
         types or a predicate; timeouts and crashed processes always retry until
         `max_attempts`), and `lease_ms` (this task's lease, if not the runner's).
+
+        Limits, kept fleet-wide by every claim of the type (see `jobq_core.limits`):
+        `global_concurrency` (jobs claimed at once), `key_concurrency` with `concurrency_key`
+        (at once per key: a function of the payload, applied at enqueue by this runner's
+        queue, or the name of a payload field, read by the claims), and `rate_limit` ("100/s",
+        "1000/h") with `rate_burst` (by default the count).
         """
         validate_type(name, "task name")
         if name in self._tasks:
@@ -145,9 +152,12 @@ class TaskRunner:
         if lease_ms is not None:
             lease_ms = validate_lease_ms(lease_ms)
             self._check_lease(lease_ms, f"task {name!r}'s lease_ms")
+        limits = Limits.of(options)
+        if limits is not None and callable(limits.key):
+            self.queue.key_functions[name] = limits.key
         self._tasks[name] = Task(
             name, fn, max_attempts, options.get("backoff") or exponential_backoff(), timeout,
-            chosen, options.get("retry_on"), lease_ms,
+            chosen, options.get("retry_on"), lease_ms, limits,
         )
 
     def periodic(
@@ -322,6 +332,7 @@ class TaskRunner:
         state, supervisor = parts.state, parts.supervisor
         beats = supervisor.start(parts.side_loops.registry(), "registry")
         background = [beats, supervisor.start(parts.side_loops.heartbeats(), "heartbeat"),
+                      asyncio.create_task(parts.side_loops.stop_at_deadlines()),
                       supervisor.start(parts.attempts.acker(), "ack")]
         if self.notify and self.queue.listens:
             state.loops["listener"] = LoopHealth()
@@ -383,6 +394,8 @@ class TaskRunner:
         wake = state.wake
         # Listed before it holds a job (a failing first beat holds claims up no longer).
         await wait_for(state.registered, state.heartbeat_interval)
+        if not await self._register_limits(parts):
+            return
         while not state.stop.is_set():
             free = state.free_slots()
             wake.clear()
@@ -390,6 +403,7 @@ class TaskRunner:
             if state.waiting_for_slot:
                 await wait_for(wake, state.poll_interval)
                 continue
+            sent = time.monotonic()
             try:
                 jobs = await supervisor.call("claim", state.loops_queue.claim_many(
                     free, types=sorted(state.tasks), lease_ms=state.lease_ms,
@@ -403,7 +417,7 @@ class TaskRunner:
             for job in jobs:
                 # Registered before the task starts, so the next claim sees the slot taken.
                 attempt = asyncio.create_task(
-                    parts.attempts.run(parts.attempts.begin(job, state.lease_ms)))
+                    parts.attempts.run(parts.attempts.begin(job, state.lease_ms, sent)))
                 attempts.add(attempt)
                 attempt.add_done_callback(attempts.discard)
                 attempt.add_done_callback(state.slot_freed)
@@ -413,6 +427,27 @@ class TaskRunner:
                     and not state.retry_due_soon()):
                 break
             await wait_for(wake, state.poll_interval)
+
+    async def _register_limits(self, parts: _Parts) -> bool:
+        """Record the tasks' limits before the first claim, so that no claim of this runner
+        goes without them; retried until it succeeds or a stop is asked for (False)."""
+        limits = {name: task.limits for name, task in parts.state.tasks.items()
+                  if task.limits is not None}
+        state, supervisor = parts.state, parts.supervisor
+        while limits and not state.stop.is_set():
+            try:
+                replaced = await supervisor.call("claim", state.loops_queue.register_limits(
+                    limits, by=self.worker_id))
+            except Exception as exc:
+                await supervisor.recover("claim", exc,
+                                         wait=lambda pause: wait_for(state.stop, pause))
+                continue
+            for old in replaced:
+                log.warning("task %r's limits were %s (registered by %s), now %s: runners "
+                            "that disagree overwrite each other as they start", old.type,
+                            old.was, old.by, limits[old.type].describe())
+            return True
+        return not state.stop.is_set()
 
     async def _shutdown(self, parts: _Parts, attempts: set[asyncio.Task[Any]]) -> None:
         """Let running jobs finish within the deadline, then hand the rest back at no attempt

@@ -140,9 +140,14 @@ class RunnerState:
             self.retired.add(attempt)
 
     def release_slot(self, attempt: Attempt) -> None:
+        """The attempt's slot is free, its outcome committed. A limited type's job also
+        gave back a fleet-wide slot, which no NOTIFY announces: claim again now, rather than
+        at the next poll (the claim that came back short may have been held by the limit)."""
         if self.running.get(attempt.job.id) is attempt:
             del self.running[attempt.job.id]
         self.retired.discard(attempt)
+        if attempt.task.limits is not None:
+            self.wake_up()
 
     def slot_freed(self, _: object = None) -> None:
         # Wake the claim loop only if it is waiting for a slot (or for the idle check): a

@@ -37,6 +37,8 @@ MIGRATIONS: list[tuple[int, str, Callable[[Statements, str | None], list[bytes]]
      lambda st, legacy: st.migration(8)),
     (9, "periodic jobs' schedules and the newest slot each has handled",
      lambda st, legacy: st.migration(9)),
+    (10, "fleet-wide limits: per type, per key and by rate; snoozed jobs",
+     lambda st, legacy: st.migration(10)),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

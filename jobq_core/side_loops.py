@@ -138,6 +138,23 @@ class SideLoops:
                 self._lose(attempt, "lease expired while the database was unreachable")
         return pause
 
+    async def stop_at_deadlines(self) -> None:
+        """Stop each handler at its lease's deadline, which comes before the database lets
+        another claim take its job (it is measured from before the claim or beat was sent):
+        a beat that hangs, or a loop held up, never lets a handler run on with its job
+        claimed elsewhere, past a limit. Wakes at least every heartbeat interval, within the
+        shortest lease of any job claimed meanwhile."""
+        state = self.state
+        while True:
+            now = time.monotonic()
+            watched = [a for a in state.running.values()
+                       if a.cancel_reason is None and not a.acking]
+            for attempt in watched:
+                if attempt.deadline <= now:
+                    self._lose(attempt, "lease expired while the database was unreachable")
+            await asyncio.sleep(min([state.heartbeat_interval] + [
+                a.deadline - now for a in watched if a.deadline > now]))
+
     async def note_cancels(self, attempts: list[Attempt]) -> None:
         """Of these attempts whose job was refused to them (a lease that did not hold, an
         ack or a failure the fence turned down), mark those an operator cancelled: a cancel,

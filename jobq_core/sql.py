@@ -24,7 +24,7 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 STATES = ("pending", "claimed", "failed", "cancelled")
 EVENTS = (
     "enqueued", "claimed", "completed", "failed", "retried", "extended", "recovered", "released",
-    "deleted", "cancelled",
+    "deleted", "cancelled", "snoozed",
 )
 
 
@@ -106,6 +106,8 @@ class Names:
             pauses=self.ident("_pauses"),
             workers=self.ident("_workers"),
             schedules=self.ident("_schedules"),
+            limits=self.ident("_limits"),
+            limit_keys=self.ident("_limit_keys"),
             keys=self.ident("_keys"),
             events_default=self.ident("_events_default"),
             events_legacy=self.ident("_events_legacy"),
@@ -113,6 +115,7 @@ class Names:
             ahead_fn=self.ident("_events_ahead"),
             retire_fn=self.ident("_events_retire"),
             free_keys_fn=self.ident("_events_free_keys"),
+            limits_fn=self.ident("_limits_free"),
             # names as text, for regclass casts inside PL/pgSQL
             jobs_text=sql.Literal(self.regclass()),
             events_text=sql.Literal(self.regclass("_events")),
@@ -144,6 +147,7 @@ _LOCAL_NAMES = {
     "cancelled_type_idx": "_cancelled_type_idx",
     "lease_type_idx": "_lease_type_idx",
     "ev_event_check": "_events_event_check",
+    "limit_keys_idx": "_limit_keys_full_idx",
 }
 
 # --- schema: each version's statements, by their names in queries.sql, in order ---------
@@ -175,6 +179,9 @@ MIGRATION_STEPS: dict[int, tuple[str, ...]] = {
         "keys_copy_jobs"),
     8: ("jobs_autovacuum",),
     9: ("schedules_table",),
+    # the snoozed event
+    10: ("limits_table", "limit_keys_table", "limit_keys_index", "jobs_concurrency_key",
+         "limits_function", "events_event_check"),
 }
 
 # An upgrade builds the indexes of its migrations CONCURRENTLY first, outside the

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 from .executors import ProcessCrashedError
+from .limits import KeyOf, Limits
 
 #: Where a handler runs: a thread of the runner's pool, a child process, or the event loop.
 Executor = Literal["thread", "process", "async"]
@@ -38,6 +39,13 @@ class TaskOptions(TypedDict, total=False):
     executor: Executor | None
     retry_on: RetryOn | None
     lease_ms: int | None
+    global_concurrency: int | None
+    key_concurrency: int | None
+    concurrency_key: KeyOf | None
+    rate_limit: str | None
+    rate_burst: int | None
+    key_rate_limit: str | None
+    key_rate_burst: int | None
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,8 @@ class Task:
     executor: Executor
     retry_on: RetryOn | None
     lease_ms: int | None
+    #: Fleet-wide limits, kept by every claim of the type (`jobq_core.limits`).
+    limits: Limits | None = None
 
     def retryable(self, exc: BaseException) -> bool:
         """Whether `exc` may retry; timeouts and crashed child processes always may."""

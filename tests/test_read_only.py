@@ -133,7 +133,8 @@ WRITES = {
     "worker": ["worker", "tests.runner_tasks:runner"],
     "demo": ["demo", "--headless", "--seconds", "1", "--dsn", CLOSED_PORT],
 }
-READS = {"status", "list", "show", "trace", "doctor", "version", "schedules"}
+READS = {"status", "list", "show", "trace", "doctor", "version", "schedules",
+         "limits"}
 
 
 def test_read_only_refuses_every_writing_command_before_connecting() -> None:

@@ -118,6 +118,13 @@ class DetailScreen(JobActionsScreen):
                 grid.add_row("idempotency key", literal(job.idempotency_key))
             if job.last_error:
                 grid.add_row("last error", first_line(job.last_error, 200))
+            if job.concurrency_key is not None:
+                grid.add_row("concurrency key", literal(job.concurrency_key))
+        if data.limits is not None:
+            grid.add_row("limits", Text.assemble(literal(data.limits.summary, 120),
+                                                 (f"  ({data.limits.usage})", "dim")))
+        if data.schedule is not None:
+            grid.add_row("schedule", literal(data.schedule.spec, 120))
         summary.update(grid)
         self.query_one("#detail-payload", Static).update(self._payload(data))
         self.query_one("#detail-timeline", Static).update(self._timeline(data))

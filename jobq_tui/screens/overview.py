@@ -15,7 +15,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Static
 
 from jobq_cli.format import count, literal, relative, span, sparkline, zoned
-from jobq_core.admin import AsyncAdmin, Count, Pause, TypeStats
+from jobq_core.admin import AsyncAdmin, Count, LimitRow, Pause, TypeStats
 from jobq_core.filters import JobFilter
 
 from ..messages import Act, Open
@@ -31,9 +31,11 @@ COLUMNS = (("type", "type"), ("ready", "ready"), ("scheduled", "sched"),
            ("claimed", "claimed"), ("late", "late"), ("failed", "failed"),
            ("cancelled", "cancl"), ("oldest", "oldest"), ("done", "done/min"),
            ("fails", "fail/min"))
-#: What the paused lines under the table may take; more paused types are counted.
+#: What the paused lines under the table may take; more paused types are counted. The
+#: same for the limits' lines.
 PAUSED_LINES = 3
 PAUSED = "‖ "
+LIMITED = "⧖ "
 
 
 def pause_line(p: Pause, now: datetime) -> Text:
@@ -53,10 +55,23 @@ def pause_line(p: Pause, now: datetime) -> Text:
     return text
 
 
+def limit_line(limits: LimitRow) -> Text:
+    """⧖ charge-card global 4, rate 100/s burst 100: slots 3/4, tokens 57/100"""
+    text = Text()
+    text.append(LIMITED, style="bold")
+    text.append(literal(limits.type, 40, style="bold"))
+    text.append(" ")
+    text.append(literal(limits.summary, 120))
+    text.append(": ")
+    text.append(limits.usage)
+    return text
+
+
 class OverviewScreen(LiveScreen):
     crumb = "overview"
     help_note = ("late: under half its lease left (a missed heartbeat) · n✗: leases "
-                 f"expired · cancl: cancelled · {PAUSED}paused: claims skip the type")
+                 f"expired · cancl: cancelled · {PAUSED}paused: claims skip the type · "
+                 f"{LIMITED}limited: claims keep its limits fleet-wide")
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open_type", "Jobs of type"),
         Binding("a", "all_jobs", "All jobs"),
@@ -80,6 +95,7 @@ class OverviewScreen(LiveScreen):
         table: DataTable[Text] = DataTable(id="overview", cursor_type="row", zebra_stripes=True)
         yield table
         yield Static(id="overview-paused")
+        yield Static(id="overview-limits")
         yield Static(id="overview-summary")
         yield StatusBar(id="status")
         yield Footer()
@@ -87,6 +103,7 @@ class OverviewScreen(LiveScreen):
     def on_mount(self) -> None:
         self.query_one("#banner", Banner).show(None)
         self.query_one("#overview-paused", Static).display = False
+        self.query_one("#overview-limits", Static).display = False
         table: DataTable[Text] = self.query_one(DataTable)
         if not table.columns:  # a refresh may have drawn it already
             add_columns(table, self._columns())
@@ -106,6 +123,7 @@ class OverviewScreen(LiveScreen):
         rows = {s.type: self._cells(s, len(columns)) for s in data}
         sync_table(table, columns, rows)
         self._show_paused(data)
+        self._show_limits(data)
         self._show_summary(data)
 
     def on_resize(self, event: events.Resize) -> None:
@@ -123,6 +141,18 @@ class OverviewScreen(LiveScreen):
         if len(paused) > PAUSED_LINES:
             lines.append(Text(f"… and {len(paused) - PAUSED_LINES} more paused types",
                               style="dim"))
+        field.update(Text("\n").join(lines))
+
+    def _show_limits(self, data: list[TypeStats]) -> None:
+        limited = [s.limits for s in data if s.limits is not None]
+        field = self.query_one("#overview-limits", Static)
+        field.display = bool(limited)
+        if not limited:
+            return
+        lines = [limit_line(row) for row in limited[:PAUSED_LINES]]
+        if len(limited) > PAUSED_LINES:
+            lines.append(Text(f"… and {len(limited) - PAUSED_LINES} more limited types "
+                              "(jobq limits)", style="dim"))
         field.update(Text("\n").join(lines))
 
     def _show_summary(self, data: list[TypeStats]) -> None:
@@ -163,6 +193,8 @@ class OverviewScreen(LiveScreen):
         name = literal(s.type, 20)
         if s.paused is not None:
             name = Text.assemble((PAUSED, "bold yellow"), name)
+        elif s.limits is not None:
+            name = Text.assemble((LIMITED, "bold"), name)
         claimed = count(s.claimed)
         if s.expired.value:
             claimed = Text(f"{s.claimed} ({s.expired}✗)", style="bold red", justify="right")

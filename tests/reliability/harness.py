@@ -27,7 +27,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from jobq_core import NewJob, create_job_queue
 
-from .worker_app import EXEC_LOG, WORK
+from .worker_app import END, EXEC_LOG, WORK
 
 REPO = Path(__file__).resolve().parents[2]
 JOBQ = shutil.which("jobq", path=os.path.dirname(sys.executable)) or "jobq"
@@ -207,7 +207,7 @@ def compute_ledger(
         live = {r[0] for r in conn.execute(
             "SELECT id FROM svti_jobs WHERE state IN ('pending', 'claimed')")}
         runs = [int(r[0]) for r in conn.execute(
-            f"SELECT count(*) FROM {EXEC_LOG} GROUP BY job_id")]
+            f"SELECT count(*) FROM {EXEC_LOG} WHERE kind <> %s GROUP BY job_id", (END,))]
         recovered_row = conn.execute(
             "SELECT count(*) FROM svti_jobs_events WHERE event = 'recovered'").fetchone()
     completed = set(completions)
@@ -608,6 +608,80 @@ def running(*antagonists: Antagonist) -> Iterator[None]:
     finally:
         for antagonist in antagonists:
             antagonist.stop()
+
+
+# -- a network partition -------------------------------------------------------------------------
+
+class Partition:
+    """A TCP proxy in front of the database that can stop forwarding at once and resume: a
+    network partition as the processes behind it see it. While cut, bytes in flight are
+    held, statements hang, and new connections are accepted but get no answer."""
+
+    def __init__(self, target_dsn: str) -> None:
+        parts = conninfo_to_dict(target_dsn)
+        self.target_dsn = target_dsn
+        host = str(parts.get("host") or "127.0.0.1")
+        port = int(parts.get("port") or 5432)
+        self.target: tuple[int, Any] = (
+            (socket.AF_UNIX, f"{host}/.s.PGSQL.{port}") if host.startswith("/")
+            else (socket.AF_INET, (host, port)))
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.open = threading.Event()
+        self.open.set()
+        self.closed = False
+        self.sockets: list[socket.socket] = [self.server]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def dsn(self) -> str:
+        return make_conninfo(self.target_dsn, host="127.0.0.1", port=str(self.port))
+
+    def cut(self) -> None:
+        self.open.clear()
+
+    def heal(self) -> None:
+        self.open.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.open.set()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            self.sockets.append(client)
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+
+    def _connect(self, client: socket.socket) -> None:
+        self.open.wait()
+        upstream = socket.socket(self.target[0], socket.SOCK_STREAM)
+        self.sockets.append(upstream)
+        try:
+            upstream.connect(self.target[1])
+        except OSError:
+            client.close()
+            return
+        for src, dst in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                self.open.wait()
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
 
 # -- PgBouncer ---------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ from jobq_core import AsyncJobQueue, JobQueue, TaskRunner, create_task_runner
 
 #: The handler's execution log; `harness.prepare_database` creates it.
 EXEC_LOG = "reli_exec"
+#: The kind of the log row a handler writes as it ends, with `record_end`.
+END = "end"
 WORK = "work"
 CHILD = "child"
 #: Handlers never fail by themselves: every attempt beyond the first is a fault's doing.
@@ -32,6 +34,10 @@ MAX_ATTEMPTS = 100
 def _flag(name: str, default: bool) -> bool:
     value = os.environ.get(name)
     return default if value is None else value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _number(value: str | None) -> int | None:
+    return int(value) if value else None
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,15 @@ class WorkerConfig:
     worker_label: str = "w?"
     health_file: str | None = None
     durable_log: bool = False
+    #: The work type's limits (`jobq_core.limits`): a key limit reads the payload's
+    #: "tenant"; with `record_end`, handlers log their end too, for overlap checks.
+    global_concurrency: int | None = None
+    key_concurrency: int | None = None
+    rate_limit: str | None = None
+    rate_burst: int | None = None
+    key_rate_limit: str | None = None
+    key_rate_burst: int | None = None
+    record_end: bool = False
 
     @classmethod
     def from_env(cls) -> WorkerConfig:
@@ -75,6 +90,13 @@ class WorkerConfig:
             worker_label=env.get("RELI_WORKER", "w?"),
             health_file=env.get("RELI_HEALTH_FILE") or None,
             durable_log=_flag("RELI_DURABLE_LOG", False),
+            global_concurrency=_number(env.get("RELI_GLOBAL_CONCURRENCY")),
+            key_concurrency=_number(env.get("RELI_KEY_CONCURRENCY")),
+            rate_limit=env.get("RELI_RATE_LIMIT") or None,
+            rate_burst=_number(env.get("RELI_RATE_BURST")),
+            key_rate_limit=env.get("RELI_KEY_RATE_LIMIT") or None,
+            key_rate_burst=_number(env.get("RELI_KEY_RATE_BURST")),
+            record_end=_flag("RELI_RECORD_END", False),
         )
 
 
@@ -131,7 +153,11 @@ def _pause(payload: Any, ctx: Any) -> None:
 def work(payload: Any, ctx: Any) -> Any:
     """Thread and process handler: log, sleep, maybe enqueue follow-ups (`ctx.enqueue`)."""
     record_execution(config(), ctx.job.id, ctx.attempt, WORK)
-    _pause(payload, ctx)
+    try:
+        _pause(payload, ctx)
+    finally:
+        if config().record_end:
+            record_execution(config(), ctx.job.id, ctx.attempt, END)
     spawned = [ctx.enqueue(CHILD, {"parent": ctx.job.id, "n": n})
                for n in range(payload.get("spawn", 0) if isinstance(payload, dict) else 0)]
     return {"pid": os.getpid(), "spawned": spawned}
@@ -141,7 +167,12 @@ async def work_async(payload: Any, ctx: Any) -> Any:
     """The async twin of `work`, for `executor=async`."""
     await asyncio.to_thread(record_execution, config(), ctx.job.id, ctx.attempt, WORK)
     ms = payload.get("sleep_ms", config().sleep_ms) if isinstance(payload, dict) else 0
-    await asyncio.sleep(ms / 1000)
+    try:
+        await asyncio.sleep(ms / 1000)
+    finally:
+        if config().record_end:  # cancelled too: a lost lease stops the handler here
+            await asyncio.shield(asyncio.to_thread(
+                record_execution, config(), ctx.job.id, ctx.attempt, END))
     spawned = [await ctx.aenqueue(CHILD, {"parent": ctx.job.id, "n": n})
                for n in range(payload.get("spawn", 0) if isinstance(payload, dict) else 0)]
     return {"pid": os.getpid(), "spawned": spawned}
@@ -175,11 +206,17 @@ def build() -> TaskRunner:
         queue, concurrency=cfg.concurrency, notify=cfg.notify, lease_ms=cfg.lease_ms,
         poll_interval=cfg.poll_interval, shutdown_timeout=cfg.shutdown_timeout,
         worker_name=f"reli-{cfg.worker_label}:{os.getpid()}", **options)
+    limits: dict[str, Any] = {
+        "global_concurrency": cfg.global_concurrency, "rate_limit": cfg.rate_limit,
+        "rate_burst": cfg.rate_burst}
+    if cfg.key_concurrency is not None or cfg.key_rate_limit is not None:
+        limits |= {"key_concurrency": cfg.key_concurrency, "concurrency_key": "tenant",
+                   "key_rate_limit": cfg.key_rate_limit, "key_rate_burst": cfg.key_rate_burst}
     if cfg.executor == "async":
         runner.register(WORK, work_async, max_attempts=MAX_ATTEMPTS,
-                        lease_ms=cfg.task_lease_ms)
+                        lease_ms=cfg.task_lease_ms, **limits)
     else:
         runner.register(WORK, work, executor=cfg.executor,  # type: ignore[arg-type]
-                        max_attempts=MAX_ATTEMPTS, lease_ms=cfg.task_lease_ms)
+                        max_attempts=MAX_ATTEMPTS, lease_ms=cfg.task_lease_ms, **limits)
     runner.register(CHILD, child, max_attempts=MAX_ATTEMPTS)
     return runner
