@@ -1,7 +1,8 @@
 """A live demo workload: producers and a task runner with every kind of job an operator meets.
 
-- ``fast``: done in tens of milliseconds;
-- ``slow``: seconds of work on a long lease, kept alive by the runner's heartbeat;
+- ``fast``: done in tens of milliseconds, under a rate limit that rarely binds;
+- ``slow``: seconds of work on a long lease, kept alive by the runner's heartbeat, at most
+  10 at once fleet-wide (``global_concurrency``);
 - ``flaky``: fails its first attempts, then succeeds after persisted retries;
 - ``poison``: always fails, and ends ``failed`` after its attempts;
 - ``scheduled``: enqueued to run a little later;
@@ -58,9 +59,9 @@ def _report(payload: Any, ctx: Any) -> Any:
 def build_runner(queue: JobQueue, concurrency: int = 8) -> TaskRunner:
     runner = create_task_runner(queue, concurrency=concurrency, poll_interval=0.5,
                                 shutdown_timeout=2.0)
-    runner.register("fast", _fast)
+    runner.register("fast", _fast, rate_limit="30/s")
     runner.register("scheduled", _fast)
-    runner.register("slow", _slow, lease_ms=60_000)
+    runner.register("slow", _slow, lease_ms=60_000, global_concurrency=10)
     runner.register("flaky", _flaky, max_attempts=4, backoff=lambda attempt: 1.0 * attempt)
     runner.register("poison", _poison, max_attempts=3, backoff=lambda attempt: 0.5)
     runner.periodic("report", every=datetime.timedelta(seconds=10))(_report)
