@@ -423,8 +423,10 @@ class TaskRunner:
                 attempt.add_done_callback(state.slot_freed)
             if len(jobs) == free:
                 continue  # there may be more: claim again as soon as a slot frees
+            # A wake during the claim (a NOTIFY, or a limited job's slot given back while the
+            # claim counted it as taken) says that a claim now may find what this one did not.
             if (state.until_idle and not jobs and not state.running
-                    and not state.retry_due_soon()):
+                    and not state.retry_due_soon() and not wake.is_set()):
                 break
             await wait_for(wake, state.poll_interval)
 

@@ -383,3 +383,20 @@ def test_a_per_key_rate_meters_each_key_on_its_own(dsn: str,
         assert sorted(j.payload["tenant"] for j in again) == ["a", "b"]
         assert Admin(queue).limits()[0].summary == (
             "per key rate 2/h burst 2 (key field 'tenant')")
+
+
+def test_a_runner_serving_until_idle_drains_a_type_whose_limit_binds(dsn: str) -> None:
+    """A claim that counted this runner's own jobs as taken, while they finished, comes
+    back empty: the runner claims again rather than take that for idle."""
+    queue = JobQueue(dsn)
+    runner = create_task_runner(queue, concurrency=10)
+
+    async def noop(payload: Any, ctx: Any) -> None:
+        return None
+
+    runner.register("charge", noop, global_concurrency=2)
+    with queue:
+        queue.enqueue_many([NewJob("charge") for _ in range(300)])
+        asyncio.run(runner.serve(until_idle=True))
+        assert runner.counters["completed"] == 300
+        assert queue.pending(types=["charge"]) == 0
