@@ -2465,9 +2465,13 @@ BEGIN
            l.key_rate_burst
     FROM {limits} AS l
     CROSS JOIN LATERAL (
+        -- claimed jobs by key only for a key limit: reading a key may read the payload
         SELECT coalesce(sum(n), 0)::integer AS in_use,
-               coalesce(jsonb_object_agg(key, n), '{{}}') AS key_used
-        FROM (SELECT coalesce(j.concurrency_key, j.payload ->> l.key_field, '') AS key,
+               coalesce(jsonb_object_agg(key, n) FILTER (WHERE key IS NOT NULL), '{{}}')
+                   AS key_used
+        FROM (SELECT CASE WHEN l.key_concurrency IS NOT NULL
+                          THEN coalesce(j.concurrency_key, j.payload ->> l.key_field, '')
+                     END AS key,
                      count(*) AS n
               FROM {jobs} AS j WHERE j.state = 'claimed' AND j.type = l.type
               GROUP BY 1) AS k
