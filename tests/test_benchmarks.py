@@ -83,3 +83,16 @@ def test_a_short_soak_samples_sizes_dead_tuples_and_latency(
     for metric in ("jobs_total_bytes", "n_dead_tup", "p99_ms"):
         assert figures["verdicts"][metric]["flat"] in (True, False)
     assert _databases(server_dsn, prefix) == []
+
+
+def test_the_limits_benchmark_drains_every_setting(server_dsn: str, tmp_path: Path) -> None:
+    out = tmp_path / "limits.json"
+    prefix = f"jobq_bench_l{os.getpid()}"
+    _run("benchmarks.bench_limits", "--jobs", "300", "--reps", "1", "--binding", "--dsn",
+         server_dsn, "--prefix", prefix, "--json", str(out))
+    figures: dict[str, Any] = json.loads(out.read_text())
+    assert set(figures["summary"]) == {"none", "global", "key", "rate", "binding"}
+    assert figures["summary"]["none"]["ratio"] == 1
+    assert all(len(runs) == 1 and runs[0]["jobs_per_s"] > 0
+               for runs in figures["runs"].values())
+    assert _databases(server_dsn, prefix) == []
