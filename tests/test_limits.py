@@ -315,7 +315,7 @@ async def test_the_console_overview_shows_each_types_limits(dsn: str) -> None:
     async with app.run_test(size=(110, 32)) as pilot:
         await until(pilot, lambda: "charge" in text_of(app, "#overview-limits"))
         line = text_of(app, "#overview-limits")
-        assert "⧖ charge global 2, rate 5/h burst 5: slots 2/2, tokens 3/5" in line
+        assert "≤ charge global 2, rate 5/h burst 5: slots 2/2, tokens 3/5" in line
 
 
 def test_a_runner_registers_its_limits_before_its_first_claim(

@@ -35,7 +35,7 @@ COLUMNS = (("type", "type"), ("ready", "ready"), ("scheduled", "sched"),
 #: same for the limits' lines.
 PAUSED_LINES = 3
 PAUSED = "‖ "
-LIMITED = "⧖ "
+LIMITED = "≤ "
 
 
 def pause_line(p: Pause, now: datetime) -> Text:
@@ -56,7 +56,7 @@ def pause_line(p: Pause, now: datetime) -> Text:
 
 
 def limit_line(limits: LimitRow) -> Text:
-    """⧖ charge-card global 4, rate 100/s burst 100: slots 3/4, tokens 57/100"""
+    """≤ charge-card global 4, rate 100/s burst 100: slots 3/4, tokens 57/100"""
     text = Text()
     text.append(LIMITED, style="bold")
     text.append(literal(limits.type, 40, style="bold"))
