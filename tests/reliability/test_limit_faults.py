@@ -78,8 +78,15 @@ def running_in(dsn: str, worker: WorkerProc) -> int:
 def kill_one_running(run: Run, workers: WorkerSet) -> dict[int, datetime]:
     """Kill -9 a worker while it runs a limited job, note when (by the database's clock),
     and start it again a moment later."""
-    assert wait_until(lambda: any(running_in(run.dsn, w) for w in workers.workers), 30)
-    victim = next(w for w in workers.workers if running_in(run.dsn, w))
+    found: list[WorkerProc] = []
+
+    def one_running() -> bool:
+        # chosen and killed at once: a 200 ms job found running may end before a second look
+        found[:] = [w for w in workers.workers if running_in(run.dsn, w)][:1]
+        return bool(found)
+
+    assert wait_until(one_running, 30)
+    victim = found[0]
     assert victim.proc is not None
     pid = victim.proc.pid
     victim.kill9()
