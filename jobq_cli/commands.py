@@ -74,8 +74,8 @@ from jobq_core.dsn import check_read as check_read_dsn
 from jobq_core.dsn import refused_option
 from jobq_core.dsn import resolve as resolve_dsn
 from jobq_core.durations import ACCEPTED
-from jobq_core.executors import log_to_stderr
 from jobq_core.filters import parse_filter
+from jobq_core.logs import LOG_FORMATS, JsonFormatter, log_to_stderr
 from jobq_core.models import parse_id
 from jobq_core.sql import Names
 
@@ -1197,6 +1197,11 @@ def worker(
         envvar="JOBQ_LOG_LEVEL", show_default=True,
         help="DEBUG, INFO, WARNING or ERROR: the runner's and handlers' (ctx.logger) records "
         "from this level go to stderr, one line each")] = "INFO",
+    log_format: Annotated[str, typer.Option(
+        envvar="JOBQ_LOG_FORMAT", show_default=True,
+        help="plain (a line a person reads) or json (one object per line; a handler's "
+        "ctx.logger records carry job_id, type, attempt, request_id and worker, and every "
+        "record the runner's worker_id)")] = "plain",
 ) -> None:
     """Run a task runner until SIGTERM or SIGINT, or until an operator drains it.
 
@@ -1211,9 +1216,14 @@ def worker(
     if log_level.upper() not in LOG_LEVELS:
         fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {visible(log_level)!r}",
              EXIT_USAGE)
-    log_to_stderr(log_level.upper())
+    if log_format not in LOG_FORMATS:
+        fail(f"--log-format must be one of {', '.join(LOG_FORMATS)}, got "
+             f"{visible(log_format)!r}", EXIT_USAGE)
+    formatter = log_to_stderr(log_level.upper(), log_format)
     try:
         runner = load_runner(target)
+        if isinstance(formatter, JsonFormatter):
+            formatter.worker_id = runner.worker_id
         if concurrency is not None:
             runner.concurrency = concurrency
         if health_file is not None:

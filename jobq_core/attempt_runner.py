@@ -14,6 +14,7 @@ from typing import Any
 from .attempts import Attempt, AttemptEnd, Context, Snooze
 from .errors import DatabaseUnavailableError, InvalidInputError, LeaseLostError
 from .executors import AttemptCancelledError, ChildSettings, DaemonThreadPool, ProcessPool
+from .logs import current_format
 from .models import DELAY_MAX, Job, UndecodableJSON, dump_json
 from .runner_state import RunnerState
 from .side_loops import SideLoops
@@ -185,7 +186,7 @@ class AttemptRunner:
                 queue = state.queue
                 self._processes = ProcessPool(self.process_workers, ChildSettings(
                     queue.conninfo, queue.table, queue.pgbouncer,
-                    logging.getLogger("jobq.task").getEffectiveLevel()))
+                    logging.getLogger("jobq.task").getEffectiveLevel(), *current_format()))
             return await self._processes.run(task.fn, job.payload, job, task.timeout,
                                              attempt.cancelled)
         ctx = Context(attempt, lambda: state.calls)

@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any, NoReturn
 
 from .errors import JobqError
-from .executors import bound_logger
+from .logs import bound_logger
 from .models import Job
 from .queue_port import QueuePort
 from .tasks import Task

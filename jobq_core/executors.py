@@ -24,11 +24,11 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from datetime import datetime
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from .errors import JobqError
+from .logs import LineFormatter, LogFormat, bound_logger, log_to_stderr
 from .models import Job
 
 if TYPE_CHECKING:
@@ -96,8 +96,11 @@ class ChildSettings:
     table: str
     pgbouncer: bool = False
     #: The level from which the parent shows `ctx.logger` records: a spawned child starts
-    #: with no logging configured, and shows them on the stderr it shares with the parent.
+    #: with no logging configured, and shows them on the stderr it shares with the parent,
+    #: in the parent's format.
     log_level: int = logging.WARNING
+    log_format: LogFormat = "plain"
+    log_worker_id: str | None = None
 
 
 class ProcessContext:
@@ -122,16 +125,6 @@ class ProcessContext:
         raise JobqError("process handlers cannot extend: the runner keeps their lease alive")
 
 
-class JobLogger(logging.LoggerAdapter[logging.Logger]):
-    """Prefixes messages with the job id and request id and puts job_id, attempt and
-    request_id on every record, for formatters and structured handlers."""
-
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        extra = self.extra or {}
-        kwargs.setdefault("extra", {}).update(extra)
-        return f"[job {extra.get('job_id')} req {extra.get('request_id')}] {msg}", kwargs
-
-
 @functools.cache
 def _child_queue(settings: ChildSettings) -> JobQueue:
     """One queue per worker process, kept for its lifetime (it dies with the process)."""
@@ -140,18 +133,6 @@ def _child_queue(settings: ChildSettings) -> JobQueue:
     assert settings.conninfo is not None
     return JobQueue(settings.conninfo, table=settings.table, max_connections=1,
                     pgbouncer=settings.pgbouncer)
-
-
-class LineFormatter(logging.Formatter):
-    """One line per record (a traceback, if any, follows it): the time with its zone, level,
-    logger and message. Bound loggers put the job and request id into the message."""
-
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        return datetime.fromtimestamp(record.created).astimezone().isoformat(
-            timespec="milliseconds")
 
 
 class FallbackHandler(logging.Handler):
@@ -183,20 +164,6 @@ class FallbackHandler(logging.Handler):
             self._logger.setLevel(logging.NOTSET)
 
 
-def log_to_stderr(level: int | str) -> None:
-    """Show jobq's records at `level` and above on stderr, one line each (`jobq worker`
-    --log-level; worker processes inherit their parent's level this way)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LineFormatter())
-    logging.basicConfig(level=level, handlers=[handler], force=True)
-
-
-def bound_logger(job: Job) -> JobLogger:
-    """A logger whose records carry the job id, attempt and request id."""
-    return JobLogger(logging.getLogger(f"jobq.task.{job.type}"),
-                     {"job_id": job.id, "attempt": job.attempts, "request_id": job.request_id})
-
-
 def _die_with_parent(parent: int) -> None:
     """End this child soon after its parent (pid `parent`) dies, even by kill -9, so that no
     orphan goes on running a job whose lease nobody renews (the reclaimer will run it). A
@@ -218,7 +185,7 @@ def _child_main(conn: Connection, cancelled: Any, settings: ChildSettings,
                 parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides about shutdown
     _die_with_parent(parent)
-    log_to_stderr(settings.log_level)
+    log_to_stderr(settings.log_level, settings.log_format, settings.log_worker_id)
     while True:
         try:
             fn, payload, job = conn.recv()
