@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, is_dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -1064,27 +1064,48 @@ def schedules(
     Per schedule: its cron expression and time zone or its interval, what it does with
     missed slots, the newest slot handled, that slot's job and its state, and the next
     slot. A removal reads and writes the primary, even with --read-dsn."""
+    _list_or_remove(
+        ctx, "schedules", remove, (dsn, table, read_dsn), yes, as_json,
+        Admin.schedules, lambda row: row.name, Admin.remove_schedule,
+        missing=f"no schedule named {remove!r} (see `jobq schedules`)",
+        removal=f"schedule {remove}", render=schedules_table,
+        empty="no schedule is registered: a runner registers its periodic jobs as it starts")
+
+
+#: A row of what runners registered (a schedule, a type's limits).
+RowT = TypeVar("RowT")
+
+
+def _list_or_remove(
+    ctx: typer.Context, command: str, remove: str | None,
+    where: tuple[str | None, str, str | None], yes: bool, as_json: bool,
+    read: Callable[[Admin], list[RowT]], key: Callable[[RowT], str],
+    forget: Callable[[Admin, str], None], *, missing: str, removal: str,
+    render: Callable[[list[RowT]], Table], empty: str,
+) -> None:
+    """What runners registered (`jobq schedules`, `jobq limits`), listed, or with --remove
+    one row of it forgotten after a confirmation. A removal reads and writes the primary."""
+    dsn, table, read_dsn = where
     if remove is not None:
-        refuse_if_read_only(ctx, "schedules --remove")
+        refuse_if_read_only(ctx, f"{command} --remove")
         read_dsn = None
     with connected(ctx, dsn, table, writes=False, read_dsn=read_dsn) as admin:
-        found = admin.schedules()
+        found = read(admin)
         if remove is not None:
-            if not any(s.name == remove for s in found):
-                raise NotFoundError(f"no schedule named {remove!r} (see `jobq schedules`)")
-            confirm(visible(f"remove schedule {remove}"), yes)
-            admin.remove_schedule(remove)
-            found = [s for s in found if s.name != remove]
+            if not any(key(row) == remove for row in found):
+                raise NotFoundError(missing)
+            confirm(visible(f"remove {removal}"), yes)
+            forget(admin, remove)
+            found = [row for row in found if key(row) != remove]
     if remove is not None:
         if as_json:
             emit_json({"removed": remove})
         else:
-            out.print(Text(visible(f"removed schedule {remove}")))
+            out.print(Text(visible(f"removed {removal}")))
     elif as_json:
-        emit_json([_plain(s) for s in found])
+        emit_json([_plain(row) for row in found])
     else:
-        out.print(schedules_table(found) if found else Text(
-            "no schedule is registered: a runner registers its periodic jobs as it starts"))
+        out.print(render(found) if found else Text(empty))
 
 
 def limits_table(found: list[LimitRow]) -> Table:
@@ -1114,27 +1135,12 @@ def limits(
     Per type: its concurrency limit, its per-key limit (and the payload field its key comes
     from), its rate and burst; the slots in use, the busiest key's, and the rate's tokens
     now. A removal reads and writes the primary, even with --read-dsn."""
-    if remove is not None:
-        refuse_if_read_only(ctx, "limits --remove")
-        read_dsn = None
-    with connected(ctx, dsn, table, writes=False, read_dsn=read_dsn) as admin:
-        found = admin.limits()
-        if remove is not None:
-            if not any(row.type == remove for row in found):
-                raise NotFoundError(f"type {remove!r} has no limits (see `jobq limits`)")
-            confirm(visible(f"remove the limits of {remove}"), yes)
-            admin.remove_limit(remove)
-            found = [row for row in found if row.type != remove]
-    if remove is not None:
-        if as_json:
-            emit_json({"removed": remove})
-        else:
-            out.print(Text(visible(f"removed the limits of {remove}")))
-    elif as_json:
-        emit_json([_plain(row) for row in found])
-    else:
-        out.print(limits_table(found) if found else Text(
-            "no type has limits: a runner registers its tasks' limits as it starts"))
+    _list_or_remove(
+        ctx, "limits", remove, (dsn, table, read_dsn), yes, as_json,
+        Admin.limits, lambda row: row.type, Admin.remove_limit,
+        missing=f"type {remove!r} has no limits (see `jobq limits`)",
+        removal=f"the limits of {remove}", render=limits_table,
+        empty="no type has limits: a runner registers its tasks' limits as it starts")
 
 
 @app.command()
