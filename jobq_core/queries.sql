@@ -4,8 +4,8 @@
 -- %(name)s (a literal % is written %%). Names in braces are filled once per queue by
 -- `sql.Statements`, composed by psycopg.sql (a literal brace is written twice): the tables
 -- ({jobs}, {events}, {keys}, {pauses}, {workers}, {rates}, {schedules}, {limits},
--- {limit_keys}, {migrations}), the functions ({notify_fn}, {ahead_fn}, {free_keys_fn}, {retire_fn},
--- {limits_fn}), the indexes and constraints by
+-- {limit_keys}, {limit_lanes}, {migrations}), the functions ({notify_fn}, {ahead_fn},
+-- {free_keys_fn}, {retire_fn}, {limits_fn}, {lane_fn}), the indexes and constraints by
 -- their key in `sql._LOCAL_NAMES`, the channels ({channel}, {done_channel}), {keep_bytes},
 -- and for the schema's statements {states}, {events_list}, the names as text ({jobs_text},
 -- {events_text}, {ahead_text}), {concurrently}, and version 7's and the upstream layout's
@@ -172,9 +172,9 @@ WITH paused AS (
     SELECT name FROM unnest(%(types)s::text[]) AS u(name)
     WHERE name NOT IN (SELECT type FROM paused)
 ), lim AS MATERIALIZED (
-    -- The given types' limits ({limits_fn}): their rows locked until this claim commits, so
-    -- that claims of a limited type follow each other, and what they leave free, read after
-    -- the lock. No row for a type without limits.
+    -- The given types' limits ({limits_fn}): per type, a lane of its limits locked until this
+    -- claim commits, so that claims in one lane follow each other, and what the lane leaves
+    -- free, read after the lock. No row for a type without limits.
     SELECT * FROM {limits_fn}(ARRAY(SELECT name FROM given))
 ), open AS (
     -- the given types whose ready jobs a claim may take now: no limit, or one not reached
@@ -258,9 +258,8 @@ WITH paused AS (
     SELECT * FROM share UNION ALL SELECT * FROM rest
 ), kept AS (
     -- Of a key-limited type, each key's first jobs in claim order, as many as its free
-    -- slots: the seeks kept out full keys, not two jobs of a key with one slot left. (The
-    -- rows left go back when this claim commits; no claim of their type could have taken
-    -- them meanwhile, as it waits for this one's lock on the type's limits.)
+    -- slots in the lane: the seeks kept out full keys, not two jobs of a key with one slot
+    -- left. (The rows left stay locked until this claim commits, then go back.)
     SELECT id FROM ready
     WHERE NOT EXISTS (SELECT FROM lim WHERE key_limit IS NOT NULL OR key_rate_count IS NOT NULL)
     UNION ALL
@@ -276,16 +275,19 @@ WITH paused AS (
     ) AS x
     WHERE key_free IS NULL OR nth <= key_free
 ), upd AS (
-    UPDATE {jobs} SET
+    UPDATE {jobs} AS j SET
         state = 'claimed',
-        attempts = attempts + 1,
+        attempts = j.attempts + 1,
         lease_token = gen_random_uuid(),
         lease_until = now() + %(lease_ms)s * interval '1 millisecond',
         lease_ms = %(lease_ms)s,
         claimed_by = %(worker)s,
-        claimed_at = now()
-    WHERE id = ANY((ARRAY(SELECT id FROM expired) || ARRAY(SELECT id FROM kept))[1:%(limit)s])
-    RETURNING *
+        claimed_at = now(),
+        -- a ready job takes its slot in the claim's lane; one taken back keeps its own
+        limit_lane = CASE WHEN j.state = 'claimed' THEN j.limit_lane
+                          ELSE (SELECT lim.lane FROM lim WHERE lim.type = j.type) END
+    WHERE j.id = ANY((ARRAY(SELECT id FROM expired) || ARRAY(SELECT id FROM kept))[1:%(limit)s])
+    RETURNING j.*
 ), ev AS (
     INSERT INTO {events} (job_id, type, event, request_id, attempt, worker)
     SELECT id, type,
@@ -293,20 +295,21 @@ WITH paused AS (
            request_id, attempts, claimed_by
     FROM upd
 ), spent AS (
-    -- A rate's tokens, less the jobs this claim started (a job taken back from a dead holder
-    -- started before, and spends none)
-    UPDATE {limits} AS l SET tokens = b.tokens - b.n, refilled_at = b.at
-    FROM (SELECT lim.type, lim.tokens, lim.at,
+    -- A rate's tokens in the lane, less the jobs this claim started (a job taken back from a
+    -- dead holder started before, and spends none)
+    UPDATE {limit_lanes} AS n SET tokens = b.tokens - b.n, refilled_at = b.at
+    FROM (SELECT lim.type, lim.lane, lim.tokens, lim.at,
                  (SELECT count(*) FROM upd WHERE upd.type = lim.type
                     AND upd.id NOT IN (SELECT id FROM expired)) AS n
           FROM lim WHERE lim.tokens IS NOT NULL) AS b
-    WHERE l.type = b.type
+    WHERE n.type = b.type AND n.lane = b.lane
 ), spent_keys AS (
-    -- and each key's tokens, for a per-key rate; its row says when its bucket is full again
-    INSERT INTO {limit_keys} AS k (type, key, tokens, refilled_at, full_at)
-    SELECT s.type, s.key, s.left_over, s.at,
+    -- and each key's tokens in the lane, for a per-key rate; its row says when its bucket is
+    -- full again
+    INSERT INTO {limit_keys} AS k (type, lane, key, tokens, refilled_at, full_at)
+    SELECT s.type, s.lane, s.key, s.left_over, s.at,
            s.at + s.key_rate_period * ((s.key_rate_burst - s.left_over) / s.key_rate_count)
-    FROM (SELECT lim.type, u.key, lim.at, lim.key_rate_count, lim.key_rate_period,
+    FROM (SELECT lim.type, lim.lane, u.key, lim.at, lim.key_rate_count, lim.key_rate_period,
                  lim.key_rate_burst,
                  coalesce((lim.key_tokens ->> u.key)::float8, lim.key_rate_burst) - count(*)
                      AS left_over
@@ -314,8 +317,8 @@ WITH paused AS (
           CROSS JOIN LATERAL (SELECT coalesce(upd.concurrency_key,
                                               upd.payload ->> lim.key_field, '') AS key) AS u
           WHERE upd.id NOT IN (SELECT id FROM expired)
-          GROUP BY 1, 2, 3, 4, 5, 6, lim.key_tokens) AS s
-    ON CONFLICT (type, key) DO UPDATE SET
+          GROUP BY 1, 2, 3, 4, 5, 6, 7, lim.key_tokens) AS s
+    ON CONFLICT (type, lane, key) DO UPDATE SET
         tokens = excluded.tokens, refilled_at = excluded.refilled_at, full_at = excluded.full_at
 )
 SELECT id, type, payload, priority, run_at, attempts, request_id, idempotency_key,
@@ -411,7 +414,10 @@ WITH paused AS (
         lease_until = now() + %(lease_ms)s * interval '1 millisecond',
         lease_ms = %(lease_ms)s,
         claimed_by = %(worker)s,
-        claimed_at = now()
+        claimed_at = now(),
+        -- no lane: untyped claims take no limited type's ready jobs (one taken back keeps
+        -- its lane)
+        limit_lane = CASE WHEN state = 'claimed' THEN limit_lane END
     WHERE id = ANY((ARRAY(SELECT id FROM expired) || ARRAY(SELECT id FROM ready))[1:%(limit)s])
     RETURNING *
 ), ev AS (
@@ -632,7 +638,9 @@ WITH target AS (
         lease_until = now() + %(lease_ms)s * interval '1 millisecond',
         lease_ms = %(lease_ms)s,
         claimed_by = %(worker)s,
-        claimed_at = now()
+        claimed_at = now(),
+        limit_lane = CASE WHEN cur.state = 'claimed' THEN j.limit_lane
+                          ELSE (SELECT lim.lane FROM lim) END
     FROM cur WHERE j.id = cur.id
     RETURNING j.*, cur.state = 'claimed' AS recovered
 ), ev AS (
@@ -641,11 +649,13 @@ WITH target AS (
            request_id, attempts, claimed_by
     FROM upd
 ), spent AS (
-    UPDATE {limits} AS l SET tokens = lim.tokens - 1, refilled_at = lim.at
-    FROM lim, upd WHERE l.type = lim.type AND lim.tokens IS NOT NULL AND NOT upd.recovered
+    UPDATE {limit_lanes} AS n SET tokens = lim.tokens - 1, refilled_at = lim.at
+    FROM lim, upd
+    WHERE n.type = lim.type AND n.lane = lim.lane AND lim.tokens IS NOT NULL
+      AND NOT upd.recovered
 ), spent_keys AS (
-    INSERT INTO {limit_keys} AS k (type, key, tokens, refilled_at, full_at)
-    SELECT lim.type, u.key, u.left_over, lim.at,
+    INSERT INTO {limit_keys} AS k (type, lane, key, tokens, refilled_at, full_at)
+    SELECT lim.type, lim.lane, u.key, u.left_over, lim.at,
            lim.at + lim.key_rate_period * ((lim.key_rate_burst - u.left_over)
                                            / lim.key_rate_count)
     FROM upd JOIN lim ON lim.type = upd.type AND lim.key_rate_count IS NOT NULL
@@ -655,7 +665,7 @@ WITH target AS (
         SELECT k0.key, coalesce((lim.key_tokens ->> k0.key)::float8, lim.key_rate_burst) - 1
                    AS left_over) AS u
     WHERE NOT upd.recovered
-    ON CONFLICT (type, key) DO UPDATE SET
+    ON CONFLICT (type, lane, key) DO UPDATE SET
         tokens = excluded.tokens, refilled_at = excluded.refilled_at, full_at = excluded.full_at
 )
 SELECT id, type, payload, priority, run_at, attempts, request_id, idempotency_key,
@@ -1054,9 +1064,14 @@ RETURNING id, pg_notify({channel}, 'drain')::text
 
 -- limit_register --
 -- A runner records the limits of the tasks it serves as it starts (jobq_core/limits.py): the
--- claims read them from here, whichever runner claims. A changed rate starts with a full
--- bucket; an unchanged one keeps its tokens. Returns the definition each replaced, if it
--- differed (runners of two versions of a task disagree; the newest to start wins).
+-- claims read them from here, whichever runner claims. Returns the definition each replaced,
+-- if it differed (runners of two versions of a task disagree; the newest to start wins).
+--
+-- A type's lanes (limits_function) are remade only when their number or the rate changed, under
+-- the locks of all of them, taken in lane order as claims take them. A new type's buckets
+-- start empty: a claim whose snapshot predates the rows could not spend from them. A changed
+-- rate starts full. An unchanged rate over a new number of lanes shares out the tokens its
+-- lanes held. A per-key rate's buckets start full again when its lanes or the rate changed.
 WITH given AS (
     SELECT * FROM unnest(%(types)s::text[], %(global)s::int[], %(key_limit)s::int[],
                          %(key_field)s::text[], %(rate_count)s::int[],
@@ -1067,16 +1082,16 @@ WITH given AS (
              rate_burst, key_rate_count, key_rate_period, key_rate_burst)
 ), before AS (
     SELECT l.* FROM {limits} AS l JOIN given USING (type) ORDER BY l.type FOR UPDATE OF l
+), lanes_before AS (
+    SELECT n.*, clock_timestamp() AS clock FROM {limit_lanes} AS n
+    WHERE n.type IN (SELECT type FROM given)
+    ORDER BY n.type, n.lane FOR UPDATE
 ), saved AS (
-    -- A new row starts with an empty bucket: a claim whose snapshot predates the row could
-    -- not spend from it. A changed rate starts full: every claim sees some version of the row.
     INSERT INTO {limits} AS l (type, global_concurrency, key_concurrency, key_field,
-                               rate_count, rate_period, rate_burst, tokens, refilled_at,
-                               key_rate_count, key_rate_period, key_rate_burst,
-                               registered_by)
+                               rate_count, rate_period, rate_burst, key_rate_count,
+                               key_rate_period, key_rate_burst, registered_by)
     SELECT type, global_concurrency, key_concurrency, key_field, rate_count, rate_period,
-           rate_burst, 0, clock_timestamp(), key_rate_count, key_rate_period, key_rate_burst,
-           %(by)s
+           rate_burst, key_rate_count, key_rate_period, key_rate_burst, %(by)s
     FROM given ORDER BY type
     ON CONFLICT (type) DO UPDATE SET
         global_concurrency = excluded.global_concurrency,
@@ -1088,16 +1103,45 @@ WITH given AS (
         key_rate_count = excluded.key_rate_count,
         key_rate_period = excluded.key_rate_period,
         key_rate_burst = excluded.key_rate_burst,
-        tokens = CASE WHEN (l.rate_count, l.rate_period, l.rate_burst)
-                           IS NOT DISTINCT FROM
-                           (excluded.rate_count, excluded.rate_period, excluded.rate_burst)
-                      THEN l.tokens ELSE coalesce(excluded.rate_burst, 0) END,
-        refilled_at = CASE WHEN (l.rate_count, l.rate_period, l.rate_burst)
-                                IS NOT DISTINCT FROM
-                                (excluded.rate_count, excluded.rate_period, excluded.rate_burst)
-                           THEN l.refilled_at ELSE excluded.refilled_at END,
         registered_at = now(),
         registered_by = excluded.registered_by
+    RETURNING l.*
+), remade AS (
+    -- the types whose lanes are remade, with the tokens their old lanes hold now
+    SELECT s.type, s.lanes, s.rate_burst, b.type IS NULL AS new,
+           (b.rate_count, b.rate_period, b.rate_burst)
+               IS DISTINCT FROM (s.rate_count, s.rate_period, s.rate_burst) AS new_rate,
+           (b.key_rate_count, b.key_rate_period, b.key_rate_burst, b.lanes)
+               IS DISTINCT FROM (s.key_rate_count, s.key_rate_period, s.key_rate_burst,
+                                 s.lanes) AS new_key_rate,
+           (SELECT sum(least(b.rate_burst::float8 / b.lanes, o.tokens
+                             + b.rate_count::float8 / b.lanes
+                               * greatest(0, extract(epoch FROM o.clock - o.refilled_at))
+                               / extract(epoch FROM b.rate_period)))
+            FROM lanes_before AS o WHERE o.type = s.type) AS held
+    FROM saved AS s LEFT JOIN before AS b USING (type)
+    WHERE b.type IS NULL OR b.lanes <> s.lanes
+       OR (b.rate_count, b.rate_period, b.rate_burst)
+          IS DISTINCT FROM (s.rate_count, s.rate_period, s.rate_burst)
+       OR (b.key_rate_count, b.key_rate_period, b.key_rate_burst)
+          IS DISTINCT FROM (s.key_rate_count, s.key_rate_period, s.key_rate_burst)
+), lanes AS (
+    INSERT INTO {limit_lanes} AS n (type, lane, tokens, refilled_at)
+    SELECT r.type, g.lane,
+           CASE WHEN r.new OR r.rate_burst IS NULL THEN 0
+                WHEN r.new_rate THEN r.rate_burst / r.lanes + (g.lane < mod(r.rate_burst, r.lanes))::int
+                ELSE least(r.rate_burst / r.lanes + (g.lane < mod(r.rate_burst, r.lanes))::int,
+                           coalesce(r.held, 0) / r.lanes) END,
+           clock_timestamp()
+    FROM remade AS r CROSS JOIN LATERAL generate_series(0, r.lanes - 1) AS g(lane)
+    ORDER BY r.type, g.lane
+    ON CONFLICT (type, lane) DO UPDATE SET
+        tokens = excluded.tokens, refilled_at = excluded.refilled_at
+), lanes_gone AS (
+    DELETE FROM {limit_lanes} AS n USING remade AS r
+    WHERE n.type = r.type AND n.lane >= r.lanes
+), keys_gone AS (
+    DELETE FROM {limit_keys} AS k USING remade AS r WHERE k.type = r.type AND r.new_key_rate
 )
 SELECT b.type, b.global_concurrency, b.key_concurrency, b.key_field, b.rate_count,
        b.rate_period, b.rate_burst, b.key_rate_count, b.key_rate_period, b.key_rate_burst,
@@ -1112,8 +1156,10 @@ WHERE (b.global_concurrency, b.key_concurrency, b.key_field, b.rate_count, b.rat
 
 -- limit_remove --
 -- An operator removes a type's limits (a runner serving the type with limits records them
--- again when it starts), and its keys' buckets.
-WITH keys AS (
+-- again when it starts), their lanes and its keys' buckets.
+WITH lanes AS (
+    DELETE FROM {limit_lanes} WHERE type = %(type)s
+), keys AS (
     DELETE FROM {limit_keys} WHERE type = %(type)s
 )
 DELETE FROM {limits} WHERE type = %(type)s RETURNING type
@@ -1125,12 +1171,16 @@ DELETE FROM {limits} WHERE type = %(type)s RETURNING type
 -- locks nothing, so it may lag a claim in flight.
 SELECT l.type, l.global_concurrency, l.key_concurrency, l.key_field, l.rate_count,
        l.rate_period, l.rate_burst, l.key_rate_count, l.key_rate_period, l.key_rate_burst,
-       u.in_use, u.keys_in_use, u.busiest,
-       CASE WHEN l.rate_count IS NOT NULL THEN least(l.rate_burst::float8, l.tokens
-            + l.rate_count * extract(epoch FROM clock_timestamp() - l.refilled_at)
-              / extract(epoch FROM l.rate_period)) END,
-       l.registered_at, l.registered_by
+       u.in_use, u.keys_in_use, u.busiest, t.tokens, l.registered_at, l.registered_by
 FROM {limits} AS l
+CROSS JOIN LATERAL (
+    -- the tokens of the rate's lanes now
+    SELECT sum(least(l.rate_burst / l.lanes + (n.lane < mod(l.rate_burst, l.lanes))::int,
+                     n.tokens + l.rate_count::float8 / l.lanes
+                       * greatest(0, extract(epoch FROM clock_timestamp() - n.refilled_at))
+                       / extract(epoch FROM l.rate_period))) AS tokens
+    FROM {limit_lanes} AS n WHERE l.rate_count IS NOT NULL AND n.type = l.type
+) AS t
 CROSS JOIN LATERAL (
     SELECT coalesce(sum(n), 0)::int AS in_use, count(*)::int AS keys_in_use,
            coalesce(max(n), 0)::int AS busiest
@@ -2420,75 +2470,230 @@ CREATE INDEX IF NOT EXISTS {limit_keys_idx} ON {limit_keys} (type, full_at)
 ALTER TABLE {jobs} ADD COLUMN IF NOT EXISTS concurrency_key text
 
 
+-- limit_lanes_table --
+-- Version 11: each limited type's limits split into lanes, so that claims of the type do not
+-- wait for each other: a claim locks one lane's row (limits_function) until it commits, and
+-- starts jobs within that lane's share. Lane n of a type's `lanes` holds a `lanes`-th of each
+-- limit, the remainders going to the first lanes, and of the rate: its own token bucket.
+CREATE TABLE IF NOT EXISTS {limit_lanes} (
+        type text NOT NULL,
+        lane smallint NOT NULL,
+        tokens double precision NOT NULL DEFAULT 0,
+        refilled_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (type, lane)
+    )
+
+
+-- limits_lanes --
+-- How many lanes a type's limits have: up to 8 claims of the type at once, each lane with a
+-- share of at least 4 of every limit, as a claim starts jobs from one lane only (a limit of 5
+-- keeps one lane: a small limit binds anyway, and one claim may take all of it).
+ALTER TABLE {limits} ADD COLUMN IF NOT EXISTS lanes smallint NOT NULL
+    GENERATED ALWAYS AS (greatest(1, least(8, global_concurrency / 4, key_concurrency / 4,
+                                           rate_burst / 4, key_rate_burst / 4))) STORED
+
+
+-- limits_lanes_fill --
+-- The lanes of the limits that version 10 registered, sharing their buckets' tokens.
+INSERT INTO {limit_lanes} (type, lane, tokens, refilled_at)
+SELECT l.type, n, l.tokens / l.lanes, l.refilled_at
+FROM {limits} AS l CROSS JOIN generate_series(0, l.lanes - 1) AS n
+ON CONFLICT DO NOTHING
+
+
+-- limits_drop_tokens --
+-- The buckets are the lanes' now.
+ALTER TABLE {limits} DROP COLUMN IF EXISTS tokens, DROP COLUMN IF EXISTS refilled_at
+
+
+-- limit_keys_empty --
+-- Version 11: a per-key rate's buckets are per lane. Those filling are dropped (full again):
+-- a key's tokens cannot be told apart by lane.
+DELETE FROM {limit_keys}
+
+
+-- limit_keys_lane --
+-- The lane of a key's bucket, in its primary key (the table kept, with its grants; empty,
+-- so the column needs no default).
+ALTER TABLE {limit_keys}
+    ADD COLUMN IF NOT EXISTS lane smallint NOT NULL,
+    DROP CONSTRAINT IF EXISTS {limit_keys_pkey},
+    ADD CONSTRAINT {limit_keys_pkey} PRIMARY KEY (type, lane, key)
+
+
+-- limit_keys_index_drop --
+-- Version 10's index of filling buckets, without the lane.
+DROP INDEX IF EXISTS {limit_keys_idx}
+
+
+-- limit_keys_lanes_index --
+-- The keys of a type's lane whose buckets are filling.
+CREATE INDEX IF NOT EXISTS {limit_keys_lane_idx} ON {limit_keys} (type, lane, full_at)
+
+
+-- jobs_limit_lane --
+-- The lane whose share a claimed job of a limited type holds (no default: adding the column
+-- rewrites nothing). A job taken back from a dead holder keeps it.
+ALTER TABLE {jobs} ADD COLUMN IF NOT EXISTS limit_lane smallint
+
+
+-- limits_function_drop --
+-- Version 10's function, whose result had no lane.
+DROP FUNCTION IF EXISTS {limits_fn}(text[])
+
+
+-- lane_function --
+-- What one lane of a type leaves free, for a claim that holds the lane's lock: its share of
+-- each limit, less what it holds. What is in use is counted by a query of its own: a VOLATILE
+-- function's query sees what committed before it began, so it sees the claims that held the
+-- lane before, which the calling statement's older snapshot cannot. A lane's jobs are the
+-- claimed jobs of the type in it, expired leases included (their slots pass to whoever takes
+-- them back), and the claimed jobs in no current lane (claimed before the limit, or in a lane
+-- that a smaller limit dropped), which count against every lane: the shares add up to the
+-- limit, so the limit holds. The lane's keys whose buckets are full again lose their rows
+-- first (each claim of the lane keeps it so).
+--
+-- Returns the type; its lane; `cap`, how many jobs may start (the lane's free slots, and its
+-- whole tokens), NULL for no such limit; the lane's share of the key limit, the key field,
+-- the keys in use in the lane with their counts, and those that are full (no slot, or no whole
+-- token of a per-key rate); the lane's tokens now, with the clock read; and the tokens of each
+-- key whose bucket in the lane is filling, with the lane's share of the per-key rate.
+CREATE OR REPLACE FUNCTION {lane_fn}(of_type text, of_lane smallint)
+RETURNS TABLE (type text, lane smallint, cap integer, key_limit integer, key_field text,
+               key_used jsonb, full_keys text[], tokens double precision, at timestamptz,
+               key_tokens jsonb, key_rate_count double precision, key_rate_period interval,
+               key_rate_burst integer)
+LANGUAGE sql VOLATILE AS $fn$
+DELETE FROM {limit_keys} AS k
+WHERE k.type = of_type AND k.lane = of_lane AND k.full_at <= clock_timestamp();
+
+SELECT l.type, n.lane,
+       CASE WHEN l.global_concurrency IS NOT NULL OR b.tokens IS NOT NULL THEN
+           greatest(0, least(s.global_concurrency - u.in_use, floor(b.tokens)::integer)) END,
+       s.key_concurrency, l.key_field, u.key_used,
+       CASE WHEN l.key_concurrency IS NOT NULL OR l.key_rate_count IS NOT NULL THEN
+           ARRAY(SELECT e.k FROM jsonb_each_text(u.key_used) AS e(k, n)
+                 WHERE e.n::integer >= s.key_concurrency
+                 UNION
+                 SELECT e.k FROM jsonb_each_text(kt.key_tokens) AS e(k, t)
+                 WHERE e.t::float8 < 1) END,
+       b.tokens, c.clock, kt.key_tokens, l.key_rate_count::float8 / l.lanes,
+       l.key_rate_period, s.key_rate_burst
+FROM {limits} AS l
+JOIN {limit_lanes} AS n ON n.type = l.type AND n.lane = of_lane
+CROSS JOIN (SELECT clock_timestamp() AS clock) AS c
+CROSS JOIN LATERAL (
+    -- the lane's share of each limit: a lanes-th, and one more for the first lanes
+    SELECT l.global_concurrency / l.lanes
+               + (n.lane < mod(l.global_concurrency, l.lanes))::int AS global_concurrency,
+           l.key_concurrency / l.lanes
+               + (n.lane < mod(l.key_concurrency, l.lanes))::int AS key_concurrency,
+           l.rate_burst / l.lanes + (n.lane < mod(l.rate_burst, l.lanes))::int AS rate_burst,
+           l.key_rate_burst / l.lanes
+               + (n.lane < mod(l.key_rate_burst, l.lanes))::int AS key_rate_burst
+) AS s
+CROSS JOIN LATERAL (
+    -- claimed jobs by key only for a key limit: reading a key may read the payload
+    SELECT coalesce(sum(k.n), 0)::integer AS in_use,
+           coalesce(jsonb_object_agg(k.key, k.n) FILTER (WHERE k.key IS NOT NULL), '{{}}')
+               AS key_used
+    FROM (SELECT CASE WHEN l.key_concurrency IS NOT NULL
+                      THEN coalesce(j.concurrency_key, j.payload ->> l.key_field, '')
+                 END AS key,
+                 count(*) AS n
+          FROM {jobs} AS j
+          WHERE j.state = 'claimed' AND j.type = l.type
+            AND (j.limit_lane IS NULL OR j.limit_lane = n.lane OR j.limit_lane >= l.lanes)
+          GROUP BY 1) AS k
+) AS u
+CROSS JOIN LATERAL (
+    SELECT CASE WHEN l.rate_count IS NOT NULL THEN
+               least(s.rate_burst::float8, n.tokens + l.rate_count::float8 / l.lanes
+                     * greatest(0, extract(epoch FROM c.clock - n.refilled_at))
+                     / extract(epoch FROM l.rate_period)) END AS tokens
+) AS b
+CROSS JOIN LATERAL (
+    SELECT coalesce(jsonb_object_agg(k.key, least(s.key_rate_burst::float8, k.tokens
+               + l.key_rate_count::float8 / l.lanes
+                 * greatest(0, extract(epoch FROM c.clock - k.refilled_at))
+                 / extract(epoch FROM l.key_rate_period))), '{{}}') AS key_tokens
+    FROM {limit_keys} AS k
+    WHERE l.key_rate_count IS NOT NULL AND k.type = l.type AND k.lane = n.lane
+      AND k.full_at > c.clock
+) AS kt
+WHERE l.type = of_type
+$fn$
+
+
 -- limits_function --
--- What limits leave free for a claim of these types. The types' rows are locked first, in
--- type order, until the claim commits: claims of a limited type follow each other. Then a
--- query of its own counts what is in use: a VOLATILE function's query sees what committed
--- before it began, so it sees the claims that held the lock before, which the calling
--- statement's older snapshot cannot. Per type: `cap`, how many jobs may start (slots free,
--- and whole tokens), NULL for no such limit; the key limit, its field, the keys in use with
--- their counts, and those that are full (no slot, or no whole token of a per-key rate); the
--- rate's tokens now, with the clock read; and the tokens of each key whose bucket is filling,
--- with the per-key rate.
-CREATE OR REPLACE FUNCTION {limits_fn}(types text[])
-RETURNS TABLE (type text, cap integer, key_limit integer, key_field text, key_used jsonb,
-               full_keys text[], tokens double precision, at timestamptz,
-               key_tokens jsonb, key_rate_count integer, key_rate_period interval,
+-- What limits leave free for a claim of these types: per type, a lane it locked, and what
+-- that lane leaves free ({lane_fn}). The types go in name order; each type's lanes are tried
+-- in order, each locked without waiting (SKIP LOCKED), and the first with room and no full key
+-- is kept; failing that, the tried lane with room and the fewest full keys (a key's share in
+-- one lane may be used up while another lane has room for it). The lanes tried stay locked,
+-- and others pass them by. Only when every lane of a type is locked does the claim wait, for
+-- one lane picked by its backend's pid. Locks are thus taken in (type, lane) order, as
+-- limit_register takes them, so claims and registrations never deadlock. A type whose lanes
+-- are all gone (its limits changed under the claim) gets a `cap` of 0.
+CREATE FUNCTION {limits_fn}(types text[])
+RETURNS TABLE (type text, lane smallint, cap integer, key_limit integer, key_field text,
+               key_used jsonb, full_keys text[], tokens double precision, at timestamptz,
+               key_tokens jsonb, key_rate_count double precision, key_rate_period interval,
                key_rate_burst integer)
 LANGUAGE plpgsql VOLATILE AS $fn$
 #variable_conflict use_column
 DECLARE
-    clock timestamptz;
+    limited record;
+    candidate smallint;
+    best smallint;
+    fewest integer;
 BEGIN
-    PERFORM FROM {limits} AS l WHERE l.type = ANY(types) ORDER BY l.type FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN;
-    END IF;
-    clock := clock_timestamp();
-    -- keys whose buckets are full again need no row (each claim of the type keeps it so)
-    DELETE FROM {limit_keys} AS k USING {limits} AS l
-    WHERE l.type = ANY(types) AND l.key_rate_count IS NOT NULL AND k.type = l.type
-      AND k.full_at <= clock;
-    RETURN QUERY
-    SELECT l.type,
-           CASE WHEN l.global_concurrency IS NOT NULL OR b.tokens IS NOT NULL THEN
-               greatest(0, least(l.global_concurrency - u.in_use,
-                                 floor(b.tokens)::integer)) END,
-           l.key_concurrency, l.key_field, u.key_used,
-           CASE WHEN l.key_concurrency IS NOT NULL OR l.key_rate_count IS NOT NULL THEN
-               ARRAY(SELECT k FROM jsonb_each_text(u.key_used) AS e(k, n)
-                     WHERE n::integer >= l.key_concurrency
-                     UNION
-                     SELECT k FROM jsonb_each_text(kt.key_tokens) AS e(k, t)
-                     WHERE t::float8 < 1) END,
-           b.tokens, clock, kt.key_tokens, l.key_rate_count, l.key_rate_period,
-           l.key_rate_burst
-    FROM {limits} AS l
-    CROSS JOIN LATERAL (
-        -- claimed jobs by key only for a key limit: reading a key may read the payload
-        SELECT coalesce(sum(n), 0)::integer AS in_use,
-               coalesce(jsonb_object_agg(key, n) FILTER (WHERE key IS NOT NULL), '{{}}')
-                   AS key_used
-        FROM (SELECT CASE WHEN l.key_concurrency IS NOT NULL
-                          THEN coalesce(j.concurrency_key, j.payload ->> l.key_field, '')
-                     END AS key,
-                     count(*) AS n
-              FROM {jobs} AS j WHERE j.state = 'claimed' AND j.type = l.type
-              GROUP BY 1) AS k
-    ) AS u
-    CROSS JOIN LATERAL (
-        SELECT CASE WHEN l.rate_count IS NOT NULL THEN
-                   least(l.rate_burst::float8, l.tokens + l.rate_count
-                         * greatest(0, extract(epoch FROM clock - l.refilled_at))
-                         / extract(epoch FROM l.rate_period)) END AS tokens
-    ) AS b
-    CROSS JOIN LATERAL (
-        SELECT coalesce(jsonb_object_agg(k.key, least(l.key_rate_burst::float8, k.tokens
-                   + l.key_rate_count * greatest(0, extract(epoch FROM clock - k.refilled_at))
-                     / extract(epoch FROM l.key_rate_period))), '{{}}') AS key_tokens
-        FROM {limit_keys} AS k
-        WHERE l.key_rate_count IS NOT NULL AND k.type = l.type AND k.full_at > clock
-    ) AS kt
-    WHERE l.type = ANY(types);
+    FOR limited IN
+        SELECT l.type AS name, l.lanes FROM {limits} AS l WHERE l.type = ANY(types)
+        ORDER BY l.type
+    LOOP
+        type := NULL;
+        best := NULL;
+        <<passes>>
+        FOR pass IN 1..2 LOOP
+            IF pass = 2 THEN
+                -- every lane was locked: wait for one (a lane this claim then holds is not
+                -- skipped), and try again
+                PERFORM FROM {limit_lanes} AS n
+                WHERE n.type = limited.name AND n.lane = mod(pg_backend_pid(), limited.lanes)
+                FOR UPDATE;
+            END IF;
+            FOR candidate IN
+                SELECT n.lane FROM {limit_lanes} AS n WHERE n.type = limited.name
+                ORDER BY n.lane FOR UPDATE SKIP LOCKED
+            LOOP
+                SELECT * INTO type, lane, cap, key_limit, key_field, key_used, full_keys,
+                              tokens, at, key_tokens, key_rate_count, key_rate_period,
+                              key_rate_burst
+                FROM {lane_fn}(limited.name, candidate);
+                CONTINUE WHEN cap = 0;
+                EXIT passes WHEN coalesce(cardinality(full_keys), 0) = 0;
+                IF best IS NULL OR cardinality(full_keys) < fewest THEN
+                    best := candidate;
+                    fewest := cardinality(full_keys);
+                END IF;
+            END LOOP;
+            IF best IS NOT NULL AND best IS DISTINCT FROM lane THEN
+                SELECT * INTO type, lane, cap, key_limit, key_field, key_used, full_keys,
+                              tokens, at, key_tokens, key_rate_count, key_rate_period,
+                              key_rate_burst
+                FROM {lane_fn}(limited.name, best);
+            END IF;
+            -- lanes tried: the best of them, or the last, full (the limit is reached)
+            EXIT WHEN type IS NOT NULL;
+        END LOOP;
+        IF type IS NULL THEN
+            -- no lane to be had (the limits changed under this claim): nothing starts
+            type := limited.name;
+            lane := NULL;
+            cap := 0;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
 END
 $fn$

@@ -396,6 +396,7 @@ class TaskRunner:
         await wait_for(state.registered, state.heartbeat_interval)
         if not await self._register_limits(parts):
             return
+        limited = any(task.limits is not None for task in state.tasks.values())
         while not state.stop.is_set():
             free = state.free_slots()
             wake.clear()
@@ -423,6 +424,8 @@ class TaskRunner:
                 attempt.add_done_callback(state.slot_freed)
             if len(jobs) == free:
                 continue  # there may be more: claim again as soon as a slot frees
+            if jobs and limited:
+                continue  # a claim starts jobs from one lane of a limit: others may have room
             # A wake during the claim (a NOTIFY, or a limited job's slot given back while the
             # claim counted it as taken) says that a claim now may find what this one did not.
             if (state.until_idle and not jobs and not state.running

@@ -39,6 +39,8 @@ MIGRATIONS: list[tuple[int, str, Callable[[Statements, str | None], list[bytes]]
      lambda st, legacy: st.migration(9)),
     (10, "fleet-wide limits: per type, per key and by rate; snoozed jobs",
      lambda st, legacy: st.migration(10)),
+    (11, "limits in lanes, so that claims of a limited type need not wait for each other",
+     lambda st, legacy: st.migration(11)),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

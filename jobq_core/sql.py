@@ -108,6 +108,7 @@ class Names:
             schedules=self.ident("_schedules"),
             limits=self.ident("_limits"),
             limit_keys=self.ident("_limit_keys"),
+            limit_lanes=self.ident("_limit_lanes"),
             keys=self.ident("_keys"),
             events_default=self.ident("_events_default"),
             events_legacy=self.ident("_events_legacy"),
@@ -116,6 +117,7 @@ class Names:
             retire_fn=self.ident("_events_retire"),
             free_keys_fn=self.ident("_events_free_keys"),
             limits_fn=self.ident("_limits_free"),
+            lane_fn=self.ident("_limits_lane"),
             # names as text, for regclass casts inside PL/pgSQL
             jobs_text=sql.Literal(self.regclass()),
             events_text=sql.Literal(self.regclass("_events")),
@@ -148,6 +150,8 @@ _LOCAL_NAMES = {
     "lease_type_idx": "_lease_type_idx",
     "ev_event_check": "_events_event_check",
     "limit_keys_idx": "_limit_keys_full_idx",
+    "limit_keys_lane_idx": "_limit_keys_lane_full_idx",
+    "limit_keys_pkey": "_limit_keys_pkey",
 }
 
 # --- schema: each version's statements, by their names in queries.sql, in order ---------
@@ -181,7 +185,11 @@ MIGRATION_STEPS: dict[int, tuple[str, ...]] = {
     9: ("schedules_table",),
     # the snoozed event
     10: ("limits_table", "limit_keys_table", "limit_keys_index", "jobs_concurrency_key",
-         "limits_function", "events_event_check"),
+         "events_event_check"),
+    11: ("limit_lanes_table", "limits_lanes", "limits_lanes_fill", "limits_drop_tokens",
+         "limit_keys_empty", "limit_keys_lane", "limit_keys_index_drop",
+         "limit_keys_lanes_index",
+         "jobs_limit_lane", "limits_function_drop", "lane_function", "limits_function"),
 }
 
 # An upgrade builds the indexes of its migrations CONCURRENTLY first, outside the

@@ -36,7 +36,7 @@ def backdate(db: psycopg.Connection[Any], job_id: int, **columns: str) -> None:
 #: the rates, which some tests leave out.
 WRITE_ALL = ("SELECT, INSERT, UPDATE, DELETE ON svti_jobs, svti_jobs_events, svti_jobs_keys, "
              "svti_jobs_pauses, svti_jobs_workers, svti_jobs_schedules, svti_jobs_limits, "
-             "svti_jobs_limit_keys")
+             "svti_jobs_limit_keys, svti_jobs_limit_lanes")
 
 
 @contextmanager

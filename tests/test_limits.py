@@ -147,7 +147,7 @@ def test_an_untyped_claim_leaves_limited_types_to_typed_claims(dsn: str) -> None
 def test_an_inline_claim_keeps_the_limits(dsn: str, db: psycopg.Connection[Any]) -> None:
     with JobQueue(dsn) as queue:
         limited(queue, global_concurrency=1, rate_limit="2/h")
-        db.execute("UPDATE svti_jobs_limits SET tokens = 2")  # a new bucket starts empty
+        db.execute("UPDATE svti_jobs_limit_lanes SET tokens = 2")  # a new bucket starts empty
         first, second, third = (queue.enqueue("charge") for _ in range(3))
         assert queue.claim_by_id(first) is not None
         assert queue.claim_by_id(second) is None  # the slot is taken
@@ -158,15 +158,23 @@ def test_an_inline_claim_keeps_the_limits(dsn: str, db: psycopg.Connection[Any])
         assert Admin(queue).limits()[0].tokens == pytest.approx(0, abs=0.01)
 
 
+@pytest.mark.parametrize(("global_limit", "key_limit", "reached"), [
+    # one lane each: the limits are reached exactly
+    (3, 1, (3, 1)),
+    # 4 lanes of 4, and 2 lanes of 4 per key: more than one lane's share at once (the
+    # threads hold too few jobs of one tenant at once to fill a lane's share of 4 often)
+    (16, 8, (5, 3)),
+])
 def test_concurrent_claimers_never_exceed_a_limit_of_any_kind(
-    dsn: str, db: psycopg.Connection[Any]
+    dsn: str, db: psycopg.Connection[Any], global_limit: int, key_limit: int,
+    reached: tuple[int, int]
 ) -> None:
     """Eight threads claim three types at once, in batches of 5, and complete as fast as
-    they can: a global limit of 3, a key limit of 1 per tenant (3 tenants), and a type with
-    none. After every claim, the claimed jobs the database holds are within the limits."""
+    they can: a global limit, a key limit per tenant (3 tenants), and a type with none.
+    After every claim, the claimed jobs the database holds are within the limits."""
     with JobQueue(dsn, max_connections=10) as queue:
-        limited(queue, global_concurrency=3)
-        limited(queue, "sync", key_concurrency=1, concurrency_key="tenant")
+        limited(queue, global_concurrency=global_limit)
+        limited(queue, "sync", key_concurrency=key_limit, concurrency_key="tenant")
         queue.enqueue_many([NewJob("charge", {"n": n}) for n in range(200)]
                            + [NewJob("sync", {"tenant": f"t{n % 3}"}) for n in range(200)]
                            + [NewJob("free", {"n": n}) for n in range(200)])
@@ -200,8 +208,36 @@ def test_concurrent_claimers_never_exceed_a_limit_of_any_kind(
         for t in threads:
             t.join(120)
         assert db.execute("SELECT count(*) FROM svti_jobs").fetchone() == (0,)
-        assert max(r[0] for r in seen) == 3 and max(r[1] for r in seen) == 1
+        assert max(r[0] for r in seen) <= global_limit
+        assert max(r[1] for r in seen) <= key_limit
+        assert max(r[0] for r in seen) >= reached[0] and max(r[1] for r in seen) >= reached[1]
         assert max(r[2] for r in seen) > 3  # the type with no limit is not held back
+
+
+def test_a_limits_lanes_add_up_to_it_and_a_job_in_no_lane_counts_in_every_lane(
+    dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    """A limit of 16 has 4 lanes of 4, and a claim starts jobs from one lane: claims of 10
+    take 4 each until the limit is reached. Jobs claimed before the limit existed hold no
+    lane, and count against every lane's share, so the limit still holds."""
+    with JobQueue(dsn) as queue:
+        queue.enqueue_many([NewJob("charge", {"n": n}) for n in range(40)])
+        early = queue.claim_many(3, types=["charge"])
+        limited(queue, global_concurrency=16)
+        assert db.execute("SELECT lanes FROM svti_jobs_limits").fetchone() == (4,)
+        assert [len(queue.claim_many(10, types=["charge"])) for _ in range(5)] == [
+            1, 1, 1, 1, 0]
+        queue.complete_many(early)
+        assert [len(queue.claim_many(10, types=["charge"])) for _ in range(5)] == [
+            3, 3, 3, 3, 0]
+        lanes = db.execute("SELECT limit_lane, count(*) FROM svti_jobs WHERE state = "
+                           "'claimed' GROUP BY 1 ORDER BY 1").fetchall()
+        assert lanes == [(0, 4), (1, 4), (2, 4), (3, 4)]
+        assert Admin(queue).limits()[0].in_use == 16
+        # a key whose share in one lane is used up takes the other lane's
+        limited(queue, "sync", key_concurrency=8, concurrency_key="tenant")
+        queue.enqueue_many([NewJob("sync", {"tenant": "a"}) for _ in range(20)])
+        assert [len(queue.claim_many(10, types=["sync"])) for _ in range(3)] == [4, 4, 0]
 
 
 def test_a_new_rate_starts_empty_and_a_changed_one_full(dsn: str,
@@ -212,8 +248,9 @@ def test_a_new_rate_starts_empty_and_a_changed_one_full(dsn: str,
         limited(queue, rate_limit="10/h")
         queue.enqueue_many([NewJob("charge") for _ in range(12)])
         assert queue.claim_many(20, types=["charge"]) == []
-        db.execute("UPDATE svti_jobs_limits SET refilled_at = now() - interval '1 hour'")
-        assert len(queue.claim_many(20, types=["charge"])) == 10
+        db.execute("UPDATE svti_jobs_limit_lanes SET refilled_at = now() - interval '1 hour'")
+        # a burst of 10 has 2 lanes of 5, and a claim starts jobs from one lane
+        assert [len(queue.claim_many(20, types=["charge"])) for _ in range(3)] == [5, 5, 0]
         assert queue.register_limits({"charge": Limits(rate=parse_rate("10/h"))},
                                      by="test:2") == []
         assert queue.claim_many(20, types=["charge"]) == []  # unchanged: tokens kept
@@ -282,7 +319,7 @@ def test_jobq_limits_and_status_show_limits_and_their_use(
 ) -> None:
     with JobQueue(dsn) as queue:
         limited(queue, global_concurrency=4, rate_limit="100/h", rate_burst=20)
-        db.execute("UPDATE svti_jobs_limits SET tokens = 20")  # a new bucket starts empty
+        db.execute("UPDATE svti_jobs_limit_lanes SET tokens = 20")  # a new bucket starts empty
         limited(queue, "mail", key_concurrency=2, concurrency_key="tenant")
         queue.enqueue_many([NewJob("charge"), NewJob("mail", {"tenant": "a"})])
         queue.claim_many(5, types=["charge", "mail"])
@@ -309,7 +346,7 @@ async def test_the_console_overview_shows_each_types_limits(dsn: str) -> None:
         limited(queue, global_concurrency=2, rate_limit="5/h")
         queue.enqueue_many([NewJob("charge") for _ in range(3)])
         with psycopg.connect(dsn, autocommit=True) as db:
-            db.execute("UPDATE svti_jobs_limits SET tokens = 5")
+            db.execute("UPDATE svti_jobs_limit_lanes SET tokens = 5")
         queue.claim_many(5, types=["charge"])
     app = JobqApp(dsn, interval=0.2)
     async with app.run_test(size=(110, 32)) as pilot:

@@ -56,7 +56,8 @@ DML = ("DELETE", "INSERT", "SELECT", "UPDATE")
 WORKER_RELATION_PRIVILEGES = sorted(
     [(t, p) for t in ("svti_jobs", "svti_jobs_events", "svti_jobs_keys", "svti_jobs_rates",
                       "svti_jobs_pauses", "svti_jobs_workers", "svti_jobs_schedules",
-                      "svti_jobs_limits", "svti_jobs_limit_keys")
+                      "svti_jobs_limits", "svti_jobs_limit_keys",
+                      "svti_jobs_limit_lanes")
      for p in DML]
     + [("svti_jobs_id_seq", "USAGE"), ("svti_jobs_migrations", "SELECT")])
 

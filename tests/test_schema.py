@@ -226,7 +226,7 @@ def _as_version_6(conn: psycopg.Connection[Any]) -> None:
     unique index of `enqueued` events holds the idempotency keys."""
     conn.execute("DROP TABLE svti_jobs, svti_jobs_events, svti_jobs_keys, svti_jobs_rates, "
                  "svti_jobs_pauses, svti_jobs_workers, svti_jobs_schedules, svti_jobs_limits, "
-                 "svti_jobs_limit_keys, "
+                 "svti_jobs_limit_keys, svti_jobs_limit_lanes, "
                  "svti_jobs_migrations")
     conn.execute("DROP FUNCTION svti_jobs_events_ahead, svti_jobs_events_retire")
     st = Statements(Names.parse("svti_jobs"))
