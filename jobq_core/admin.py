@@ -290,6 +290,9 @@ class LimitRow:
     tokens: float | None
     registered_at: datetime
     registered_by: str
+    #: How many claims of the type may run at once, each within its lane's share of every
+    #: limit (the schema's `limits_lanes`).
+    lanes: int = 1
 
     @property
     def summary(self) -> str:
@@ -307,6 +310,8 @@ class LimitRow:
             parts.append(f"busiest key {self.busiest_key}/{self.key_concurrency} of {keys}")
         if self.tokens is not None and self.rate is not None:
             parts.append(f"tokens {int(self.tokens)}/{self.rate.burst}")
+        if self.lanes > 1:
+            parts.append(f"{self.lanes} lanes")
         return ", ".join(parts)
 
 
@@ -727,11 +732,11 @@ def remove_schedule(st: Statements, name: str) -> Op[None]:
 def limits(st: Statements) -> Op[list[LimitRow]]:
     found = []
     for (type_, global_c, key_c, key_field, count, period, burst, key_count, key_period,
-         key_burst, in_use, keys, busiest, tokens, registered_at,
-         registered_by) in (yield Stmt(st.limits)):
+         key_burst, in_use, keys, busiest, tokens, registered_at, registered_by,
+         lanes) in (yield Stmt(st.limits)):
         found.append(LimitRow(type_, global_c, key_c, key_field, rate_of(count, period, burst),
                               rate_of(key_count, key_period, key_burst), in_use, keys,
-                              busiest, tokens, registered_at, registered_by))
+                              busiest, tokens, registered_at, registered_by, lanes))
     return found
 
 

@@ -1167,11 +1167,12 @@ DELETE FROM {limits} WHERE type = %(type)s RETURNING type
 
 -- limits --
 -- Every type's limits, its slots in use (claimed jobs, expired leases included: their slots
--- pass to whoever takes them back), its busiest key's, and its rate's tokens now. A read: it
--- locks nothing, so it may lag a claim in flight.
+-- pass to whoever takes them back), its busiest key's, its rate's tokens now (all its lanes'),
+-- and its number of lanes. A read: it locks nothing, so it may lag a claim in flight.
 SELECT l.type, l.global_concurrency, l.key_concurrency, l.key_field, l.rate_count,
        l.rate_period, l.rate_burst, l.key_rate_count, l.key_rate_period, l.key_rate_burst,
-       u.in_use, u.keys_in_use, u.busiest, t.tokens, l.registered_at, l.registered_by
+       u.in_use, u.keys_in_use, u.busiest, t.tokens, l.registered_at, l.registered_by,
+       l.lanes
 FROM {limits} AS l
 CROSS JOIN LATERAL (
     -- the tokens of the rate's lanes now

@@ -233,7 +233,7 @@ def test_a_limits_lanes_add_up_to_it_and_a_job_in_no_lane_counts_in_every_lane(
         lanes = db.execute("SELECT limit_lane, count(*) FROM svti_jobs WHERE state = "
                            "'claimed' GROUP BY 1 ORDER BY 1").fetchall()
         assert lanes == [(0, 4), (1, 4), (2, 4), (3, 4)]
-        assert Admin(queue).limits()[0].in_use == 16
+        assert Admin(queue).limits()[0].usage == "slots 16/16, 4 lanes"
         # a key whose share in one lane is used up takes the other lane's
         limited(queue, "sync", key_concurrency=8, concurrency_key="tenant")
         queue.enqueue_many([NewJob("sync", {"tenant": "a"}) for _ in range(20)])
