@@ -2564,10 +2564,14 @@ RETURNS TABLE (type text, lane smallint, cap integer, key_limit integer, key_fie
                key_used jsonb, full_keys text[], tokens double precision, at timestamptz,
                key_tokens jsonb, key_rate_count double precision, key_rate_period interval,
                key_rate_burst integer)
-LANGUAGE sql VOLATILE AS $fn$
+LANGUAGE plpgsql VOLATILE AS $fn$
+-- PL/pgSQL, not SQL: its plans are kept for the session, where a SQL function's are made
+-- again at every call (3 ms a claim)
+BEGIN
 DELETE FROM {limit_keys} AS k
 WHERE k.type = of_type AND k.lane = of_lane AND k.full_at <= clock_timestamp();
 
+RETURN QUERY
 SELECT l.type, n.lane,
        CASE WHEN l.global_concurrency IS NOT NULL OR b.tokens IS NOT NULL THEN
            greatest(0, least(s.global_concurrency - u.in_use, floor(b.tokens)::integer)) END,
@@ -2622,7 +2626,8 @@ CROSS JOIN LATERAL (
     WHERE l.key_rate_count IS NOT NULL AND k.type = l.type AND k.lane = n.lane
       AND k.full_at > c.clock
 ) AS kt
-WHERE l.type = of_type
+WHERE l.type = of_type;
+END
 $fn$
 
 
@@ -2664,10 +2669,13 @@ BEGIN
                 WHERE n.type = limited.name AND n.lane = mod(pg_backend_pid(), limited.lanes)
                 FOR UPDATE;
             END IF;
-            FOR candidate IN
-                SELECT n.lane FROM {limit_lanes} AS n WHERE n.type = limited.name
-                ORDER BY n.lane FOR UPDATE SKIP LOCKED
+            candidate := -1;
             LOOP
+                -- one lane at a time: a FOR loop over the lanes would fetch, and lock, them all
+                SELECT n.lane INTO candidate FROM {limit_lanes} AS n
+                WHERE n.type = limited.name AND n.lane > candidate
+                ORDER BY n.lane LIMIT 1 FOR UPDATE SKIP LOCKED;
+                EXIT WHEN NOT FOUND;
                 SELECT * INTO type, lane, cap, key_limit, key_field, key_used, full_keys,
                               tokens, at, key_tokens, key_rate_count, key_rate_period,
                               key_rate_burst
