@@ -1,0 +1,42 @@
+"""Enqueue inside an SQLAlchemy 2 transaction (`pip install 'jobq[sqlalchemy]'`).
+
+With the psycopg 3 driver (`postgresql+psycopg://`) a Session's connection is a psycopg
+connection underneath; the job is written on it, in the session's transaction, so it commits
+or rolls back with your rows. It is the same path as `JobQueue.enqueue(..., conn=...)`, which
+Django's backend (`jobq_core.contrib.django`) takes too.
+
+    queue = JobQueue("postgresql://app@db/app")
+    with Session(engine) as session, session.begin():
+        session.add(Order(id=7))
+        enqueue(queue, session, "ship-order", {"order": 7})
+"""
+
+from __future__ import annotations
+
+from typing import Any, Unpack
+
+import psycopg
+from sqlalchemy import Connection
+from sqlalchemy.orm import Session
+
+from ..errors import InvalidInputError
+from ..queue import EnqueueOptions, JobQueue
+
+
+def psycopg_connection(bind: Session | Connection) -> psycopg.Connection[Any]:
+    """The psycopg connection under a Session (its transaction begins if it has not) or a
+    Connection."""
+    conn = bind.connection() if isinstance(bind, Session) else bind
+    raw = conn.connection.driver_connection
+    if not isinstance(raw, psycopg.Connection):
+        raise InvalidInputError(
+            f"enqueueing in an SQLAlchemy transaction needs the psycopg 3 driver "
+            f"(postgresql+psycopg://), not {conn.dialect.driver!r}")
+    return raw
+
+
+def enqueue(queue: JobQueue, bind: Session | Connection, type: str, payload: Any = None,
+            **options: Unpack[EnqueueOptions]) -> int:
+    """Enqueue a job in `bind`'s transaction; returns its id. Nothing is enqueued unless
+    that transaction commits."""
+    return queue.enqueue(type, payload, conn=psycopg_connection(bind), **options)
