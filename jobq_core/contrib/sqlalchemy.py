@@ -24,9 +24,11 @@ from ..queue import EnqueueOptions, JobQueue
 
 
 def psycopg_connection(bind: Session | Connection) -> psycopg.Connection[Any]:
-    """The psycopg connection under a Session (its transaction begins if it has not) or a
-    Connection."""
+    """The psycopg connection under a Session or a Connection, whose transaction begins if
+    it has not: SQLAlchemy must know of it, or its commit() would commit nothing."""
     conn = bind.connection() if isinstance(bind, Session) else bind
+    if not conn.in_transaction():
+        conn.begin()
     raw = conn.connection.driver_connection
     if not isinstance(raw, psycopg.Connection):
         raise InvalidInputError(
