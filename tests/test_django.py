@@ -87,8 +87,9 @@ def test_a_rolled_back_enqueue_enqueues_nothing(jobs: psycopg.Connection[Any]) -
         raise Rollback
     assert committed(jobs) == []
     assert not Order.objects.filter(item="tea").exists()
-    with pytest.raises(TaskResultDoesNotExist):
-        add.get_result(result.id)
+    for unknown in (result.id, "django:nothing", "9" * 30, "١٢"):
+        with pytest.raises(TaskResultDoesNotExist):
+            add.get_result(unknown)
 
 
 def test_a_committed_task_runs_and_its_result_is_reported(
@@ -153,6 +154,20 @@ def test_deferred_and_context_taking_tasks(jobs: psycopg.Connection[Any]) -> Non
     work()
     assert attempt.get_result(later.id).status == TaskResultStatus.READY
     assert attempt.get_result(now.id).return_value == {"attempt": 1, "id": now.id}
+
+
+def test_a_retried_task_keeps_its_errors(jobs: psycopg.Connection[Any]) -> None:
+    from jobq_core.contrib.django import TaskResultStatus
+    from tests.django_project.shop.tasks import flaky
+
+    result = flaky.enqueue()
+    work("retrying")  # and its retry, a second later
+    done = flaky.get_result(result.id)
+    assert (done.status, done.attempts) == (TaskResultStatus.SUCCESSFUL, 2)
+    assert done.return_value == {"attempt": 2, "status": "RUNNING",
+                                 "errors": ["builtins.ConnectionError"]}
+    assert [e.exception_class for e in done.errors] == [ConnectionError]
+    assert "the shipping service is down" in done.errors[0].traceback
 
 
 def test_on_commit_enqueues_after_the_commit_only(jobs: psycopg.Connection[Any]) -> None:

@@ -167,6 +167,9 @@ class JobqBackend(BaseTaskBackend):
             raise ImproperlyConfigured(f"TASKS[{alias!r}]: ENQUEUE must be {IN_TRANSACTION!r} "
                                        f"or {ON_COMMIT!r}, got {self.enqueue_mode!r}")
         self.max_attempts: int = options.get("MAX_ATTEMPTS", 1)
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ImproperlyConfigured(f"TASKS[{alias!r}]: MAX_ATTEMPTS must be a positive "
+                                       f"integer, got {self.max_attempts!r}")
         if not self.queues:
             raise ImproperlyConfigured(f"TASKS[{alias!r}]: QUEUES must name the queues, so "
                                        "that a worker knows which to serve")
@@ -202,14 +205,15 @@ class JobqBackend(BaseTaskBackend):
                           errors=[], worker_ids=[])
 
     def get_result(self, result_id: str) -> TaskResult[Any]:
-        job_id = int(result_id) if result_id.isdigit() else self.queue.key_holder(result_id)
-        if job_id is None:
-            raise TaskResultDoesNotExist(f"{result_id}: not enqueued (its transaction has not "
-                                         "committed, or rolled back)")
-        admin = Admin(self.queue)
         try:
+            job_id = (int(result_id) if result_id.isascii() and result_id.isdigit()
+                      else self.queue.key_holder(result_id))
+            if job_id is None:
+                raise TaskResultDoesNotExist(f"{result_id}: not enqueued (its transaction has "
+                                             "not committed, or rolled back)")
+            admin = Admin(self.queue)
             detail = admin.show(job_id)
-        except NotFoundError:
+        except (NotFoundError, InvalidInputError):
             raise TaskResultDoesNotExist(
                 f"{result_id}: no such job (or its history was cleared)") from None
         # A completed job has left the queue: its row, payload included, is in the history.

@@ -28,6 +28,12 @@ TASKS = {
         "BACKEND": "jobq_core.contrib.django.JobqBackend",
         "QUEUES": ["default", "mail"],
     },
+    # Tasks that jobq retries once.
+    "retrying": {
+        "BACKEND": "jobq_core.contrib.django.JobqBackend",
+        "QUEUES": ["retry"],
+        "OPTIONS": {"MAX_ATTEMPTS": 2},
+    },
     # As if they were elsewhere: enqueued once the transaction commits.
     "on_commit": {
         "BACKEND": "jobq_core.contrib.django.JobqBackend",

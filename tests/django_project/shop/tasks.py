@@ -33,3 +33,13 @@ def out_of_stock(item: str) -> None:
 @task(takes_context=True)
 def attempt(context: Any) -> dict[str, Any]:
     return {"attempt": context.attempt, "id": context.task_result.id}
+
+
+@task(takes_context=True, backend="retrying", queue_name="retry")
+def flaky(context: Any) -> dict[str, Any]:
+    """Fails its first attempt; the second reports what its context says of the first."""
+    if context.attempt == 1:
+        raise ConnectionError("the shipping service is down")
+    seen = context.task_result
+    return {"attempt": context.attempt, "status": seen.status,
+            "errors": [e.exception_class_path for e in seen.errors]}
