@@ -13,10 +13,11 @@ from psycopg.conninfo import conninfo_to_dict
 pytest.importorskip("sqlalchemy")
 
 from sqlalchemy import URL, Engine, String, create_engine
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from jobq_core import JobQueue
-from jobq_core.contrib.sqlalchemy import enqueue
+from jobq_core import AsyncJobQueue, JobQueue
+from jobq_core.contrib.sqlalchemy import aenqueue, enqueue
 
 
 class Base(DeclarativeBase):
@@ -81,3 +82,28 @@ def test_a_committed_session_enqueues_with_its_rows(
             conn.commit()
         assert [p["email"] for _, p in jobs(db)] == ["b@example.com", "d@example.com"]
 
+
+
+async def test_an_async_session_enqueues_only_when_it_commits(
+    engine: Engine, dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    aengine = create_async_engine(url_of(dsn))
+    queue = AsyncJobQueue(dsn)
+    try:
+        async with AsyncSession(aengine) as session:
+            session.add(Signup(email="e@example.com"))
+            await aenqueue(queue, session, "welcome", {"email": "e@example.com"})
+            assert jobs(db) == []
+            await session.rollback()
+            session.add(Signup(email="f@example.com"))
+            await aenqueue(queue, session, "welcome", {"email": "f@example.com"})
+            await session.commit()
+        assert jobs(db) == [("welcome", {"email": "f@example.com"})]
+        assert db.execute("SELECT email FROM signups").fetchall() == [("f@example.com",)]
+        async with aengine.connect() as conn:
+            await aenqueue(queue, conn, "welcome", {"email": "g@example.com"})
+            await conn.commit()
+        assert [p["email"] for _, p in jobs(db)] == ["f@example.com", "g@example.com"]
+    finally:
+        await queue.close()
+        await aengine.dispose()
