@@ -5,6 +5,7 @@ tasks, and `get_result` reports what happened."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,11 +18,11 @@ import psycopg
 import pytest
 
 from tests.conftest import new_database
-from tests.test_cli_worker import JOBQ
 
 django = pytest.importorskip("django")
 
 ROOT = Path(__file__).resolve().parents[1]
+JOBQ = shutil.which("jobq", path=os.path.dirname(sys.executable)) or "jobq"
 SETTINGS = "tests.django_project.settings"
 
 
@@ -34,6 +35,7 @@ def project(server_dsn: str, template_db: str) -> Iterator[str]:
     """Django set up once on a database of its own (settings are per process), its tables
     migrated; yields that database's DSN."""
     url, drop = new_database(server_dsn, template_db)
+    saved = {k: os.environ.get(k) for k in ("JOBQ_DJANGO_DSN", "DJANGO_SETTINGS_MODULE")}
     os.environ["JOBQ_DJANGO_DSN"] = url
     os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS
     django.setup()
@@ -49,6 +51,11 @@ def project(server_dsn: str, template_db: str) -> Iterator[str]:
         queue.close()
     backend._queues.clear()
     drop()
+    for key, value in saved.items():  # Django stays set up: it cannot be undone
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture
