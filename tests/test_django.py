@@ -239,3 +239,21 @@ def test_the_core_does_not_import_django() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.usefixtures("project")
+def test_a_misconfigured_backend_says_what_is_wrong() -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from jobq_core.contrib.django import JobqBackend
+
+    for params, says in (({"OPTIONS": {"ENQUEUE": "later"}}, "ENQUEUE must be"),
+                         ({"OPTIONS": {"MAX_ATTEMPTS": 0}}, "MAX_ATTEMPTS must be"),
+                         ({"OPTIONS": {"DNS": "x"}}, "unknown OPTIONS"),
+                         ({"QUEUES": []}, "QUEUES must name"),
+                         ({"QUEUES": ["no spaces"]}, "invalid queue name"),
+                         ({"OPTIONS": {"DATABASE": "nope"}}, "nope")):
+        with pytest.raises(ImproperlyConfigured, match=says):
+            JobqBackend("broken", params)
+    assert JobqBackend("fine", {"OPTIONS": {"DSN": "dbname=elsewhere"}}).enqueue_mode == \
+        "on_commit"

@@ -161,6 +161,9 @@ class JobqBackend(BaseTaskBackend):
         if unknown:
             raise ImproperlyConfigured(f"TASKS[{alias!r}]: unknown OPTIONS {sorted(unknown)}")
         self.database: str = options.get("DATABASE", "default")
+        if self.database not in connections.settings:
+            raise ImproperlyConfigured(f"TASKS[{alias!r}]: DATABASE {self.database!r} is not "
+                                       "in DATABASES")
         dsn = options.get("DSN")
         self.enqueue_mode: str = options.get("ENQUEUE", ON_COMMIT if dsn else IN_TRANSACTION)
         if self.enqueue_mode not in (IN_TRANSACTION, ON_COMMIT):
