@@ -34,6 +34,7 @@ from .models import (
     clean_reason,
     dump_json,
     new_job_params,
+    optional_text,
     validate_id,
     validate_lease_ms,
     validate_limit,
@@ -497,6 +498,16 @@ def outcome(st: Statements, job_id: int, arm: bool = False) -> Op[Outcome]:
             state, result, error = rows[0]
             return Outcome(state, result, error)
     raise NotFoundError(f"no job with id {job_id}, live or in history")
+
+
+def key_holder(st: Statements, key: str) -> Op[int | None]:
+    """The id of the job that holds an idempotency key (a live one, or one finished within
+    the history's retention), or None: nothing enqueued with it, or it rolled back."""
+    checked = optional_text(key, "idempotency_key")
+    if checked is None:  # "" means no key at enqueue: nothing can hold it
+        return None
+    rows = yield Stmt(st.lookup_keys, {"keys": [checked]})
+    return int(rows[0][1]) if rows else None
 
 
 #: The longest pause between two checks of a job `wait` is waiting for: its completion's

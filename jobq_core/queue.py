@@ -115,6 +115,16 @@ PoolT = TypeVar("PoolT", ConnectionPool[Any], AsyncConnectionPool[Any])
 ConnT = TypeVar("ConnT", psycopg.Connection[Any], psycopg.AsyncConnection[Any])
 
 
+class EnqueueOptions(TypedDict, total=False):
+    """The keyword options of `JobQueue.enqueue`, for helpers that pass them through."""
+
+    run_at: datetime | timedelta | None
+    priority: int
+    idempotency_key: str | None
+    request_id: str | None
+    concurrency_key: str | None
+
+
 class QueueOptions(TypedDict, total=False):
     """The options of `JobQueue`, `AsyncJobQueue` and their `create_` functions."""
 
@@ -670,6 +680,12 @@ class JobQueue(_QueueCore[ConnectionPool[Any], psycopg.Connection[Any]]):
         its result, while the history keeps it)."""
         return self._run(_ops.outcome(self.statements, job_id))
 
+    def key_holder(self, idempotency_key: str) -> int | None:
+        """The id of the job enqueued with this idempotency key, live or finished within the
+        history's retention; None if no committed enqueue used it. A producer that enqueues
+        later (on commit) can hand out the key now and find the job by it."""
+        return self._run(_ops.key_holder(self.statements, idempotency_key))
+
     def wait(self, job_id: int, timeout: float | None = None) -> Any:
         """Block until the job completes and return its result, or raise `JobFailedError`.
 
@@ -986,6 +1002,9 @@ class AsyncJobQueue(_QueueCore[AsyncConnectionPool[Any], psycopg.AsyncConnection
 
     async def outcome(self, job_id: int) -> _ops.Outcome:
         return await self._run(_ops.outcome(self.statements, job_id))
+
+    async def key_holder(self, idempotency_key: str) -> int | None:
+        return await self._run(_ops.key_holder(self.statements, idempotency_key))
 
     async def wait(self, job_id: int, timeout: float | None = None) -> Any:
         woken = self._done.register(job_id)

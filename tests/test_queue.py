@@ -248,7 +248,9 @@ def test_clear_rejects_bad_durations(q: Any) -> None:
 def test_idempotency_key_returns_the_live_or_completed_job(
     q: Any, db: psycopg.Connection[Any]
 ) -> None:
+    assert q.key_holder("order-7") is None and q.key_holder("") is None
     first = q.enqueue("t", {"v": 1}, idempotency_key="order-7")
+    assert q.key_holder("order-7") == first
     assert q.enqueue("t", {"v": 2}, idempotency_key="order-7") == first
     assert q.enqueue_many([NewJob("t", idempotency_key="order-7")]) == [first]
     assert db.execute("SELECT count(*) FROM svti_jobs").fetchone()[0] == 1
@@ -261,9 +263,11 @@ def test_idempotency_key_returns_the_live_or_completed_job(
     assert q.enqueue_many([NewJob("t", idempotency_key="order-7"), NewJob("t")])[0] == first
     assert q.pending() == 1  # only the key-less one
     assert q.outcome(first).result == {"shipped": 1}
+    assert q.key_holder("order-7") == first
     # Once the history is cleared, the key is free again.
     db.execute("UPDATE svti_jobs_events SET occurred_at = now() - interval '2 days'")
     q.clear(older_than="1d")
+    assert q.key_holder("order-7") is None
     assert q.enqueue("t", idempotency_key="order-7") != first
 
 
