@@ -39,6 +39,8 @@ MIGRATIONS: list[tuple[int, str, Callable[[Statements, str | None], list[bytes]]
      lambda st, legacy: st.migration(9)),
     (10, "fleet-wide limits: per type, per key and by rate; snoozed jobs",
      lambda st, legacy: st.migration(10)),
+    (11, "the producer's W3C trace context on jobs and their enqueued events",
+     lambda st, legacy: st.migration(11)),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

@@ -182,6 +182,9 @@ MIGRATION_STEPS: dict[int, tuple[str, ...]] = {
     # the snoozed event
     10: ("limits_table", "limit_keys_table", "limit_keys_index", "jobs_concurrency_key",
          "limits_function", "events_event_check"),
+    # the history's functions again: they now move rows by the catalog's columns
+    11: ("jobs_trace_context", "events_trace_context", "ahead_function", "ahead_search_path",
+         "retire_function"),
 }
 
 # An upgrade builds the indexes of its migrations CONCURRENTLY first, outside the
