@@ -841,7 +841,7 @@ SELECT count(*) FROM del
 -- One job as `jobq show` and the console's detail show it (admin.JobRow's columns).
 SELECT id, type, state, payload, priority, run_at, attempts, request_id, idempotency_key,
        lease_until, claimed_by, claimed_at, last_error, failed_at, created_at, lease_ms,
-       NULL, concurrency_key
+       NULL, concurrency_key, traceparent, tracestate
 FROM {jobs} WHERE id = %(id)s
 
 
