@@ -27,6 +27,7 @@ from jobq_core import AsyncJobQueue, JobQueue, NewJob, create_task_runner
 from jobq_core.admin import Admin
 
 from . import runner_tasks
+from .helpers import backdate
 
 
 @pytest.fixture(scope="module")
@@ -334,3 +335,43 @@ def test_jobq_show_prints_the_stored_context_when_there_is_one(
     detail = json.loads(CliRunner().invoke(app, ["show", str(traced), "--json"]).stdout)
     assert detail["job"]["traceparent"].endswith("-0000000000005678-01")
     assert "traceparent" not in CliRunner().invoke(app, ["show", str(untraced)]).stdout
+
+
+def test_an_attempt_whose_lease_was_taken_ends_lease_lost(
+        dsn: str, db: psycopg.Connection[Any], spans: InMemorySpanExporter) -> None:
+    queue = JobQueue(dsn)
+    runner = create_task_runner(queue, heartbeat_interval=0.2, lease_ms=60_000)
+    started, noticed = threading.Event(), threading.Event()
+
+    def victim(payload: Any, ctx: Any) -> str:
+        started.set()
+        ctx.cancelled.wait(20)
+        noticed.set()
+        return "stale result"
+
+    runner.register("victim", victim)
+    with tracer.start_as_current_span("request") as producer:
+        job_id = queue.enqueue("victim")
+    serving = threading.Thread(target=lambda: asyncio.run(runner.serve()), daemon=True)
+    serving.start()
+    try:
+        assert started.wait(10)
+        thief = None
+        deadline = time.monotonic() + 20
+        while thief is None and time.monotonic() < deadline:
+            # a heartbeat between the two statements renews the lapsed lease: try again
+            backdate(db, job_id, lease_until="1 second")
+            thief = queue.claim(types=["victim"])
+        assert thief is not None and thief.id == job_id
+        assert thief.traceparent == traceparent(producer.get_span_context())
+        assert noticed.wait(10)
+        while not attempts_of(spans, "victim") and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        runner.request_stop()
+        serving.join(30)
+    (lost,) = attempts_of(spans, "victim")
+    assert lost.attributes is not None and lost.attributes["jobq.outcome"] == "lease_lost"
+    assert lost.status.status_code == StatusCode.ERROR
+    assert lost.parent is not None
+    assert lost.parent.span_id == producer.get_span_context().span_id
