@@ -22,7 +22,7 @@ try:
     from opentelemetry import context as otel_context
     from opentelemetry import trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-except ImportError:  # pragma: no cover - the tests run with the extra installed
+except ImportError:  # pragma: no cover - run by tests/test_lean_install.py, in a clean venv
     _PROPAGATOR: TraceContextTextMapPropagator | None = None
 else:
     _PROPAGATOR = TraceContextTextMapPropagator()
