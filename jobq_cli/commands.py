@@ -509,6 +509,9 @@ def show(ctx: typer.Context,
                              ("created", job.created_at),
                              ("concurrency key", job.concurrency_key)):
             out.print(Text(f"{label:>16}: ") + cell(value, 200))
+        for label, value in (("traceparent", job.traceparent), ("tracestate", job.tracestate)):
+            if value is not None:  # only for a job enqueued inside a span
+                out.print(Text(f"{label:>16}: ") + cell(value, 200))
         out.print(Text("         payload:"))
         out.print(Text("\n".join(  # its own line breaks kept, anything else made visible
             visible(line) for line in json.dumps(job.payload, indent=2, ensure_ascii=False)

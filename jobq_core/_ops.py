@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
-from . import sql
+from . import sql, tracing
 from .errors import (
     InvalidInputError,
     JobCancelledError,
@@ -116,22 +116,25 @@ def enqueue_many(
     keys_of: Mapping[str, KeyOf] | None = None, *, single: bool = False
 ) -> Op[list[int]]:
     """Enqueue; `keys_of` gives the concurrency keys of jobs enqueued without one, by type
-    (the key functions of the tasks the queue knows)."""
+    (the key functions of the tasks the queue knows). The jobs keep the caller's current trace
+    context: this step runs in the caller's thread or task, before the first statement."""
     # Validate everything first: one bad item enqueues nothing.
     params = [new_job_params(item, keys_of) for item in items]
     if not params:
         return []
+    traceparent, tracestate = tracing.capture()
+    trace = {"traceparent": traceparent, "tracestate": tracestate}
     if not single and all(p.idempotency_key is None for p in params):
-        return (yield from _copy_many(st, params))
+        return (yield from _copy_many(st, params, traceparent, tracestate))
     result: list[int | None] = [None] * len(params)
     todo = list(range(len(params)))
     for _ in range(_KEY_RACE_RETRIES):
         if single:
             if params[0].idempotency_key:
-                rows = yield Stmt(st.enqueue, {**_params(params[0]),
+                rows = yield Stmt(st.enqueue, {**_params(params[0]), **trace,
                                                "jobs_name": st.names.regclass()})
             else:
-                rows = yield Stmt(st.enqueue_plain, _params(params[0]))
+                rows = yield Stmt(st.enqueue_plain, {**_params(params[0]), **trace})
             got = [rows[0][0] if rows else None]
         else:
             batch = [params[i] for i in todo]
@@ -145,6 +148,7 @@ def enqueue_many(
                 "request_ids": [p.request_id for p in batch],
                 "keys": [p.idempotency_key for p in batch],
                 "concurrency_keys": [p.concurrency_key for p in batch],
+                **trace,
             })
             got = [row[1] for row in rows]
         for i, job_id in zip(todo, got, strict=True):
@@ -167,7 +171,8 @@ def enqueue_many(
         "an idempotency key's job kept finishing while being looked up; try again")
 
 
-def _copy_many(st: Statements, params: list[EnqueueParams]) -> Op[list[int]]:
+def _copy_many(st: Statements, params: list[EnqueueParams], traceparent: str | None,
+               tracestate: str | None) -> Op[list[int]]:
     """Bulk enqueue by COPY: no key can conflict, so nothing needs ON CONFLICT. The caller
     runs this op in a transaction."""
     rows = yield Stmt(st.reserve_ids, {"jobs_name": st.names.regclass(), "n": len(params)})
@@ -175,11 +180,12 @@ def _copy_many(st: Statements, params: list[EnqueueParams]) -> Op[list[int]]:
     yield Stmt(st.copy_jobs, copy=[
         (job_id, p.type, p.payload, p.priority,
          p.run_at or (now + p.delay if p.delay is not None else now), p.request_id,
-         p.concurrency_key)
+         p.concurrency_key, traceparent, tracestate)
         for job_id, p in zip(ids, params, strict=True)
     ])
     yield Stmt(st.copy_enqueued, copy=[
-        (job_id, p.type, "enqueued", p.request_id) for job_id, p in zip(ids, params, strict=True)
+        (job_id, p.type, "enqueued", p.request_id, traceparent, tracestate)
+        for job_id, p in zip(ids, params, strict=True)
     ])
     return list(ids)
 

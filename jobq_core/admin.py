@@ -94,6 +94,9 @@ class JobRow:
     result: Any = None
     #: The key a key limit counts it under, when its producer gave one.
     concurrency_key: str | None = None
+    #: The W3C trace context of the span that enqueued it (`jobq_core.tracing`), if any.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,9 +182,9 @@ class RepairResult:
 
 
 Progress = Callable[[int, int], None]
-#: The listings' columns (listings.py): a listing shows neither results nor keys.
+#: The listings' columns (listings.py): a listing shows neither results, keys nor traces.
 _ROW_FIELDS = [name for name in JobRow.__dataclass_fields__
-               if name not in ("result", "concurrency_key")]
+               if name not in ("result", "concurrency_key", "traceparent", "tracestate")]
 
 @dataclass(frozen=True, slots=True)
 class Pause:

@@ -5,12 +5,15 @@ failed, or discarded when the job is no longer its own."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import time
 import traceback
 from datetime import timedelta
 from typing import Any
 
+from . import tracing
 from .attempts import Attempt, AttemptEnd, Context, Snooze
 from .errors import DatabaseUnavailableError, InvalidInputError, LeaseLostError
 from .executors import AttemptCancelledError, ChildSettings, DaemonThreadPool, ProcessPool
@@ -53,6 +56,10 @@ class AttemptRunner:
         state = self.state
         job, task = attempt.job, attempt.task
         handed_over = False
+        # Current from here on, in this task: the handler's, and whatever it enqueues, are
+        # its children.
+        span = attempt.span = (tracing.AttemptSpan(job, state.queue.table) if tracing.ENABLED
+                               else None)
         state.counters["claimed"] += 1
         state.emit("claimed", job)
         started = time.monotonic()
@@ -105,14 +112,22 @@ class AttemptRunner:
                 return self._discard(attempt, started, "lease lost before the ack")
             state.counters["completed"] += 1
             state.emit("completed", job, duration=time.monotonic() - started, result=result)
+            if span is not None:
+                span.end(tracing.COMPLETED)
             return AttemptEnd.COMPLETED, result
         finally:
             if not handed_over:
                 state.release_slot(attempt)
+            if span is not None:
+                span.detach()
+                if not handed_over:  # the acker ends it; otherwise stopped by a shutdown
+                    span.end(tracing.SHUTDOWN)
 
     def _discard(self, attempt: Attempt, started: float,
                  reason: str | None = None) -> tuple[str, Any]:
         state = self.state
+        if attempt.span is not None:
+            attempt.span.end(*_discarded(attempt, reason))
         if attempt.operator is not None:  # its lease went with the cancel: no lease lost
             state.counters["cancelled"] += 1
             state.emit("cancelled", attempt.job, error=attempt.operator,
@@ -142,6 +157,8 @@ class AttemptRunner:
                  f": {snooze.reason}" if snooze.reason else "")
         state.counters["snoozed"] += 1
         state.emit("snoozed", job, duration=time.monotonic() - started, error=snooze.reason)
+        if attempt.span is not None:
+            attempt.span.end(tracing.SNOOZED, snooze.reason)
         delay = snooze.delay
         state.retry_due_in(delay.total_seconds() if isinstance(delay, timedelta) else delay)
         return AttemptEnd.SNOOZED, until
@@ -166,6 +183,8 @@ class AttemptRunner:
                     f"retrying in {delay:.1f}s" if retry else "failed for good",
                     reason.split("\n", 1)[0])
         duration = time.monotonic() - started
+        if attempt.span is not None:
+            attempt.span.end(tracing.RETRIED if retry else tracing.FAILED, reason, exc)
         if isinstance(exc, TimeoutError):
             state.counters["timed_out"] += 1
             state.emit("timed_out", job, duration=duration, error=reason)
@@ -187,8 +206,9 @@ class AttemptRunner:
                 self._processes = ProcessPool(self.process_workers, ChildSettings(
                     queue.conninfo, queue.table, queue.pgbouncer,
                     logging.getLogger("jobq.task").getEffectiveLevel(), *current_format()))
-            return await self._processes.run(task.fn, job.payload, job, task.timeout,
-                                             attempt.cancelled)
+            return await self._processes.run(
+                task.fn, job.payload, job, task.timeout, attempt.cancelled,
+                carrier=attempt.span.carrier() if attempt.span is not None else None)
         ctx = Context(attempt, lambda: state.calls)
         if task.executor == "async":
             # The handler runs in this attempt's own task (no task per job); a lost lease
@@ -204,8 +224,11 @@ class AttemptRunner:
                 attempt.handler = None
         if self._threads is None:
             self._threads = DaemonThreadPool(state.concurrency)
+        # The handler's thread runs in this task's context when it holds the attempt's span.
+        fn = (task.fn if attempt.span is None
+              else functools.partial(contextvars.copy_context().run, task.fn))
         future = asyncio.get_running_loop().run_in_executor(
-            self._threads, task.fn, job.payload, ctx)
+            self._threads, fn, job.payload, ctx)
         try:
             return await asyncio.wait_for(asyncio.shield(future), task.timeout)
         except TimeoutError:
@@ -247,6 +270,8 @@ class AttemptRunner:
             for attempt, result, started in batch:
                 state.release_slot(attempt)
                 if attempt.job.id in kept:
+                    if attempt.span is not None:
+                        attempt.span.end(tracing.COMPLETED)
                     state.counters["completed"] += 1
                     state.emit("completed", attempt.job, duration=time.monotonic() - started,
                                result=result)
@@ -279,6 +304,14 @@ class AttemptRunner:
                               "they will run again", len(batch))
                     self.state.counters["ack_failed"] += len(batch)
                     return set()
+
+
+def _discarded(attempt: Attempt, reason: str | None) -> tuple[str, str]:
+    """How a discarded attempt's span ends, and why."""
+    if attempt.operator is not None:
+        return tracing.CANCELLED, attempt.operator
+    why = reason or attempt.cancel_reason or "cancelled"
+    return (tracing.SHUTDOWN if why == "shutdown" else tracing.LEASE_LOST), why
 
 
 def _describe(exc: BaseException) -> str:

@@ -17,6 +17,7 @@ from .logs import bound_logger
 from .models import Job
 from .queue_port import QueuePort
 from .tasks import Task
+from .tracing import AttemptSpan
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class Attempt:
     handler: asyncio.Task[Any] | None = None
     #: Finished and handed to the acker: a beat that misses it is no proof of a lost lease.
     acking: bool = False
+    #: Its OpenTelemetry span, when OpenTelemetry is installed (`jobq_core.tracing`).
+    span: AttemptSpan | None = None
     _cancelled: threading.Event | None = None
 
     @property

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from . import tracing
 from .errors import JobqError
 from .logs import LineFormatter, LogFormat, bound_logger, log_to_stderr
 from .models import Job
@@ -188,12 +189,13 @@ def _child_main(conn: Connection, cancelled: Any, settings: ChildSettings,
     log_to_stderr(settings.log_level, settings.log_format, settings.log_worker_id)
     while True:
         try:
-            fn, payload, job = conn.recv()
+            fn, payload, job, carrier = conn.recv()
         except (EOFError, OSError):
             return
         ctx = ProcessContext(job, cancelled, settings)
         try:
-            reply: tuple[Any, ...] = ("ok", fn(payload, ctx))
+            with tracing.attached(carrier):  # the attempt's span, from the runner
+                reply: tuple[Any, ...] = ("ok", fn(payload, ctx))
         except BaseException as exc:
             reply = _error_reply(exc)
         try:
@@ -227,12 +229,12 @@ class _Worker:
         child.close()
 
     def call(self, fn: Callable[..., Any], payload: Any, job: Job, timeout: float | None,
-             abandon: threading.Event) -> Any:
+             abandon: threading.Event, *, carrier: dict[str, str] | None) -> Any:
         """Run one job; blocks (call it in a thread). Raises on crash, timeout or abandon."""
         if abandon.is_set():  # cancelled while it waited for a free process
             raise AttemptCancelledError("abandoned before it started")
         self.cancelled.clear()
-        self.conn.send((fn, payload, job))
+        self.conn.send((fn, payload, job, carrier))
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.conn.poll(_POLL):
             if not self.proc.is_alive():
@@ -288,7 +290,10 @@ class ProcessPool:
         self._waiters = DaemonThreadPool(size, name="jobq-process-wait")
 
     async def run(self, fn: Callable[..., Any], payload: Any, job: Job, timeout: float | None,
-                  abandon: threading.Event) -> Any:
+                  abandon: threading.Event, *, carrier: dict[str, str] | None = None
+                  ) -> Any:
+        """Run `fn(payload, ctx)` in a worker process; `carrier`, a trace context to make
+        current there (`tracing.AttemptSpan.carrier`)."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.size)
         async with self._slots:
@@ -300,7 +305,8 @@ class ProcessPool:
             self._busy.add(worker)
             try:
                 return await loop.run_in_executor(
-                    self._waiters, worker.call, fn, payload, job, timeout, abandon)
+                    self._waiters, functools.partial(worker.call, carrier=carrier), fn,
+                    payload, job, timeout, abandon)
             finally:
                 self._busy.discard(worker)
                 if worker.healthy:

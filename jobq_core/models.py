@@ -56,6 +56,10 @@ class Job:
     lease_until: datetime | None
     claimed_by: str | None
     created_at: datetime
+    #: The W3C trace context of the span that enqueued the job, if there was one
+    #: (`jobq_core.tracing`); every attempt's span is its child.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

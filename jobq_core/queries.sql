@@ -29,16 +29,18 @@
 
 
 -- enqueue_plain --
--- Enqueue without a key: nothing can conflict, so the plain insert.
+-- Enqueue without a key: nothing can conflict, so the plain insert. Every enqueue stores the
+-- producer's W3C trace context (NULL without one) on the job and its `enqueued` event.
 WITH ins AS (
-    INSERT INTO {jobs} (type, payload, priority, run_at, request_id, concurrency_key)
+    INSERT INTO {jobs} (type, payload, priority, run_at, request_id, concurrency_key,
+                        traceparent, tracestate)
     VALUES (%(type)s, %(payload)s::jsonb, %(priority)s,
             coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval, now()),
-            %(request_id)s, %(concurrency_key)s)
-    RETURNING id, type, request_id
+            %(request_id)s, %(concurrency_key)s, %(traceparent)s, %(tracestate)s)
+    RETURNING id, type, request_id, traceparent, tracestate
 ), ev AS (
-    INSERT INTO {events} (job_id, type, event, request_id)
-    SELECT id, type, 'enqueued', request_id FROM ins
+    INSERT INTO {events} (job_id, type, event, request_id, traceparent, tracestate)
+    SELECT id, type, 'enqueued', request_id, traceparent, tracestate FROM ins
 )
 SELECT id FROM ins
 
@@ -60,14 +62,18 @@ WITH xact AS (
     ON CONFLICT (key) DO NOTHING
     RETURNING job_id
 ), ev AS (
-    INSERT INTO {events} (job_id, type, event, request_id, idempotency_key)
-    SELECT job_id, %(type)s, 'enqueued', %(request_id)s, %(idempotency_key)s FROM held
+    INSERT INTO {events} (job_id, type, event, request_id, idempotency_key, traceparent,
+                          tracestate)
+    SELECT job_id, %(type)s, 'enqueued', %(request_id)s, %(idempotency_key)s, %(traceparent)s,
+           %(tracestate)s
+    FROM held
 ), ins AS (
     INSERT INTO {jobs} (id, type, payload, priority, run_at, request_id, idempotency_key,
-                        concurrency_key)
+                        concurrency_key, traceparent, tracestate)
     SELECT job_id, %(type)s, %(payload)s::jsonb, %(priority)s,
            coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval, now()),
-           %(request_id)s, %(idempotency_key)s, %(concurrency_key)s
+           %(request_id)s, %(idempotency_key)s, %(concurrency_key)s, %(traceparent)s,
+           %(tracestate)s
     FROM held
     RETURNING id
 )
@@ -77,7 +83,7 @@ SELECT id FROM ins
 -- enqueue_many --
 -- The keyed enqueue for a batch. Ids are drawn in input order, so the result maps back to
 -- the caller's list; an item whose key repeats an earlier item of the batch gets that item's
--- id.
+-- id. The batch shares one producer, so one trace context.
 WITH xact AS (
     SELECT pg_current_xact_id()
 ), input AS (
@@ -103,13 +109,15 @@ WITH xact AS (
 ), taken AS (
     SELECT * FROM input WHERE idempotency_key IS NULL OR id IN (SELECT job_id FROM held)
 ), ev AS (
-    INSERT INTO {events} (job_id, type, event, request_id, idempotency_key)
-    SELECT id, type, 'enqueued', request_id, idempotency_key FROM taken ORDER BY ord
+    INSERT INTO {events} (job_id, type, event, request_id, idempotency_key, traceparent,
+                          tracestate)
+    SELECT id, type, 'enqueued', request_id, idempotency_key, %(traceparent)s, %(tracestate)s
+    FROM taken ORDER BY ord
 ), ins AS (
     INSERT INTO {jobs} (id, type, payload, priority, run_at, request_id, idempotency_key,
-                        concurrency_key)
+                        concurrency_key, traceparent, tracestate)
     SELECT id, type, payload, priority, coalesce(run_at, now() + delay, now()), request_id,
-           idempotency_key, concurrency_key
+           idempotency_key, concurrency_key, %(traceparent)s, %(tracestate)s
     FROM taken
     RETURNING id, idempotency_key
 )
@@ -130,12 +138,13 @@ SELECT now(), ARRAY(SELECT nextval(s.seq) FROM s, generate_series(1, %(n)s))
 
 -- copy_jobs --
 -- The jobs of a batch without keys, with the ids reserve_ids drew.
-COPY {jobs} (id, type, payload, priority, run_at, request_id, concurrency_key) FROM STDIN
+COPY {jobs} (id, type, payload, priority, run_at, request_id, concurrency_key, traceparent,
+              tracestate) FROM STDIN
 
 
 -- copy_enqueued --
 -- Their `enqueued` events, in the same transaction.
-COPY {events} (job_id, type, event, request_id) FROM STDIN
+COPY {events} (job_id, type, event, request_id, traceparent, tracestate) FROM STDIN
 
 
 -- lookup_keys --
@@ -322,7 +331,7 @@ WITH paused AS (
         tokens = excluded.tokens, refilled_at = excluded.refilled_at, full_at = excluded.full_at
 )
 SELECT id, type, payload, priority, run_at, attempts, request_id, idempotency_key,
-       lease_token, lease_until, claimed_by, created_at
+       lease_token, lease_until, claimed_by, created_at, traceparent, tracestate
 FROM upd, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 ORDER BY priority DESC, run_at, id
 
@@ -428,7 +437,7 @@ WITH paused AS (
     FROM upd
 )
 SELECT id, type, payload, priority, run_at, attempts, request_id, idempotency_key,
-       lease_token, lease_until, claimed_by, created_at
+       lease_token, lease_until, claimed_by, created_at, traceparent, tracestate
 FROM upd, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 ORDER BY priority DESC, run_at, id
 
@@ -669,7 +678,7 @@ WITH target AS (
         tokens = excluded.tokens, refilled_at = excluded.refilled_at, full_at = excluded.full_at
 )
 SELECT id, type, payload, priority, run_at, attempts, request_id, idempotency_key,
-       lease_token, lease_until, claimed_by, created_at
+       lease_token, lease_until, claimed_by, created_at, traceparent, tracestate
 FROM upd, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 
 
@@ -842,7 +851,7 @@ SELECT count(*) FROM del
 -- One job as `jobq show` and the console's detail show it (admin.JobRow's columns).
 SELECT id, type, state, payload, priority, run_at, attempts, request_id, idempotency_key,
        lease_until, claimed_by, claimed_at, last_error, failed_at, created_at, lease_ms,
-       NULL, concurrency_key
+       NULL, concurrency_key, traceparent, tracestate
 FROM {jobs} WHERE id = %(id)s
 
 
@@ -1997,7 +2006,8 @@ INCLUDE (job_id) WHERE event = 'enqueued' AND idempotency_key IS NOT NULL
 -- (ahead_search_path). One maker at a time; the others return at once. Returns how many it
 -- made. The partitions are read from the catalog with their bounds (NULL: unbounded; the
 -- DEFAULT partition has neither); bounds print in the session's own DateStyle and TimeZone,
--- so they read back exactly.
+-- so they read back exactly. Rows move by the history's columns as the catalog lists them, so
+-- that a column a later version adds moves with them.
 CREATE OR REPLACE FUNCTION {ahead_fn}(days integer,
                                               since timestamptz DEFAULT NULL)
 RETURNS integer LANGUAGE plpgsql SECURITY DEFINER AS $fn$
@@ -2010,6 +2020,8 @@ DECLARE
     dflt regclass;
     part text;
     made integer := 0;
+    cols text := (SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum)
+                  FROM pg_attribute WHERE attrelid = parent AND attnum > 0 AND NOT attisdropped);
 BEGIN
     IF since IS NULL AND (SELECT max(p.hi) FROM (
     -- the partitions of the history, with their bounds
@@ -2072,8 +2084,9 @@ BEGIN
                            part, parent);
             IF dflt IS NOT NULL THEN
                 EXECUTE format('WITH moved AS (DELETE FROM %s WHERE occurred_at >= $1 '
-                               'AND occurred_at < $2 RETURNING id, occurred_at, job_id, type, event, request_id, attempt, worker, reason, result, idempotency_key, payload) '
-                               'INSERT INTO %s (id, occurred_at, job_id, type, event, request_id, attempt, worker, reason, result, idempotency_key, payload) SELECT * FROM moved', dflt, part)
+                               'AND occurred_at < $2 RETURNING %s) '
+                               'INSERT INTO %s (%s) SELECT * FROM moved',
+                               dflt, cols, part, cols)
                     USING day, day + interval '1 day';
             END IF;
             EXECUTE format('ALTER TABLE %s ATTACH PARTITION %s FOR VALUES FROM (%L) TO (%L)',
@@ -2136,7 +2149,8 @@ $fn$
 -- then (or when another clear retired it meanwhile), and the caller deletes the partition's
 -- rows instead. Returns the rows kept. Both functions take a partition by its name as its
 -- regclass printed it in the caller's session: unlike an OID, a name that is gone is an
--- error they can catch.
+-- error they can catch. Rows move by the history's columns as the catalog lists them, as in
+-- ahead_function.
 CREATE OR REPLACE FUNCTION {retire_fn}(part text, held bigint[])
 RETURNS bigint LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -2146,6 +2160,8 @@ DECLARE
     high bigint;
     live bigint[];
     moved bigint;
+    cols text := (SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum)
+                  FROM pg_attribute WHERE attrelid = parent AND attnum > 0 AND NOT attisdropped);
 BEGIN
     PERFORM set_config('lock_timeout', '1s', true);
     BEGIN
@@ -2166,8 +2182,9 @@ BEGIN
                    'AND e.event = ''enqueued'' AND e.idempotency_key = k.key '
                    'AND e.job_id = k.job_id', part)
         USING ARRAY(SELECT unnest(held) EXCEPT SELECT unnest(live));
-    EXECUTE format('INSERT INTO %s (id, occurred_at, job_id, type, event, request_id, attempt, worker, reason, result, idempotency_key, payload) OVERRIDING SYSTEM VALUE '
-                   'SELECT id, occurred_at, job_id, type, event, request_id, attempt, worker, reason, result, idempotency_key, payload FROM %s WHERE job_id = ANY($1)', parent, part) USING live;
+    EXECUTE format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE '
+                   'SELECT %s FROM %s WHERE job_id = ANY($1)', parent, cols, cols, part)
+        USING live;
     GET DIAGNOSTICS moved = ROW_COUNT;
     EXECUTE format('DROP TABLE %s', part);
     RETURN moved;
@@ -2629,6 +2646,21 @@ CROSS JOIN LATERAL (
 WHERE l.type = of_type;
 END
 $fn$
+
+
+-- jobs_trace_context --
+-- The W3C trace context (traceparent, tracestate) of the span that enqueued the job, if any:
+-- each attempt's span is its child (`jobq_core.tracing`). Nullable without a default, so
+-- adding the columns rewrites nothing.
+ALTER TABLE {jobs} ADD COLUMN IF NOT EXISTS traceparent text,
+                   ADD COLUMN IF NOT EXISTS tracestate text
+
+
+-- events_trace_context --
+-- The same beside the request id of the `enqueued` event, which outlives the job; added to
+-- the partitioned history, it reaches every partition, catalog only.
+ALTER TABLE {events} ADD COLUMN IF NOT EXISTS traceparent text,
+                     ADD COLUMN IF NOT EXISTS tracestate text
 
 
 -- limits_function --

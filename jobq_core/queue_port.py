@@ -7,6 +7,7 @@ event loop nor the loop's default executor (where handlers run) waits on the dat
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Executor
@@ -87,8 +88,11 @@ class _OnThread(Generic[P, R]):
             # The queue's own method, looked up at each call: a subclass's override, or a
             # method patched on later, runs as it would on an AsyncJobQueue.
             method: Callable[P, R] = getattr(queue, name)
+            # In the caller's context, as asyncio.to_thread runs a call: an enqueue from a
+            # handler keeps the handler's current trace context (`jobq_core.tracing`).
             return await asyncio.get_running_loop().run_in_executor(
-                threads, functools.partial(method, *args, **kwargs))
+                threads, functools.partial(contextvars.copy_context().run, method, *args,
+                                           **kwargs))
 
         call.__name__ = name  # what a timed-out loop call names
         return call

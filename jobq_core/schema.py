@@ -41,6 +41,8 @@ MIGRATIONS: list[tuple[int, str, Callable[[Statements, str | None], list[bytes]]
      lambda st, legacy: st.migration(10)),
     (11, "limits in lanes, so that claims of a limited type need not wait for each other",
      lambda st, legacy: st.migration(11)),
+    (12, "the producer's W3C trace context on jobs and their enqueued events",
+     lambda st, legacy: st.migration(12)),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

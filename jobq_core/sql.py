@@ -190,6 +190,9 @@ MIGRATION_STEPS: dict[int, tuple[str, ...]] = {
          "limit_keys_empty", "limit_keys_lane", "limit_keys_index_drop",
          "limit_keys_lanes_index",
          "jobs_limit_lane", "limits_function_drop", "lane_function", "limits_function"),
+    # the history's functions again: they now move rows by the catalog's columns
+    12: ("jobs_trace_context", "events_trace_context", "ahead_function", "ahead_search_path",
+         "retire_function"),
 }
 
 # An upgrade builds the indexes of its migrations CONCURRENTLY first, outside the

@@ -9,12 +9,13 @@ import sys
 import venv
 from pathlib import Path
 
+import psycopg
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 #: What a build of the project reads: everything else (.venv, tests, benchmarks) stays out.
 SOURCES = ("pyproject.toml", "README.md", "jobq_core", "jobq_cli", "jobq_tui")
-OPTIONAL = {"textual", "pgserver"}
+OPTIONAL = {"textual", "pgserver", "opentelemetry"}
 
 
 def test_the_library_and_the_cli_never_import_the_console_or_pgserver() -> None:
@@ -60,6 +61,28 @@ def test_a_clean_install_without_extras_has_no_console_and_no_server(lean_venv: 
     done = subprocess.run([lean_venv / "python", "-c", code], capture_output=True, text=True,
                           check=True)
     assert done.stdout.split() == []
+
+
+def test_jobs_run_without_opentelemetry(lean_venv: Path, dsn: str) -> None:
+    """Without the otel extra nothing is traced and nothing breaks: the trace context stored
+    is NULL, and the runner runs the job."""
+    code = (
+        "import sys\n"
+        "from jobq_core import JobQueue, create_task_runner, tracing\n"
+        "queue = JobQueue(sys.argv[1])\n"
+        "job_id = queue.enqueue('t', 21)\n"
+        "runner = create_task_runner(queue)\n"
+        "runner.register('t', lambda payload, ctx: payload * 2)\n"
+        "runner.serve_forever(until_idle=True)\n"
+        "print(tracing.ENABLED, queue.wait(job_id, timeout=5))\n"
+    )
+    done = subprocess.run([lean_venv / "python", "-c", code, dsn], capture_output=True,
+                          text=True, check=False, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "42"]
+    with psycopg.connect(dsn) as db:
+        assert db.execute("SELECT traceparent FROM svti_jobs_events WHERE event = 'enqueued'"
+                          ).fetchall() == [(None,)]
 
 
 def test_jobq_worker_runs_without_extras(lean_venv: Path) -> None:

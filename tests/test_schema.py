@@ -421,8 +421,10 @@ def _old_history(conn: psycopg.Connection[Any]) -> dict[str, int]:
         "WHERE event = 'enqueued' AND idempotency_key IS NOT NULL").fetchall())
 
 
-_CHECKSUM = ("SELECT count(*), md5(string_agg(e::text, '|' ORDER BY e.id)), max(e.id) "
-             "FROM svti_jobs_events AS e")
+#: Over the columns a version 6 history has: later versions add columns (NULL in old rows).
+_CHECKSUM = ("SELECT count(*), md5(string_agg((e.id, e.occurred_at, e.job_id, e.type, e.event, "
+             "e.request_id, e.attempt, e.worker, e.reason, e.result, e.idempotency_key, "
+             "e.payload)::text, '|' ORDER BY e.id)), max(e.id) FROM svti_jobs_events AS e")
 
 
 def _partitions(conn: psycopg.Connection[Any]) -> dict[str, str]:
@@ -514,3 +516,43 @@ def test_the_queue_table_is_vacuumed_by_its_dead_rows_not_its_size(dsn: str) -> 
             "SELECT reloptions FROM pg_class WHERE oid = 'svti_jobs'::regclass").fetchone()
     assert {"autovacuum_vacuum_scale_factor=0", "autovacuum_vacuum_threshold=1000",
             "autovacuum_vacuum_cost_delay=0", "fillfactor=80"} <= set(options)
+
+
+def test_version_11_gains_the_trace_context_and_the_history_moves_it(dsn: str) -> None:
+    """Migration 12 adds the producer's trace context to jobs and history, and replaces the
+    history's functions, which moved rows by a fixed list of columns, with ones that read the
+    columns from the catalog: a row's trace context moves with it into a new day."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for table in ("svti_jobs", "svti_jobs_events"):
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN traceparent, DROP COLUMN tracestate")
+        # Stand-ins for version 11's functions, which would lose the new columns.
+        conn.execute("CREATE OR REPLACE FUNCTION svti_jobs_events_ahead(days integer, "
+                     "since timestamptz DEFAULT NULL) RETURNS integer LANGUAGE sql "
+                     "AS 'SELECT -1'")
+        conn.execute("CREATE OR REPLACE FUNCTION svti_jobs_events_retire(part text, "
+                     "held bigint[]) RETURNS bigint LANGUAGE sql AS 'SELECT -1::bigint'")
+        conn.execute("DELETE FROM svti_jobs_migrations WHERE version > 11")
+        conn.execute("INSERT INTO svti_jobs (type) VALUES ('old')")
+    with create_job_queue(dsn) as queue:
+        job = queue.claim()
+        assert job is not None and job.type == "old"
+        assert (job.traceparent, job.tracestate) == (None, None)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT max(version) FROM svti_jobs_migrations").fetchone() == (
+            schema.LATEST_VERSION,)
+        day = conn.execute("SELECT date_trunc('day', now(), 'UTC') + interval '30 days'"
+                           ).fetchone()[0]
+        conn.execute("INSERT INTO svti_jobs_events (occurred_at, job_id, type, event, "
+                     "traceparent, tracestate) VALUES (%s + interval '1 hour', %s, 'old', "
+                     "'enqueued', 'tp', 'ts')", (day, job.id))
+        where = ("SELECT tableoid::regclass::text, traceparent, tracestate FROM svti_jobs_events "
+                 "WHERE traceparent IS NOT NULL")
+        assert conn.execute(where).fetchall() == [("svti_jobs_events_default", "tp", "ts")]
+        assert conn.execute("SELECT svti_jobs_events_ahead(31, %s)", (day,)).fetchone() == (1,)
+        assert conn.execute(where).fetchall() == [
+            (f"svti_jobs_events_{day:%Y%m%d}", "tp", "ts")]
+        assert conn.execute("SELECT proconfig FROM pg_proc WHERE oid = "
+                            "'svti_jobs_events_ahead'::regproc").fetchone() == (
+            ["search_path=pg_catalog, public, pg_temp"],)
+        assert conn.execute("SELECT prosrc LIKE '%attisdropped%' FROM pg_proc WHERE oid = "
+                            "'svti_jobs_events_retire'::regproc").fetchone() == (True,)
