@@ -395,6 +395,12 @@ class LimitConflict:
     by: str
 
 
+def lock_limits(st: Statements, types: list[str]) -> Op[None]:
+    """Wait for the registrations and removals of these types' limits in flight to commit:
+    the op's next statement then sees all they did (run the op atomically)."""
+    yield Stmt(st.limit_lock, {"types": types, "scope": f"{st.names.regclass()}:limits:"})
+
+
 def register_limits(st: Statements, limits: Mapping[str, Limits], by: str
                     ) -> Op[list[LimitConflict]]:
     """Record the limits of the tasks a runner serves, which every claim of their types then
@@ -404,6 +410,7 @@ def register_limits(st: Statements, limits: Mapping[str, Limits], by: str
     types = sorted(limits)
     rates = [limits[t].rate for t in types]
     key_rates = [limits[t].key_rate for t in types]
+    yield from lock_limits(st, types)
     rows = yield Stmt(st.limit_register, {
         "types": types,
         "global": [limits[t].global_concurrency for t in types],

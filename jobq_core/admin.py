@@ -746,7 +746,10 @@ def limits(st: Statements) -> Op[list[LimitRow]]:
 def remove_limit(st: Statements, type_: str) -> Op[None]:
     """Forget a type's limits (a runner serving it with limits records them again when it
     starts)."""
-    if not (yield Stmt(st.limit_remove, {"type": validate_type(type_)})):
+    type_ = validate_type(type_)
+    yield from _ops.lock_limits(st, [type_])
+    yield Stmt(st.limit_lanes_lock, {"type": type_})
+    if not (yield Stmt(st.limit_remove, {"type": type_})):
         raise NotFoundError(f"type {type_!r} has no limits (see `jobq limits`)")
 
 
@@ -1415,7 +1418,7 @@ class Admin:
         return self._read(limits)
 
     def remove_limit(self, type: str) -> None:
-        self._write(remove_limit(self._st, type))
+        self._write(remove_limit(self._st, type), atomic=True)
 
     def drain(self, worker_id: str, *, by: str | None = None) -> None:
         self._write(drain(self._st, worker_id, by or operator_name()))
@@ -1574,7 +1577,7 @@ class AsyncAdmin:
         return await self._read(limits)
 
     async def remove_limit(self, type: str) -> None:
-        await self._write(remove_limit(self._st, type))
+        await self._write(remove_limit(self._st, type), atomic=True)
 
     async def drain(self, worker_id: str, *, by: str | None = None) -> None:
         await self._write(drain(self._st, worker_id, by or operator_name()))

@@ -305,13 +305,17 @@ WITH paused AS (
     FROM upd
 ), spent AS (
     -- A rate's tokens in the lane, less the jobs this claim started (a job taken back from a
-    -- dead holder started before, and spends none)
-    UPDATE {limit_lanes} AS n SET tokens = b.tokens - b.n, refilled_at = b.at
-    FROM (SELECT lim.type, lim.lane, lim.tokens, lim.at,
-                 (SELECT count(*) FROM upd WHERE upd.type = lim.type
-                    AND upd.id NOT IN (SELECT id FROM expired)) AS n
-          FROM lim WHERE lim.tokens IS NOT NULL) AS b
-    WHERE n.type = b.type AND n.lane = b.lane
+    -- dead holder started before, and spends none). An upsert, not an UPDATE: the lane's row
+    -- may be newer than this statement's snapshot (made by a registration this claim waited
+    -- for), which an UPDATE would not find; ON CONFLICT finds it, locked by this claim.
+    INSERT INTO {limit_lanes} AS n (type, lane, tokens, refilled_at)
+    SELECT lim.type, lim.lane,
+           lim.tokens - (SELECT count(*) FROM upd WHERE upd.type = lim.type
+                           AND upd.id NOT IN (SELECT id FROM expired)),
+           lim.at
+    FROM lim WHERE lim.tokens IS NOT NULL AND lim.lane IS NOT NULL
+    ON CONFLICT (type, lane) DO UPDATE SET
+        tokens = excluded.tokens, refilled_at = excluded.refilled_at
 ), spent_keys AS (
     -- and each key's tokens in the lane, for a per-key rate; its row says when its bucket is
     -- full again
@@ -658,10 +662,13 @@ WITH target AS (
            request_id, attempts, claimed_by
     FROM upd
 ), spent AS (
-    UPDATE {limit_lanes} AS n SET tokens = lim.tokens - 1, refilled_at = lim.at
+    -- an upsert, as claim_typed's
+    INSERT INTO {limit_lanes} AS n (type, lane, tokens, refilled_at)
+    SELECT lim.type, lim.lane, lim.tokens - 1, lim.at
     FROM lim, upd
-    WHERE n.type = lim.type AND n.lane = lim.lane AND lim.tokens IS NOT NULL
-      AND NOT upd.recovered
+    WHERE lim.tokens IS NOT NULL AND lim.lane IS NOT NULL AND NOT upd.recovered
+    ON CONFLICT (type, lane) DO UPDATE SET
+        tokens = excluded.tokens, refilled_at = excluded.refilled_at
 ), spent_keys AS (
     INSERT INTO {limit_keys} AS k (type, lane, key, tokens, refilled_at, full_at)
     SELECT lim.type, lim.lane, u.key, u.left_over, lim.at,
@@ -1071,6 +1078,22 @@ WHERE id = %(id)s
 RETURNING id, pg_notify({channel}, 'drain')::text
 
 
+-- limit_lock --
+-- Registrations and removals of a type's limits take turns, in type order: each waits here,
+-- in its transaction, for the one before to commit, so that its next statement
+-- (limit_register, limit_lanes_lock) starts with a snapshot that sees every lane the other
+-- made or dropped.
+SELECT pg_advisory_xact_lock(hashtextextended(%(scope)s || t.type, 0))
+FROM (SELECT type FROM unnest(%(types)s::text[]) AS u(type) ORDER BY type) AS t
+
+
+-- limit_lanes_lock --
+-- A removal locks the type's lanes in order, as claims and registrations take them, before it
+-- deletes anything (limit_remove): a claim holds a lane while it writes that lane's key
+-- buckets, so a removal that deleted buckets first could wait for a lane that waits for it.
+SELECT n.lane FROM {limit_lanes} AS n WHERE n.type = %(type)s ORDER BY n.lane FOR UPDATE
+
+
 -- limit_register --
 -- A runner records the limits of the tasks it serves as it starts (jobq_core/limits.py): the
 -- claims read them from here, whichever runner claims. Returns the definition each replaced,
@@ -1123,11 +1146,11 @@ WITH given AS (
            (b.key_rate_count, b.key_rate_period, b.key_rate_burst, b.lanes)
                IS DISTINCT FROM (s.key_rate_count, s.key_rate_period, s.key_rate_burst,
                                  s.lanes) AS new_key_rate,
-           (SELECT sum(least(b.rate_burst::float8 / b.lanes, o.tokens
-                             + b.rate_count::float8 / b.lanes
+           (SELECT sum(least(b.rate_burst / b.lanes + (o.lane < mod(b.rate_burst, b.lanes))::int,
+                             o.tokens + b.rate_count::float8 / b.lanes
                                * greatest(0, extract(epoch FROM o.clock - o.refilled_at))
                                / extract(epoch FROM b.rate_period)))
-            FROM lanes_before AS o WHERE o.type = s.type) AS held
+            FROM lanes_before AS o WHERE o.type = s.type AND o.lane < b.lanes) AS held
     FROM saved AS s LEFT JOIN before AS b USING (type)
     WHERE b.type IS NULL OR b.lanes <> s.lanes
        OR (b.rate_count, b.rate_period, b.rate_burst)
@@ -1189,7 +1212,8 @@ CROSS JOIN LATERAL (
                      n.tokens + l.rate_count::float8 / l.lanes
                        * greatest(0, extract(epoch FROM clock_timestamp() - n.refilled_at))
                        / extract(epoch FROM l.rate_period))) AS tokens
-    FROM {limit_lanes} AS n WHERE l.rate_count IS NOT NULL AND n.type = l.type
+    FROM {limit_lanes} AS n
+    WHERE l.rate_count IS NOT NULL AND n.type = l.type AND n.lane < l.lanes
 ) AS t
 CROSS JOIN LATERAL (
     SELECT coalesce(sum(n), 0)::int AS in_use, count(*)::int AS keys_in_use,
@@ -2590,7 +2614,10 @@ WHERE k.type = of_type AND k.lane = of_lane AND k.full_at <= clock_timestamp();
 
 RETURN QUERY
 SELECT l.type, n.lane,
-       CASE WHEN l.global_concurrency IS NOT NULL OR b.tokens IS NOT NULL THEN
+       -- a lane beyond the type's number of lanes (left by a registration that could not see
+       -- it) has no share
+       CASE WHEN n.lane >= l.lanes THEN 0
+            WHEN l.global_concurrency IS NOT NULL OR b.tokens IS NOT NULL THEN
            greatest(0, least(s.global_concurrency - u.in_use, floor(b.tokens)::integer)) END,
        s.key_concurrency, l.key_field, u.key_used,
        CASE WHEN l.key_concurrency IS NOT NULL OR l.key_rate_count IS NOT NULL THEN
@@ -2704,9 +2731,12 @@ BEGIN
             candidate := -1;
             LOOP
                 -- one lane at a time: a FOR loop over the lanes would fetch, and lock, them all
-                SELECT n.lane INTO candidate FROM {limit_lanes} AS n
-                WHERE n.type = limited.name AND n.lane > candidate
-                ORDER BY n.lane LIMIT 1 FOR UPDATE SKIP LOCKED;
+                -- (the type's number of lanes read again: a registration may have changed
+                -- it since this function began)
+                SELECT n.lane INTO candidate
+                FROM {limit_lanes} AS n JOIN {limits} AS l ON l.type = n.type
+                WHERE n.type = limited.name AND n.lane > candidate AND n.lane < l.lanes
+                ORDER BY n.lane LIMIT 1 FOR UPDATE OF n SKIP LOCKED;
                 EXIT WHEN NOT FOUND;
                 SELECT * INTO type, lane, cap, key_limit, key_field, key_used, full_keys,
                               tokens, at, key_tokens, key_rate_count, key_rate_period,

@@ -650,7 +650,7 @@ class JobQueue(_QueueCore[ConnectionPool[Any], psycopg.Connection[Any]]):
                         ) -> list[_ops.LimitConflict]:
         """Record the limits of the tasks a runner (`by`) serves, by type; every claim of
         those types then keeps them. Returns the definitions replaced that differed."""
-        return self._run(_ops.register_limits(self.statements, limits, by))
+        return self._run(_ops.register_limits(self.statements, limits, by), atomic=True)
 
     def register_schedules(self, schedules: Sequence[Schedule], *, by: str,
                            now: datetime | None = None) -> None:
@@ -981,7 +981,8 @@ class AsyncJobQueue(_QueueCore[AsyncConnectionPool[Any], psycopg.AsyncConnection
 
     async def register_limits(self, limits: Mapping[str, Limits], *, by: str
                               ) -> list[_ops.LimitConflict]:
-        return await self._run(_ops.register_limits(self.statements, limits, by))
+        return await self._run(_ops.register_limits(self.statements, limits, by),
+                               atomic=True)
 
     async def register_schedules(self, schedules: Sequence[Schedule], *, by: str,
                                  now: datetime | None = None) -> None:

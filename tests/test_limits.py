@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -20,6 +22,7 @@ from jobq_core import (
     LeaseLostError,
     NewJob,
     Schedule,
+    _ops,
     create_task_runner,
 )
 from jobq_core.admin import Admin
@@ -437,3 +440,115 @@ def test_a_runner_serving_until_idle_drains_a_type_whose_limit_binds(dsn: str) -
         asyncio.run(runner.serve(until_idle=True))
         assert runner.counters["completed"] == 300
         assert queue.pending(types=["charge"]) == 0
+
+
+# -- interleavings: two connections with open transactions force the orders that matter ---------
+
+def _lock_waits(dsn: str, n: int = 1) -> bool:
+    """Whether `n` sessions of the database wait for a lock, within 5 s."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                               "current_database() AND wait_event_type = 'Lock'").fetchone()
+            if row is not None and row[0] >= n:
+                return True
+            time.sleep(0.02)
+    return False
+
+
+def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["result"] = fn()
+        except Exception as exc:  # the test looks at it
+            out["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def _hold_lane(dsn: str, type_: str, lane: int) -> psycopg.Connection[Any]:
+    """A claim in flight, as another runner's: the lane locked until the connection commits."""
+    conn = psycopg.connect(dsn)
+    conn.execute("SELECT FROM svti_jobs_limit_lanes WHERE type = %s AND lane = %s FOR UPDATE",
+                 (type_, lane))
+    return conn
+
+
+def test_a_claim_spends_the_tokens_of_lanes_made_after_its_snapshot(dsn: str) -> None:
+    """A claim of two types waits for one's lane while a registration doubles the other's
+    rate (2 lanes, both full): it still spends the tokens of the lane it then takes, though
+    the lane's row is newer than its statement's snapshot. No more than the burst starts."""
+    with JobQueue(dsn, max_connections=4) as queue:
+        limited(queue, "a", global_concurrency=1)
+        limited(queue, rate_limit="4/h")
+        queue.enqueue_many([NewJob("a") for _ in range(3)]
+                           + [NewJob("charge") for _ in range(30)])
+        holder = _hold_lane(dsn, "a", 0)
+        waiter, out = _in_thread(lambda: queue.claim_many(10, types=["a", "charge"]))
+        assert _lock_waits(dsn)
+        limited(queue, rate_limit="8/h")
+        other = _hold_lane(dsn, "charge", 0)
+        holder.commit()
+        waiter.join(10)
+        first = sum(j.type == "charge" for j in out["result"])
+        second = len(queue.claim_many(10, types=["charge"]))
+        other.commit()
+        third = len(queue.claim_many(10, types=["charge"]))
+        assert (first, second, third) == (4, 0, 4)  # 8: the burst, not 12
+        holder.close()
+        other.close()
+
+
+def test_registrations_at_once_leave_the_lanes_their_count_says(
+    dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    """Two runners start at once with different limits: the second waits for the first to
+    commit, then sees the lanes it made and drops those past its own count; claims then
+    start no more than the limit that won."""
+    with JobQueue(dsn, max_connections=4) as queue:
+        limited(queue, global_concurrency=16)
+        queue.enqueue_many([NewJob("charge") for _ in range(40)])
+        first = psycopg.connect(dsn)
+        queue._run(_ops.register_limits(
+            queue.statements, {"charge": Limits(global_concurrency=32)}, "A"), conn=first)
+        second, out = _in_thread(lambda: queue.register_limits(
+            {"charge": Limits(global_concurrency=16)}, by="B"))
+        assert _lock_waits(dsn)
+        first.commit()
+        first.close()
+        second.join(10)
+        assert [(c.was, c.by) for c in out["result"]] == [("global 32", "A")]
+        assert db.execute("SELECT lanes FROM svti_jobs_limits").fetchone() == (4,)
+        assert [r[0] for r in db.execute(
+            "SELECT lane FROM svti_jobs_limit_lanes ORDER BY lane")] == [0, 1, 2, 3]
+        assert sum(len(queue.claim_many(10, types=["charge"])) for _ in range(12)) == 16
+
+
+def test_removing_limits_while_a_claim_holds_a_lane_waits_for_it(
+    dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    """A removal locks the type's lanes before it deletes any key bucket: a claim that
+    holds a lane while it writes that lane's buckets never waits for the removal."""
+    with JobQueue(dsn, max_connections=4) as queue:
+        limited(queue, key_concurrency=8, concurrency_key="tenant", key_rate_limit="8/h")
+        queue.enqueue_many([NewJob("charge", {"tenant": "x"}) for _ in range(4)])
+        # a bucket of lane 1 full again, which the claim deletes under that lane's lock
+        db.execute("INSERT INTO svti_jobs_limit_keys (type, lane, key, tokens, refilled_at, "
+                   "full_at) VALUES ('charge', 1, 'x', 1, now() - interval '1 hour', "
+                   "now() - interval '1 second')")
+        holder = _hold_lane(dsn, "charge", 0)
+        remover, removed = _in_thread(lambda: Admin(queue).remove_limit("charge"))
+        assert _lock_waits(dsn)
+        claimer, claimed = _in_thread(lambda: queue.claim_many(4, types=["charge"]))
+        time.sleep(0.3)
+        holder.commit()
+        holder.close()
+        remover.join(10)
+        claimer.join(10)
+        assert "error" not in removed and "error" not in claimed, (removed, claimed)
+        assert Admin(queue).limits() == []
