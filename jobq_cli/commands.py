@@ -48,6 +48,7 @@ from jobq_core import (
     JobQueue,
     JobStateError,
     LeaseLostError,
+    MissingExtraError,
     NotFoundError,
     ReplicaError,
     TaskRunner,
@@ -1166,6 +1167,21 @@ def migrate(
         err.print(Text("up to date"))
 
 
+@app.command()
+def metrics(ctx: typer.Context, dsn: Dsn = None, table: TableName = "svti_jobs",
+            read_dsn: ReadDsn = None) -> None:
+    """Print the queue's gauges once in Prometheus' text format, for a cron job that pushes
+    them to a pushgateway: jobq_queue_jobs{type,state} (ready, scheduled, claimed, failed,
+    cancelled) and jobq_queue_oldest_ready_age_seconds{type}. Needs the [metrics] extra."""
+    try:
+        from jobq_core.metrics import queue_exposition
+    except MissingExtraError as exc:
+        fail(str(exc), EXIT_FAILURE)
+    with connected(ctx, dsn, table, writes=False, read_dsn=read_dsn) as admin:
+        stats = admin.stats(fold=False)  # the counts need no fold of the rates
+    sys.stdout.write(queue_exposition(stats).decode())
+
+
 # -- running ----------------------------------------------------------------------------------
 
 def load_runner(target: str) -> TaskRunner:
@@ -1208,6 +1224,13 @@ def worker(
         help="plain (a line a person reads) or json (one object per line; a handler's "
         "ctx.logger records carry job_id, type, attempt, request_id and worker, and every "
         "record the runner's worker_id)")] = "plain",
+    metrics_port: Annotated[int | None, typer.Option(
+        envvar="JOBQ_METRICS_PORT", min=0, max=65535,
+        help="serve Prometheus metrics on http://ADDR:PORT/metrics (needs the [metrics] "
+        "extra); one port per worker process")] = None,
+    metrics_addr: Annotated[str, typer.Option(
+        envvar="JOBQ_METRICS_ADDR", show_default=True,
+        help="the address --metrics-port listens on")] = "0.0.0.0",
 ) -> None:
     """Run a task runner until SIGTERM or SIGINT, or until an operator drains it.
 
@@ -1234,6 +1257,8 @@ def worker(
             runner.concurrency = concurrency
         if health_file is not None:
             runner.health_file = health_file
+        if metrics_port is not None:
+            runner.metrics_port, runner.metrics_addr = metrics_port, metrics_addr
         runner.serve_forever()
     except JobqError as exc:
         fail(str(exc), exit_code_for(exc))

@@ -1,0 +1,184 @@
+"""Prometheus metrics of a task runner, and of the queue, with the `jobq[metrics]` extra.
+
+A runner given `metrics_port` (`jobq worker --metrics-port`) serves `/metrics` over HTTP while
+it serves jobs. Everything is recorded in the runner's own process, from the events it emits
+at each transition (`RunnerEvent`): a process-executor child only runs the handler and
+reports back, so it records nothing. So one worker process is one scrape target, and several
+on one host each take a port of their own; nothing is shared between processes.
+
+- `jobq_jobs_<kind>_total{type}`, one counter per event kind: claimed, completed, retried,
+  failed, cancelled (by an operator, while running here), lease_lost, snoozed, released
+  (handed back at shutdown) and timed_out (also counted as retried or failed).
+- `jobq_job_wait_seconds{type}`: from the job's `run_at` (when it became due: its enqueue,
+  its schedule or its retry's backoff) to its claim, by the worker's clock.
+- `jobq_job_run_seconds{type}`: from the handler's start to a completed, retried or failed
+  outcome being recorded.
+- `jobq_runner_in_flight`, `jobq_runner_free_slots`: read at each scrape.
+- `jobq_queue_jobs{type,state}` and `jobq_queue_oldest_ready_age_seconds{type}`: the queue's
+  depth, from `Admin.stats` (cheap by design: its cost grows with the number of types, and
+  counts past a cap are estimates), read by the runner every `DEPTH_EVERY` seconds whether or
+  not anyone scrapes, never per scrape. Every worker exports the same depth: aggregate it with
+  max, not sum. `jobq metrics` prints these gauges once, for a pushgateway.
+
+This module imports prometheus_client at once: the rest of jobq_core imports it only when
+metrics are asked for, so the core install runs without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from .admin import Admin, AsyncAdmin, TypeStats
+from .attempts import RunnerEvent
+from .errors import InvalidInputError, MissingExtraError
+from .queue import AsyncJobQueue
+
+try:
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+    from prometheus_client.core import GaugeMetricFamily, Metric
+    from prometheus_client.exposition import start_http_server
+    from prometheus_client.registry import Collector
+except ModuleNotFoundError as exc:  # the lean install: name the extra
+    raise MissingExtraError(
+        "metrics need the [metrics] extra: pip install 'jobq[metrics]'") from exc
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from .runner import TaskRunner
+    from .runner_state import RunnerState
+
+log = logging.getLogger("jobq.runner")
+
+#: Seconds between a runner's reads of the queue's depth, and the longest one may take.
+DEPTH_EVERY, DEPTH_TIMEOUT = 15.0, 10.0
+#: The event kinds counted, each as `jobq_jobs_<kind>_total`.
+COUNTED = ("claimed", "completed", "retried", "failed", "cancelled", "lease_lost", "snoozed",
+           "released", "timed_out")
+#: Outcomes whose duration is a run time (the handler ran and its outcome was recorded).
+RUN_OUTCOMES = frozenset({"completed", "retried", "failed"})
+#: From milliseconds (a busy runner's claims) to an hour (a backlog, a long report).
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+           900.0, 3600.0)
+
+
+def queue_families(stats: Iterable[TypeStats]) -> list[Metric]:
+    """The queue-level gauges of `Admin.stats`: jobs by type and state (ready, scheduled,
+    claimed, failed, cancelled: a partition of the queue's rows, so they sum; completed jobs
+    leave the queue) and each type's oldest ready job's age."""
+    jobs = GaugeMetricFamily("jobq_queue_jobs", "Jobs in the queue by type and state "
+                             "(estimates past the stats' caps)", labels=["type", "state"])
+    oldest = GaugeMetricFamily("jobq_queue_oldest_ready_age_seconds",
+                               "Age of the oldest due job of the type", labels=["type"])
+    for s in stats:
+        for state, count in (("ready", s.ready), ("scheduled", s.scheduled),
+                             ("claimed", s.claimed), ("failed", s.failed),
+                             ("cancelled", s.cancelled)):
+            jobs.add_metric([s.type, state], count.value)
+        if s.oldest_ready_age is not None:
+            oldest.add_metric([s.type], s.oldest_ready_age.total_seconds())
+    return [jobs, oldest]
+
+
+def queue_exposition(stats: Iterable[TypeStats]) -> bytes:
+    """`queue_families` in Prometheus' text exposition format."""
+    registry = CollectorRegistry()
+    registry.register(_Fixed(queue_families(stats)))
+    return generate_latest(registry)
+
+
+class _Fixed(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+class RunnerMetrics(Collector):
+    """One runner's metrics, in a registry of its own (runners in one process do not mix),
+    kept across its serves like its `counters`."""
+
+    def __init__(self, runner: TaskRunner) -> None:
+        self.runner = runner
+        self.registry = CollectorRegistry()
+        self._counters = {kind: Counter(f"jobq_jobs_{kind}", f"Jobs {kind.replace('_', ' ')} "
+                                        "by this runner", ["type"], registry=self.registry)
+                          for kind in COUNTED}
+        self._wait = Histogram("jobq_job_wait_seconds", "From a job's run_at to its claim",
+                               ["type"], buckets=BUCKETS, registry=self.registry)
+        self._run = Histogram("jobq_job_run_seconds", "From a handler's start to its "
+                              "outcome recorded", ["type"], buckets=BUCKETS,
+                              registry=self.registry)
+        self._depth: list[TypeStats] = []
+        self.registry.register(self)
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int | None:
+        """The port `/metrics` is served on while the runner serves (the one chosen, for 0)."""
+        return None if self._server is None else self._server.server_port
+
+    def record(self, event: RunnerEvent) -> None:
+        """The runner's `on_event` listener: called on its event loop, in its process."""
+        job_type = event.job.type
+        counter = self._counters.get(event.kind)
+        if counter is not None:
+            counter.labels(job_type).inc()
+        if event.kind == "claimed":
+            self._wait.labels(job_type).observe(
+                max(time.time() - event.job.run_at.timestamp(), 0.0))
+        elif event.kind in RUN_OUTCOMES and event.duration is not None:
+            self._run.labels(job_type).observe(event.duration)
+
+    def collect(self) -> Iterator[Metric]:
+        """The gauges of this scrape: the slots now, the depth as last read."""
+        health = self.runner.health()
+        yield GaugeMetricFamily("jobq_runner_in_flight", "Jobs this runner holds",
+                                value=health["in_flight"])
+        yield GaugeMetricFamily("jobq_runner_free_slots", "This runner's concurrency less "
+                                "its slots taken", value=health["free_slots"])
+        yield from queue_families(self._depth)
+
+    def start_server(self, port: int, addr: str) -> None:
+        try:
+            self._server, self._thread = start_http_server(port, addr, registry=self.registry)
+        except OSError as exc:
+            raise InvalidInputError(f"cannot serve metrics on {addr}:{port}: {exc}") from None
+        log.info("serving metrics on http://%s:%d/metrics", addr or "0.0.0.0", self.port)
+
+    def stop_server(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+
+    async def watch_depth(self, state: RunnerState) -> None:
+        """Read the queue's depth every `DEPTH_EVERY` seconds until cancelled. A failed read
+        keeps the last figures and never stops the runner: metrics are no reason to."""
+        while True:
+            try:
+                self._depth = await asyncio.wait_for(self._read_depth(state), DEPTH_TIMEOUT)
+            except Exception as exc:
+                log.warning("could not read the queue's depth for the metrics (trying again "
+                            "in %.0f s): %s", DEPTH_EVERY, exc)
+            await asyncio.sleep(DEPTH_EVERY)
+
+    @staticmethod
+    async def _read_depth(state: RunnerState) -> list[TypeStats]:
+        queue = state.queue
+        if isinstance(queue, AsyncJobQueue):
+            return await AsyncAdmin(queue).stats(fold=False)
+        # On the loops' threads, like the runner's other background calls.
+        return await asyncio.get_running_loop().run_in_executor(
+            state.loop_threads, functools.partial(Admin(queue).stats, fold=False))
