@@ -7,9 +7,9 @@ destructive actions (delete, cancel, clear, drain, migrate) and any action on jo
 chose ask for confirmation with the count unless ``--yes``; the others (retry or extend of
 given ids, pause, resume) do not ask. Without a terminal to ask on, they refuse rather than
 hang. ``jobq --read-only`` (or JOBQ_READ_ONLY) refuses writes before connecting and opens
-read-only sessions. The commands that only read (status, list, show, trace, workers and pause
-without arguments) read a hot standby given by ``--read-dsn`` (or JOBQ_READ_DSN); every other
-command uses the primary.
+read-only sessions. The commands that only read (status, metrics, list, show, trace, workers
+and pause without arguments) read a hot standby given by ``--read-dsn`` (or JOBQ_READ_DSN);
+every other command uses the primary.
 
 Exit codes: 0 success, 1 failure, 2 usage or bad input, 3 not found, 4 lease lost or conflict,
 5 database unreachable, 130 interrupted. Errors are one line on stderr, usage errors included.
@@ -96,7 +96,7 @@ EXIT_CODES_HELP = (
 CONNECTION_HELP = (
     "Connection: --dsn, else JOBQ_DSN, else DATABASE_URL, else libpq's PG* variables. "
     "Table: --table, else JOBQ_TABLE, else svti_jobs. The commands that only read (status, "
-    "list, show, trace, workers, pause without types) read a hot standby given by "
+    "metrics, list, show, trace, workers, pause without types) read a hot standby given by "
     "--read-dsn or JOBQ_READ_DSN."
 )
 

@@ -102,11 +102,14 @@ def test_a_serving_runner_exports_what_the_ledger_shows(
                        + [NewJob("doomed") for _ in range(2)]
                        + [NewJob("in-a-child", {"n": n}) for n in range(2)])
     queue.enqueue("fine", run_at=timedelta(hours=1))  # scheduled: in the depth only
+    overdue = queue.enqueue("fine", {"n": 5})  # due two hours ago: past the last bucket
+    db.execute("UPDATE svti_jobs SET run_at = now() - interval '2 hours' WHERE id = %s",
+               (overdue,))
 
     with serving(runner):
         assert runner.metrics is not None and runner.metrics.port
         port = runner.metrics.port
-        wait_until(lambda: runner.counters["completed"] == 10 and runner.counters["failed"] == 2,
+        wait_until(lambda: runner.counters["completed"] == 11 and runner.counters["failed"] == 2,
                    what="the jobs done")
         busy = scrape(port)
         assert busy[("jobq_runner_in_flight", ())] == 1  # the victim, still running
@@ -118,8 +121,8 @@ def test_a_serving_runner_exports_what_the_ledger_shows(
         samples = scrape(port)
 
     happened = ledger(db)
-    expected = {"claimed": {"fine": 5, "flaky": 6, "doomed": 4, "in-a-child": 2, "victim": 1},
-                "completed": {"fine": 5, "flaky": 3, "in-a-child": 2},
+    expected = {"claimed": {"fine": 6, "flaky": 6, "doomed": 4, "in-a-child": 2, "victim": 1},
+                "completed": {"fine": 6, "flaky": 3, "in-a-child": 2},
                 "retried": {"flaky": 3, "doomed": 2},
                 "failed": {"doomed": 2},
                 "cancelled": {"victim": 1}}
@@ -134,6 +137,10 @@ def test_a_serving_runner_exports_what_the_ledger_shows(
     for kind in ("completed", "retried", "failed"):
         runs.update(expected[kind])
     assert by_type(samples, "jobq_job_run_seconds_count") == dict(runs)
+    waits = {dict(labels)["le"]: n for (name, labels), n in samples.items()
+             if name == "jobq_job_wait_seconds_bucket" and ("type", "fine") in labels}
+    assert waits["3600.0"] == 5 and waits["+Inf"] == 6
+    assert 2 * 3600 <= samples[("jobq_job_wait_seconds_sum", (("type", "fine"),))] < 2.1 * 3600
     assert depth_of(samples) == {("fine", "scheduled"): 1, ("doomed", "failed"): 2,
                                  ("victim", "cancelled"): 1}
     assert samples[("jobq_runner_in_flight", ())] == 0
