@@ -1,8 +1,8 @@
 """Prometheus metrics of a task runner, and of the queue, with the `jobq[metrics]` extra.
 
 A runner given `metrics_port` (`jobq worker --metrics-port`) serves `/metrics` over HTTP while
-it serves jobs. Everything is recorded in the runner's own process, from the events it emits
-at each transition (`RunnerEvent`): a process-executor child only runs the handler and
+it serves jobs. Everything is recorded in the runner's own process, where it emits its events
+(`RunnerState.emit`, at each transition): a process-executor child only runs the handler and
 reports back, so it records nothing. So one worker process is one scrape target, and several
 on one host each take a port of their own; nothing is shared between processes.
 
@@ -31,33 +31,33 @@ import bisect
 import functools
 import itertools
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from .admin import Admin, AsyncAdmin, TypeStats
-from .attempts import RunnerEvent
 from .errors import InvalidInputError, MissingExtraError
+from .models import Job
 from .queue import AsyncJobQueue
 
 try:
-    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
     from prometheus_client.core import (
         CounterMetricFamily,
         GaugeMetricFamily,
         HistogramMetricFamily,
         Metric,
     )
-    from prometheus_client.exposition import start_http_server
     from prometheus_client.registry import Collector
 except ModuleNotFoundError as exc:  # the lean install: name the extra
     raise MissingExtraError(
         "metrics need the [metrics] extra: pip install 'jobq[metrics]'") from exc
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from .runner import TaskRunner
     from .runner_state import RunnerState
 
@@ -65,6 +65,9 @@ log = logging.getLogger("jobq.runner")
 
 #: Seconds between a runner's reads of the queue's depth, and the longest one may take.
 DEPTH_EVERY, DEPTH_TIMEOUT = 15.0, 10.0
+#: Seconds the HTTP server takes to notice a stop: a runner's serve() waits that long at most.
+#: (prometheus_client's own server polls every 0.5 s.)
+SERVER_POLL = 0.05
 #: The event kinds counted, each as `jobq_jobs_<kind>_total`.
 COUNTED = ("claimed", "completed", "retried", "failed", "cancelled", "lease_lost", "snoozed",
            "released", "timed_out")
@@ -103,6 +106,8 @@ def queue_exposition(stats: Iterable[TypeStats]) -> bytes:
 
 
 class _Fixed(Collector):
+    """Families made beforehand, collected as they are."""
+
     def __init__(self, families: list[Metric]) -> None:
         self._families = families
 
@@ -134,9 +139,10 @@ class RunnerMetrics(Collector):
 
     Recording is plain counting on the event loop, turned into metric families at each
     scrape: prometheus_client's own Counter and Histogram took about 10 us an event (label
-    lookups and locks), a tenth of a no-op job's time on a busy runner. The scrape's thread
-    reads copies (one C-level copy each, atomic under the GIL); a histogram's sum may miss an
-    observation its buckets have, never the reverse of a count."""
+    lookups and locks), half a job's worth of a busy runner's CPU for the two events of a
+    job. The scrape's thread reads copies (each one C-level copy, atomic under the GIL), so
+    a scrape during an observation may see it in a histogram's buckets and not yet in its
+    sum, or the reverse, until the next scrape."""
 
     def __init__(self, runner: TaskRunner) -> None:
         self.runner = runner
@@ -155,15 +161,15 @@ class RunnerMetrics(Collector):
         """The port `/metrics` is served on while the runner serves (the one chosen, for 0)."""
         return None if self._server is None else self._server.server_port
 
-    def record(self, event: RunnerEvent) -> None:
-        """The runner's `on_event` listener: called on its event loop, in its process."""
-        kind, job = event.kind, event.job
+    def record(self, kind: str, job: Job, duration: float | None) -> None:
+        """One event of the runner (`RunnerEvent`'s kind, job and duration): called on its
+        event loop, in its process."""
         key = (kind, job.type)
         self._counts[key] = self._counts.get(key, 0) + 1
         if kind == "claimed":
             histograms, value = self._wait, max(time.time() - job.run_at.timestamp(), 0.0)
-        elif kind in RUN_OUTCOMES and event.duration is not None:
-            histograms, value = self._run, event.duration
+        elif kind in RUN_OUTCOMES and duration is not None:
+            histograms, value = self._run, duration
         else:
             return
         histogram = histograms.get(job.type)
@@ -198,10 +204,16 @@ class RunnerMetrics(Collector):
         yield from queue_families(self._depth)
 
     def start_server(self, port: int, addr: str) -> None:
+        server = _ServerV6 if ":" in addr else _Server
         try:
-            self._server, self._thread = start_http_server(port, addr, registry=self.registry)
+            self._server = make_server(addr, port, make_wsgi_app(self.registry), server,
+                                       handler_class=_Quiet)
         except OSError as exc:
             raise InvalidInputError(f"cannot serve metrics on {addr}:{port}: {exc}") from None
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": SERVER_POLL},
+                                        name="jobq-metrics", daemon=True)
+        self._thread.start()
         log.info("serving metrics on http://%s:%d/metrics", addr or "0.0.0.0", self.port)
 
     def stop_server(self) -> None:
@@ -232,3 +244,18 @@ class RunnerMetrics(Collector):
         # On the loops' threads, like the runner's other background calls.
         return await asyncio.get_running_loop().run_in_executor(
             state.loop_threads, functools.partial(Admin(queue).stats, fold=False))
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """A scrape per thread, so one slow scraper holds up no other; none outlives the process."""
+
+    daemon_threads = True
+
+
+class _ServerV6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log on stderr: a scrape every few seconds is no news."""

@@ -276,6 +276,8 @@ class TaskRunner:
             self.queue, self._tasks, self.concurrency, self.lease_ms, self._heartbeat_interval,
             self.poll_interval, self.shutdown_timeout, self.worker_name, self.counters,
             self._listeners, self._retries_due)
+        if self.metrics is not None:
+            state.recorder = self.metrics.record
         supervisor = Supervisor(state, (lambda: None) if inline else self._write_health)
         side_loops = SideLoops(state, supervisor, self.worker_id)
         return _Parts(state, supervisor, side_loops,
@@ -341,15 +343,14 @@ class TaskRunner:
             raise RunnerFailedError(str(state.fatal)) from state.fatal
 
     def _start_metrics(self) -> RunnerMetrics | None:
-        """With a `metrics_port`, this runner's metrics, listening to its events from the
-        first serve on, and served over HTTP until this serve ends."""
+        """With a `metrics_port`, this runner's metrics, recording from the first serve on
+        (inline runs too), and served over HTTP until this serve ends."""
         if self.metrics_port is None:
             return None
         if self.metrics is None:
             from .metrics import RunnerMetrics  # the [metrics] extra, only when asked for
 
             self.metrics = RunnerMetrics(self)
-            self._listeners.append(self.metrics.record)
         self.metrics.start_server(self.metrics_port, self.metrics_addr)
         return self.metrics
 

@@ -4,11 +4,13 @@ counters match the ledger (the events table), the depth gauges match the jobs ta
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import urllib.request
 from collections import Counter
 from datetime import timedelta
@@ -21,10 +23,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from jobq_cli.commands import app
-from jobq_core import JobQueue, NewJob, create_task_runner, metrics
+from jobq_core import InvalidInputError, JobQueue, NewJob, create_task_runner, metrics
 from jobq_core.admin import Admin
 
 from . import runner_tasks
+from .helpers import backdate
 from .test_cli_worker import JOBQ
 from .test_runner import serving, wait_until
 
@@ -147,6 +150,54 @@ def test_a_serving_runner_exports_what_the_ledger_shows(
     assert samples[("jobq_runner_free_slots", ())] == 4
     with pytest.raises(OSError):  # served only while the runner serves
         scrape(port)
+    queue.close()
+
+
+def test_a_lease_taken_by_another_claimer_counts_as_lease_lost(
+    dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    queue = JobQueue(dsn)
+    runner = create_task_runner(queue, heartbeat_interval=0.2, lease_ms=60_000, metrics_port=0,
+                                metrics_addr="127.0.0.1")
+    started = threading.Event()
+
+    @runner.task("victim")
+    def victim(payload: Any, ctx: Any) -> Any:
+        started.set()
+        ctx.cancelled.wait(30)
+
+    job_id = queue.enqueue("victim")
+    with serving(runner):
+        assert started.wait(10) and runner.metrics is not None and runner.metrics.port
+
+        def steal() -> Any:
+            backdate(db, job_id, lease_until="1 second")  # a beat may renew it: try again
+            return queue.claim(types=["victim"])
+
+        thief = wait_until(steal, what="the reclaim")
+        wait_until(lambda: runner.counters["discarded"] == 1, what="the result discarded")
+        samples = scrape(runner.metrics.port)
+        queue.complete(thief)
+    assert by_type(samples, "jobq_jobs_lease_lost_total") == {"victim": 1}
+    assert by_type(samples, "jobq_jobs_claimed_total") == {"victim": 1}  # the thief's is not
+    for kind in ("completed", "retried", "failed", "cancelled"):
+        assert by_type(samples, f"jobq_jobs_{kind}_total") == {}, kind
+    queue.close()
+
+
+def test_a_metrics_port_in_use_is_refused_before_serving(dsn: str) -> None:
+    queue = JobQueue(dsn)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        runner = create_task_runner(queue, metrics_port=port, metrics_addr="127.0.0.1")
+        runner.register("work", runner_tasks.noop)
+        job_id = queue.enqueue("work")
+        with pytest.raises(InvalidInputError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
+            asyncio.run(runner.serve(until_idle=True))
+    assert not runner.serving and runner.health()["status"] == "stopped"
+    assert queue.outcome(job_id).state == "pending"  # nothing was claimed
     queue.close()
 
 
