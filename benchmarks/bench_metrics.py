@@ -6,9 +6,10 @@
 One type of no-op jobs, drained by `--processes` runner processes (concurrency 256 each):
 - `off`: no metrics;
 - `on`: each runner with `metrics_port` (a port of its own, on the loopback), its depth read
-  every `jobq_core.metrics.DEPTH_EVERY` seconds as in production, and a thread in the same
-  process scraping `/metrics` every `--scrape-every` seconds (more often than Prometheus'
-  usual 15 s, so that the scrapes' cost shows if it is there).
+  every `jobq_core.metrics.DEPTH_EVERY` seconds as in production, and this process (as
+  Prometheus would, from outside the runner's) scraping every runner's `/metrics` every
+  `--scrape-every` seconds, far more often than Prometheus' usual 15 s, so that the scrapes'
+  cost shows if it is there.
 Settings take turns within every repetition (the first one rotating), each on a fresh
 database filled beforehand and settled; reported per setting: the median jobs/s and range,
 and its ratio to `off`, with the load average around every run.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import statistics
 import threading
 import time
@@ -54,22 +56,32 @@ def fill(dsn: str, jobs: int) -> None:
             queue.enqueue_many([NewJob(TYPE) for _ in range(start, min(jobs, start + 5000))])
 
 
-def _scrape_until(port: int, every: float, done: threading.Event, scrapes: list[int]) -> None:
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def scrape_until(ports: list[int], every: float, done: threading.Event,
+                 scrapes: list[int]) -> None:
+    """Scrape every port each `every` seconds until `done`; a runner not serving yet, or no
+    more, refuses the connection, which counts as no scrape."""
     while not done.wait(every):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
-                page.read()
-        except OSError:  # the runner has stopped, and its endpoint with it
-            return
-        scrapes.append(1)
+        for port in ports:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                            timeout=10) as page:
+                    page.read()
+            except OSError:
+                continue
+            scrapes.append(port)
 
 
-async def drain(hs: Handshake, dsn: str, setting: str, scrape_every: float) -> dict[str, Any]:
+async def drain(hs: Handshake, dsn: str, port: int | None) -> dict[str, Any]:
     queue = AsyncJobQueue(dsn)
     await queue.prepare()
-    on = setting == "on"
-    runner = create_task_runner(queue, concurrency=CONCURRENCY,
-                                metrics_port=0 if on else None, metrics_addr="127.0.0.1")
+    runner = create_task_runner(queue, concurrency=CONCURRENCY, metrics_port=port,
+                                metrics_addr="127.0.0.1")
 
     async def noop(payload: Any, ctx: Any) -> None:
         return None
@@ -80,26 +92,10 @@ async def drain(hs: Handshake, dsn: str, setting: str, scrape_every: float) -> d
     import jobq_core.metrics  # noqa: F401
 
     hs.ready()
-    done = threading.Event()
-    scrapes: list[int] = []
-    scraper = None
-    serving = runner.serve(until_idle=True)
-    if on:
-        def scrape_when_up() -> None:
-            while runner.metrics is None or runner.metrics.port is None:
-                if done.wait(0.01):
-                    return
-            _scrape_until(runner.metrics.port, scrape_every, done, scrapes)
-
-        scraper = threading.Thread(target=scrape_when_up, daemon=True)
-        scraper.start()
-    await serving
+    await runner.serve(until_idle=True)
     end = time.monotonic()
-    done.set()
-    if scraper is not None:
-        scraper.join(10)
     await queue.close()
-    return {"end": end, "completed": runner.counters["completed"], "scrapes": len(scrapes)}
+    return {"end": end, "completed": runner.counters["completed"]}
 
 
 def measure(dsn: str, setting: str, jobs: int, processes: int, *, scrape_every: float,
@@ -110,14 +106,24 @@ def measure(dsn: str, setting: str, jobs: int, processes: int, *, scrape_every: 
         fill(db, jobs)
         settle(db)
         before = load1()
-        children = [Child("benchmarks.bench_metrics:drain", dsn=db, setting=setting,
-                          scrape_every=scrape_every) for _ in range(processes)]
-        started, results = run_together(children)
+        ports = [free_port() for _ in range(processes)] if setting == "on" else []
+        children = [Child("benchmarks.bench_metrics:drain", dsn=db,
+                          port=ports[n] if ports else None) for n in range(processes)]
+        done = threading.Event()
+        scrapes: list[int] = []
+        scraper = threading.Thread(target=scrape_until, args=(ports, scrape_every, done,
+                                                              scrapes), daemon=True)
+        scraper.start()
+        try:
+            started, results = run_together(children)
+        finally:
+            done.set()
+            scraper.join(10)
         seconds = max(r["end"] for r in results) - started
         completed = sum(r["completed"] for r in results)
         assert completed == jobs, (setting, completed)
         return {"jobs_per_s": jobs / seconds, "seconds": seconds,
-                "scrapes": sum(r["scrapes"] for r in results), "load1": [before, load1()]}
+                "scrapes": len(scrapes), "load1": [before, load1()]}
     finally:
         drop_database(dsn, name)
 
