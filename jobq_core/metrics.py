@@ -31,6 +31,7 @@ import bisect
 import functools
 import itertools
 import logging
+import selectors
 import socket
 import threading
 import time
@@ -65,9 +66,6 @@ log = logging.getLogger("jobq.runner")
 
 #: Seconds between a runner's reads of the queue's depth, and the longest one may take.
 DEPTH_EVERY, DEPTH_TIMEOUT = 15.0, 10.0
-#: Seconds the HTTP server takes to notice a stop: a runner's serve() waits that long at most.
-#: (prometheus_client's own server polls every 0.5 s.)
-SERVER_POLL = 0.05
 #: The event kinds counted, each as `jobq_jobs_<kind>_total`.
 COUNTED = ("claimed", "completed", "retried", "failed", "cancelled", "lease_lost", "snoozed",
            "released", "timed_out")
@@ -155,6 +153,8 @@ class RunnerMetrics(Collector):
         self.registry.register(self)
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
+        #: Written to stop the server's thread at once.
+        self._waker: socket.socket | None = None
 
     @property
     def port(self) -> int | None:
@@ -210,20 +210,20 @@ class RunnerMetrics(Collector):
                                        handler_class=_Quiet)
         except OSError as exc:
             raise InvalidInputError(f"cannot serve metrics on {addr}:{port}: {exc}") from None
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": SERVER_POLL},
+        self._waker, woken = socket.socketpair()
+        self._thread = threading.Thread(target=_serve_until, args=(self._server, woken),
                                         name="jobq-metrics", daemon=True)
         self._thread.start()
         log.info("serving metrics on http://%s:%d/metrics", addr or "0.0.0.0", self.port)
 
     def stop_server(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-            self._thread = None
+        if self._server is None or self._thread is None or self._waker is None:
+            return
+        self._waker.send(b"stop")
+        self._thread.join(timeout=5.0)
+        self._server.server_close()
+        self._waker.close()
+        self._server = self._thread = self._waker = None
 
     async def watch_depth(self, state: RunnerState) -> None:
         """Read the queue's depth every `DEPTH_EVERY` seconds until cancelled. A failed read
@@ -244,6 +244,16 @@ class RunnerMetrics(Collector):
         # On the loops' threads, like the runner's other background calls.
         return await asyncio.get_running_loop().run_in_executor(
             state.loop_threads, functools.partial(Admin(queue).stats, fold=False))
+
+
+def _serve_until(server: WSGIServer, woken: socket.socket) -> None:
+    """Accept scrapes until `woken` is written to: no polling, so a stop is immediate
+    (prometheus_client's server polls every 0.5 s, which every serve() would wait out)."""
+    with woken, selectors.DefaultSelector() as selector:
+        selector.register(server, selectors.EVENT_READ)
+        selector.register(woken, selectors.EVENT_READ)
+        while all(key.fileobj is server for key, _ in selector.select()):
+            server.handle_request()
 
 
 class _Server(ThreadingMixIn, WSGIServer):
