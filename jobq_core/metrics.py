@@ -204,6 +204,8 @@ class RunnerMetrics(Collector):
         yield from queue_families(self._depth)
 
     def start_server(self, port: int, addr: str) -> None:
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise InvalidInputError(f"metrics_port must be a port number, got {port!r}")
         server = _ServerV6 if ":" in addr else _Server
         try:
             self._server = make_server(addr, port, make_wsgi_app(self.registry), server,

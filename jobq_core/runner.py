@@ -321,9 +321,9 @@ class TaskRunner:
         state.until_idle = until_idle
         state.loops = {name: LoopHealth() for name in ("claim", "heartbeat", "registry", "ack")}
         started = time.monotonic()
-        undo_logging = _log_somewhere()
         self._state, self._serving = state, parts
         self._status = "ok"
+        undo_logging = _log_somewhere()
         try:
             with _signals_to(self.request_stop, handle_signals):
                 await self._serve(parts, metrics)

@@ -198,6 +198,9 @@ def test_a_metrics_port_in_use_is_refused_before_serving(dsn: str) -> None:
             asyncio.run(runner.serve(until_idle=True))
     assert not runner.serving and runner.health()["status"] == "stopped"
     assert queue.outcome(job_id).state == "pending"  # nothing was claimed
+    runner.metrics_port = 70_000
+    with pytest.raises(InvalidInputError, match="metrics_port must be a port number"):
+        asyncio.run(runner.serve(until_idle=True))
     queue.close()
 
 
