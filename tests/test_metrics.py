@@ -157,8 +157,9 @@ def test_a_lease_taken_by_another_claimer_counts_as_lease_lost(
     dsn: str, db: psycopg.Connection[Any]
 ) -> None:
     queue = JobQueue(dsn)
-    runner = create_task_runner(queue, heartbeat_interval=0.2, lease_ms=60_000, metrics_port=0,
-                                metrics_addr="127.0.0.1")
+    # One slot, which the victim holds: only the thief can take the expired lease back.
+    runner = create_task_runner(queue, concurrency=1, heartbeat_interval=0.2, lease_ms=60_000,
+                                metrics_port=0, metrics_addr="127.0.0.1")
     started = threading.Event()
 
     @runner.task("victim")
@@ -225,7 +226,9 @@ def test_jobq_worker_serves_metrics_on_the_port_of_its_option_or_environment(
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert [queue.wait(i, timeout=30) for i in ids] == list(range(7))
-        samples = wait_until(lambda: _scrape_or_none(port), what="the metrics endpoint")
+        # The runner counts a completion once its ack has committed: a moment after wait().
+        samples = wait_until(lambda: _scrape_once_completed(port, 7),
+                             what="the completions counted")
         assert by_type(samples, "jobq_jobs_completed_total") == ledger(db)["completed"] == {
             "work": 7}
     finally:
@@ -236,12 +239,14 @@ def test_jobq_worker_serves_metrics_on_the_port_of_its_option_or_environment(
     queue.close()
 
 
-def _scrape_or_none(port: int) -> Samples | None:
+def _scrape_once_completed(port: int, jobs: int) -> Samples | None:
+    """A scrape that counts at least `jobs` completions, or None (nor one served yet)."""
     try:
         samples = scrape(port)
     except OSError:
         return None
-    return samples if by_type(samples, "jobq_jobs_completed_total") else None
+    completed = sum(by_type(samples, "jobq_jobs_completed_total").values())
+    return samples if completed >= jobs else None
 
 
 def test_jobq_metrics_prints_the_queues_depth_in_the_exposition_format(
