@@ -7,9 +7,9 @@ destructive actions (delete, cancel, clear, drain, migrate) and any action on jo
 chose ask for confirmation with the count unless ``--yes``; the others (retry or extend of
 given ids, pause, resume) do not ask. Without a terminal to ask on, they refuse rather than
 hang. ``jobq --read-only`` (or JOBQ_READ_ONLY) refuses writes before connecting and opens
-read-only sessions. The commands that only read (status, list, show, trace, workers and pause
-without arguments) read a hot standby given by ``--read-dsn`` (or JOBQ_READ_DSN); every other
-command uses the primary.
+read-only sessions. The commands that only read (status, metrics, list, show, trace, workers
+and pause without arguments) read a hot standby given by ``--read-dsn`` (or JOBQ_READ_DSN);
+every other command uses the primary.
 
 Exit codes: 0 success, 1 failure, 2 usage or bad input, 3 not found, 4 lease lost or conflict,
 5 database unreachable, 130 interrupted. Errors are one line on stderr, usage errors included.
@@ -48,6 +48,7 @@ from jobq_core import (
     JobQueue,
     JobStateError,
     LeaseLostError,
+    MissingExtraError,
     NotFoundError,
     ReplicaError,
     TaskRunner,
@@ -95,7 +96,7 @@ EXIT_CODES_HELP = (
 CONNECTION_HELP = (
     "Connection: --dsn, else JOBQ_DSN, else DATABASE_URL, else libpq's PG* variables. "
     "Table: --table, else JOBQ_TABLE, else svti_jobs. The commands that only read (status, "
-    "list, show, trace, workers, pause without types) read a hot standby given by "
+    "metrics, list, show, trace, workers, pause without types) read a hot standby given by "
     "--read-dsn or JOBQ_READ_DSN."
 )
 
@@ -1169,6 +1170,21 @@ def migrate(
         err.print(Text("up to date"))
 
 
+@app.command()
+def metrics(ctx: typer.Context, dsn: Dsn = None, table: TableName = "svti_jobs",
+            read_dsn: ReadDsn = None) -> None:
+    """Print the queue's gauges once in Prometheus' text format, for a cron job that pushes
+    them to a pushgateway: jobq_queue_jobs{type,state} (ready, scheduled, claimed, failed,
+    cancelled) and jobq_queue_oldest_ready_age_seconds{type}. Needs the [metrics] extra."""
+    try:
+        from jobq_core.metrics import queue_exposition
+    except MissingExtraError as exc:
+        fail(str(exc), EXIT_FAILURE)
+    with connected(ctx, dsn, table, writes=False, read_dsn=read_dsn) as admin:
+        stats = admin.stats(fold=False)  # the counts need no fold of the rates
+    sys.stdout.write(queue_exposition(stats).decode())
+
+
 # -- running ----------------------------------------------------------------------------------
 
 def load_runner(target: str) -> TaskRunner:
@@ -1211,6 +1227,13 @@ def worker(
         help="plain (a line a person reads) or json (one object per line; a handler's "
         "ctx.logger records carry job_id, type, attempt, request_id and worker, and every "
         "record the runner's worker_id)")] = "plain",
+    metrics_port: Annotated[int | None, typer.Option(
+        envvar="JOBQ_METRICS_PORT", min=0, max=65535,
+        help="serve Prometheus metrics on http://ADDR:PORT/metrics (needs the [metrics] "
+        "extra); one port per worker process")] = None,
+    metrics_addr: Annotated[str, typer.Option(
+        envvar="JOBQ_METRICS_ADDR", show_default=True,
+        help="the address --metrics-port listens on")] = "0.0.0.0",
 ) -> None:
     """Run a task runner until SIGTERM or SIGINT, or until an operator drains it.
 
@@ -1237,6 +1260,8 @@ def worker(
             runner.concurrency = concurrency
         if health_file is not None:
             runner.health_file = health_file
+        if metrics_port is not None:
+            runner.metrics_port, runner.metrics_addr = metrics_port, metrics_addr
         runner.serve_forever()
     except JobqError as exc:
         fail(str(exc), exit_code_for(exc))

@@ -1433,9 +1433,12 @@ class Admin:
         changed since), however long the confirmation took."""
         return self._write(_ops.clear(self._st, _cutoff(older_than), progress))
 
-    def stats(self) -> list[TypeStats]:
+    def stats(self, *, fold: bool = True) -> list[TypeStats]:
+        """See `stats`; without `fold`, the rates as the runners last folded them (a
+        runner's metrics read the counts, which folding does not change)."""
         # A standby cannot fold the rates: it shows what the primary's runners folded.
-        return self._read(lambda st: stats(st, fold=self.reads is None), atomic=True)
+        return self._read(lambda st: stats(st, fold=fold and self.reads is None),
+                          atomic=True)
 
     def doctor(self) -> list[Finding]:
         return self._run(doctor(self._st))
@@ -1589,8 +1592,9 @@ class AsyncAdmin:
                     progress: Callable[[int], None] | None = None) -> int:
         return await self._write(_ops.clear(self._st, _cutoff(older_than), progress))
 
-    async def stats(self) -> list[TypeStats]:
-        return await self._read(lambda st: stats(st, fold=self.reads is None), atomic=True)
+    async def stats(self, *, fold: bool = True) -> list[TypeStats]:
+        return await self._read(lambda st: stats(st, fold=fold and self.reads is None),
+                                atomic=True)
 
     async def doctor(self) -> list[Finding]:
         return await self._run(doctor(self._st))

@@ -127,6 +127,10 @@ class RunnerFailedError(JobqError):
     with a non-zero status). Its unfinished jobs were handed back where the database allowed."""
 
 
+class MissingExtraError(JobqError):
+    """A feature's optional dependencies are not installed; the message names the extra."""
+
+
 # SQLSTATE classes and codes that mean "try again". Class 08 is connection trouble, class 53
 # a server out of resources (disk, memory, connections); 57P01-03 a server shutting down,
 # crashing or starting.

@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Unpack
+from typing import TYPE_CHECKING, Any, Unpack
 
 from .attempt_runner import AttemptRunner
 from .attempts import Context, RunnerEvent
@@ -49,6 +49,9 @@ from .schedules import Missed, Schedule
 from .side_loops import SideLoops, wait_for
 from .supervisor import Supervisor
 from .tasks import Task, TaskOptions, exponential_backoff
+
+if TYPE_CHECKING:
+    from .metrics import RunnerMetrics
 
 log = logging.getLogger("jobq.runner")
 
@@ -72,6 +75,8 @@ class TaskRunner:
         process_workers: int | None = None,
         on_event: Callable[[RunnerEvent], None] | None = None,
         health_file: str | os.PathLike[str] | None = None,
+        metrics_port: int | None = None,
+        metrics_addr: str = "0.0.0.0",
     ) -> None:
         if not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidInputError(f"concurrency must be a positive integer, got {concurrency!r}")
@@ -89,6 +94,12 @@ class TaskRunner:
         self._check_lease(self.lease_ms, "the runner's lease_ms")
         self.shutdown_timeout = shutdown_timeout
         self.health_file = os.fspath(health_file) if health_file is not None else None
+        #: Serve Prometheus metrics on this port (0: any free one) while serving; see
+        #: `jobq_core.metrics`, which needs the [metrics] extra.
+        self.metrics_port = metrics_port
+        self.metrics_addr = metrics_addr
+        #: Made at the first serve with a `metrics_port`; kept, like `counters`, after.
+        self.metrics: RunnerMetrics | None = None
         self.worker_name = worker_name or default_worker_name()
         #: This runner's entry in the worker registry, unique to its boot.
         self.worker_id = f"{default_worker_name()}:{secrets.token_hex(4)}"
@@ -265,6 +276,8 @@ class TaskRunner:
             self.queue, self._tasks, self.concurrency, self.lease_ms, self._heartbeat_interval,
             self.poll_interval, self.shutdown_timeout, self.worker_name, self.counters,
             self._listeners, self._retries_due)
+        if self.metrics is not None:
+            state.recorder = self.metrics.record
         supervisor = Supervisor(state, (lambda: None) if inline else self._write_health)
         side_loops = SideLoops(state, supervisor, self.worker_id)
         return _Parts(state, supervisor, side_loops,
@@ -302,6 +315,7 @@ class TaskRunner:
             raise InvalidInputError("register at least one task before serving")
         if self._serving is not None:
             raise InvalidInputError("this runner is serving already: one serve() at a time")
+        metrics = self._start_metrics()
         parts = self._parts()
         state = parts.state
         state.until_idle = until_idle
@@ -312,8 +326,10 @@ class TaskRunner:
         undo_logging = _log_somewhere()
         try:
             with _signals_to(self.request_stop, handle_signals):
-                await self._serve(parts)
+                await self._serve(parts, metrics)
         finally:
+            if metrics is not None:
+                metrics.stop_server()
             parts.close()
             self._serving = None
             self._status = "failed" if state.fatal is not None else "stopped"
@@ -326,7 +342,19 @@ class TaskRunner:
                 raise state.fatal
             raise RunnerFailedError(str(state.fatal)) from state.fatal
 
-    async def _serve(self, parts: _Parts) -> None:
+    def _start_metrics(self) -> RunnerMetrics | None:
+        """With a `metrics_port`, this runner's metrics, recording from the first serve on
+        (inline runs too), and served over HTTP until this serve ends."""
+        if self.metrics_port is None:
+            return None
+        if self.metrics is None:
+            from .metrics import RunnerMetrics  # the [metrics] extra, only when asked for
+
+            self.metrics = RunnerMetrics(self)
+        self.metrics.start_server(self.metrics_port, self.metrics_addr)
+        return self.metrics
+
+    async def _serve(self, parts: _Parts, metrics: RunnerMetrics | None) -> None:
         """The side loops started, the claim loop until a stop, then shutdown: the running
         jobs finished or handed back, the registry left, the side loops ended."""
         state, supervisor = parts.state, parts.supervisor
@@ -337,6 +365,8 @@ class TaskRunner:
         if self.notify and self.queue.listens:
             state.loops["listener"] = LoopHealth()
             background.append(supervisor.start(parts.side_loops.listen(), "listener"))
+        if metrics is not None:
+            background.append(asyncio.create_task(metrics.watch_depth(state)))
         if self._schedules:
             state.loops["schedules"] = LoopHealth()
             scheduler = Scheduler(state, supervisor, self.schedules, self.worker_id)

@@ -89,6 +89,8 @@ class RunnerState:
     fatal: BaseException | None = None
     loop_threads: DaemonThreadPool | None = None
     call_threads: DaemonThreadPool | None = None
+    #: The runner's metrics' `record(kind, job, duration)`, when it has metrics.
+    recorder: Callable[[str, Job, float | None], None] | None = None
 
     @property
     def heartbeat_interval(self) -> float:
@@ -186,6 +188,9 @@ class RunnerState:
         return any(t < now + IDLE_GRACE for t in self.retries_due)
 
     def emit(self, kind: str, job: Job, **details: Any) -> None:
+        if self.recorder is not None:
+            # Called as is, not as a listener: building each event cost more than counting.
+            self.recorder(kind, job, details.get("duration"))
         if not self.listeners:
             return
         event = RunnerEvent(kind, job, job.attempts, **details)

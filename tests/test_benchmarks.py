@@ -96,3 +96,18 @@ def test_the_limits_benchmark_drains_every_setting(server_dsn: str, tmp_path: Pa
     assert all(len(runs) == 1 and runs[0]["jobs_per_s"] > 0
                for runs in figures["runs"].values())
     assert _databases(server_dsn, prefix) == []
+
+
+def test_the_metrics_benchmark_drains_with_metrics_off_and_on(
+        server_dsn: str, tmp_path: Path) -> None:
+    out = tmp_path / "metrics.json"
+    prefix = f"jobq_bench_m{os.getpid()}"
+    _run("benchmarks.bench_metrics", "--jobs", "300", "--reps", "1", "--scrape-every", "0.01",
+         "--dsn", server_dsn, "--prefix", prefix, "--json", str(out))
+    figures: dict[str, Any] = json.loads(out.read_text())
+    assert set(figures["summary"]) == {"off", "on"}
+    assert figures["summary"]["off"]["ratio"] == 1
+    assert all(len(runs) == 1 and runs[0]["jobs_per_s"] > 0
+               for runs in figures["runs"].values())
+    assert figures["runs"]["off"][0]["scrapes"] == 0
+    assert _databases(server_dsn, prefix) == []

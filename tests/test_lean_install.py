@@ -1,5 +1,6 @@
 """A worker-only install: `pip install jobq` with no extras brings the library and the `jobq`
-command line, and neither the console's textual nor the embedded server's pgserver."""
+command line, and neither the console's textual, the embedded server's pgserver nor the
+metrics' prometheus_client."""
 
 from __future__ import annotations
 
@@ -15,15 +16,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 #: What a build of the project reads: everything else (.venv, tests, benchmarks) stays out.
 SOURCES = ("pyproject.toml", "README.md", "jobq_core", "jobq_cli", "jobq_tui")
-OPTIONAL = {"textual", "pgserver", "opentelemetry"}
+OPTIONAL = {"textual", "pgserver", "opentelemetry", "prometheus_client"}
 
 
-def test_the_library_and_the_cli_never_import_the_console_or_pgserver() -> None:
+def test_the_library_and_the_cli_never_import_the_console_pgserver_or_prometheus() -> None:
     # Here both are installed, so nothing but the imports themselves can keep them out.
     code = (
         "import sys, jobq_core, jobq_core.runner, jobq_core.admin, jobq_cli.commands\n"
         "found = {m.partition('.')[0] for m in sys.modules} & {'textual', 'pgserver', "
-        "'jobq_tui'}\n"
+        "'jobq_tui', 'prometheus_client'}\n"
         "print(' '.join(sorted(found)))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -51,7 +52,8 @@ def lean_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return env_dir / "bin"
 
 
-def test_a_clean_install_without_extras_has_no_console_and_no_server(lean_venv: Path) -> None:
+def test_a_clean_install_without_extras_has_no_console_server_or_metrics(
+        lean_venv: Path) -> None:
     code = (
         "import importlib.util, sys\n"
         "import jobq_core, jobq_cli.commands\n"
@@ -98,3 +100,17 @@ def test_the_console_without_its_extra_says_which_to_install(lean_venv: Path) ->
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
         "jobq-tui: the console needs the [tui] extra: pip install 'jobq[tui]'"]
+
+
+def test_a_worker_asked_for_metrics_without_their_extra_says_which_to_install(
+        lean_venv: Path, tmp_path: Path, dsn: str) -> None:
+    (tmp_path / "lean_tasks.py").write_text(
+        "from jobq_core import JobQueue, create_task_runner\n"
+        f"runner = create_task_runner(JobQueue({dsn!r}))\n"
+        "runner.register('work', lambda payload, ctx: None)\n")
+    done = subprocess.run([lean_venv / "jobq", "worker", "lean_tasks:runner", "--metrics-port",
+                           "0"], check=False, capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        "jobq: metrics need the [metrics] extra: pip install 'jobq[metrics]'")

@@ -134,7 +134,7 @@ WRITES = {
     "demo": ["demo", "--headless", "--seconds", "1", "--dsn", CLOSED_PORT],
 }
 READS = {"status", "list", "show", "trace", "doctor", "version", "schedules",
-         "limits"}
+         "limits", "metrics"}
 
 
 def test_read_only_refuses_every_writing_command_before_connecting() -> None:
@@ -170,6 +170,7 @@ def test_read_only_reads_and_its_sessions_are_read_only(
                  ["clear", "--older-than", "7d", "--dry-run"], ["migrate", "--dry-run"]):
         result = cli("--read-only", *args, "--json", dsn=dsn)
         assert result.exit_code == 0, (args, result.output)
+    assert cli("--read-only", "metrics", dsn=dsn).exit_code == 0
     assert '"eligible": 1' in cli("--read-only", "retry", str(jobs["failed"]), "--dry-run",
                                   "--json", dsn=dsn).stdout
     assert everything(db) == before
@@ -258,6 +259,7 @@ def test_a_select_only_role_reads_everything_through_jobq(
                  ["retry", str(jobs["failed"]), "--dry-run"]):
         result = cli(*args, "--json", dsn=reader)
         assert result.exit_code == 0, (args, result.output)
+    assert cli("metrics", dsn=reader).exit_code == 0
     assert cli("doctor", "--json", dsn=reader).exit_code in (0, 1)  # findings, not a failure
     with_default = cli("retry", str(jobs["failed"]), "--yes", dsn=reader)
     assert with_default.exit_code == 1 and "read-only transaction" in error_of(with_default)
