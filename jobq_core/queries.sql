@@ -5,7 +5,7 @@
 -- `sql.Statements`, composed by psycopg.sql (a literal brace is written twice): the tables
 -- ({jobs}, {events}, {keys}, {pauses}, {workers}, {rates}, {schedules}, {limits},
 -- {limit_keys}, {limit_lanes}, {migrations}), the functions ({notify_fn}, {ahead_fn},
--- {free_keys_fn}, {retire_fn}, {limits_fn}, {lane_fn}), the indexes and constraints by
+-- {free_keys_fn}, {retire_fn}, {limits_fn}), the indexes and constraints by
 -- their key in `sql._LOCAL_NAMES`, the channels ({channel}, {done_channel}), {keep_bytes},
 -- and for the schema's statements {states}, {events_list}, the names as text ({jobs_text},
 -- {events_text}, {ahead_text}), {concurrently}, and version 7's and the upstream layout's
@@ -1161,7 +1161,8 @@ WITH given AS (
     INSERT INTO {limit_lanes} AS n (type, lane, tokens, refilled_at)
     SELECT r.type, g.lane,
            CASE WHEN r.new OR r.rate_burst IS NULL THEN 0
-                WHEN r.new_rate THEN r.rate_burst / r.lanes + (g.lane < mod(r.rate_burst, r.lanes))::int
+                WHEN r.new_rate
+                THEN r.rate_burst / r.lanes + (g.lane < mod(r.rate_burst, r.lanes))::int
                 ELSE least(r.rate_burst / r.lanes + (g.lane < mod(r.rate_burst, r.lanes))::int,
                            coalesce(r.held, 0) / r.lanes) END,
            clock_timestamp()
@@ -2584,93 +2585,171 @@ ALTER TABLE {jobs} ADD COLUMN IF NOT EXISTS limit_lane smallint
 DROP FUNCTION IF EXISTS {limits_fn}(text[])
 
 
--- lane_function --
--- What one lane of a type leaves free, for a claim that holds the lane's lock: its share of
--- each limit, less what it holds. What is in use is counted by a query of its own: a VOLATILE
--- function's query sees what committed before it began, so it sees the claims that held the
--- lane before, which the calling statement's older snapshot cannot. A lane's jobs are the
+-- limits_function --
+-- What limits leave free for a claim of these types: per type, a lane it locked, and what
+-- that lane leaves free. The types go in name order; each type's lanes are tried in order,
+-- each locked without waiting (SKIP LOCKED), and the first with room and no full key is kept;
+-- failing that, the tried lane with room and the fewest full keys (a key's share in one lane
+-- may be used up while another lane has room for it). The lanes tried stay locked, and others
+-- pass them by. Only when every lane of a type is locked does the claim wait, for one lane
+-- picked by its backend's pid. Locks are thus taken in (type, lane) order, as limit_register
+-- takes them, so claims and registrations never deadlock. A type whose lanes are all gone
+-- (its limits changed under the claim) gets a `cap` of 0.
+--
+-- What a lane leaves free: its share of each limit, less what it holds. What is in use is
+-- counted by a query of its own: a VOLATILE function's query sees what committed before it
+-- began, so it sees the claims that held the lane before, which the calling statement's older
+-- snapshot cannot. A lane's jobs are the
 -- claimed jobs of the type in it, expired leases included (their slots pass to whoever takes
 -- them back), and the claimed jobs in no current lane (claimed before the limit, or in a lane
 -- that a smaller limit dropped), which count against every lane: the shares add up to the
 -- limit, so the limit holds. The lane's keys whose buckets are full again lose their rows
 -- first (each claim of the lane keeps it so).
 --
--- Returns the type; its lane; `cap`, how many jobs may start (the lane's free slots, and its
+-- Per type: the type; its lane; `cap`, how many jobs may start (the lane's free slots, and its
 -- whole tokens), NULL for no such limit; the lane's share of the key limit, the key field,
 -- the keys in use in the lane with their counts, and those that are full (no slot, or no whole
 -- token of a per-key rate); the lane's tokens now, with the clock read; and the tokens of each
 -- key whose bucket in the lane is filling, with the lane's share of the per-key rate.
-CREATE OR REPLACE FUNCTION {lane_fn}(of_type text, of_lane smallint)
+CREATE FUNCTION {limits_fn}(types text[])
 RETURNS TABLE (type text, lane smallint, cap integer, key_limit integer, key_field text,
                key_used jsonb, full_keys text[], tokens double precision, at timestamptz,
                key_tokens jsonb, key_rate_count double precision, key_rate_period interval,
                key_rate_burst integer)
 LANGUAGE plpgsql VOLATILE AS $fn$
--- PL/pgSQL, not SQL: its plans are kept for the session, where a SQL function's are made
--- again at every call (3 ms a claim)
+#variable_conflict use_column
+DECLARE
+    limited record;
+    candidate smallint;
+    tried boolean;
+    r record;
+    best record;
+    fewest integer;
 BEGIN
-DELETE FROM {limit_keys} AS k
-WHERE k.type = of_type AND k.lane = of_lane AND k.full_at <= clock_timestamp();
-
-RETURN QUERY
-SELECT l.type, n.lane,
-       -- a lane beyond the type's number of lanes (left by a registration that could not see
-       -- it) has no share
-       CASE WHEN n.lane >= l.lanes THEN 0
-            WHEN l.global_concurrency IS NOT NULL OR b.tokens IS NOT NULL THEN
-           greatest(0, least(s.global_concurrency - u.in_use, floor(b.tokens)::integer)) END,
-       s.key_concurrency, l.key_field, u.key_used,
-       CASE WHEN l.key_concurrency IS NOT NULL OR l.key_rate_count IS NOT NULL THEN
-           ARRAY(SELECT e.k FROM jsonb_each_text(u.key_used) AS e(k, n)
-                 WHERE e.n::integer >= s.key_concurrency
-                 UNION
-                 SELECT e.k FROM jsonb_each_text(kt.key_tokens) AS e(k, t)
-                 WHERE e.t::float8 < 1) END,
-       b.tokens, c.clock, kt.key_tokens, l.key_rate_count::float8 / l.lanes,
-       l.key_rate_period, s.key_rate_burst
-FROM {limits} AS l
-JOIN {limit_lanes} AS n ON n.type = l.type AND n.lane = of_lane
-CROSS JOIN (SELECT clock_timestamp() AS clock) AS c
-CROSS JOIN LATERAL (
-    -- the lane's share of each limit: a lanes-th, and one more for the first lanes
-    SELECT l.global_concurrency / l.lanes
-               + (n.lane < mod(l.global_concurrency, l.lanes))::int AS global_concurrency,
-           l.key_concurrency / l.lanes
-               + (n.lane < mod(l.key_concurrency, l.lanes))::int AS key_concurrency,
-           l.rate_burst / l.lanes + (n.lane < mod(l.rate_burst, l.lanes))::int AS rate_burst,
-           l.key_rate_burst / l.lanes
-               + (n.lane < mod(l.key_rate_burst, l.lanes))::int AS key_rate_burst
-) AS s
-CROSS JOIN LATERAL (
-    -- claimed jobs by key only for a key limit: reading a key may read the payload
-    SELECT coalesce(sum(k.n), 0)::integer AS in_use,
-           coalesce(jsonb_object_agg(k.key, k.n) FILTER (WHERE k.key IS NOT NULL), '{{}}')
-               AS key_used
-    FROM (SELECT CASE WHEN l.key_concurrency IS NOT NULL
-                      THEN coalesce(j.concurrency_key, j.payload ->> l.key_field, '')
-                 END AS key,
-                 count(*) AS n
-          FROM {jobs} AS j
-          WHERE j.state = 'claimed' AND j.type = l.type
-            AND (j.limit_lane IS NULL OR j.limit_lane = n.lane OR j.limit_lane >= l.lanes)
-          GROUP BY 1) AS k
-) AS u
-CROSS JOIN LATERAL (
-    SELECT CASE WHEN l.rate_count IS NOT NULL THEN
-               least(s.rate_burst::float8, n.tokens + l.rate_count::float8 / l.lanes
-                     * greatest(0, extract(epoch FROM c.clock - n.refilled_at))
-                     / extract(epoch FROM l.rate_period)) END AS tokens
-) AS b
-CROSS JOIN LATERAL (
-    SELECT coalesce(jsonb_object_agg(k.key, least(s.key_rate_burst::float8, k.tokens
-               + l.key_rate_count::float8 / l.lanes
-                 * greatest(0, extract(epoch FROM c.clock - k.refilled_at))
-                 / extract(epoch FROM l.key_rate_period))), '{{}}') AS key_tokens
-    FROM {limit_keys} AS k
-    WHERE l.key_rate_count IS NOT NULL AND k.type = l.type AND k.lane = n.lane
-      AND k.full_at > c.clock
-) AS kt
-WHERE l.type = of_type;
+    FOR limited IN
+        SELECT l.type AS name, l.lanes, l.key_rate_count IS NOT NULL AS key_rate
+        FROM {limits} AS l WHERE l.type = ANY(types) ORDER BY l.type
+    LOOP
+        tried := false;
+        fewest := NULL;
+        <<passes>>
+        FOR pass IN 1..2 LOOP
+            IF pass = 2 THEN
+                -- every lane was locked: wait for one (a lane this claim then holds is not
+                -- skipped), and try again
+                PERFORM FROM {limit_lanes} AS n
+                WHERE n.type = limited.name AND n.lane = mod(pg_backend_pid(), limited.lanes)
+                FOR UPDATE;
+            END IF;
+            candidate := -1;
+            LOOP
+                -- One lane at a time: a FOR loop over the lanes would fetch, and lock, them
+                -- all. The type's number of lanes is read again: a registration may have
+                -- changed it since this function began.
+                SELECT n.lane INTO candidate
+                FROM {limit_lanes} AS n JOIN {limits} AS l ON l.type = n.type
+                WHERE n.type = limited.name AND n.lane > candidate AND n.lane < l.lanes
+                ORDER BY n.lane LIMIT 1 FOR UPDATE OF n SKIP LOCKED;
+                EXIT WHEN NOT FOUND;
+                tried := true;
+                IF limited.key_rate THEN
+                    -- the lane's keys whose buckets are full again need no row
+                    DELETE FROM {limit_keys} AS k
+                    WHERE k.type = limited.name AND k.lane = candidate
+                      AND k.full_at <= clock_timestamp();
+                END IF;
+                SELECT l.type, n.lane,
+                       -- a lane past the type's number of lanes has no share
+                       CASE WHEN n.lane >= l.lanes THEN 0
+                            WHEN l.global_concurrency IS NOT NULL OR b.tokens IS NOT NULL
+                            THEN greatest(0, least(s.global_concurrency - u.in_use,
+                                                   floor(b.tokens)::integer)) END AS cap,
+                       s.key_concurrency AS key_limit, l.key_field, u.key_used,
+                       CASE WHEN l.key_concurrency IS NOT NULL OR l.key_rate_count IS NOT NULL
+                       THEN ARRAY(SELECT e.k FROM jsonb_each_text(u.key_used) AS e(k, n)
+                                  WHERE e.n::integer >= s.key_concurrency
+                                  UNION
+                                  SELECT e.k FROM jsonb_each_text(kt.key_tokens) AS e(k, t)
+                                  WHERE e.t::float8 < 1) END AS full_keys,
+                       b.tokens, c.clock AS at, kt.key_tokens,
+                       l.key_rate_count::float8 / l.lanes AS key_rate_count,
+                       l.key_rate_period, s.key_rate_burst
+                INTO r
+                FROM {limits} AS l
+                JOIN {limit_lanes} AS n ON n.type = l.type AND n.lane = candidate
+                CROSS JOIN (SELECT clock_timestamp() AS clock) AS c
+                CROSS JOIN LATERAL (
+                    -- the lane's share of each limit: a lanes-th, one more for the first lanes
+                    SELECT l.global_concurrency / l.lanes
+                               + (n.lane < mod(l.global_concurrency, l.lanes))::int
+                               AS global_concurrency,
+                           l.key_concurrency / l.lanes
+                               + (n.lane < mod(l.key_concurrency, l.lanes))::int
+                               AS key_concurrency,
+                           l.rate_burst / l.lanes
+                               + (n.lane < mod(l.rate_burst, l.lanes))::int AS rate_burst,
+                           l.key_rate_burst / l.lanes
+                               + (n.lane < mod(l.key_rate_burst, l.lanes))::int
+                               AS key_rate_burst
+                ) AS s
+                CROSS JOIN LATERAL (
+                    -- claimed jobs by key only for a key limit: reading a key may read the
+                    -- payload
+                    SELECT coalesce(sum(k.n), 0)::integer AS in_use,
+                           coalesce(jsonb_object_agg(k.key, k.n) FILTER (WHERE k.key IS NOT NULL),
+                                    '{{}}') AS key_used
+                    FROM (SELECT CASE WHEN l.key_concurrency IS NOT NULL
+                                      THEN coalesce(j.concurrency_key, j.payload ->> l.key_field,
+                                                    '')
+                                 END AS key,
+                                 count(*) AS n
+                          FROM {jobs} AS j
+                          WHERE j.state = 'claimed' AND j.type = l.type
+                            AND (j.limit_lane IS NULL OR j.limit_lane = n.lane
+                                 OR j.limit_lane >= l.lanes)
+                          GROUP BY 1) AS k
+                ) AS u
+                CROSS JOIN LATERAL (
+                    SELECT CASE WHEN l.rate_count IS NOT NULL THEN
+                               least(s.rate_burst::float8,
+                                     n.tokens + l.rate_count::float8 / l.lanes
+                                       * greatest(0, extract(epoch FROM c.clock - n.refilled_at))
+                                       / extract(epoch FROM l.rate_period)) END AS tokens
+                ) AS b
+                CROSS JOIN LATERAL (
+                    SELECT coalesce(jsonb_object_agg(k.key, least(s.key_rate_burst::float8,
+                               k.tokens + l.key_rate_count::float8 / l.lanes
+                                 * greatest(0, extract(epoch FROM c.clock - k.refilled_at))
+                                 / extract(epoch FROM l.key_rate_period))), '{{}}') AS key_tokens
+                    FROM {limit_keys} AS k
+                    WHERE l.key_rate_count IS NOT NULL AND k.type = l.type AND k.lane = n.lane
+                      AND k.full_at > c.clock
+                ) AS kt
+                WHERE l.type = limited.name AND n.lane = candidate;
+                CONTINUE WHEN r.cap = 0;
+                IF fewest IS NULL OR coalesce(cardinality(r.full_keys), 0) < fewest THEN
+                    best := r;
+                    fewest := coalesce(cardinality(r.full_keys), 0);
+                END IF;
+                EXIT passes WHEN fewest = 0;
+            END LOOP;
+            -- lanes tried: the best of them, or the last, full (the limit is reached)
+            EXIT WHEN tried;
+        END LOOP;
+        IF fewest IS NOT NULL THEN
+            r := best;
+        END IF;
+        IF tried THEN
+            RETURN QUERY SELECT r.type, r.lane, r.cap, r.key_limit, r.key_field, r.key_used,
+                                r.full_keys, r.tokens, r.at, r.key_tokens, r.key_rate_count,
+                                r.key_rate_period, r.key_rate_burst;
+        ELSE
+            -- no lane to be had (the limits changed under this claim): nothing starts
+            RETURN QUERY SELECT limited.name, NULL::smallint, 0, NULL::integer, NULL::text,
+                                NULL::jsonb, NULL::text[], NULL::float8, NULL::timestamptz,
+                                NULL::jsonb, NULL::float8, NULL::interval, NULL::integer;
+        END IF;
+    END LOOP;
 END
 $fn$
 
@@ -2688,83 +2767,3 @@ ALTER TABLE {jobs} ADD COLUMN IF NOT EXISTS traceparent text,
 -- the partitioned history, it reaches every partition, catalog only.
 ALTER TABLE {events} ADD COLUMN IF NOT EXISTS traceparent text,
                      ADD COLUMN IF NOT EXISTS tracestate text
-
-
--- limits_function --
--- What limits leave free for a claim of these types: per type, a lane it locked, and what
--- that lane leaves free ({lane_fn}). The types go in name order; each type's lanes are tried
--- in order, each locked without waiting (SKIP LOCKED), and the first with room and no full key
--- is kept; failing that, the tried lane with room and the fewest full keys (a key's share in
--- one lane may be used up while another lane has room for it). The lanes tried stay locked,
--- and others pass them by. Only when every lane of a type is locked does the claim wait, for
--- one lane picked by its backend's pid. Locks are thus taken in (type, lane) order, as
--- limit_register takes them, so claims and registrations never deadlock. A type whose lanes
--- are all gone (its limits changed under the claim) gets a `cap` of 0.
-CREATE FUNCTION {limits_fn}(types text[])
-RETURNS TABLE (type text, lane smallint, cap integer, key_limit integer, key_field text,
-               key_used jsonb, full_keys text[], tokens double precision, at timestamptz,
-               key_tokens jsonb, key_rate_count double precision, key_rate_period interval,
-               key_rate_burst integer)
-LANGUAGE plpgsql VOLATILE AS $fn$
-#variable_conflict use_column
-DECLARE
-    limited record;
-    candidate smallint;
-    best smallint;
-    fewest integer;
-BEGIN
-    FOR limited IN
-        SELECT l.type AS name, l.lanes FROM {limits} AS l WHERE l.type = ANY(types)
-        ORDER BY l.type
-    LOOP
-        type := NULL;
-        best := NULL;
-        <<passes>>
-        FOR pass IN 1..2 LOOP
-            IF pass = 2 THEN
-                -- every lane was locked: wait for one (a lane this claim then holds is not
-                -- skipped), and try again
-                PERFORM FROM {limit_lanes} AS n
-                WHERE n.type = limited.name AND n.lane = mod(pg_backend_pid(), limited.lanes)
-                FOR UPDATE;
-            END IF;
-            candidate := -1;
-            LOOP
-                -- one lane at a time: a FOR loop over the lanes would fetch, and lock, them all
-                -- (the type's number of lanes read again: a registration may have changed
-                -- it since this function began)
-                SELECT n.lane INTO candidate
-                FROM {limit_lanes} AS n JOIN {limits} AS l ON l.type = n.type
-                WHERE n.type = limited.name AND n.lane > candidate AND n.lane < l.lanes
-                ORDER BY n.lane LIMIT 1 FOR UPDATE OF n SKIP LOCKED;
-                EXIT WHEN NOT FOUND;
-                SELECT * INTO type, lane, cap, key_limit, key_field, key_used, full_keys,
-                              tokens, at, key_tokens, key_rate_count, key_rate_period,
-                              key_rate_burst
-                FROM {lane_fn}(limited.name, candidate);
-                CONTINUE WHEN cap = 0;
-                EXIT passes WHEN coalesce(cardinality(full_keys), 0) = 0;
-                IF best IS NULL OR cardinality(full_keys) < fewest THEN
-                    best := candidate;
-                    fewest := cardinality(full_keys);
-                END IF;
-            END LOOP;
-            IF best IS NOT NULL AND best IS DISTINCT FROM lane THEN
-                SELECT * INTO type, lane, cap, key_limit, key_field, key_used, full_keys,
-                              tokens, at, key_tokens, key_rate_count, key_rate_period,
-                              key_rate_burst
-                FROM {lane_fn}(limited.name, best);
-            END IF;
-            -- lanes tried: the best of them, or the last, full (the limit is reached)
-            EXIT WHEN type IS NOT NULL;
-        END LOOP;
-        IF type IS NULL THEN
-            -- no lane to be had (the limits changed under this claim): nothing starts
-            type := limited.name;
-            lane := NULL;
-            cap := 0;
-        END IF;
-        RETURN NEXT;
-    END LOOP;
-END
-$fn$

@@ -117,7 +117,6 @@ class Names:
             retire_fn=self.ident("_events_retire"),
             free_keys_fn=self.ident("_events_free_keys"),
             limits_fn=self.ident("_limits_free"),
-            lane_fn=self.ident("_limits_lane"),
             # names as text, for regclass casts inside PL/pgSQL
             jobs_text=sql.Literal(self.regclass()),
             events_text=sql.Literal(self.regclass("_events")),
@@ -189,7 +188,7 @@ MIGRATION_STEPS: dict[int, tuple[str, ...]] = {
     11: ("limit_lanes_table", "limits_lanes", "limits_lanes_fill", "limits_drop_tokens",
          "limit_keys_empty", "limit_keys_lane", "limit_keys_index_drop",
          "limit_keys_lanes_index",
-         "jobs_limit_lane", "limits_function_drop", "lane_function", "limits_function"),
+         "jobs_limit_lane", "limits_function_drop", "limits_function"),
     # the history's functions again: they now move rows by the catalog's columns
     12: ("jobs_trace_context", "events_trace_context", "ahead_function", "ahead_search_path",
          "retire_function"),
