@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_limits [--dsn DSN] [--jobs 20000] [--reps 3] [--processes 1]
                                       [--binding] [--prefix NAME] [--json FILE]
+    python -m benchmarks.bench_limits --claims 150     # one claim's own cost, per setting
 
 One type of no-op jobs, drained by `--processes` runner processes (concurrency 256 each) with
 the task registered as each setting says:
@@ -38,6 +39,7 @@ from benchmarks._common import (
     versions,
 )
 from jobq_core import AsyncJobQueue, JobQueue, NewJob, create_task_runner
+from jobq_core.limits import Limits
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -96,6 +98,39 @@ def measure(dsn: str, setting: str, jobs: int, processes: int,
         drop_database(dsn, name)
 
 
+def claim_costs(dsn: str, prefix: str, rounds: int, held: int = 256,
+                batch: int = 32) -> dict[str, dict[str, float]]:
+    """One claim's own cost, apart from a runner: each setting's type has `held` jobs claimed
+    (the slots a runner holds), then claims of `batch` are timed, each completed at once,
+    the settings taking turns; per setting, the median and the 90th centile in ms."""
+    name = f"{prefix}_claims"
+    db = fresh_database(dsn, name)
+    try:
+        with JobQueue(db, max_connections=1) as queue:
+            queue.migrate()
+            for setting, options in SETTINGS.items():
+                found = Limits.of(options)
+                if found is not None:
+                    queue.register_limits({setting: found}, by="bench")
+                queue.enqueue_many([NewJob(setting, {"tenant": f"t{n % 10}"})
+                                    for n in range(held + rounds * batch)])
+            settle(db)
+            for setting in SETTINGS:
+                queue.claim_many(held, types=[setting])
+            times: dict[str, list[float]] = {setting: [] for setting in SETTINGS}
+            for _ in range(rounds):
+                for setting in SETTINGS:
+                    start = time.perf_counter()
+                    jobs = queue.claim_many(batch, types=[setting])
+                    times[setting].append((time.perf_counter() - start) * 1000)
+                    queue.complete_many(jobs)
+        return {setting: {"median_ms": statistics.median(values),
+                          "p90_ms": statistics.quantiles(values, n=10)[-1]}
+                for setting, values in times.items()}
+    finally:
+        drop_database(dsn, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,9 +142,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="the measurement databases' names start so")
     parser.add_argument("--binding", action="store_true",
                         help="also measure a limit that binds (slow: 5 jobs at a time)")
-    parser.add_argument("--json", type=Path, default=RESULTS / "limits-1p.json")
+    parser.add_argument("--claims", type=int, metavar="ROUNDS",
+                        help="instead: time ROUNDS claims of 32 per setting, 256 jobs held")
+    parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     dsn = server_dsn(args.dsn)
+    if args.claims:
+        costs = claim_costs(dsn, args.prefix, args.claims)
+        for setting, figures in costs.items():
+            print(f"  {setting:8} claim of 32, 256 held: median {figures['median_ms']:.3f} ms, "
+                  f"p90 {figures['p90_ms']:.3f} ms")
+        (args.json or RESULTS / "limits-claims.json").write_text(json.dumps({
+            "when": datetime.now(UTC).isoformat(timespec="seconds"), "rounds": args.claims,
+            "server": server_facts(dsn), "versions": versions(), "claims": costs},
+            indent=2, default=str))
+        return 0
     names = list(SETTINGS) + (["binding"] if args.binding else [])
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for rep in range(args.reps):
@@ -131,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                          "options": BINDING if name == "binding" else SETTINGS[name]}
         print(f"  {name:8} {median:8.0f} jobs/s  ({min(values):.0f}-{max(values):.0f})  "
               f"x{median / base:.3f}")
-    args.json.write_text(json.dumps({
+    (args.json or RESULTS / "limits-1p.json").write_text(json.dumps({
         "when": datetime.now(UTC).isoformat(timespec="seconds"), "jobs": args.jobs,
         "processes": args.processes, "reps": args.reps, "server": server_facts(dsn),
         "versions": versions(), "summary": summary, "runs": runs}, indent=2, default=str))

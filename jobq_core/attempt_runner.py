@@ -58,7 +58,7 @@ class AttemptRunner:
         handed_over = False
         # Current from here on, in this task: the handler's, and whatever it enqueues, are
         # its children.
-        span = attempt.span = (tracing.AttemptSpan(job, state.queue.table) if tracing.ENABLED
+        span = attempt.span = (tracing.AttemptSpan(job, state.queue.table) if tracing.active()
                                else None)
         state.counters["claimed"] += 1
         state.emit("claimed", job)

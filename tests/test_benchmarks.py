@@ -98,6 +98,18 @@ def test_the_limits_benchmark_drains_every_setting(server_dsn: str, tmp_path: Pa
     assert _databases(server_dsn, prefix) == []
 
 
+def test_the_limits_benchmark_times_claims_of_every_setting(server_dsn: str,
+                                                          tmp_path: Path) -> None:
+    out = tmp_path / "claims.json"
+    prefix = f"jobq_bench_c{os.getpid()}"
+    _run("benchmarks.bench_limits", "--claims", "3", "--dsn", server_dsn, "--prefix", prefix,
+         "--json", str(out))
+    figures: dict[str, Any] = json.loads(out.read_text())
+    assert set(figures["claims"]) == {"none", "global", "key", "rate"}
+    assert all(f["median_ms"] > 0 for f in figures["claims"].values())
+    assert _databases(server_dsn, prefix) == []
+
+
 def test_the_metrics_benchmark_drains_with_metrics_off_and_on(
         server_dsn: str, tmp_path: Path) -> None:
     out = tmp_path / "metrics.json"
