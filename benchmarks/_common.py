@@ -268,3 +268,98 @@ def run_together(children: list[Child], timeout: float = 1800) -> tuple[float, l
     finally:
         for child in children:
             child.kill()
+
+
+# -- settings drained side by side (bench_limits, bench_metrics) ------------------------------
+
+def fill_noop(dsn: str, jobs: int, job_type: str) -> None:
+    """`jobs` jobs of one type, payload `{"tenant": "t0"…"t9"}`, enqueued in batches."""
+    from jobq_core import JobQueue, NewJob  # the harness itself runs without jobq
+
+    with JobQueue(dsn, max_connections=1) as queue:
+        queue.migrate()
+        for start in range(0, jobs, 5000):
+            queue.enqueue_many([NewJob(job_type, {"tenant": f"t{n % 10}"})
+                                for n in range(start, min(jobs, start + 5000))])
+
+
+def interleaved(names: list[str], reps: int, measure: Callable[[str], dict[str, Any]],
+                extra: Callable[[dict[str, Any]], str] = lambda figures: ""
+                ) -> dict[str, list[dict[str, Any]]]:
+    """Each setting measured `reps` times, the settings taking turns within a repetition and
+    the first one rotating, so that a drift of the machine falls on all of them alike; a line
+    printed per run, with the load average around it."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for rep in range(reps):
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
+            figures = measure(name)
+            runs[name].append(figures)
+            print(f"rep {rep + 1} {name:8} {figures['jobs_per_s']:8.0f} jobs/s  "
+                  f"{extra(figures)}load {figures['load1'][0]:.2f} -> "
+                  f"{figures['load1'][1]:.2f}", flush=True)
+    return runs
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]], base: str, heading: str
+              ) -> dict[str, dict[str, Any]]:
+    """Per setting: the median jobs/s, its range, and its ratio to `base`'s median; printed
+    under `heading`."""
+    base_median = statistics.median(r["jobs_per_s"] for r in runs[base])
+    print(f"\n{heading}")
+    summary: dict[str, dict[str, Any]] = {}
+    for name, found in runs.items():
+        values = [r["jobs_per_s"] for r in found]
+        median = statistics.median(values)
+        summary[name] = {"median": median, "min": min(values), "max": max(values),
+                         "ratio": median / base_median}
+        print(f"  {name:8} {median:8.0f} jobs/s  ({min(values):.0f}-{max(values):.0f})  "
+              f"x{median / base_median:.3f}")
+    return summary
+
+
+#: The runners' slots in bench_limits and bench_metrics: the middle of bench_compare's.
+NOOP_CONCURRENCY = 256
+
+
+async def drain_noop(hs: Handshake, dsn: str, job_type: str, runner_options: dict[str, Any],
+                     task_options: dict[str, Any]) -> dict[str, Any]:
+    """In a child: a runner of `NOOP_CONCURRENCY` slots drains `job_type`'s no-op jobs until
+    idle; when it ended, and how many it completed."""
+    from jobq_core import AsyncJobQueue, create_task_runner
+
+    queue = AsyncJobQueue(dsn)
+    await queue.prepare()
+    runner = create_task_runner(queue, concurrency=NOOP_CONCURRENCY, **runner_options)
+
+    async def noop(payload: Any, ctx: Any) -> None:
+        return None
+
+    runner.register(job_type, noop, **task_options)
+    hs.ready()
+    await runner.serve(until_idle=True)
+    end = time.monotonic()
+    await queue.close()
+    return {"end": end, "completed": runner.counters["completed"]}
+
+
+def measure_drain(dsn: str, name: str, jobs: int, job_type: str, *,
+                  children: Callable[[str], list[Child]],
+                  during: Callable[[], contextlib.AbstractContextManager[dict[str, Any]]]
+                  = lambda: contextlib.nullcontext({})) -> dict[str, Any]:
+    """One drain on a fresh database `name`, filled with `jobs` no-op jobs and settled: the
+    children made for it start together and drain; jobs/s from the start to the last end,
+    the load average around it, and what `during` (around the drain) adds to the figures."""
+    db = fresh_database(dsn, name)
+    try:
+        fill_noop(db, jobs, job_type)
+        settle(db)
+        before = load1()
+        with during() as extra:
+            started, results = run_together(children(db))
+        seconds = max(r["end"] for r in results) - started
+        completed = sum(r["completed"] for r in results)
+        assert completed == jobs, (name, completed)
+        return {"jobs_per_s": jobs / seconds, "seconds": seconds, **extra,
+                "load1": [before, load1()]}
+    finally:
+        drop_database(dsn, name)

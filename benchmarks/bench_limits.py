@@ -27,18 +27,21 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import (
+    NOOP_CONCURRENCY,
     Child,
     Handshake,
+    drain_noop,
     drop_database,
     fresh_database,
-    load1,
-    run_together,
+    interleaved,
+    measure_drain,
     server_dsn,
     server_facts,
     settle,
+    summarize,
     versions,
 )
-from jobq_core import AsyncJobQueue, JobQueue, NewJob, create_task_runner
+from jobq_core import JobQueue, NewJob
 from jobq_core.limits import Limits
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -50,52 +53,18 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 BINDING = {"global_concurrency": 5}
 TYPE = "noop"
-#: Each runner's slots: the middle of bench_compare's drain settings.
-CONCURRENCY = 256
-
-
-def fill(dsn: str, jobs: int) -> None:
-    with JobQueue(dsn, max_connections=1) as queue:
-        queue.migrate()
-        for start in range(0, jobs, 5000):
-            queue.enqueue_many([NewJob(TYPE, {"tenant": f"t{n % 10}"})
-                                for n in range(start, min(jobs, start + 5000))])
 
 
 async def drain(hs: Handshake, dsn: str, setting: str) -> dict[str, Any]:
-    queue = AsyncJobQueue(dsn)
-    await queue.prepare()
-    runner = create_task_runner(queue, concurrency=CONCURRENCY)
-
-    async def noop(payload: Any, ctx: Any) -> None:
-        return None
-
-    runner.register(TYPE, noop, **(BINDING if setting == "binding" else SETTINGS[setting]))
-    hs.ready()
-    await runner.serve(until_idle=True)
-    end = time.monotonic()
-    await queue.close()
-    return {"end": end, "completed": runner.counters["completed"]}
+    return await drain_noop(hs, dsn, TYPE, {},
+                            BINDING if setting == "binding" else SETTINGS[setting])
 
 
 def measure(dsn: str, setting: str, jobs: int, processes: int,
             prefix: str) -> dict[str, Any]:
-    name = f"{prefix}_{setting}"
-    db = fresh_database(dsn, name)
-    try:
-        fill(db, jobs)
-        settle(db)
-        before = load1()
-        children = [Child("benchmarks.bench_limits:drain", dsn=db, setting=setting)
-                    for _ in range(processes)]
-        started, results = run_together(children)
-        seconds = max(r["end"] for r in results) - started
-        completed = sum(r["completed"] for r in results)
-        assert completed == jobs, (setting, completed)
-        return {"jobs_per_s": jobs / seconds, "seconds": seconds,
-                "load1": [before, load1()]}
-    finally:
-        drop_database(dsn, name)
+    return measure_drain(dsn, f"{prefix}_{setting}", jobs, TYPE, children=lambda db: [
+        Child("benchmarks.bench_limits:drain", dsn=db, setting=setting)
+        for _ in range(processes)])
 
 
 def claim_costs(dsn: str, prefix: str, rounds: int, held: int = 256,
@@ -158,26 +127,12 @@ def main(argv: list[str] | None = None) -> int:
             indent=2, default=str))
         return 0
     names = list(SETTINGS) + (["binding"] if args.binding else [])
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    for rep in range(args.reps):
-        order = names[rep % len(names):] + names[:rep % len(names)]
-        for name in order:
-            figures = measure(dsn, name, args.jobs, args.processes, args.prefix)
-            runs[name].append(figures)
-            print(f"rep {rep + 1} {name:8} {figures['jobs_per_s']:8.0f} jobs/s  "
-                  f"load {figures['load1'][0]:.2f} -> {figures['load1'][1]:.2f}", flush=True)
-    base = statistics.median(r["jobs_per_s"] for r in runs["none"])
-    summary = {}
-    print(f"\n{args.jobs} jobs, {args.processes} process(es), concurrency {CONCURRENCY}, "
-          f"median of {args.reps}")
-    for name in names:
-        values = [r["jobs_per_s"] for r in runs[name]]
-        median = statistics.median(values)
-        summary[name] = {"median": median, "min": min(values), "max": max(values),
-                         "ratio": median / base,
-                         "options": BINDING if name == "binding" else SETTINGS[name]}
-        print(f"  {name:8} {median:8.0f} jobs/s  ({min(values):.0f}-{max(values):.0f})  "
-              f"x{median / base:.3f}")
+    runs = interleaved(names, args.reps, lambda name: measure(
+        dsn, name, args.jobs, args.processes, args.prefix))
+    summary = summarize(runs, "none", f"{args.jobs} jobs, {args.processes} process(es), "
+                        f"concurrency {NOOP_CONCURRENCY}, median of {args.reps}")
+    for name, entry in summary.items():
+        entry["options"] = BINDING if name == "binding" else SETTINGS[name]
     (args.json or RESULTS / "limits-1p.json").write_text(json.dumps({
         "when": datetime.now(UTC).isoformat(timespec="seconds"), "jobs": args.jobs,
         "processes": args.processes, "reps": args.reps, "server": server_facts(dsn),

@@ -2537,9 +2537,11 @@ ALTER TABLE {limits} ADD COLUMN IF NOT EXISTS lanes smallint NOT NULL
 
 
 -- limits_lanes_fill --
--- The lanes of the limits that version 10 registered, sharing their buckets' tokens.
+-- The lanes of the limits that version 10 registered. Their buckets start empty and fill at
+-- the rate, as a new type's do: the statement reads no column of version 10's that version 11
+-- drops, so that applying it again stays harmless.
 INSERT INTO {limit_lanes} (type, lane, tokens, refilled_at)
-SELECT l.type, n, l.tokens / l.lanes, l.refilled_at
+SELECT l.type, n, 0, clock_timestamp()
 FROM {limits} AS l CROSS JOIN generate_series(0, l.lanes - 1) AS n
 ON CONFLICT DO NOTHING
 

@@ -235,5 +235,7 @@ def test_a_rate_limit_holds_over_every_window_across_three_processes(
         print(f"{tenant}: {len(times)} claims over {span:.2f} s; the most over the bound in "
               f"any window: {worst:.2f}")
         assert worst <= 0
-        # the limit holds claims back, it does not starve them
-        assert span < 2 * (len(times) - burst) / rate
+        # The limit holds claims back, it does not starve them. (Not the rate to the full:
+        # a claim held back by it tries again at the runner's next poll, half a second
+        # here, while each lane's bucket stops filling at its share of the burst.)
+        assert span < 3 * (len(times) - burst) / rate
