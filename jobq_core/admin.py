@@ -295,7 +295,7 @@ class LimitRow:
     registered_by: str
     #: How many claims of the type may run at once, each within its lane's share of every
     #: limit (the schema's `limits_lanes`).
-    lanes: int = 1
+    lanes: int
 
     @property
     def summary(self) -> str:

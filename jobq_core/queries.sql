@@ -2647,7 +2647,8 @@ BEGIN
             LOOP
                 -- One lane at a time: a FOR loop over the lanes would fetch, and lock, them
                 -- all. The type's number of lanes is read again: a registration may have
-                -- changed it since this function began.
+                -- changed it since this function began (and none changes it while this
+                -- claim holds the lane: a registration that remakes lanes locks them all).
                 SELECT n.lane INTO candidate
                 FROM {limit_lanes} AS n JOIN {limits} AS l ON l.type = n.type
                 WHERE n.type = limited.name AND n.lane > candidate AND n.lane < l.lanes
@@ -2661,9 +2662,7 @@ BEGIN
                       AND k.full_at <= clock_timestamp();
                 END IF;
                 SELECT l.type, n.lane,
-                       -- a lane past the type's number of lanes has no share
-                       CASE WHEN n.lane >= l.lanes THEN 0
-                            WHEN l.global_concurrency IS NOT NULL OR b.tokens IS NOT NULL
+                       CASE WHEN l.global_concurrency IS NOT NULL OR b.tokens IS NOT NULL
                             THEN greatest(0, least(s.global_concurrency - u.in_use,
                                                    floor(b.tokens)::integer)) END AS cap,
                        s.key_concurrency AS key_limit, l.key_field, u.key_used,
