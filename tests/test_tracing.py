@@ -342,7 +342,9 @@ def test_jobq_show_prints_the_stored_context_when_there_is_one(
 def test_an_attempt_whose_lease_was_taken_ends_lease_lost(
         dsn: str, db: psycopg.Connection[Any], spans: InMemorySpanExporter) -> None:
     queue = JobQueue(dsn)
-    runner = create_task_runner(queue, heartbeat_interval=0.2, lease_ms=60_000)
+    # One slot, which the victim holds: the runner cannot take the backdated job back itself
+    # (a second attempt, and span) before the thief does.
+    runner = create_task_runner(queue, concurrency=1, heartbeat_interval=0.2, lease_ms=60_000)
     started, noticed = threading.Event(), threading.Event()
 
     def victim(payload: Any, ctx: Any) -> str:
